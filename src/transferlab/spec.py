@@ -1,0 +1,295 @@
+"""Typed specs for one run, loaded from YAML with clear errors.
+
+A spec is a tree of dataclasses. ``load_spec`` reads YAML (``yaml.safe_load``),
+applies ``--set a.b=c`` overrides, and builds the tree, checking every key and
+value: an unknown key names the section and lists the known keys; a value of
+the wrong type or outside a ``Literal`` names the field and the allowed values.
+``spec_hash`` hashes the resolved spec; it is stored with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from transferlab.errors import SpecError
+
+
+@dataclass
+class ModelSpec:
+    """The backbone: a Hugging Face id, a local folder, or an alias (``minilm``, ``tiny-bert``...)."""
+
+    name: str = "minilm"
+    init: Literal["pretrained", "random"] = "pretrained"
+    revision: str | None = None
+    local_files_only: bool = False
+    trust_remote_code: bool = False
+    max_length: int = 128
+    dropout: float | None = None  # overrides hidden and attention dropout of the config when set
+
+
+@dataclass
+class HeadSpec:
+    """The head that turns all hidden states and the mask into outputs."""
+
+    name: str = "cls"
+    dropout: float = 0.1
+    options: dict[str, Any] = field(default_factory=dict)  # head-specific keywords (k, kernel_size, ...)
+
+
+@dataclass
+class TaskSpec:
+    """A registered task and where its data lies (``path: null`` means the Hugging Face hub)."""
+
+    name: str = "rte"
+    path: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    problem: Literal["auto", "classification", "regression"] = "auto"
+    labels: list[Any] | None = None  # the label set of a generic file task, in order
+    train_file: str | None = None
+    dev_file: str | None = None
+    test_file: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # task-specific keywords
+
+
+@dataclass
+class OptimSpec:
+    name: str = "adamw"  # adamw (bias-corrected), bertadam (no bias correction), adabelief, sgd
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    layer_decay: float = 1.0  # LR factor per layer counted from the top; embeddings lowest
+    head_lr: float | None = None  # None: the top layer's LR
+    max_grad_norm: float | None = 1.0
+    no_decay: list[str] = field(default_factory=lambda: ["bias", "norm"])
+
+
+@dataclass
+class ScheduleSpec:
+    name: str = "linear"  # constant, linear, cosine, slanted_triangular
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.1  # used when warmup_steps is 0
+    num_cycles: float = 0.5  # cosine
+    cut_frac: float = 0.1  # slanted triangular (ULMFiT)
+    ratio: float = 32.0  # slanted triangular: max LR / min LR
+
+
+@dataclass
+class TrainSpec:
+    epochs: float = 3.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    grad_accum: int = 1
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    device: str = "auto"
+    num_evals: int = 10  # evaluations on dev during training, plus one at the end
+    early_stopping_patience: int | None = None  # evaluations without improvement
+    restore_best: bool = True
+    log_every: int = 10  # steps between training-curve points
+    length_bucketing: bool = False  # batches of similar lengths (less padding)
+    num_workers: int = 0
+    save_model: bool = True  # keep the final weights with the run (needed for export)
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines one run. Its hash (without the seed) names the recipe."""
+
+    name: str = "run"
+    seed: int = 0
+    model: ModelSpec = field(default_factory=ModelSpec)
+    head: HeadSpec = field(default_factory=HeadSpec)
+    task: TaskSpec = field(default_factory=TaskSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently convert) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise SpecError(f"{where}: {value!r} is not allowed; allowed: {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise SpecError(f"{where}: must not be null; expected {_type_name(tp)}")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except SpecError as e:
+                errors.append(str(e))
+        raise SpecError(f"{where}: {value!r} is not {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise SpecError(f"{where}: {value!r} is not a boolean (true/false)")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise SpecError(f"{where}: {value!r} is not an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 2e-5 as a string
+            except ValueError:
+                pass
+        raise SpecError(f"{where}: {value!r} is not a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise SpecError(f"{where}: {value!r} is not a string")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"{where}: {value!r} is not a list")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise SpecError(f"{where}: {value!r} is not a list of {len(args)} values")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SpecError(f"{where}: {value!r} is not a mapping")
+        return dict(value)
+    raise TypeError(f"spec field {where} has an unsupported annotation {tp!r}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{where or 'spec'}: expected a mapping of fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        section = where or "spec"
+        raise SpecError(f"{section}: unknown key {unknown[0]!r}; known keys: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def spec_from_dict(data: dict[str, Any], cls: type = RunSpec) -> Any:
+    """Build and check a spec dataclass from plain data."""
+    spec = _build(cls, data, "")
+    if hasattr(spec, "validate"):
+        spec.validate()
+    return spec
+
+
+def _parse_value(text: str) -> Any:
+    """Values in ``--set key=value`` are YAML scalars or flow collections (``[1, 2]``)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides to nested plain data (a new dict; the input is untouched)."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    for key, value in items:
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected key=value, e.g. optim.lr=3e-5")
+    key, value = text.split("=", 1)
+    return key.strip(), _parse_value(value)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise SpecError(f"spec file {path} is not valid YAML: {e}") from None
+    if data is None:
+        raise SpecError(f"spec file {path} is empty")
+    if not isinstance(data, dict):
+        raise SpecError(f"spec file {path}: expected a mapping at the top level")
+    return data
+
+
+def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] = ()) -> RunSpec:
+    """Load a run spec from a YAML file or plain data and apply overrides."""
+    data = source if isinstance(source, dict) else read_yaml(source)
+    return spec_from_dict(apply_overrides(data, overrides or []))
+
+
+def to_dict(spec: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(spec)))
+
+
+def spec_hash(spec: Any, exclude: tuple[str, ...] = ("seed", "name")) -> str:
+    """A stable hash of the resolved spec; by default without seed and name (the recipe's identity)."""
+    data = {k: v for k, v in to_dict(spec).items() if k not in exclude}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_id(spec: RunSpec) -> str:
+    """A run's identity: the recipe hash and the seed."""
+    return f"{spec_hash(spec)[:12]}-s{spec.seed}"
