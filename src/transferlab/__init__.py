@@ -1,3 +1,15 @@
 """transferlab: run, compare and trust transfer-learning recipes for pretrained transformers."""
 
 __version__ = "0.1.0"
+
+from transferlab.spec import RunSpec, load_spec  # noqa: E402
+
+
+def run(spec, store=None, **kwargs):
+    """Train, evaluate and store one run (see :func:`transferlab.train.loop.run`)."""
+    from transferlab.train.loop import run as _run
+
+    return _run(spec, store, **kwargs)
+
+
+__all__ = ["RunSpec", "load_spec", "run", "__version__"]

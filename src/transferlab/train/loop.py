@@ -1,0 +1,283 @@
+"""The loop for one run: data -> model -> optimizer + schedule -> train, evaluate, store.
+
+    result = run(load_spec("spec.yaml"), store=Store("runs/transferlab.db"))
+
+The hot path does no host synchronisation per step: losses, gradient norms and the
+first non-finite step are kept on the device and read once per logging interval.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from transferlab.data.build import build_task
+from transferlab.data.metrics import baseline, compute, higher_is_better
+from transferlab.data.task import Task
+from transferlab.errors import UserError
+from transferlab.models.model import TransferModel, build_model
+from transferlab.provenance import provenance
+from transferlab.recipes.optim import build_optimizer
+from transferlab.recipes.param_groups import build_param_groups
+from transferlab.recipes.schedules import build_schedule
+from transferlab.spec import RunSpec, run_id, spec_hash, to_dict
+from transferlab.store import DEFAULT_STORE, Store
+from transferlab.train.batches import Encoded, collate, encode, epoch_batches, eval_batches
+from transferlab.train.checkpoint import save_weights, task_meta
+
+
+class Hook(Protocol):
+    """What a strategy (freezing, unfreezing, ...) may do inside the loop. All methods optional."""
+
+    def on_train_start(self, model: TransferModel, optimizer: torch.optim.Optimizer, total_steps: int) -> None: ...
+
+    def on_step_start(self, step: int) -> None: ...
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    uid: str
+    status: str  # finished | diverged | failed | skipped
+    dev: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+    best_step: int | None = None
+    steps: int = 0
+    duration_s: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device: {name!r} asked for but CUDA is not available here; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    return torch.bfloat16  # auto and bf16
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return F.mse_loss(logits.squeeze(-1).float(), labels)
+    return F.cross_entropy(logits.float(), labels)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict(model: TransferModel, enc: Encoded, task: Task, batch_size: int, device: torch.device,
+            amp: torch.dtype | None = None) -> np.ndarray:
+    """Predictions in row order: class ids, or floats for regression."""
+    was_training = model.training
+    model.eval()
+    regression = task.problem == "regression"
+    out = np.zeros(len(enc), dtype=np.float32 if regression else np.int64)
+    for index in eval_batches(enc, batch_size):
+        batch = _to(collate(enc, index, regression), device)
+        batch.pop("labels")
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(**batch)
+        pred = logits.squeeze(-1).float() if regression else logits.argmax(-1)
+        out[index] = pred.cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def evaluate(model, enc: Encoded, task: Task, batch_size: int, device, amp=None) -> dict[str, float]:
+    preds = predict(model, enc, task, batch_size, device, amp)
+    return compute(task.metrics, preds, enc.labels)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, force: bool = False,
+        progress: bool = True, hooks: list | tuple = ()) -> RunResult:
+    """Train and evaluate one run and store it. A finished run with the same id is reused unless ``force``."""
+    store = store or Store(DEFAULT_STORE)
+    rid = run_id(spec)
+    if not force and (done := store.finished(rid)) is not None:
+        s = done.summary
+        return RunResult(rid, done.uid, "skipped", s.get("dev", {}), s.get("test", {}), s.get("best_step"),
+                         s.get("steps", 0), done.duration_s or 0.0, s)
+    uid = store.start_run(rid, spec_hash(spec), spec.seed, to_dict(spec), name=spec.name, study=study,
+                          provenance=provenance())
+    start = time.time()
+    try:
+        result = _train(spec, store, uid, progress=progress, hooks=hooks)
+    except UserError as e:
+        store.finish_run(uid, "failed", error=str(e), duration_s=time.time() - start)
+        raise
+    except KeyboardInterrupt:
+        store.finish_run(uid, "failed", error="interrupted (KeyboardInterrupt)", duration_s=time.time() - start)
+        raise
+    except Exception:
+        store.finish_run(uid, "failed", error=traceback.format_exc(limit=8), duration_s=time.time() - start)
+        raise
+    result.run_id, result.uid = rid, uid
+    result.duration_s = time.time() - start
+    store.finish_run(uid, result.status, summary=result.summary, duration_s=result.duration_s,
+                     error=result.summary.get("error"), error_step=result.summary.get("error_step"))
+    return result
+
+
+def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> RunResult:
+    tspec = spec.train
+    seed_everything(spec.seed)
+    device = resolve_device(tspec.device)
+    amp = autocast_dtype(tspec.precision, device)
+    task = build_task(spec.task, seed=spec.seed)
+    regression = task.problem == "regression"
+
+    model = build_model(spec, task).to(device)
+    tokenizer = model.backbone.tokenizer
+    data = {name: encode(split, task, tokenizer, spec.model.max_length)
+            for name, split in task.splits.items() if split.labelled or name == "train"}
+    train_enc, dev_enc = data["train"], data["dev"]
+
+    groups = build_param_groups(model, spec.optim, model.num_layers)
+    optimizer = build_optimizer(groups, spec.optim, device.type)
+    batches_per_epoch = math.ceil(len(train_enc) / tspec.batch_size)
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / tspec.grad_accum))
+    total = tspec.max_steps or max(1, math.ceil(tspec.epochs * steps_per_epoch))
+    scheduler = build_schedule(optimizer, spec.schedule, total)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    for hook in hooks:
+        if hasattr(hook, "on_train_start"):
+            hook.on_train_start(model, optimizer, total)
+    n_params, n_trainable = count_parameters(model)
+    store.update_run(uid, n_params=n_params, n_trainable=n_trainable)
+
+    eval_steps = sorted({max(1, round(total * (i + 1) / tspec.num_evals)) for i in range(tspec.num_evals)} | {total})
+    main, better = task.main_metric, higher_is_better(task.main_metric)
+    best_value, best_step, best_state, since_best = None, None, None, 0
+    status, error, error_step = "finished", None, None
+
+    curve_buf: list[tuple[int, torch.Tensor, float, torch.Tensor]] = []
+    loss_sum = torch.zeros((), device=device)
+    loss_n = 0
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    bar = tqdm(total=total, desc=spec.name, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+
+    model.train()
+    step, epoch = 0, 0
+    micro = iter(())
+    while step < total:
+        for hook in hooks:
+            if hasattr(hook, "on_step_start"):
+                hook.on_step_start(step)
+        for _ in range(tspec.grad_accum):
+            index = next(micro, None)
+            if index is None:
+                micro = iter(epoch_batches(train_enc, tspec.batch_size, spec.seed, epoch, tspec.length_bucketing))
+                epoch += 1
+                index = next(micro)
+            batch = _to(collate(train_enc, index, regression), device)
+            labels = batch.pop("labels")
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(**batch)
+            loss = loss_fn(logits, labels, regression) / tspec.grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += loss.detach()
+        loss_n += 1
+        if scaler:
+            scaler.unscale_(optimizer)
+        params = [p for p in model.parameters() if p.grad is not None]
+        max_norm = spec.optim.max_grad_norm
+        gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        lr = max(scheduler.get_last_lr())
+        bad = ~torch.isfinite(loss.detach()) | ~torch.isfinite(gnorm)
+        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        if step % tspec.log_every == 0 or step in eval_steps:
+            curve_buf.append((step, loss_sum / loss_n, lr, gnorm.detach()))
+            loss_sum, loss_n = torch.zeros((), device=device), 0
+            bad_step = int(first_bad)  # one host sync per logging interval
+            if bad_step >= 0:
+                status, error_step = "diverged", bad_step
+                error = f"non-finite loss or gradient at step {bad_step}"
+                _flush_curve(store, uid, curve_buf)
+                break
+        if step in eval_steps:
+            _flush_curve(store, uid, curve_buf, bar)
+            metrics = evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp)
+            store.log_evals(uid, step, "dev", metrics)
+            value = metrics[main]
+            improved = best_value is None or (value > best_value if better else value < best_value)
+            if improved:
+                best_value, best_step, since_best = value, step, 0
+                if tspec.restore_best and step != total:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if tspec.early_stopping_patience is not None and since_best >= tspec.early_stopping_patience:
+                    break
+    bar.close()
+
+    summary: dict[str, Any] = {"steps": step, "total_steps": total, "main_metric": main}
+    if status == "diverged":
+        summary.update(error=error, error_step=error_step)
+    if tspec.restore_best and best_step is not None and best_step != step and best_state is not None:
+        model.load_state_dict(best_state)
+    dev = evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp) if status == "finished" else {}
+    test = {}
+    if status == "finished" and "test" in data:
+        test = evaluate(model, data["test"], task, tspec.eval_batch_size, device, amp)
+        store.log_evals(uid, step, "test", test)
+    if dev:
+        store.log_evals(uid, step, "final_dev", dev)
+    summary.update(dev=dev, test=test, best_step=best_step if tspec.restore_best else step,
+                   baseline=baseline(task, "dev"), n_params=n_params, n_trainable=n_trainable,
+                   trainable_share=n_trainable / max(1, n_params))
+    if tspec.save_model and status == "finished":
+        save_weights(model, store.artifact_dir(uid), task_meta(task))
+    return RunResult("", uid, status, dev, test, summary["best_step"], step, 0.0, summary)
+
+
+def _flush_curve(store: Store, uid: str, buf: list, bar=None) -> None:
+    """Move the buffered curve points to the host in one transfer and store them."""
+    if not buf:
+        return
+    losses = torch.stack([b[1] for b in buf]).float().cpu().tolist()
+    norms = torch.stack([b[3].float() for b in buf]).cpu().tolist()
+    rows = [(s, loss, lr, n) for (s, _, lr, _), loss, n in zip(buf, losses, norms)]
+    store.log_curve(uid, rows)
+    if bar is not None:
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    buf.clear()

@@ -1,0 +1,47 @@
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+
+POS = ["great", "good", "lovely", "superb", "fine", "nice"]
+NEG = ["awful", "bad", "poor", "dull", "boring", "weak"]
+FILL = ["the", "movie", "plot", "actor", "was", "really", "quite", "a", "story", "film", "scene", "and"]
+
+
+def write_sentiment_csv(folder: Path, n_train: int = 256, n_dev: int = 64, seed: int = 0) -> Path:
+    """A toy text-classification task: the label is whether a positive word occurs."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        lines = ["text,label"]
+        for i in range(n):
+            label = i % 2
+            words = rng.sample(FILL, 5) + [rng.choice(POS if label else NEG)]
+            rng.shuffle(words)
+            lines.append(f"{' '.join(words)},{label}")
+        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture
+def toy_task_dir(tmp_path):
+    return write_sentiment_csv(tmp_path / "toy")
+
+
+def tiny_spec_dict(data_dir: Path, **train) -> dict:
+    return {
+        "name": "tiny",
+        "model": {"name": "tiny-bert", "max_length": 32},
+        "task": {"name": "csv", "path": str(data_dir)},
+        "head": {"name": "cls"},
+        "optim": {"lr": 3e-3},
+        "schedule": {"name": "linear", "warmup_ratio": 0.1},
+        "train": {"epochs": 3, "batch_size": 16, "num_evals": 3, "log_every": 2, **train},
+    }
