@@ -45,3 +45,11 @@ def tiny_spec_dict(data_dir: Path, **train) -> dict:
         "schedule": {"name": "linear", "warmup_ratio": 0.1},
         "train": {"epochs": 3, "batch_size": 16, "num_evals": 3, "log_every": 2, **train},
     }
+
+
+def tiny_study_dict(data_dir: Path, name: str = "tiny-study", seeds=(0, 1, 2, 3, 4), **train) -> dict:
+    """A study of two arms (debiased AdamW, BERTAdam) over tiny_spec_dict: fast runs on CPU."""
+    base = tiny_spec_dict(data_dir, **{"epochs": 1, "num_evals": 2, "log_every": 1, "save_model": False, **train})
+    base["model"]["max_length"] = 16
+    return {"study": name, "base": base, "baseline": "adamw", "seeds": list(seeds),
+            "arms": {"adamw": {"optim.name": "adamw"}, "bertadam": {"optim.name": "bertadam"}}}

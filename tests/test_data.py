@@ -556,6 +556,9 @@ def test_registry_names_and_aliases():
         "jsonl",
         "imdb",
         "digits",
+        "mnist",
+        "cifar10",
+        "cifar10_gray",
     }
     assert set(mine) == expected
 

@@ -33,9 +33,13 @@ def batch(seed: int = 0):
     return ids * mask, mask
 
 
-def train(model, target, loss_fn, steps=30, lr=3e-3) -> list[float]:
+def train(model, target, loss_fn, steps=40, lr=3e-3) -> list[float]:
+    """Adam on everything but the word embeddings (their 1M-element updates dominate CPU time).
+    Dropout draws from the global generator: seeded here, so the result does not depend on test order."""
+    torch.manual_seed(0)
     ids, mask = batch()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.backbone.model.get_input_embeddings().weight.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
     for _ in range(steps):
         loss = loss_fn(model(ids, mask), target)

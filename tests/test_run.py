@@ -8,9 +8,10 @@ import time
 
 import pytest
 import yaml
-
 from conftest import tiny_spec_dict
+
 from transferlab.cli import main
+from transferlab.errors import UserError
 from transferlab.spec import load_spec, run_id
 from transferlab.store import Store
 from transferlab.train.loop import run
@@ -54,7 +55,7 @@ def test_failed_run_is_stored_and_earlier_runs_survive(toy_task_dir, tmp_path):
     store = Store(tmp_path / "s.db")
     good = run(load_spec(tiny_spec_dict(toy_task_dir, epochs=1)), store, progress=False)
     bad = load_spec({**tiny_spec_dict(toy_task_dir), "task": {"name": "csv", "path": str(tmp_path / "missing")}})
-    with pytest.raises(Exception):
+    with pytest.raises(UserError, match="missing"):
         run(bad, store, progress=False)
     failed = store.runs(run_id=run_id(bad))[-1]
     assert failed.status == "failed" and "missing" in failed.error

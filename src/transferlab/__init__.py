@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from transferlab.spec import RunSpec, load_spec  # noqa: E402
+from transferlab.spec import RunSpec, load_spec
 
 
 def run(spec, store=None, **kwargs):
@@ -12,4 +12,4 @@ def run(spec, store=None, **kwargs):
     return _run(spec, store, **kwargs)
 
 
-__all__ = ["RunSpec", "load_spec", "run", "__version__"]
+__all__ = ["RunSpec", "__version__", "load_spec", "run"]

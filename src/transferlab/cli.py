@@ -1,11 +1,16 @@
 """The ``transferlab`` command line.
 
     transferlab run SPEC.yaml [--set key=value ...] [--store PATH] [--rerun]
+    transferlab run STUDY.yaml [--dry-run] [--executor inline|processes|ray] [--workers N] [--address A]
+                               [--skip-failed] [--new-study]
     transferlab runs [--store PATH] [--study NAME] [--all]
     transferlab export RUN -o DIR           (a Hugging Face folder with the tokenizer)
     transferlab export --csv DIR | --parquet DIR   (the store's tables)
     transferlab report [--store PATH] [--study NAME] -o DIR
+    transferlab surgery RUN -s "init layers=5 scheme=xavier_uniform" [-s ...] [--split dev]
     transferlab demo [-o DIR]
+    transferlab pretrain SPEC.yaml [--set key=value ...]   (MLM / masked modelling -> a HF folder)
+    transferlab bench [--model minilm|bert-base|...] [--batch 32] [--seq 64] [--seeds 1,4,8,20]   (throughput)
 
 A user's mistake (bad spec, missing file, unknown model) prints one line and exits 2.
 """
@@ -36,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a spec field, e.g. --set optim.lr=3e-5 (repeatable)")
     p.add_argument("--rerun", action="store_true", help="run again even if this run id already finished")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("studies (a YAML file with a top-level `study:` key)")
+    g.add_argument("--dry-run", action="store_true", help="print the expanded runs and their state; run nothing")
+    g.add_argument("--executor", default="inline", help="inline (default), processes or ray")
+    g.add_argument("--workers", type=int, default=2, help="worker processes, or local Ray CPUs (default 2)")
+    g.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: per executor)")
+    g.add_argument("--seed-parallel", choices=["auto", "on", "off"], default="auto",
+                   help="train runs that differ only in seed together in one process (auto: on CUDA only)")
+    g.add_argument("--skip-failed", action="store_true", help="do not run failed runs again")
+    g.add_argument("--new-study", action="store_true", help="replace a stored study of this name and another spec")
     _store_arg(p)
 
     p = sub.add_parser("runs", help="list stored runs with their metrics")
@@ -56,10 +71,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True)
     _store_arg(p)
 
+    p = sub.add_parser("surgery", help="evaluate a stored fine-tuned run under surgeries, without training")
+    p.add_argument("run", help="run id or uid of a finished training run")
+    p.add_argument("-s", "--surgery", action="append", default=[], metavar="STEPS", help=(
+        'e.g. "init layers=5 scheme=xavier_uniform" or "transplant source=self layers=5"; steps joined by " + " '
+        "(repeatable; see transferlab.recipes.surgery)"))
+    p.add_argument("--split", default="dev", help="labelled split to evaluate (default dev)")
+    p.add_argument("--task-path", default=None, help="the task's data folder, if it moved since the run")
+    p.add_argument("--seed", type=int, default=0, help="seed of the init schemes (default 0)")
+    p.add_argument("--batch-size", type=int, default=64)
+    _store_arg(p)
+
+    p = sub.add_parser("pretrain", help="MLM or masked-input pretraining (YAML spec); writes a Hugging Face folder")
+    p.add_argument("spec", help="pretraining spec YAML (see transferlab.pretrain.spec)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set train.max_steps=100 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("demo", help="offline CPU demo: pretrained vs random MiniLM on digit patches")
     p.add_argument("-o", "--out", default="demo_out", help="folder for the store and the report")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("bench", help="training throughput: HF Trainer vs our single run vs S seeds in parallel")
+    p.add_argument("--model", default="minilm", help="alias, folder, hub id, or bert-base (its shape, random weights)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=64, help="tokens per example (every example has exactly this many)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per row")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--seeds", default="1,4,8,20", help="seed counts of the seed-parallel rows (comma-separated)")
+    p.add_argument("--rows", default="trainer,single,parallel", help="which rows (comma-separated)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on CUDA)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--repeat", type=int, default=1, help="run all rows this many times in rotation; report medians")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--profile", default=None, metavar="DIR", help="profile the timed steps; Chrome traces into DIR")
     return parser
 
 
@@ -87,22 +135,50 @@ def quiet_libraries() -> None:
 
 
 def cmd_run(args) -> int:
-    from transferlab.spec import load_spec
+    from transferlab.spec import load_spec, read_yaml
     from transferlab.store import Store
+    from transferlab.study.spec import is_study
     from transferlab.train.loop import run
 
-    spec = load_spec(args.spec, args.overrides)
+    data = read_yaml(args.spec)
+    if is_study(data):
+        return cmd_study(args, data)
+    spec = load_spec(data, args.overrides)
     store = Store(args.store)
     result = run(spec, store, force=args.rerun, progress=not args.quiet)
     if result.status == "skipped":
         print(f"run {result.run_id} already finished (uid {result.uid}); --rerun to run it again")
     print(f"{result.uid}  {result.status}  steps {result.steps}  {result.duration_s:.0f}s")
+    if result.summary.get("n_params"):
+        s = result.summary
+        print(f"  trainable: {s['n_trainable']:,} of {s['n_params']:,} parameters ({s['trainable_share']:.2%})")
     for split, metrics in (("dev", result.dev), ("test", result.test)):
         if metrics:
             print(f"  {split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if result.status == "diverged":
         print(f"  diverged: {result.summary.get('error')}")
     return 0
+
+
+def cmd_study(args, data: dict) -> int:
+    from transferlab.store import Store
+    from transferlab.study.runner import describe_plan, run_study
+    from transferlab.study.spec import load_study
+
+    study = load_study(data, args.overrides)
+    if args.dry_run:
+        store = Store(args.store) if Path(args.store).is_file() else None
+        rows = describe_plan(study, store)
+        print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
+        runs = [r for r in rows if not r[5].startswith("(")]
+        waiting = len(rows) - len(runs)
+        print(f"{study.study}: {sum(r[-1] != 'done' for r in runs)} of {len(runs)} runs to do"
+              + (f"; then {waiting} cells x {len(study.seeds)} seeds at the LRs chosen on validation" if waiting else ""))
+        return 0
+    result = run_study(study, Store(args.store), executor=args.executor, workers=args.workers,
+                       address=args.address, threads=args.threads, skip_failed=args.skip_failed,
+                       new=args.new_study, seed_parallel=args.seed_parallel)
+    return 130 if result.interrupted else 0
 
 
 def format_table(header: list[str], rows: list[list]) -> str:
@@ -161,6 +237,35 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from transferlab.pretrain import load_pretrain_spec, pretrain
+
+    spec = load_pretrain_spec(args.spec, args.overrides)
+    s = pretrain(spec, progress=not args.quiet)
+    print(f"wrote {spec.out}  ({s['objective']}, {s['steps']} steps, {s['duration_s']:.0f}s)")
+    print(f"  held-out loss: {s['heldout_before']:.4f} -> {s['heldout_after']:.4f}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from transferlab.bench import bench, write_json
+
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"--seeds: {args.seeds!r} is not a comma-separated list of integers, e.g. 1,4,8") from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench(args.model, batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup, seeds=seeds,
+                   rows=tuple(r.strip() for r in args.rows.split(",") if r.strip()), device=args.device,
+                   precision=args.precision, compile=args.compile, repeat=args.repeat, profile=args.profile)
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from transferlab.demo import demo
 
@@ -168,7 +273,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "runs": cmd_runs, "export": cmd_export, "report": cmd_report, "demo": cmd_demo}
+def cmd_surgery(args) -> int:
+    from transferlab.recipes.surgery import run_surgery, table
+    from transferlab.store import Store
+
+    main, rows = run_surgery(Store(args.store), args.run, args.surgery, split=args.split, task_path=args.task_path,
+                             seed=args.seed, batch_size=args.batch_size)
+    print(format_table(*table(main, rows)))
+    return 0
+
+
+COMMANDS = {"bench": cmd_bench, "surgery": cmd_surgery, "run": cmd_run, "runs": cmd_runs, "export": cmd_export, "report": cmd_report, "demo": cmd_demo,
+            "pretrain": cmd_pretrain}
 
 
 if __name__ == "__main__":

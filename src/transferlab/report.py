@@ -1,8 +1,10 @@
 """Reports read only the store: Markdown and one self-contained HTML page with plots.
 
-Runs are grouped into cells by (study, task, arm name); each cell shows its seeds'
-mean ± std of every final metric, on test when the task has labelled test data and
-on dev otherwise.
+Runs are grouped into cells: a study's planned cells (task x arm and grid point, see
+transferlab.study), or (study, task, run name) for runs outside a study plan. Each cell
+shows its seeds' mean ± std of every final metric, on test when the task has labelled
+test data and on dev otherwise; study cells also get the statistics, tests against the
+baseline arm, chosen learning rates and figures of transferlab.study.tables and .plots.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from transferlab.store import RunRow, Store
 class Cell:
     study: str
     task: str
-    arm: str
+    arm: str  # the label shown: the arm, plus the grid point in a study
     runs: list[RunRow] = field(default_factory=list)
+    study_arm: str = ""  # a study's arm without the grid point (pairs cells with the baseline arm)
+    lr: float | None = None  # the learning rate the study chose for the cell
 
     @property
     def split(self) -> str:
@@ -44,7 +48,17 @@ class Cell:
 
 def cells(store: Store, study: str | None = None) -> list[Cell]:
     groups: dict[tuple, Cell] = {}
+    planned = [s for s, _, _ in store.studies() if study in (None, s) and store.study_plan(s, "main")]
+    for s in planned:
+        for _, rid, task, arm, label, _, lr in store.study_plan(s, "main"):
+            cell = groups.setdefault((s, task, label), Cell(s, task, label, study_arm=arm, lr=lr))
+            rows = store.runs(run_id=rid)
+            done = [r for r in rows if r.status == "finished"]
+            if rows:
+                cell.runs.append(done[-1] if done else rows[-1])
     for r in store.runs(study=study, latest=True):
+        if r.study in planned:
+            continue
         key = (r.study or "", r.spec.get("task", {}).get("name", ""), r.name or "run")
         groups.setdefault(key, Cell(*key)).runs.append(r)
     return list(groups.values())
@@ -143,31 +157,68 @@ def curve_plot(store: Store, all_cells: list[Cell]) -> bytes | None:
     return data
 
 
+def _sections(store: Store, all_cells: list[Cell]) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
+    """(title, note, table) of every section with rows."""
+    from transferlab.study import tables
+
+    studies = list(dict.fromkeys(c.study for c in all_cells if c.study))
+    sections = [
+        ("Runs", "Mean ± std over seeds of every final metric; failed counts failed and diverged runs.",
+         summary_table(all_cells)),
+        ("Statistics per cell", ("Main metric. 95% CI: BCa bootstrap of the mean. Degenerate: not above the best "
+         "constant prediction by the study's margin. Steps: median first dev evaluation reaching the threshold."),
+         tables.stats_table(store, all_cells)),
+        ("Against the baseline arm", ("Two-sided Welch t-test and Mann-Whitney U; Holm-adjusted over all "
+         "comparisons of the report."), tables.comparison_table(store, all_cells)),
+        ("Learning rates chosen on validation", ("Per cell, the mean final dev (validation) score of each LR "
+         "over the search seeds; the best LR then ran with all seeds."), tables.lr_table(store, studies)),
+        ("Expected best score over k seeds", "Dodge et al. (2019), from the empirical distribution of the seeds.",
+         tables.expected_max_table(all_cells)),
+        ("Paper-style table", "Mean ± std × 100 of each task's main metric.", tables.paper_table(all_cells)),
+    ]
+    return [s for s in sections if s[2][1]]
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    out = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    out += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return out + "</table>"
+
+
 def write_report(store: Store, out: Path, study: str | None = None) -> list[Path]:
+    from transferlab.study import plots as study_plots
+
     out.mkdir(parents=True, exist_ok=True)
     all_cells = cells(store, study)
-    header, rows = summary_table(all_cells)
-    plots = {"seeds.png": seed_plot(all_cells), "loss_curves.png": curve_plot(store, all_cells)}
+    sections = _sections(store, all_cells)
+    plots = {
+        "seeds.png": study_plots.seeds_plot(all_cells) or seed_plot(all_cells),
+        "dev_curves.png": study_plots.dev_curve_plot(store, all_cells),
+        "loss_curves.png": curve_plot(store, all_cells),
+        "lr_schedule.png": study_plots.lr_plot(store, all_cells),
+        "expected_max.png": study_plots.expected_max_plot(all_cells),
+    }
+    plots = {name: data for name, data in plots.items() if data}
     written = []
     for name, data in plots.items():
-        if data:
-            (out / name).write_bytes(data)
-            written.append(out / name)
+        (out / name).write_bytes(data)
+        written.append(out / name)
     title = f"transferlab report: {study or store.path.name}"
-    md = [f"# {title}", "", markdown_table(header, rows), ""]
-    md += [f"![{name}]({name})" for name, data in plots.items() if data]
+    md = [f"# {title}", ""]
+    for name, note, (header, rows) in sections:
+        md += [f"## {name}", "", note, "", markdown_table(header, rows), ""]
+    md += ["## Figures", ""] + [f"![{name}]({name})" for name in plots]
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     written.append(out / "report.md")
-    table_html = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-    table_html += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    table_html += "</table>"
-    imgs = "".join(f'<p><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></p>'
-                   for n, d in plots.items() if d)
+    body = "".join(f"<h2>{html.escape(name)}</h2><p class='note'>{html.escape(note)}</p>{_html_table(*table)}"
+                   for name, note, table in sections)
+    body += "<h2>Figures</h2>" + "".join(
+        f'<p><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></p>' for n, d in plots.items())
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head>"
-            f"<body><h1>{html.escape(title)}</h1>{table_html}{imgs}</body></html>")
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}.note{color:#555;font-size:90%}"
+            "img{max-width:100%}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1>{body}</body></html>")
     (out / "report.html").write_text(page, encoding="utf-8")
     written.append(out / "report.html")
     return written
-

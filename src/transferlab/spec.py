@@ -34,6 +34,18 @@ class ModelSpec:
     trust_remote_code: bool = False
     max_length: int = 128
     dropout: float | None = None  # overrides hidden and attention dropout of the config when set
+    num_layers: int | None = None  # keep only the first k transformer (or LSTM) layers (a depth axis)
+
+
+@dataclass
+class InputAdapterSpec:
+    """How non-text inputs (vectors, foreign token ids) enter the backbone (models/adapters.py)."""
+
+    positions: Literal["backbone", "new"] = "backbone"  # the backbone's position table, or a new one
+    max_positions: int | None = None  # rows of a new table (null: the task's longest sequence)
+    gain: float = 1.0  # orthogonal init gain of the linear input layer (FPT uses 1.41)
+    std: float | None = None  # N(0, std) init of a token table (null: the backbone's initializer_range)
+    match_norm: bool = False  # rescale the input layer so its outputs have the backbone's token-embedding norm
 
 
 @dataclass
@@ -61,6 +73,8 @@ class TaskSpec:
     test_file: str | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    few_sample: int | None = None  # class-balanced, seeded downsampling of train to N (Zhang et al. 2021)
+    split_dev: bool = False  # split dev per class into validation (dev) and test halves
     options: dict[str, Any] = field(default_factory=dict)  # task-specific keywords
 
 
@@ -102,6 +116,84 @@ class TrainSpec:
     log_every: int = 10  # steps between training-curve points
     length_bucketing: bool = False  # batches of similar lengths (less padding)
     save_model: bool = True  # keep the final weights with the run (needed for export)
+    checkpoint_every: int | None = None  # steps between resumable checkpoints (null: none)
+    divergence_factor: float | None = 100.0  # diverged when a logged loss exceeds this x the first one
+    compile: bool = False  # torch.compile the training forward (falls back to eager when it fails; train/fast.py)
+
+
+@dataclass
+class InitRule:
+    """Apply init ``scheme`` to the parameters ``select`` picks (recipes/init.py: Selection, INIT_SCHEMES)."""
+
+    select: dict[str, Any] = field(default_factory=dict)  # layers, roles, heads, modules, patterns
+    scheme: str = "pretrained"
+    options: dict[str, Any] = field(default_factory=dict)  # std, gain, a, ...
+
+    def __post_init__(self) -> None:
+        from transferlab.recipes.init import check_rule
+
+        check_rule(self)
+
+
+@dataclass
+class InitSpec:
+    """Re-initialisation after loading (Zhang et al. 2021), then ``rules`` in order."""
+
+    reinit_layers: int = 0  # the top L transformer layers get N(0, std), zero biases, LayerNorm (1, 0)
+    reinit_pooler: bool = True  # with reinit_layers > 0: the pooler too, when the model has one
+    std: float | None = None  # null: the config's initializer_range
+    rules: list[InitRule] = field(default_factory=list)
+
+
+@dataclass
+class TransplantSpec:
+    """Copy weights by role and layer mapping from ``source`` (HF id, folder, alias) or stored ``run``."""
+
+    source: str | None = None
+    run: str | None = None  # a stored run's uid or run id (its fine-tuned backbone)
+    store: str | None = None  # the store holding ``run`` (null: the store of this run)
+    layers: Any = "all"  # all | 3 | "2-4" | "5<-0" | {target: source} ...
+    roles: list[str] | None = None  # null: every layer role
+    heads: Any = None  # null | [0, 1] | {target_head: source_head}
+    modules: list[str] = field(default_factory=list)  # embeddings, positions, embed_norm, final_norm, pooler
+    on_mismatch: str | dict[str, str] = "error"  # error | truncate | tile, or per role
+
+    def __post_init__(self) -> None:
+        from transferlab.recipes.transplant import check_step
+
+        check_step(self)
+
+
+@dataclass
+class FreezeSpec:
+    """Which parameters train when (recipes/freeze.py: FREEZERS)."""
+
+    name: str = "none"  # none, backbone_for_steps, fpt, gradual, linear_probe, bitfit, lora
+    steps: int = 0  # backbone_for_steps: freeze the backbone for the first N steps
+    options: dict[str, Any] = field(default_factory=dict)  # policy flags (fpt: train_ffn, ...; lora: r, ...)
+
+    def __post_init__(self) -> None:
+        from transferlab.recipes.freeze import check_freeze
+
+        check_freeze(self)
+
+
+@dataclass
+class DistillSpec:
+    """Distillation from a teacher (recipes/distill.py): kd (Hinton et al. 2015), pkd (Sun et al. 2019)."""
+
+    kind: str = "none"  # none, kd, pkd
+    teacher: str | None = None  # a stored run's uid or run id, or a folder (transferlab export, HF classifier)
+    teacher_store: str | None = None  # the store holding the teacher run (null: this run's store)
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the soft targets; 1 - alpha on the hard labels
+    layers: Any = "skip"  # pkd: skip | last | {student_layer: teacher_layer} (hidden_states indices)
+    beta: float = 100.0  # pkd: weight of the normalised [CLS] state distance
+
+    def __post_init__(self) -> None:
+        from transferlab.recipes.distill import check_distill
+
+        check_distill(self)
 
 
 @dataclass
@@ -111,11 +203,16 @@ class RunSpec:
     name: str = "run"
     seed: int = 0
     model: ModelSpec = field(default_factory=ModelSpec)
+    input_adapter: InputAdapterSpec = field(default_factory=InputAdapterSpec)
     head: HeadSpec = field(default_factory=HeadSpec)
     task: TaskSpec = field(default_factory=TaskSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
+    init: InitSpec = field(default_factory=InitSpec)
+    transplant: list[TransplantSpec] = field(default_factory=list)
+    freeze: FreezeSpec = field(default_factory=FreezeSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
 
 
 # --------------------------------------------------------------------------- building

@@ -7,6 +7,8 @@ Tables:
     evals(uid, step, split, metric, value)     evaluations during and after training
     curve(uid, step, loss, lr, grad_norm)      the training curve at a fixed interval
     studies(name, spec_hash, spec, created_at) studies (see transferlab.study)
+    study_plan(study, phase, run_id, ...)      each study's planned runs: phase (lr | main), task, arm, cell
+    study_values(study, key, value)            what a study decided (the chosen learning rates), as JSON
 
 Every write is its own short transaction, so a process killed at any moment leaves the
 file readable; a run whose process died shows as ``unfinished``.
@@ -68,6 +70,13 @@ CREATE TABLE IF NOT EXISTS curve (
 );
 CREATE TABLE IF NOT EXISTS studies (
     name TEXT PRIMARY KEY, spec_hash TEXT NOT NULL, spec TEXT NOT NULL, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS study_plan (
+    study TEXT NOT NULL, phase TEXT NOT NULL, run_id TEXT NOT NULL, task TEXT NOT NULL, arm TEXT NOT NULL,
+    cell TEXT NOT NULL, seed INTEGER NOT NULL, lr REAL, PRIMARY KEY (study, phase, run_id)
+);
+CREATE TABLE IF NOT EXISTS study_values (
+    study TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (study, key)
 );
 """
 
@@ -262,8 +271,8 @@ class Store:
         ).fetchall()
 
     def table(self, name: str) -> tuple[list[str], list[tuple]]:
-        if name not in ("runs", "evals", "curve", "studies"):
-            raise UserError(f"unknown table {name!r}; known: runs, evals, curve, studies")
+        if name not in ("runs", "evals", "curve", "studies", "study_plan", "study_values"):
+            raise UserError(f"unknown table {name!r}; known: runs, evals, curve, studies, study_plan, study_values")
         cur = self._db.execute(f"SELECT * FROM {name}")
         return [d[0] for d in cur.description], cur.fetchall()
 
@@ -280,6 +289,31 @@ class Store:
                         "rename the study or pass --new-study to replace its definition"
                     )
                 db.execute("UPDATE studies SET spec_hash=?, spec=? WHERE name=?", (spec_hash, json.dumps(spec), name))
+                db.execute("DELETE FROM study_plan WHERE study=?", (name,))  # the old plan and choices go;
+                db.execute("DELETE FROM study_values WHERE study=?", (name,))  # the runs stay in the store
 
     def studies(self) -> list[tuple[str, str, float]]:
         return self._db.execute("SELECT name, spec_hash, created_at FROM studies ORDER BY created_at").fetchall()
+
+    def study_spec(self, name: str) -> dict | None:
+        row = self._db.execute("SELECT spec FROM studies WHERE name=?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def plan_runs(self, study: str, rows: list[tuple[str, str, str, str, str, int, float | None]]) -> None:
+        """Record planned runs: (phase, run_id, task, arm, cell, seed, lr) each."""
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO study_plan VALUES (?,?,?,?,?,?,?,?)", [(study, *r) for r in rows])
+
+    def study_plan(self, study: str, phase: str | None = None) -> list[tuple]:
+        """(phase, run_id, task, arm, cell, seed, lr) rows in plan order."""
+        sql = "SELECT phase, run_id, task, arm, cell, seed, lr FROM study_plan WHERE study=?"
+        args: tuple = (study,) if phase is None else (study, phase)
+        return self._db.execute(sql + (" AND phase=?" if phase else "") + " ORDER BY rowid", args).fetchall()
+
+    def set_study_value(self, study: str, key: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO study_values VALUES (?,?,?)", (study, key, json.dumps(value)))
+
+    def study_values(self, study: str) -> dict[str, Any]:
+        rows = self._db.execute("SELECT key, value FROM study_values WHERE study=? ORDER BY key", (study,))
+        return {k: json.loads(v) for k, v in rows.fetchall()}

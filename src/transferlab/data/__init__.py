@@ -6,7 +6,7 @@
 Importing this package registers every task in ``TASKS``.
 """
 
-from transferlab.data import files, glue, images, imdb  # noqa: F401  (registers the tasks)
+from transferlab.data import bits, files, glue, images, imdb, listops, protein  # noqa: F401  (registers the tasks)
 from transferlab.data.build import build_task
 from transferlab.data.metrics import METRICS, baseline, compute, higher_is_better
 from transferlab.data.task import TASKS, Split, Task

@@ -95,7 +95,7 @@ def _offline() -> bool:
 
 def _register_tasks() -> None:
     """Import every task module so that its tasks are registered in TASKS."""
-    from transferlab.data import files, glue, images, imdb  # noqa: F401
+    from transferlab.data import bits, files, glue, images, imdb, listops, protein  # noqa: F401
 
 
 def validate(task: Task) -> Task:
@@ -137,8 +137,12 @@ def build_task(spec, seed: int = 0) -> Task:
     _register_tasks()
     builder = TASKS.get(spec.name, field="task.name")
     task = builder(spec)
+    if getattr(spec, "split_dev", False) or getattr(spec, "few_sample", None) is not None:
+        from transferlab.study.fewshot import apply_protocol  # the few-sample protocol
+
+        task = apply_protocol(task, spec, seed)
     sample_seed = spec.options.get("sample_seed")
-    stratify = task.problem == "classification"
+    stratify = task.problem == "classification" and task.splits["train"].labels.ndim == 1  # not per-token labels
     for field in ("max_train_samples", "max_eval_samples"):
         value = getattr(spec, field)
         if value is not None and value < 1:

@@ -67,6 +67,8 @@ def higher_is_better(name: str) -> bool:
 def compute(names: Sequence[str], preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The named metrics of ``preds`` against ``labels``, as plain floats."""
     preds, labels = np.asarray(preds), np.asarray(labels)
+    if labels.ndim == 2:  # per-token labels (bit tasks): every position is one prediction
+        preds, labels = preds.reshape(-1), labels.reshape(-1)
     if preds.ndim == 2:
         preds = preds[:, 0] if preds.shape[1] == 1 else preds.argmax(axis=1)
     if len(preds) != len(labels):
@@ -97,6 +99,6 @@ def baseline(task, split: str = "dev") -> dict[str, float]:
     if task.problem == "regression":
         preds = np.full(len(target), float(np.mean(train)))
     else:
-        counts = np.bincount(train.astype(np.int64), minlength=task.num_labels)
-        preds = np.full(len(target), int(counts.argmax()))
+        counts = np.bincount(train.astype(np.int64).ravel(), minlength=task.num_labels)
+        preds = np.full(target.shape, int(counts.argmax()))
     return compute(task.metrics, preds, target)

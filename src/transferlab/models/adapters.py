@@ -1,19 +1,36 @@
-"""Input adapters for non-text tasks: they turn task inputs into ``inputs_embeds`` for the backbone.
+"""Input adapters: non-text inputs straight into a backbone's transformer blocks (Lu et al. 2021, FPT).
 
-The backbone's embedding module still adds its position (and token type) embeddings and
-LayerNorm on top, so a pretrained text transformer can read vectors or foreign token ids.
+The adapter replaces the backbone's token embeddings; its output is the backbone's
+``inputs_embeds``, so the backbone still adds its positions (and, in BERT, the segment-0
+embedding) and applies its embedding LayerNorm. Families whose forward takes no ``inputs_embeds``
+(ViT, DeiT) are fed through their layers directly (:func:`feed_embeds`): adapter output + the
+patch rows of their position table, then every layer.
 
-* ``modality="vectors"``: (B, T, D) floats -> ``VectorAdapter`` (a linear map, orthogonal init);
-* ``modality="tokens"``: (B, T) int ids of the task's own vocabulary -> ``TokenAdapter`` (an embedding).
+* ``modality="vectors"``: (B, T, D) floats -> :class:`VectorAdapter`, a linear layer with
+  orthogonal weights times ``gain`` (FPT: 1.41) and zero bias: patches, pixels, bit groups;
+* ``modality="tokens"``: (B, T) ids of the task's own vocabulary -> :class:`TokenAdapter`, a new
+  table N(0, std) (std: the backbone's initializer_range): ListOps symbols, amino acids, pixel
+  intensities of a pixel sequence.
+
+``build_input(spec.input_adapter, backbone, task)`` also sets the positions: ``backbone`` keeps
+the backbone's own table, and a sequence longer than it is a SpecError; ``new`` replaces the table
+by a new one of ``max_positions`` rows (default: the task's longest sequence), N(0, std), under the
+same name, so freezing policies treat it as positions. ``match_norm`` rescales the input layer so
+that its outputs on (up to 512) training inputs have the mean norm of the backbone's token
+embeddings. See docs/methods/input_adapters.md.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
-from transferlab.errors import DataError
+from transferlab.errors import DataError, ModelError, SpecError
+
+SPECIAL_ROWS = {"vit": 1, "deit": 2}  # position rows before the patches (CLS, distillation token)
 
 
 class VectorAdapter(nn.Module):
@@ -71,3 +88,153 @@ def build_adapter(
             raise DataError(f"task {task!r} has modality 'tokens' but no vocab_size")
         return TokenAdapter(int(vocab_size), hidden, std)
     raise DataError(f"task {task!r}: modality {kind!r} has no input adapter; known: 'vectors', 'tokens'")
+
+
+# ---------------------------------------------------------------- the backbone's position table
+
+
+def position_table(backbone) -> tuple[nn.Module, str, Tensor] | None:
+    """(owner module, attribute, tensor) of the backbone's learned position table; None when it has none."""
+    if backbone.family == "lstm":
+        return None
+    from transferlab.models.schema import schema_of
+
+    try:
+        roles = schema_of(backbone).roles
+    except ModelError:
+        return None
+    params = dict(backbone.model.named_parameters())
+    name = next((n for n, (_, role) in roles.items() if role == "positions" and n in params), None)
+    if name is None:
+        return None
+    path, _, leaf = name.rpartition(".")
+    owner = backbone.model.get_submodule(path)
+    if isinstance(owner, nn.Embedding):  # BERT, RoBERTa, GPT-2: an embedding module
+        parent, _, attr = path.rpartition(".")
+        return backbone.model.get_submodule(parent), attr, owner.weight
+    return owner, leaf, params[name]  # ViT, DeiT: a (1, rows, H) parameter
+
+
+def position_offset(backbone) -> int:
+    """Rows of the table before the first input position (RoBERTa: padding_idx + 1; ViT: CLS)."""
+    if backbone.family in SPECIAL_ROWS:
+        return SPECIAL_ROWS[backbone.family]
+    if backbone.family in ("roberta", "xlm-roberta", "camembert"):
+        return int(backbone.config.pad_token_id or 0) + 1
+    return 0
+
+
+def position_limit(backbone) -> int | None:
+    """How many input tokens the backbone's positions cover; None when it has no position table."""
+    table = position_table(backbone)
+    if table is None:
+        return None
+    rows = table[2].shape[-2]
+    return rows - position_offset(backbone)
+
+
+@torch.no_grad()
+def new_positions(backbone, n: int, std: float) -> None:
+    """Replace the position table by a new N(0, std) one covering ``n`` input tokens (same name)."""
+    table = position_table(backbone)
+    if table is None:
+        raise SpecError(f"input_adapter.positions: new needs a learned position table; {backbone.family} has none")
+    owner, attr, old = table
+    rows = n + position_offset(backbone)
+    if isinstance(getattr(owner, attr), nn.Embedding):
+        new = nn.Embedding(rows, old.shape[-1])
+        nn.init.normal_(new.weight, std=std)
+        setattr(owner, attr, new.to(old.device, old.dtype))
+        for buf, fill in (("position_ids", torch.arange(rows)), ("token_type_ids", torch.zeros(rows))):
+            if buf in dict(owner.named_buffers(recurse=False)):
+                owner.register_buffer(buf, fill.long().unsqueeze(0).to(old.device), persistent=False)
+        for key in ("max_position_embeddings", "n_positions"):
+            if hasattr(backbone.config, key):
+                setattr(backbone.config, key, rows)
+    else:
+        setattr(owner, attr, nn.Parameter(torch.randn(1, rows, old.shape[-1], dtype=old.dtype,
+                                                      device=old.device) * std))
+
+
+# ---------------------------------------------------------------- building and feeding
+
+
+def _sequence_length(task) -> int | None:
+    """The longest sequence of the task's data; for a data-less task (a restored model) its recorded one."""
+    lengths = [int(s.inputs.shape[1]) for s in task.splits.values() if s.inputs is not None and len(s.inputs)]
+    return max(lengths) if lengths else task.extra.get("num_tokens")
+
+
+def embedding_norm(backbone) -> float:
+    """Mean L2 norm of the rows of the backbone's token-embedding table."""
+    table = backbone.model.get_input_embeddings() if hasattr(backbone.model, "get_input_embeddings") else None
+    if not isinstance(table, nn.Embedding):
+        raise SpecError(f"input_adapter.match_norm: {backbone.family} has no token-embedding table to match")
+    return float(table.weight.detach().float().norm(dim=-1).mean())
+
+
+@torch.no_grad()
+def match_norm(adapter: nn.Module, inputs: np.ndarray, target: float) -> float:
+    """Scale the adapter's weights so its mean output norm on ``inputs`` is ``target``; returns the factor."""
+    x = torch.as_tensor(inputs[:512])
+    current = float(adapter(x).float().norm(dim=-1).mean())
+    if current <= 0:
+        raise DataError("input_adapter.match_norm: the input layer's outputs are all zero on the training inputs")
+    factor = target / current
+    for p in adapter.parameters():
+        p.mul_(factor)
+    return factor
+
+
+def build_input(spec, backbone, task) -> nn.Module:
+    """The input adapter of ``task`` for ``backbone`` per ``spec`` (an InputAdapterSpec); sets positions."""
+    std = spec.std if spec.std is not None else float(getattr(backbone.config, "initializer_range", 0.02))
+    adapter = build_adapter(task.modality, backbone.hidden_size, input_dim=task.input_dim,
+                            vocab_size=task.vocab_size, gain=spec.gain, std=std, task=task.name)
+    length = _sequence_length(task)
+    if spec.positions == "new":
+        n = spec.max_positions or length
+        if n is None:
+            raise ModelError(f"input_adapter.max_positions: task {task.name} has no data to size the new table; "
+                             "set it")
+        if length is not None and n < length:
+            raise SpecError(f"input_adapter.max_positions: {n} rows, but task {task.name} has sequences of "
+                            f"{length} tokens")
+        new_positions(backbone, n, std)
+    else:
+        if spec.max_positions is not None:
+            raise SpecError("input_adapter.max_positions: sizes a new table; set input_adapter.positions: new")
+        limit = position_limit(backbone)
+        if limit is not None and length is not None and length > limit:
+            raise SpecError(f"task {task.name}: sequences of {length} tokens, but {backbone.family} has {limit} "
+                            f"positions; set input_adapter.positions: new (and max_positions >= {length}) "
+                            "or make the sequences shorter (a larger patch_size, task.options.max_tokens)")
+    if spec.match_norm and task.splits.get("train") is not None and task.splits["train"].inputs is not None:
+        match_norm(adapter, task.splits["train"].inputs, embedding_norm(backbone))
+    return adapter
+
+
+def feed_embeds(backbone, embeds: Tensor, mask: Tensor | None) -> tuple[tuple[Tensor, ...], Tensor]:
+    """All hidden states and the mask for adapter outputs ``embeds`` (B, T, H)."""
+    if "inputs_embeds" in getattr(backbone, "_args", {"inputs_embeds"}):
+        return backbone(inputs_embeds=embeds, attention_mask=mask)
+    if backbone.family not in SPECIAL_ROWS:
+        raise ModelError(f"input adapters need a backbone that takes inputs_embeds or a ViT/DeiT; "
+                         f"{backbone.family} does neither")
+    from transferlab.models.schema import schema_of
+
+    if mask is None:
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    route = backbone.__dict__.get("_blocks_route")
+    if route is None:  # built once: the schema's layer calls and where the position table lives
+        owner, attr, _ = position_table(backbone)
+        route = backbone.__dict__["_blocks_route"] = (owner, attr, schema_of(backbone))
+    owner, attr, schema = route
+    offset = SPECIAL_ROWS[backbone.family]
+    x = embeds + getattr(owner, attr)[:, offset : offset + embeds.shape[1]]
+    x = backbone.model.embeddings.dropout(x)
+    hidden = [x]
+    for i in range(backbone.num_layers):
+        x = schema.call_layer(i, x, mask)
+        hidden.append(x)
+    return tuple(hidden), mask

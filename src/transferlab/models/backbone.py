@@ -123,14 +123,22 @@ def _load_tokenizer(source: str | Path, spec: ModelSpec, offline: bool):
 
 
 def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
-    """Load (or build, for ``init: random`` and tiny aliases) the base model and its tokenizer."""
+    """Load (or build, for ``init: random`` and tiny aliases) the base model and its tokenizer.
+
+    ``lstm`` / ``lstm-<width>`` is the LSTM baseline (models/lstm.py); ``spec.num_layers`` keeps the
+    first k layers (models/depth.py)."""
+    from transferlab.models.depth import keep_first_layers
+    from transferlab.models.lstm import is_lstm, load_lstm
+
+    if is_lstm(spec.name):
+        return load_lstm(spec, seed)
     if spec.name in TINY_ALIASES:
         config, text = _tiny_config(spec.name)
         _set_dropout(config, spec.dropout)
         init_seed = seed if spec.init == "random" else TINY_PRETRAINED_SEED
         model = seeded(init_seed, lambda: tf.AutoModel.from_config(config))
         tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path()) if text else None
-        return Backbone(model, tokenizer, spec.max_length)
+        return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length)
 
     offline = _offline(spec)
     if spec.name == "minilm":
@@ -163,7 +171,7 @@ def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
         raise _not_found(spec, offline, e) from None
     except ValueError as e:
         raise ModelError(f"model.name: {spec.name!r} cannot be loaded as a base model: {e}") from None
-    return Backbone(model, _load_tokenizer(source, spec, offline), spec.max_length)
+    return Backbone(keep_first_layers(model, spec.num_layers), _load_tokenizer(source, spec, offline), spec.max_length)
 
 
 def _max_positions(config: tf.PretrainedConfig) -> int | None:

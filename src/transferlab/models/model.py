@@ -9,7 +9,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from transferlab.data.task import Task
-from transferlab.models.adapters import build_adapter
+from transferlab.errors import SpecError
+from transferlab.models import token_heads  # noqa: F401  (registers the ``last`` head)
+from transferlab.models.adapters import build_input, feed_embeds
 from transferlab.models.backbone import Backbone, load_backbone, seeded
 from transferlab.models.heads import Head, build_head
 from transferlab.spec import RunSpec
@@ -17,7 +19,8 @@ from transferlab.spec import RunSpec
 
 class TransferModel(nn.Module):
     """Holds ``backbone`` (a :class:`Backbone`), ``head`` (a :class:`Head`) and ``input_adapter``
-    (None for text tasks). ``forward`` returns logits (B, num_outputs); (B, 1) for regression."""
+    (None for text tasks). ``forward`` returns logits (B, num_outputs); (B, 1) for regression;
+    (B, L, num_outputs) for tasks with per-token outputs (the bit tasks)."""
 
     def __init__(self, backbone: Backbone, head: Head, input_adapter: nn.Module | None = None):
         super().__init__()
@@ -40,8 +43,7 @@ class TransferModel(nn.Module):
         if inputs is not None:
             if self.input_adapter is None:
                 raise ValueError("inputs= given but the model has no input adapter (a text model)")
-            embeds = self.input_adapter(inputs)
-            hidden, mask = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask)
+            hidden, mask = feed_embeds(self.backbone, self.input_adapter(inputs), attention_mask)
         else:
             hidden, mask = self.backbone(input_ids, attention_mask, token_type_ids)
         return self.head(hidden, mask)
@@ -49,17 +51,21 @@ class TransferModel(nn.Module):
 
 def build_model(spec: RunSpec, task: Task) -> TransferModel:
     """The backbone of ``spec.model``, the head of ``spec.head`` sized for ``task``, and an input
-    adapter when ``task.modality`` is not text. New weights are seeded by ``spec.seed``."""
+    adapter (``spec.input_adapter``) when ``task.modality`` is not text. New weights are seeded by
+    ``spec.seed``. A task with per-token outputs (``extra["output_tokens"]``) needs the ``last`` head."""
     backbone = load_backbone(spec.model, seed=spec.seed)
+    options = dict(spec.head.options)
+    if task.extra.get("output_tokens"):
+        if spec.head.name not in ("last", "last_token"):
+            raise SpecError(f"head.name: task {task.name} predicts every bit from its last tokens; "
+                            f"use head.name: last, not {spec.head.name!r}")
+        options = {"tokens": task.extra["output_tokens"], "outputs_per_token": task.extra["outputs_per_token"],
+                   **options}
     head = seeded(spec.seed, lambda: build_head(
         spec.head.name, backbone.hidden_size, backbone.num_layers, task.num_outputs,
-        spec.head.dropout, spec.head.options, pooler=backbone.pooler,
+        spec.head.dropout, options, pooler=backbone.pooler,
     ))
     adapter = None
     if task.modality != "text":
-        std = float(getattr(backbone.config, "initializer_range", 0.02))
-        adapter = seeded(spec.seed + 1, lambda: build_adapter(
-            task.modality, backbone.hidden_size, input_dim=task.input_dim, vocab_size=task.vocab_size,
-            gain=float(task.extra.get("adapter_gain", 1.0)), std=std, task=task.name,
-        ))
+        adapter = seeded(spec.seed + 1, lambda: build_input(spec.input_adapter, backbone, task))
     return TransferModel(backbone, head, adapter)

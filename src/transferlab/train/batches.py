@@ -26,6 +26,7 @@ class Encoded:
     offsets: np.ndarray | None = None  # example i is ids[offsets[i]:offsets[i+1]]
     inputs: np.ndarray | None = None  # (N, T) token ids or (N, T, D) vectors
     pad_id: int = 0
+    padded_inputs: bool = False  # token inputs right-padded with pad_id (ListOps, proteins): cropped per batch
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -36,6 +37,10 @@ def encode(split: Split, task: Task, tokenizer, max_length: int) -> Encoded:
         if split.inputs is None:
             raise DataError(f"task {task.name}: a {task.modality} split has no inputs")
         n, t = split.inputs.shape[:2]
+        pad = task.extra.get("pad_id")
+        if pad is not None and task.modality == "tokens":
+            lengths = (split.inputs != pad).sum(1)
+            return Encoded(labels=split.labels, lengths=lengths, inputs=split.inputs, pad_id=pad, padded_inputs=True)
         return Encoded(labels=split.labels, lengths=np.full(n, t), inputs=split.inputs)
     if tokenizer is None:
         raise DataError(f"task {task.name} is a text task but the backbone has no tokenizer")
@@ -60,8 +65,12 @@ def collate(enc: Encoded, index: np.ndarray, regression: bool) -> dict[str, torc
     dtype = torch.float32 if regression else torch.long
     labels = torch.as_tensor(enc.labels[index], dtype=dtype)
     if enc.inputs is not None:
-        x = torch.as_tensor(enc.inputs[index])
-        mask = torch.ones(x.shape[:2], dtype=torch.long)
+        if enc.padded_inputs:
+            x = torch.as_tensor(enc.inputs[index, : int(enc.lengths[index].max())])
+            mask = (x != enc.pad_id).long()
+        else:
+            x = torch.as_tensor(enc.inputs[index])
+            mask = torch.ones(x.shape[:2], dtype=torch.long)
         return {"inputs": x, "attention_mask": mask, "labels": labels}
     lengths = enc.lengths[index]
     width = int(lengths.max())

@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 from transferlab.data.task import Split, Task
 from transferlab.errors import ModelError
 
+MODEL_EXTRA = ("output_tokens", "outputs_per_token", "num_tokens", "pad_id")  # task.extra keys the model reads
+
 
 def task_meta(task: Task) -> dict:
     """The parts of a task the model depends on (not its data)."""
@@ -20,6 +22,7 @@ def task_meta(task: Task) -> dict:
         "name": task.name, "problem": task.problem, "num_labels": task.num_labels, "metrics": list(task.metrics),
         "main_metric": task.main_metric, "label_names": task.label_names, "modality": task.modality,
         "vocab_size": task.vocab_size, "input_dim": task.input_dim,
+        "extra": {k: task.extra[k] for k in MODEL_EXTRA if k in task.extra},
     }
 
 
@@ -28,7 +31,8 @@ def task_from_meta(meta: dict) -> Task:
     empty = Split(labels=np.zeros(0))
     return Task(name=meta["name"], splits={"train": empty}, problem=meta["problem"], num_labels=meta["num_labels"],
                 metrics=tuple(meta["metrics"]), main_metric=meta["main_metric"], label_names=meta["label_names"],
-                modality=meta["modality"], vocab_size=meta["vocab_size"], input_dim=meta["input_dim"])
+                modality=meta["modality"], vocab_size=meta["vocab_size"], input_dim=meta["input_dim"],
+                extra=dict(meta.get("extra") or {}))
 
 
 def save_weights(model: torch.nn.Module, folder: Path, meta: dict) -> Path:

@@ -26,13 +26,19 @@ from transferlab.data.task import Task
 from transferlab.errors import UserError
 from transferlab.models.model import TransferModel, build_model
 from transferlab.provenance import provenance
+from transferlab.recipes.distill import build_distiller
+from transferlab.recipes.freeze import build_freezer
 from transferlab.recipes.optim import build_optimizer
 from transferlab.recipes.param_groups import build_param_groups
 from transferlab.recipes.schedules import build_schedule
+from transferlab.recipes.transplant import prepare_transfer
 from transferlab.spec import RunSpec, run_id, spec_hash, to_dict
 from transferlab.store import DEFAULT_STORE, Store
+from transferlab.study.degenerate import constant_baselines
+from transferlab.train import resume as ckpt
 from transferlab.train.batches import Encoded, collate, encode, epoch_batches, eval_batches
 from transferlab.train.checkpoint import save_weights, task_meta
+from transferlab.train.fast import compiled, to_device
 
 
 class Hook(Protocol):
@@ -41,6 +47,9 @@ class Hook(Protocol):
     def on_train_start(self, model: TransferModel, optimizer: torch.optim.Optimizer, total_steps: int) -> None: ...
 
     def on_step_start(self, step: int) -> None: ...
+
+    def on_loss(self, batch: dict[str, torch.Tensor], labels: torch.Tensor, logits: torch.Tensor,
+                loss: torch.Tensor) -> torch.Tensor: ...  # the training loss of a micro-batch, replaced
 
 
 @dataclass
@@ -81,22 +90,25 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
     if regression:
         return F.mse_loss(logits.squeeze(-1).float(), labels)
+    if logits.dim() == 3:  # per-token outputs (bit tasks): (B, L, C) against (B, L) labels
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
     return F.cross_entropy(logits.float(), labels)
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return to_device(batch, device)  # pinned and non-blocking on CUDA
 
 
 @torch.no_grad()
 def predict(model: TransferModel, enc: Encoded, task: Task, batch_size: int, device: torch.device,
-            amp: torch.dtype | None = None) -> np.ndarray:
-    """Predictions in row order: class ids, or floats for regression."""
+            amp: torch.dtype | None = None, desc: str | None = None) -> np.ndarray:
+    """Predictions in row order: class ids, or floats for regression. ``desc``: show a progress bar."""
     was_training = model.training
     model.eval()
     regression = task.problem == "regression"
-    out = np.zeros(len(enc), dtype=np.float32 if regression else np.int64)
-    for index in eval_batches(enc, batch_size):
+    out = np.zeros(enc.labels.shape, dtype=np.float32 if regression else np.int64)  # (N, L) for per-token tasks
+    batches = eval_batches(enc, batch_size)
+    for index in tqdm(batches, desc=desc, unit="batch", leave=False, disable=desc is None, dynamic_ncols=True):
         batch = _to(collate(enc, index, regression), device)
         batch.pop("labels")
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -107,8 +119,9 @@ def predict(model: TransferModel, enc: Encoded, task: Task, batch_size: int, dev
     return out
 
 
-def evaluate(model, enc: Encoded, task: Task, batch_size: int, device, amp=None) -> dict[str, float]:
-    preds = predict(model, enc, task, batch_size, device, amp)
+def evaluate(model, enc: Encoded, task: Task, batch_size: int, device, amp=None,
+             desc: str | None = None) -> dict[str, float]:
+    preds = predict(model, enc, task, batch_size, device, amp, desc)
     return compute(task.metrics, preds, enc.labels)
 
 
@@ -156,17 +169,23 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
     task = build_task(spec.task, seed=spec.seed)
     regression = task.problem == "regression"
 
-    model = build_model(spec, task).to(device)
+    model = build_model(spec, task)
+    transfer = prepare_transfer(model, spec, store, store.artifact_dir(uid))  # init, then transplant steps
+    model = model.to(device)
     tokenizer = model.backbone.tokenizer
     data = {name: encode(split, task, tokenizer, spec.model.max_length)
             for name, split in task.splits.items() if split.labelled or name == "train"}
     train_enc, dev_enc = data["train"], data["dev"]
 
-    groups = build_param_groups(model, spec.optim, model.num_layers)
-    optimizer = build_optimizer(groups, spec.optim, device.type)
     batches_per_epoch = math.ceil(len(train_enc) / tspec.batch_size)
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / tspec.grad_accum))
     total = tspec.max_steps or max(1, math.ceil(tspec.epochs * steps_per_epoch))
+    freezer = build_freezer(spec.freeze, model, steps_per_epoch)  # before the optimizer: LoRA adds parameters
+    distiller = build_distiller(spec, model, task, store)  # None unless spec.distill names a teacher
+    hooks = (freezer, *([distiller] if distiller else []), *hooks)
+    loss_hooks = [h for h in hooks if hasattr(h, "on_loss")]
+    groups = build_param_groups(model, spec.optim, model.num_layers)
+    optimizer = build_optimizer(groups, spec.optim, device.type)
     scheduler = build_schedule(optimizer, spec.schedule, total)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     for hook in hooks:
@@ -178,17 +197,34 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
     eval_steps = sorted({max(1, round(total * (i + 1) / tspec.num_evals)) for i in range(tspec.num_evals)} | {total})
     main, better = task.main_metric, higher_is_better(task.main_metric)
     best_value, best_step, best_state, since_best = None, None, None, 0
+    dev_at: dict[int, dict[str, float]] = {}  # dev metrics by step: evaluation is deterministic, so reusable
     status, error, error_step = "finished", None, None
 
     curve_buf: list[tuple[int, torch.Tensor, float, torch.Tensor]] = []
     loss_sum = torch.zeros((), device=device)
     loss_n = 0
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    exploded = torch.full((), -1, dtype=torch.long, device=device)  # first log step with a loss explosion
+    first_loss = None
     bar = tqdm(total=total, desc=spec.name, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+    eval_desc = f"{spec.name} dev" if progress else None
 
     model.train()
-    step, epoch = 0, 0
+    forward = compiled(model, tspec.compile)  # torch.compile with an eager fallback (train/fast.py)
+    step, epoch, pos = 0, 0, 0  # pos: micro-batches consumed in the current epoch
     micro = iter(())
+    ck_path = ckpt.checkpoint_path(store, uid)
+    ck_parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "freezer": freezer}
+    if (resume := ckpt.find_resume(store, run_id(spec), uid)) is not None:
+        st = ckpt.load_checkpoint(resume[1], **ck_parts)
+        step, epoch, pos, best_value, best_step, since_best, best_state, first_loss, loss_n = (
+            st[k] for k in ("step", "epoch", "pos", "best_value", "best_step", "since_best", "best_state",
+                            "first_loss", "loss_n"))
+        loss_sum = st["loss_sum"].to(device)
+        if epoch:
+            micro = iter(epoch_batches(train_enc, tspec.batch_size, spec.seed, epoch - 1, tspec.length_bucketing)[pos:])
+        ckpt.carry_history(store, resume[0], uid, step)
+        bar.update(step)
     while step < total:
         for hook in hooks:
             if hasattr(hook, "on_step_start"):
@@ -197,13 +233,17 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
             index = next(micro, None)
             if index is None:
                 micro = iter(epoch_batches(train_enc, tspec.batch_size, spec.seed, epoch, tspec.length_bucketing))
-                epoch += 1
+                epoch, pos = epoch + 1, 0
                 index = next(micro)
+            pos += 1
             batch = _to(collate(train_enc, index, regression), device)
             labels = batch.pop("labels")
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(**batch)
-            loss = loss_fn(logits, labels, regression) / tspec.grad_accum
+                logits = forward(**batch)
+            loss = loss_fn(logits, labels, regression)
+            for hook in loss_hooks:  # e.g. distillation: mixes the teacher's targets in
+                loss = hook.on_loss(batch, labels, logits, loss)
+            loss = loss / tspec.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += loss.detach()
         loss_n += 1
@@ -226,17 +266,25 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
         bar.update(1)
 
         if step % tspec.log_every == 0 or step in eval_steps:
-            curve_buf.append((step, loss_sum / loss_n, lr, gnorm.detach()))
+            mean_loss = loss_sum / loss_n
+            curve_buf.append((step, mean_loss, lr, gnorm.detach()))
             loss_sum, loss_n = torch.zeros((), device=device), 0
-            bad_step = int(first_bad)  # one host sync per logging interval
-            if bad_step >= 0:
-                status, error_step = "diverged", bad_step
-                error = f"non-finite loss or gradient at step {bad_step}"
+            if tspec.divergence_factor:  # loss explosion, decided on the device like first_bad
+                first_loss = mean_loss if first_loss is None else first_loss
+                boom = mean_loss > tspec.divergence_factor * first_loss.clamp_min(1e-3)
+                exploded = torch.where(boom & (exploded < 0), torch.full_like(exploded, step), exploded)
+            bad_step, boom_step = torch.stack([first_bad, exploded]).tolist()  # one host sync per interval
+            if bad_step >= 0 or boom_step >= 0:
+                status, error_step = "diverged", bad_step if bad_step >= 0 else boom_step
+                error = (f"non-finite loss or gradient at step {bad_step}" if bad_step >= 0 else
+                         f"loss exploded at step {boom_step}: {float(mean_loss):.4g} > {tspec.divergence_factor:g}"
+                         f" x the first logged loss {float(first_loss):.4g}")
                 _flush_curve(store, uid, curve_buf)
                 break
         if step in eval_steps:
             _flush_curve(store, uid, curve_buf, bar)
-            metrics = evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp)
+            metrics = evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp, eval_desc)
+            dev_at[step] = metrics
             store.log_evals(uid, step, "dev", metrics)
             value = metrics[main]
             improved = best_value is None or (value > best_value if better else value < best_value)
@@ -248,25 +296,46 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
                 since_best += 1
                 if tspec.early_stopping_patience is not None and since_best >= tspec.early_stopping_patience:
                     break
+        if tspec.checkpoint_every and step % tspec.checkpoint_every == 0 and step < total:
+            _flush_curve(store, uid, curve_buf)
+            ckpt.save_checkpoint(ck_path, **ck_parts, loop={
+                "step": step, "epoch": epoch, "pos": pos, "best_value": best_value, "best_step": best_step,
+                "since_best": since_best, "best_state": best_state, "first_loss": first_loss, "loss_sum": loss_sum,
+                "loss_n": loss_n})
     bar.close()
+    n_trainable_final = count_parameters(model)[1]
 
     summary: dict[str, Any] = {"steps": step, "total_steps": total, "main_metric": main}
     if status == "diverged":
         summary.update(error=error, error_step=error_step)
     if tspec.restore_best and best_step is not None and best_step != step and best_state is not None:
         model.load_state_dict(best_state)
-    dev = evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp) if status == "finished" else {}
+        final_step = best_step
+    else:
+        final_step = step
+    freezer.finish(model)  # LoRA: adapters merged into the weights, so the stored model is a plain one
+    dev = {}
+    if status == "finished":  # the weights in place were evaluated at final_step already: reuse those metrics
+        dev = dev_at.get(final_step) or evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp, eval_desc)
     test = {}
     if status == "finished" and "test" in data:
-        test = evaluate(model, data["test"], task, tspec.eval_batch_size, device, amp)
+        test = evaluate(model, data["test"], task, tspec.eval_batch_size, device, amp,
+                        f"{spec.name} test" if progress else None)
         store.log_evals(uid, step, "test", test)
     if dev:
         store.log_evals(uid, step, "final_dev", dev)
     summary.update(dev=dev, test=test, best_step=best_step if tspec.restore_best else step,
-                   baseline=baseline(task, "dev"), n_params=n_params, n_trainable=n_trainable,
-                   trainable_share=n_trainable / max(1, n_params))
+                   baseline=baseline(task, "dev"), baselines=constant_baselines(task), n_params=n_params,
+                   n_trainable=n_trainable, trainable_share=n_trainable / max(1, n_params))
+    if n_trainable_final != n_trainable:  # a policy unfroze parameters during training: store both counts
+        summary.update(n_trainable_start=n_trainable, n_trainable=n_trainable_final,
+                       trainable_share=n_trainable_final / max(1, n_params))
+        store.update_run(uid, n_trainable=n_trainable_final)
+    summary.update(transfer)
     if tspec.save_model and status == "finished":
         save_weights(model, store.artifact_dir(uid), task_meta(task))
+    if status == "finished":
+        ckpt.remove_checkpoints(ck_path, resume[1] if resume else None)
     return RunResult("", uid, status, dev, test, summary["best_step"], step, 0.0, summary)
 
 

@@ -1,0 +1,366 @@
+"""``transferlab bench``: training throughput of Hugging Face Trainer, our single run and the
+seed-parallel engine, in one process, on the same model and data.
+
+    transferlab bench --model bert-base --batch 32 --seq 128 --seeds 1,4,8,20      (a GPU)
+    transferlab bench --model minilm --batch 32 --seq 64 --steps 20 --seeds 1,4    (a CPU)
+
+Every row trains the same model (``--model``: an alias, a folder, a hub id, or ``bert-base``:
+BERT-base's shape with random weights and MiniLM's tokenizer) on the same synthetic sentences,
+all ``--seq`` tokens long, with AdamW, linear schedule and gradient clipping. Each row runs
+``--warmup`` untimed steps (compilation, allocator warm-up), then times ``--steps`` steps between
+two device synchronisations; evaluation and storing happen outside that window. On CUDA a row's
+rate is steps / that time; on CPU (synchronous) it is the median step, the figure a burst of other
+load on a shared machine moves least. ``--repeat R`` runs all rows R times in rotation, so slow
+drifts of the load hit every row alike, and reports the median rate and the range.
+
+    trainer      transformers.Trainer on the model wrapped to return its loss (no torch.compile)
+    single       transferlab.train.loop.run: one run (torch.compile with --compile)
+    parallel     transferlab.train.parallel.run_seeds: S seeds in one process, for each S in --seeds
+
+Columns: samples/s over all seeds; per seed; the ratio to Trainer; model-FLOPs utilisation
+(MFU) = samples/s x FLOPs per training sample / the matrix-product peak measured at the start of
+the same command; peak memory per seed (CUDA: ``torch.cuda.max_memory_allocated`` / S; CPU: the
+growth of resident memory from the row's start to its last timed step / S, approximate: the
+allocator keeps freed memory). FLOPs per sample = 6 x tokens x (weights of the backbone's linear
+layers) + 12 x layers x hidden x tokens^2 (attention scores and values), forward and backward:
+about 67 GFLOP for BERT-base at 128 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferlab.errors import UserError
+
+ROWS = ("trainer", "single", "parallel")
+
+
+@dataclass
+class Row:
+    name: str
+    seeds: int
+    samples_s: float  # all seeds together: the median over repeats
+    per_seed: float
+    vs_trainer: float | None
+    mfu: float  # fraction of the measured peak
+    mem_per_seed_mb: float | None  # None: not measurable here
+    steps: int
+    seconds: float  # timed wall time, summed over repeats
+    low: float = 0.0  # the lowest and highest samples/s over repeats
+    high: float = 0.0
+    repeats: int = 1
+
+
+# ---------------------------------------------------------------------------- data and model
+
+
+def make_data(folder: Path, tokenizer, n: int, seq: int, seed: int = 0) -> Path:
+    """A CSV task of ``n`` random sentences of whole-word vocabulary tokens, each longer than ``seq``
+    tokens (so every example is cut to exactly ``seq``), alternating labels 0/1; a small dev split."""
+    rng = np.random.default_rng(seed)
+    vocab = [w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) > 2]
+    vocab.sort()
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", n), ("dev", 16)):
+        lines = ["text,label"]
+        for i in range(rows):
+            lines.append(" ".join(rng.choice(vocab, seq + 8)) + f",{i % 2}")
+        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def resolve_model(name: str, folder: Path) -> str:
+    """``bert-base``: a folder with BERT-base's config (random weights) and MiniLM's tokenizer."""
+    if name != "bert-base":
+        return name
+    import transformers as tf
+
+    from transferlab.models.backbone import minilm_path
+
+    out = folder / "bert-base"
+    tf.BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                  vocab_size=30522).save_pretrained(out)
+    tf.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(out)
+    return str(out)
+
+
+def flops_per_sample(model: nn.Module, tokens: int) -> float:
+    """6 x tokens x linear weights of the backbone (not the pooler) + 12 x layers x hidden x tokens^2."""
+    from transformers.pytorch_utils import Conv1D
+
+    weights = sum(m.weight.numel() for n, m in model.backbone.model.named_modules()
+                  if isinstance(m, (nn.Linear, Conv1D)) and "pooler" not in n)
+    return 6.0 * tokens * weights + 12.0 * model.num_layers * model.backbone.hidden_size * tokens**2
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0, trials: int = 5) -> float:
+    """FLOP/s of a square matrix product (8192 on CUDA, 2048 on CPU), measured now: the best of
+    ``trials`` timings of ``seconds / trials`` each (the best is the least disturbed by other load)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    best, chunk = 0.0, 8 if device.type == "cuda" else 1
+    for _ in range(trials):
+        iters, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / trials:
+            for _ in range(chunk):
+                a @ b
+            _sync(device)
+            iters += chunk
+        best = max(best, 2.0 * n**3 * iters / (time.perf_counter() - start))
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class Timer:
+    """Times steps warmup .. warmup+steps (as a loop hook: ``on_step_start``) and the memory used;
+    with ``trace`` (a file path) also profiles those steps and writes a Chrome trace there."""
+
+    def __init__(self, warmup: int, steps: int, device: torch.device, trace: Path | None = None):
+        self.warmup, self.steps, self.device, self.trace = warmup, steps, device, trace
+        self.profiler: torch.profiler.profile | None = None
+        self.table = ""
+        self.t0 = self.t1 = None
+        self.stamps: list[float] = []  # the start of every timed step (and the end of the last)
+        self.mem_mb: float | None = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.rss0 = _rss_mb()
+
+    def on_step_start(self, step: int) -> None:
+        if self.warmup < step < self.warmup + self.steps and self.device.type != "cuda":
+            self.stamps.append(time.perf_counter())  # CPU work is synchronous: per-step times are real
+        if step == self.warmup:
+            if self.trace is not None:
+                kinds = [torch.profiler.ProfilerActivity.CPU]
+                if self.device.type == "cuda":
+                    kinds.append(torch.profiler.ProfilerActivity.CUDA)
+                self.profiler = torch.profiler.profile(activities=kinds)
+                self.profiler.start()
+            _sync(self.device)
+            self.t0 = time.perf_counter()
+            self.stamps = [self.t0]
+        elif step == self.warmup + self.steps:
+            _sync(self.device)
+            self.t1 = time.perf_counter()
+            self.stamps.append(self.t1)
+            if self.profiler is not None:
+                self.profiler.stop()
+                self.trace.parent.mkdir(parents=True, exist_ok=True)
+                self.profiler.export_chrome_trace(str(self.trace))
+                key = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+                self.table = self.profiler.key_averages().table(sort_by=key, row_limit=15)
+            if self.device.type == "cuda":
+                self.mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            elif self.rss0 is not None and (now := _rss_mb()) is not None:
+                self.mem_mb = max(0.0, now - self.rss0)
+
+    @property
+    def seconds(self) -> float:
+        if self.t0 is None or self.t1 is None:
+            raise RuntimeError("the timed steps did not run")
+        return self.t1 - self.t0
+
+    @property
+    def step_seconds(self) -> float:
+        """Seconds per step: CUDA: the timed wall time / steps (kernels run asynchronously); CPU: the
+        median step, which a burst of other load on a shared machine moves least."""
+        if self.device.type == "cuda" or len(self.stamps) < 2:
+            return self.seconds / self.steps
+        return float(np.median(np.diff(self.stamps)))
+
+
+# ---------------------------------------------------------------------------- the rows
+
+
+def _spec(model: str, data: Path, batch: int, seq: int, total: int, device: str, precision: str, compile_: bool,
+          seed: int = 0):
+    from transferlab.spec import load_spec
+
+    return load_spec({
+        "name": "bench", "seed": seed, "model": {"name": model, "max_length": seq, "init": "random"},
+        "task": {"name": "csv", "path": str(data)}, "head": {"name": "cls"},
+        "optim": {"name": "adamw", "lr": 2e-5}, "schedule": {"name": "linear"},
+        "train": {"max_steps": total, "batch_size": batch, "eval_batch_size": 16, "num_evals": 1, "log_every": 10**9,
+                  "save_model": False, "device": device, "precision": precision, "compile": compile_},
+    })
+
+
+def _trainer_row(spec, timer: Timer, device: torch.device, amp) -> Timer:
+    """transformers.Trainer on our model (wrapped to return the loss) and our encoded data."""
+    import transformers as tf
+
+    from transferlab.data.build import build_task
+    from transferlab.models.model import build_model
+    from transferlab.train.batches import collate, encode
+
+    task = build_task(spec.task, seed=spec.seed)
+    model = build_model(spec, task)
+    enc = encode(task.splits["train"], task, model.backbone.tokenizer, spec.model.max_length)
+    full = collate(enc, np.arange(len(enc)), regression=False)
+    rows = [{k: v[i] for k, v in full.items()} for i in range(len(enc))]
+
+    class Clock(tf.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            timer.on_step_start(state.global_step)
+
+    with tempfile.TemporaryDirectory() as out:
+        args = tf.TrainingArguments(
+            output_dir=out, per_device_train_batch_size=spec.train.batch_size, max_steps=spec.train.max_steps,
+            learning_rate=spec.optim.lr, weight_decay=spec.optim.weight_decay, max_grad_norm=spec.optim.max_grad_norm,
+            lr_scheduler_type="linear", bf16=amp == torch.bfloat16, use_cpu=device.type != "cuda",
+            report_to="none", save_strategy="no", logging_strategy="no", eval_strategy="no", disable_tqdm=True,
+            dataloader_num_workers=0, seed=spec.seed)
+        trainer = tf.Trainer(model=_WithLoss(model), args=args, train_dataset=rows, callbacks=[Clock()])
+        trainer.remove_callback(tf.trainer_callback.PrinterCallback)  # its end-of-training metrics line
+        trainer.train()
+    return timer
+
+
+class _WithLoss(nn.Module):
+    """Our TransferModel as Trainer wants it: keyword inputs with ``labels`` in, ``{"loss", "logits"}`` out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None):
+        logits = self.model(input_ids, attention_mask, token_type_ids)
+        return {"loss": nn.functional.cross_entropy(logits.float(), labels), "logits": logits}
+
+
+def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int = 20, warmup: int = 3,
+          seeds: tuple[int, ...] = (1, 4, 8, 20), rows: tuple[str, ...] = ROWS, device: str = "auto",
+          precision: str = "auto", compile: str = "auto", repeat: int = 1, profile: str | Path | None = None,
+          out=print) -> dict[str, Any]:
+    """Run the rows ``repeat`` times in rotation; returns ``{"setup": {...}, "rows": [Row...]}`` (as
+    dicts) and prints a table. ``profile``: a folder; the timed steps are profiled (slower) and traced there."""
+    from transferlab.models.backbone import load_backbone
+    from transferlab.spec import ModelSpec
+    from transferlab.store import Store
+    from transferlab.train.loop import autocast_dtype, resolve_device, run
+    from transferlab.train.parallel import run_seeds
+
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise UserError(f"--rows: {unknown[0]!r} is not one of {', '.join(ROWS)}")
+    if min(seeds, default=1) < 1 or steps < 1 or warmup < 0 or repeat < 1:
+        raise UserError("--seeds, --steps and --repeat must be >= 1, --warmup >= 0")
+    dev = resolve_device(device)
+    compile_ = dev.type == "cuda" if compile == "auto" else compile == "on"
+    amp = autocast_dtype(precision, dev)
+    total = warmup + steps + 1
+    results: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        name = resolve_model(model, tmp)
+        backbone = load_backbone(ModelSpec(name=name, init="random", max_length=seq))
+        data = make_data(tmp / "data", backbone.tokenizer, batch * total, seq)
+        probe = _spec(name, data, batch, seq, total, device, precision, compile_)
+        from transferlab.models.heads import build_head
+        from transferlab.models.model import TransferModel
+
+        flops = flops_per_sample(TransferModel(backbone, build_head("cls", backbone.hidden_size, backbone.num_layers,
+                                                                    2, 0.1)), seq)
+        del backbone
+        peak = matmul_peak(dev, amp or torch.float32)
+        setup = {"model": model, "device": str(dev), "device_name": _device_name(dev), "precision": str(amp or "fp32"),
+                 "compile": compile_, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup, "repeat": repeat,
+                 "threads": torch.get_num_threads(), "flops_per_sample": flops, "peak_flops": peak,
+                 "date": time.strftime("%Y-%m-%d")}
+        out(f"bench: {model} on {setup['device_name']} ({setup['precision']}), batch {batch}, {seq} tokens, "
+            f"{steps} timed steps after {warmup}; {flops / 1e9:.2f} GFLOP/sample; matmul peak {peak / 1e12:.2f} TFLOP/s")
+
+        store = Store(tmp / "bench.db")
+        plan: list[tuple[str, int, Any]] = []  # (row, seeds, train(timer))
+        if "trainer" in rows:
+            plan.append(("trainer", 1, lambda t: _trainer_row(probe, t, dev, amp)))
+        if "single" in rows:
+            plan.append(("single", 1, lambda t: run(probe, store, progress=False, hooks=[t], force=True)))
+        if "parallel" in rows:
+            for s in seeds:
+                specs = [_spec(name, data, batch, seq, total, device, precision, compile_, seed=i) for i in range(s)]
+                plan.append((f"parallel S={s}", s,
+                             lambda t, specs=specs: run_seeds(specs, store, progress=False, hooks=[t], force=True)))
+        timers: dict[str, list[Timer]] = {row: [] for row, _, _ in plan}
+        failed: set[str] = set()
+        for rep in range(repeat):  # rows in rotation: slow drifts in the machine's load hit every row alike
+            for row, s, train in plan:
+                tag = row.replace(" ", "_").replace("=", "") + (f"_{rep}" if repeat > 1 else "")
+                timer = Timer(warmup, steps, dev, None if profile is None else Path(profile) / f"{tag}.json")
+                try:
+                    train(timer)
+                except (RuntimeError, torch.OutOfMemoryError) as exc:  # one row's failure (e.g. out of memory)
+                    out(f"  {row} ({rep + 1}/{repeat}) FAILED: {type(exc).__name__}: {exc}")  # must not hide the others
+                    failed.add(row)
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                timers[row].append(timer)
+                if timer.table:
+                    out(f"profile of {row} (trace: {timer.trace}):\n{timer.table}")
+                out(f"  {row} ({rep + 1}/{repeat}): {s * batch / timer.step_seconds:.1f} samples/s")
+        store.close()
+    for row, s, _ in plan:
+        if not timers[row]:
+            continue  # failed every time; printed above
+        rates = [s * batch / t.step_seconds for t in timers[row]]
+        rate = float(np.median(rates))
+        mems = [t.mem_mb for t in timers[row] if t.mem_mb is not None]
+        base = results[0].samples_s if results and results[0].name == "trainer" else None
+        results.append(Row(row, s, rate, rate / s, rate / base if base else None, rate * flops / peak,
+                           max(mems) / s if mems else None, steps, sum(t.seconds for t in timers[row]),
+                           min(rates), max(rates), repeat))
+    out(format_rows(results))
+    return {"setup": setup, "rows": [asdict(r) for r in results], "failed": sorted(failed)}
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    from transferlab.provenance import hardware
+
+    return str(hardware().get("cpu") or "CPU")
+
+
+def format_rows(rows: list[Row], header: bool = True) -> str:
+    lines = []
+    if header:
+        lines += ["| row | seeds | samples/s | range | per seed | x Trainer | MFU | memory/seed | timed |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        mem = "n/a" if r.mem_per_seed_mb is None else (f"{r.mem_per_seed_mb / 1024:.2f} GiB" if r.mem_per_seed_mb > 1024
+                                                          else f"{r.mem_per_seed_mb:.0f} MiB")
+        ratio = "" if r.vs_trainer is None else f"{r.vs_trainer:.2f}"
+        lines.append(f"| {r.name} | {r.seeds} | {r.samples_s:.1f} | {r.low:.1f}-{r.high:.1f} | {r.per_seed:.1f} | {ratio} "
+                     f"| {100 * r.mfu:.1f}% | {mem} | {r.repeats} x {r.steps} steps, {r.seconds:.1f}s |")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result, indent=1))

@@ -1,0 +1,176 @@
+"""Run a study: register it, plan it, run what is missing, show progress.
+
+    result = run_study(load_study("study.yaml"), Store("runs/transferlab.db"), executor="processes", workers=2)
+
+Resume: a run whose newest attempt finished or diverged is done and never runs again; a
+failed run runs again (unless ``skip_failed``), and so does an unfinished one (its process
+died) or one stopped by Ctrl-C. Every new attempt is a new row, so nothing is overwritten
+or duplicated. A study name already in the store with a different definition is refused
+unless ``new=True`` (``--new-study``), which replaces its plan; the runs stay and are
+reused where the specs match.
+
+Progress prints one line per completed run: runs done out of the total, the run's result,
+and an ETA from the mean duration of the runs this session has executed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from transferlab.spec import to_dict
+from transferlab.store import Store
+from transferlab.study import lr_select
+from transferlab.study.degenerate import is_degenerate
+from transferlab.study.executors import EXECUTORS, Job, Outcome
+from transferlab.study.expand import Planned, cell_defs, expand, expand_lr_search
+from transferlab.study.spec import StudySpec, study_hash
+from transferlab.study.tracking import Tracker
+
+INTERRUPTED = "interrupted"  # prefix of the error the loop stores for a run stopped by Ctrl-C
+
+
+@dataclass
+class StudyResult:
+    planned: int = 0
+    executed: int = 0
+    skipped: int = 0  # already done (or failed and skipped)
+    failed: int = 0
+    diverged: int = 0
+    interrupted: bool = False
+    lrs: dict = field(default_factory=dict)
+
+
+def state(store: Store, rid: str) -> str:
+    """What the study should do with a run id: done, failed (earlier, not interrupted), running, todo."""
+    rows = store.runs(run_id=rid)
+    if not rows:
+        return "todo"
+    last = rows[-1]
+    if last.status in ("finished", "diverged"):
+        return "done"
+    if last.status == "failed" and not (last.error or "").startswith(INTERRUPTED):
+        return "failed"
+    if last.status == "running":
+        return "running"  # alive on this host, or on another host: leave it to its process
+    return "todo"  # unfinished, or stopped by Ctrl-C
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    def __init__(self, total: int, done: int, parallelism: int, margin: float, out: Callable[[str], None]):
+        self.total, self.done, self.parallelism, self.margin, self.out = total, done, parallelism, margin, out
+        self.durations: list[float] = []
+
+    def report(self, p: Planned, o: Outcome) -> None:
+        self.done += 1
+        if o.status != "skipped":
+            self.durations.append(o.duration_s)
+        remaining = self.total - self.done
+        eta = ""
+        if self.durations and remaining:
+            mean = sum(self.durations) / len(self.durations)
+            eta = f"  ETA {_fmt_time(mean * remaining / max(1, self.parallelism))}"
+        summary = o.summary or {}
+        split = "test" if summary.get("test") else "dev"
+        metric = summary.get("main_metric")
+        value = (summary.get(split) or {}).get(metric)
+        what = f"{split} {metric} {value:.4f}" if value is not None else ((o.error or "").splitlines() or [""])[0][:100]
+        flag = "  DEGENERATE" if is_degenerate(summary, split, self.margin) else ""
+        phase = "[lr search] " if p.phase == "lr" else ""
+        self.out(f"[{self.done}/{self.total}] {phase}{p.task} | {p.cell} | seed {p.seed}"
+                 f"{f' | lr {p.lr:g}' if p.lr else ''}: {o.status}  {what}  ({o.duration_s:.0f}s){flag}{eta}")
+
+
+def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *, skip_failed: bool,
+             result: StudyResult, tracker: Tracker | None, out: Callable[[str], None]) -> None:
+    states = {p.run_id: state(store, p.run_id) for p in planned}
+    todo = [p for p in planned if states[p.run_id] == "todo" or (states[p.run_id] == "failed" and not skip_failed)]
+    done = len(planned) - len(todo)
+    counts = {s: sum(v == s for v in states.values()) for s in ("done", "failed", "running")}
+    phase = "LR search" if planned and planned[0].phase == "lr" else "runs"
+    out(f"{study.study}: {phase}: {len(planned)} planned, {counts['done']} done, {counts['failed']} failed "
+        f"({'skipped' if skip_failed else 'run again'}), {counts['running']} running elsewhere, {len(todo)} to run")
+    result.planned += len(planned)
+    result.skipped += done
+    if not todo:
+        return
+    jobs = [Job(i, to_dict(p.spec), study.study, str(store.path)) for i, p in enumerate(todo)]
+    progress = Progress(len(planned), done, executor.parallelism, study.degenerate_margin, out)
+    for outcome in executor.map(jobs):
+        p = todo[outcome.index]
+        result.executed += 1
+        result.failed += outcome.status == "failed"
+        result.diverged += outcome.status == "diverged"
+        progress.report(p, outcome)
+        if tracker is not None and outcome.uid and outcome.status != "skipped":
+            tracker.log(store, outcome.uid, study.study, p)
+
+
+def run_study(study: StudySpec, store: Store, *, executor: str = "inline", workers: int = 1,
+              address: str | None = None, threads: int | None = None, skip_failed: bool = False, new: bool = False,
+              hooks: Callable[[Job], list] | None = None, out: Callable[[str], None] | None = None,
+              seed_parallel: str = "auto") -> StudyResult:
+    """Run every planned run of ``study`` that is not done yet; returns counts. Ctrl-C stops cleanly.
+
+    ``threads``: torch CPU threads per run (default: torch's own inline, cores / workers in
+    processes, 1 on Ray). CPU results depend on it, so give the same number to compare executors.
+    ``seed_parallel`` (auto, on, off): train runs that differ only in seed together (study/seed_groups.py);
+    auto does so on CUDA only.
+    """
+    out = out or (lambda line: print(line, flush=True))
+    search = expand_lr_search(study)  # expand first: a study that cannot expand is not registered
+    main = expand(study)
+    tracker = Tracker(study.logging) if study.logging.tensorboard or study.logging.mlflow else None
+    store.register_study(study.study, study_hash(study), to_dict(study), new=new)
+    result = StudyResult()
+    kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,
+              "seed_parallel": seed_parallel}
+    ex = EXECUTORS.get(executor, field="--executor")(**kwargs)
+    start = time.time()
+    try:
+        if study.lr_search is not None:
+            store.plan_runs(study.study, [p.plan_row() for p in search])
+            _execute(study, store, search, ex, skip_failed=skip_failed, result=result, tracker=tracker, out=out)
+            choices = lr_select.choose(store, search, study.lr_search.metric)
+            lr_select.record(store, study.study, choices)
+            for c in choices.values():
+                out(f"{study.study}: {c.task} | {c.cell}: LR {c.lr:g} chosen on validation {c.metric} ("
+                    + ", ".join(f"{lr:g}: {s:.4f}" for lr, s, _ in c.scores) + ")")
+            result.lrs = {k: c.lr for k, c in choices.items()}
+            main = expand(study, result.lrs)
+        store.plan_runs(study.study, [p.plan_row() for p in main])
+        _execute(study, store, main, ex, skip_failed=skip_failed, result=result, tracker=tracker, out=out)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        ex.close(cancel=True)
+        out(f"{study.study}: stopped after {_fmt_time(time.time() - start)}; runs in flight are left unfinished. "
+            "Run the same command again to resume.")
+        return result
+    ex.close()
+    out(f"{study.study}: {result.executed} runs executed ({result.failed} failed, {result.diverged} diverged), "
+        f"{result.skipped} already done, in {_fmt_time(time.time() - start)}")
+    return result
+
+
+def describe_plan(study: StudySpec, store: Store | None) -> list[list[str]]:
+    """Rows for ``--dry-run``: phase, task, cell, seed, lr, run id, state in the store."""
+    rows = []
+    search = expand_lr_search(study)
+    lrs = lr_select.stored_choices(store, study.study) if store is not None and search else {}
+    for p in search + expand(study, lrs or None):
+        st = state(store, p.run_id) if store is not None else "todo"
+        rows.append([p.phase, p.task, p.cell, str(p.seed), f"{p.lr:g}" if p.lr else "-", p.run_id, st])
+    if study.lr_search is not None:
+        waiting = {(c.task, c.cell) for c in cell_defs(study)} - set(lrs)
+        for task, cell in sorted(waiting):
+            rows.append(["main", task, cell, ",".join(map(str, study.seeds)), "chosen on validation",
+                         "(after the LR search)", "todo"])
+    return rows

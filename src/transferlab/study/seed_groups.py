@@ -1,0 +1,85 @@
+"""Group a study's jobs that differ only in seed, for the seed-parallel engine (train/parallel.py).
+
+    for group in seed_groups(jobs, mode="auto"):
+        outcomes = execute_group(group)     # one Outcome per job, as ``execute`` gives it
+
+``mode``: ``on`` groups whenever the engine supports the recipe; ``auto`` (the default) only when
+the runs train on CUDA, where one run leaves the GPU mostly idle; ``off`` never. On CPU the engine
+gains little and its numbers differ from sequential runs in the last bits (batched matrix products
+round differently; with dropout the masks come from one shared random stream), so ``auto`` keeps
+CPU studies bitwise reproducible across executors. Groups hold at most ``MAX_SEEDS`` runs; a group
+the engine refuses when it sees the data (e.g. seeds with training sets of different sizes) runs
+one job after the other.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from transferlab.errors import UserError
+from transferlab.study.executors import Job, Outcome, execute
+
+MAX_SEEDS = 20  # 20 BERT-base seeds fit in 80 GB at batch 32, length 128 (issue 6)
+Mode = Literal["auto", "on", "off"]
+
+
+def _cuda_run(spec) -> bool:
+    import torch
+
+    device = spec.train.device
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) -> list[list[Job]]:
+    """Jobs in groups of one recipe (at most MAX_SEEDS each), in order of first appearance; every
+    job alone when ``mode`` is off, when loop hooks are in play, or the engine cannot run the recipe."""
+    if mode not in ("auto", "on", "off"):
+        raise UserError(f"--seed-parallel: {mode!r} is not one of auto, on, off")
+    if mode == "off" or has_hooks or len(jobs) < 2:
+        return [[job] for job in jobs]
+    from transferlab.spec import spec_from_dict, spec_hash
+    from transferlab.train.parallel import unsupported
+
+    specs = {job.index: spec_from_dict(job.spec) for job in jobs}
+    by_recipe: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        by_recipe.setdefault((job.store, spec_hash(specs[job.index])), []).append(job)
+    groups = []
+    for members in by_recipe.values():
+        first = specs[members[0].index]
+        parallel = (len(members) > 1 and (mode == "on" or _cuda_run(first))
+                    and unsupported([specs[j.index] for j in members]) is None)
+        if not parallel:
+            groups.extend([j] for j in members)
+            continue
+        groups.extend(members[i:i + MAX_SEEDS] for i in range(0, len(members), MAX_SEEDS))
+    return groups
+
+
+def execute_group(jobs: list[Job]) -> list[Outcome]:
+    """Run a group through the engine in this process (one job: ``execute``); failures become outcomes."""
+    if len(jobs) == 1:
+        return [execute(jobs[0])]
+    import torch
+
+    from transferlab.spec import run_id, spec_from_dict
+    from transferlab.store import Store
+    from transferlab.train.parallel import Unsupported, run_seeds
+
+    threads = torch.get_num_threads()
+    if jobs[0].threads:
+        torch.set_num_threads(jobs[0].threads)
+    specs = [spec_from_dict(job.spec) for job in jobs]
+    store = Store(jobs[0].store)
+    try:
+        results = run_seeds(specs, store, study=jobs[0].study, progress=False)
+    except Unsupported:  # refused before anything was stored: one by one
+        return [execute(job) for job in jobs]
+    except Exception as e:  # noqa: BLE001 - the engine stored each unfinished run as failed; the study goes on
+        error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        return [Outcome(job.index, run_id(spec), None, "failed", error=error) for job, spec in zip(jobs, specs)]
+    finally:
+        store.close()
+        torch.set_num_threads(threads)
+    return [Outcome(job.index, r.run_id, r.uid, r.status, r.summary, r.duration_s, r.summary.get("error"))
+            for job, r in zip(jobs, results)]

@@ -1,0 +1,198 @@
+"""Study specs: one YAML file for many seeds, recipes and tasks.
+
+    study: few-sample-rte            # the study's name in the store (this key marks a study file)
+    base: {model: {name: minilm}, task: {name: rte, split_dev: true}, ...}   # a run spec
+    arms:                            # name -> overrides of the base (dotted keys or nested mappings)
+      bertadam: {optim.name: bertadam}
+      debiased-adam: {optim.name: adamw}
+    baseline: debiased-adam          # the arm every other arm is tested against
+    grid: {train.max_steps: [null, 400]}   # axes over any run spec field: every combination runs
+    seeds: {start: 0, stop: 10}      # or a list: [0, 1, 2]
+    tasks: [rte, {name: mrpc}]       # task names or task sections; default: the base task
+    few_sample: [1000]               # values of task.few_sample
+    lr_search: {grid: [1e-5, 2e-5, 5e-5], seeds: [0, 1, 2]}   # per cell, chosen on validation
+    degenerate_margin: 0.01          # a run is degenerate unless it beats the constant baseline by this
+    threshold: 0.6                   # steps to reach this dev value of the main metric
+    logging: {tensorboard: runs/tb}  # optional: also log every run to TensorBoard / MLflow
+
+``--set`` reaches any key of the file: ``--set base.task.path=DIR``, ``--set 'seeds=[0, 1]'``,
+``--set 'grid.train.max_steps=[400]'`` (nested and dotted grid keys are the same axis).
+
+Every key is checked: an unknown key, a grid axis or arm override naming an unknown run
+spec field, an arm that overrides nothing and an empty seed list are errors naming the
+field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transferlab.errors import SpecError
+from transferlab.spec import RunSpec, apply_overrides, read_yaml, spec_from_dict, to_dict
+
+
+@dataclass
+class LRSearch:
+    """Fair learning rates (Rothermel et al. 2021): each cell tries ``grid`` with ``seeds``, on validation."""
+
+    grid: list[float] = field(default_factory=list)
+    seeds: Any = field(default_factory=lambda: [0, 1, 2])  # a list or {start, stop}
+    metric: str | None = None  # default: the task's main metric, on the dev (validation) split
+
+
+@dataclass
+class LoggingSpec:
+    tensorboard: str | None = None  # a folder; one subfolder per stored run
+    mlflow: str | None = None  # a tracking URI (a folder or a server URL)
+    mlflow_experiment: str | None = None  # default: the study name
+
+
+@dataclass
+class StudySpec:
+    study: str = ""
+    description: str = ""
+    base: dict[str, Any] = field(default_factory=dict)
+    arms: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None
+    grid: dict[str, Any] = field(default_factory=dict)
+    seeds: Any = field(default_factory=lambda: [0])
+    tasks: list[Any] | None = None
+    few_sample: list[int] | None = None
+    lr_search: LRSearch | None = None
+    degenerate_margin: float = 0.01
+    threshold: float | None = None
+    logging: LoggingSpec = field(default_factory=LoggingSpec)
+
+    def validate(self) -> None:
+        if not self.study.strip():
+            raise SpecError("study: a study needs a name (the top-level key `study`)")
+        self.seeds = resolve_seeds(self.seeds, "seeds")
+        try:
+            spec_from_dict(self.base)
+        except SpecError as e:
+            raise SpecError(f"base: {e}") from None
+        for name, overrides in self.arms.items():
+            overrides = {} if overrides is None else overrides
+            if not isinstance(overrides, dict):
+                raise SpecError(f"arms.{name}: expected a mapping of overrides, got {overrides!r}")
+            flat = flatten(overrides)
+            if not flat:
+                raise SpecError(f"arms.{name}: the arm overrides nothing; give at least one field, "
+                                "e.g. {optim.name: bertadam}")
+            for key in flat:
+                check_field(key, f"arms.{name}")
+            self.arms[name] = flat
+        if self.baseline is not None and self.baseline not in self.arms:
+            raise SpecError(f"baseline: {self.baseline!r} is not an arm; arms: {', '.join(self.arms) or '(none)'}")
+        self.grid = flatten(self.grid)  # {optim: {lr: [..]}} and {optim.lr: [..]} alike (--set grid.optim.lr=..)
+        for key, values in self.grid.items():
+            check_field(key, "grid")
+            if key in ("seed", "name"):
+                raise SpecError(f"grid: {key!r} cannot be a grid axis; seeds go in `seeds`, names come from arms")
+            if not isinstance(values, list) or not values:
+                raise SpecError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+        if self.few_sample is not None and (not self.few_sample or any(n < 1 for n in self.few_sample)):
+            raise SpecError(f"few_sample: expected a non-empty list of sizes >= 1, got {self.few_sample!r}")
+        for i, task in enumerate(self.tasks or []):
+            if not isinstance(task, (str, dict)):
+                raise SpecError(f"tasks[{i}]: expected a task name or a task section, got {task!r}")
+        if self.tasks is not None and not self.tasks:
+            raise SpecError("tasks: the list is empty; leave it out to use the base task")
+        if self.lr_search is not None:
+            self._check_lr_search()
+
+    def _check_lr_search(self) -> None:
+        search = self.lr_search
+        if not search.grid or any(lr <= 0 for lr in search.grid):
+            raise SpecError(f"lr_search.grid: expected a non-empty list of positive learning rates, got {search.grid}")
+        search.seeds = resolve_seeds(search.seeds, "lr_search.seeds")
+        if "optim.lr" in self.grid:
+            raise SpecError("grid.optim.lr: the learning rate is chosen by lr_search; drop one of the two")
+        for name, flat in self.arms.items():
+            if "optim.lr" in flat:
+                raise SpecError(f"arms.{name}: sets optim.lr but lr_search chooses each arm's learning rate; "
+                                "drop one of the two")
+
+    @property
+    def arm_names(self) -> list[str]:
+        return list(self.arms) or [self.base.get("name", "base")]
+
+
+def resolve_seeds(value: Any, where: str) -> list[int]:
+    """A seed list from ``[0, 1, 2]`` or ``{start: 0, stop: 10}`` (stop excluded, as in range)."""
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in ("start", "stop", "step")]
+        if unknown or "stop" not in value:
+            raise SpecError(f"{where}: a range is {{start: 0, stop: 10, step: 1}} (stop excluded), got {value!r}")
+        try:
+            value = list(range(int(value.get("start", 0)), int(value["stop"]), int(value.get("step", 1))))
+        except (TypeError, ValueError):
+            raise SpecError(f"{where}: range bounds must be integers, got {value!r}") from None
+    if not isinstance(value, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in value):
+        raise SpecError(f"{where}: expected a list of integer seeds or {{start, stop}}, got {value!r}")
+    if not value:
+        raise SpecError(f"{where}: the seed list is empty; give at least one seed")
+    if len(set(value)) != len(value):
+        raise SpecError(f"{where}: seeds repeat: {value}")
+    return value
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{optim: {name: x}}`` and ``{optim.name: x}`` both become ``{"optim.name": x}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def check_field(path: str, where: str) -> None:
+    """Raise a SpecError unless ``path`` (dotted) names a run spec field; a dict field takes any sub-key."""
+    cls: Any = RunSpec
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            if typing.get_origin(cls) is dict or cls is dict:
+                return  # options-like mappings take any key
+            raise SpecError(f"{where}: {'.'.join(parts[:i])!r} is a value, not a section (in {path!r})")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            section = ".".join(parts[:i]) or "the run spec"
+            raise SpecError(f"{where}: unknown field {path!r}; known fields of {section}: {', '.join(names)}")
+        cls = _field_type(cls, part)
+
+
+def _field_type(cls: type, name: str) -> Any:
+    tp = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def load_study(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] = ()) -> StudySpec:
+    """A checked StudySpec from a YAML file or plain data; ``overrides`` as in ``--set base.optim.lr=1e-5``."""
+    data = source if isinstance(source, dict) else read_yaml(source)
+    data = apply_overrides(data, overrides or [])
+    return spec_from_dict(data, StudySpec)
+
+
+def is_study(data: dict[str, Any]) -> bool:
+    """A YAML mapping is a study (not a run spec) when it has a top-level ``study`` or ``arms`` key."""
+    return "study" in data or "arms" in data
+
+
+def study_hash(study: StudySpec) -> str:
+    """The study's identity in the store: its resolved definition, without the description and logging."""
+    data = {k: v for k, v in to_dict(study).items() if k not in ("description", "logging")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -1,0 +1,143 @@
+"""The report of a study: tables, statistics, figures, the CLI, and the HTML page in headless Chromium."""
+
+import base64
+import io
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_spec_dict, tiny_study_dict, write_sentiment_csv
+from PIL import Image
+
+from transferlab.cli import main
+from transferlab.report import cells, write_report
+from transferlab.spec import load_spec
+from transferlab.store import Store
+from transferlab.study import stats
+from transferlab.study.runner import run_study
+from transferlab.study.spec import load_study
+from transferlab.train.loop import run
+
+CHROMIUM = Path("/usr/bin/chromium")
+PLOTS = ("seeds.png", "dev_curves.png", "loss_curves.png", "lr_schedule.png", "expected_max.png")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and far faster when other processes share the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def study_store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    data = write_sentiment_csv(tmp / "toy", n_train=64, n_dev=40)
+    d = tiny_study_dict(data, name="rep", seeds=[0, 1, 2], epochs=3)
+    d["base"]["task"]["split_dev"] = True  # dev halves: validation for selection, test for the report
+    d["lr_search"] = {"grid": [1e-6, 3e-3], "seeds": [0]}
+    d["threshold"] = 0.5
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        store = Store(tmp / "s.db")
+        run_study(load_study(d), store, out=lambda _: None)
+    finally:
+        torch.set_num_threads(before)
+    out = tmp / "report"
+    return store, out, write_report(store, out, study="rep")
+
+
+def test_report_writes_every_table_and_figure(study_store):
+    store, out, written = study_store
+    for name in PLOTS:
+        path = out / name
+        assert path in written and path.stat().st_size > 1000
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+    md = (out / "report.md").read_text()
+    for section in ("## Runs", "## Statistics per cell", "## Against the baseline arm",
+                    "## Learning rates chosen on validation", "## Expected best score over k seeds",
+                    "## Paper-style table"):
+        assert section in md
+    for key, v in store.study_values("rep").items():  # the chosen LRs are shown
+        assert re.search(rf"\| rep \| csv \| {v['cell']} \| {v['lr']:g} \| accuracy \|", md), key
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(PLOTS)
+    assert not re.search(r"""(src|href)=["'](http|file|//)""", page)  # self-contained
+
+
+def test_report_statistics_are_those_of_the_stored_runs(study_store):
+    store, out, _ = study_store
+    by_arm = {c.arm: c for c in cells(store, "rep")}
+    assert set(by_arm) == {"adamw", "bertadam"} and all(c.split == "test" for c in by_arm.values())
+    md = (out / "report.md").read_text()
+    values = {}
+    for arm, c in by_arm.items():
+        rows = [store.runs(run_id=rid)[-1] for _, rid, _, a, *_ in store.study_plan("rep", "main") if a == arm]
+        v = np.array([r.summary["test"]["accuracy"] for r in rows])
+        values[arm] = v
+        assert len(v) == 3
+        np.testing.assert_allclose(c.values("accuracy"), v)
+        d = stats.describe(v)
+        std = f"{d['std']:.4f}"
+        assert f"| csv | {arm} | test | accuracy | 3 | 0 | {d['mean']:.4f} ± {std} |" in md
+        assert f"{stats.expected_max(v, 3):.4f}" in md
+    res = stats.compare(values["bertadam"], values["adamw"])
+    assert f"| csv | bertadam | adamw | accuracy (test) | {res['diff']:+.4f} |" in md
+
+
+def test_report_of_plain_runs_and_the_cli(tmp_path, capsys):
+    data = write_sentiment_csv(tmp_path / "toy", n_train=64, n_dev=32)
+    store = Store(tmp_path / "s.db")
+    for seed in (0, 1):
+        run(load_spec(tiny_spec_dict(data, epochs=1, save_model=False), {"seed": seed}), store, progress=False)
+    assert main(["report", str(tmp_path / "s.db"), "-o", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out.split()
+    assert str(tmp_path / "out" / "report.html") in printed
+    assert (tmp_path / "out" / "seeds.png").stat().st_size > 1000
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| csv | tiny | dev | accuracy | 2 |" in md  # one cell of two seeds
+    assert main(["report", str(tmp_path / "nope.db"), "--study", "x", "-o", str(tmp_path / "o2")]) == 0
+
+
+CHECK = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e.type)), true);
+window.addEventListener('load', () => {
+  const bad = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt);
+  document.title = 'CHECK images=' + document.images.length + ' bad=' + bad.join(',') +
+                   ' errors=' + window.__errors.join('|') + ' END';
+});
+</script>"""
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)")
+def test_html_report_opens_in_headless_chromium(study_store, tmp_path):
+    _, out, _ = study_store
+    flags = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--window-size=1200,1600", "--virtual-time-budget=5000"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", (out / "report.html").as_uri()], check=True,
+                   capture_output=True, timeout=180)
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("L"), dtype=float)
+    assert pixels.shape == (1600, 1200)
+    assert (pixels < 200).mean() > 0.01 and pixels.std() > 10  # text, tables and plots: not a blank page
+    # the same page with a probe: every image decodes and no script or resource error is raised
+    probe = tmp_path / "probe.html"
+    probe.write_text((out / "report.html").read_text().replace("<head>", "<head>" + CHECK, 1))
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], check=True, capture_output=True, text=True,
+                         timeout=180).stdout
+    title = re.search(r"<title>(CHECK .*? END)</title>", dom)
+    assert title, dom[:500]
+    assert title.group(1) == f"CHECK images={len(PLOTS)} bad= errors= END"
+    # the embedded images are the plot files, byte for byte
+    embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", (out / "report.html").read_text())
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted((out / n).read_bytes() for n in PLOTS)
+    assert all(Image.open(io.BytesIO(base64.b64decode(e))).size[0] > 100 for e in embedded)
