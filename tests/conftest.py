@@ -3,6 +3,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -53,3 +54,13 @@ def tiny_study_dict(data_dir: Path, name: str = "tiny-study", seeds=(0, 1, 2, 3,
     base["model"]["max_length"] = 16
     return {"study": name, "base": base, "baseline": "adamw", "seeds": list(seeds),
             "arms": {"adamw": {"optim.name": "adamw"}, "bertadam": {"optim.name": "bertadam"}}}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one torch thread (and far faster when other processes share the
+    cores). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -162,15 +162,6 @@ def test_per_token_metric_and_baseline_count_every_bit():
     assert 0.45 < baseline(task, "dev")["accuracy"] < 0.55
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared 2-core machine run 10x faster on one thread than on two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_bit_xor_learns_end_to_end(tmp_path, one_thread):
     from transferlab.store import Store
     from transferlab.train.loop import run
@@ -291,3 +282,13 @@ def test_cli_prints_the_trainable_share(tmp_path, capsys, one_thread):
     line = next(x for x in capsys.readouterr().out.splitlines() if "trainable:" in x)
     n, total = (int(v.replace(",", "")) for v in line.split()[1:4:2])
     assert 0 < n < 0.05 * total and line.endswith(f"({n / total:.2%})")
+
+
+def test_exporting_an_lstm_run_is_a_clear_error(tmp_path):
+    from transferlab.errors import ModelError
+    from transferlab.models.export import export_model
+
+    model, task = model_and_task(model={"name": "lstm-64", "init": "random"}, head={"name": "last"})
+    with pytest.raises(ModelError, match="LSTM baseline.*not a Hugging Face model"):
+        export_model(model, task, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written

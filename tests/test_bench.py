@@ -8,13 +8,7 @@ import torch
 from transferlab.bench import Row, Timer, flops_per_sample, format_rows, matmul_peak
 from transferlab.cli import main
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_bench_cli_produces_every_row(tmp_path, capsys):

@@ -29,13 +29,7 @@ def data(tmp_path_factory):
     return write_sentiment_csv(tmp_path_factory.mktemp("par") / "toy", n_train=40, n_dev=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster when other processes share the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture

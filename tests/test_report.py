@@ -25,13 +25,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 PLOTS = ("seeds.png", "dev_curves.png", "loss_curves.png", "lr_schedule.png", "expected_max.png")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster when other processes share the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

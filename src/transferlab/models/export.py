@@ -68,6 +68,10 @@ def _export_config(model: TransferModel, task: Task) -> tf.PretrainedConfig:
 def export_model(model: TransferModel, task: Task, out_dir: Path) -> Path:
     """Write ``model`` for ``task`` to ``out_dir`` (created); returns the folder."""
     out_dir = Path(out_dir)
+    if not isinstance(model.backbone.model, tf.PreTrainedModel):
+        raise ModelError(f"export: the backbone is a {type(model.backbone.model).__name__} (e.g. the LSTM baseline), "
+                         "not a Hugging Face model; export writes save_pretrained folders. The run's weights "
+                         "stay in the store (train/restore.py load_run_model reads them)")
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = _export_config(model, task)
     layout = _hf_layout(model)

@@ -35,12 +35,12 @@ from transferlab.data.task import Task
 from transferlab.errors import DataError, SpecError
 from transferlab.models.adapters import build_adapter
 from transferlab.models.backbone import Backbone, load_backbone, seeded
+from transferlab.models.depth import keep_layers
 from transferlab.pretrain.masking import Masks, MaskSource, apply_to_ids
 from transferlab.pretrain.mlm import (
     HELDOUT_MASK_SEED,
     device_and_amp,
     fit,
-    keep_layers,
     prepare_out,
     write_summary,
 )

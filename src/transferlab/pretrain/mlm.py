@@ -44,6 +44,7 @@ from transferlab.models.backbone import (
     minilm_path,
     seeded,
 )
+from transferlab.models.depth import keep_layers
 from transferlab.pretrain.masking import IGNORE, MaskSource, apply_to_ids
 from transferlab.pretrain.spec import CorpusSpec, PretrainSpec
 from transferlab.provenance import provenance
@@ -176,27 +177,6 @@ class MLMBatches:
 # ---------------------------------------------------------------- the model
 
 
-def keep_layers(model: nn.Module, layers: list[int]) -> None:
-    """Keep only ``layers`` (in this order) of a Hugging Face model, in place, config included."""
-    from transferlab.models.schema import SCHEMAS
-
-    config = model.config
-    family = SCHEMAS.get(config.model_type, field="layers (the model family's layer map)")
-    path = family.layer_prefix.split(".{i}")[0]
-    base = getattr(model, "base_model", model)
-    stack = base.get_submodule(path)
-    n = len(stack)
-    if max(layers) >= n:
-        raise SpecError(f"layers: {layers} asks for layer {max(layers)} but the model has layers 0-{n - 1}")
-    parent, _, name = path.rpartition(".")
-    (base.get_submodule(parent) if parent else base).register_module(name, nn.ModuleList([stack[i] for i in layers]))
-    config.num_hidden_layers = len(layers)
-    for i, layer in enumerate(base.get_submodule(path)):  # attention modules that know their index
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = i
-
-
 def _source(name: str) -> str | Path:
     if name == "minilm":
         return minilm_path()
@@ -296,6 +276,7 @@ def device_and_amp(spec: PretrainSpec) -> tuple[torch.device, torch.dtype | None
 def fit(model: nn.Module, spec: PretrainSpec, n_train: int, batch_loss: Callable[[np.ndarray], Tensor],
         heldout: Callable[[], float], num_layers: int, device: torch.device, amp, progress: bool = True) -> dict:
     """Train ``model`` on ``batch_loss`` of shuffled row batches; the loss curve and held-out losses."""
+    from transferlab.train.loop import optimizer_step  # lazily, like device_and_amp: loop imports recipes
     t = spec.train
     per_epoch = math.ceil(n_train / t.batch_size)
     total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * per_epoch))
@@ -324,13 +305,7 @@ def fit(model: nn.Module, spec: PretrainSpec, n_train: int, batch_loss: Callable
         if spec.optim.max_grad_norm:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
                                            spec.optim.max_grad_norm)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, scheduler, scaler)
         loss_sum, loss_n = loss_sum + loss.detach().float(), loss_n + 1
         bar.update(1)
         if step % t.log_every == 0 or step == total:

@@ -95,6 +95,17 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> tor
     return F.cross_entropy(logits.float(), labels)
 
 
+def optimizer_step(optimizer, scheduler, scaler) -> None:
+    """One update: through the fp16 grad scaler when there is one, then the schedule; grads dropped."""
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return to_device(batch, device)  # pinned and non-blocking on CUDA
 
@@ -255,13 +266,7 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
         lr = max(scheduler.get_last_lr())
         bad = ~torch.isfinite(loss.detach()) | ~torch.isfinite(gnorm)
         first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, scheduler, scaler)
         step += 1
         bar.update(1)
 
