@@ -64,3 +64,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def sigkill_when(args: list[str], ready, timeout: float, what: str) -> None:
+    """Run ``python -m transferlab.cli *args`` and SIGKILL it as soon as ``ready()`` holds (polled);
+    fail the test with ``what`` if that takes longer than ``timeout`` seconds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "transferlab.cli", *args],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if ready():
+                return
+            time.sleep(0.05)
+        pytest.fail(what)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()

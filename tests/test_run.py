@@ -1,14 +1,9 @@
 """The spine end to end on a tiny model: learning, determinism, store, CLI errors, kill -9."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import yaml
-from conftest import tiny_spec_dict
+from conftest import sigkill_when, tiny_spec_dict
 
 from transferlab.cli import main
 from transferlab.errors import UserError
@@ -103,20 +98,12 @@ def test_sigkill_leaves_store_readable_and_run_unfinished(toy_task_dir, tmp_path
     done = run(load_spec(tiny_spec_dict(toy_task_dir, epochs=1)), store, progress=False)
     spec = tmp_path / "long.yaml"
     spec.write_text(yaml.safe_dump(tiny_spec_dict(toy_task_dir, epochs=1000, num_evals=1000, log_every=1)))
-    proc = subprocess.Popen([sys.executable, "-m", "transferlab.cli", "run", str(spec), "--store", str(db), "--quiet"],
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            rows = [r for r in Store(db).runs() if r.uid != done.uid]
-            if rows and Store(db).curve(rows[0].uid):
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the run did not start")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+
+    def started() -> bool:
+        rows = [r for r in Store(db).runs() if r.uid != done.uid]
+        return bool(rows) and bool(Store(db).curve(rows[0].uid))
+
+    sigkill_when(["run", str(spec), "--store", str(db), "--quiet"], started, 120, "the run did not start")
     after = Store(db)
     (killed,) = [r for r in after.runs() if r.uid != done.uid]
     assert killed.status == "unfinished"

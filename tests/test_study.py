@@ -1,17 +1,13 @@
 """Studies: spec checks, expansion, few-sample protocol, resume after SIGKILL, divergence,
 degenerate runs, LR selection, the CLI, and TensorBoard/MLflow logging."""
 
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA, needs_shared_data, tiny_study_dict, write_sentiment_csv
+from conftest import SHARED_DATA, needs_shared_data, sigkill_when, tiny_study_dict, write_sentiment_csv
 
 from transferlab.cli import main
 from transferlab.data.build import build_task
@@ -157,20 +153,9 @@ def test_sigkill_after_three_runs_then_resume_runs_the_other_seven(data, tmp_pat
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(tiny_study_dict(data)))
     db = tmp_path / "s.db"
-    proc = subprocess.Popen([sys.executable, "-m", "transferlab.cli", "run", str(path), "--store", str(db),
-                             "--threads", "1"],
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if db.exists() and sum(r.status == "finished" for r in Store(db).runs()) >= 3:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the study did not get 3 runs done")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    sigkill_when(["run", str(path), "--store", str(db), "--threads", "1"],
+                 lambda: db.exists() and sum(r.status == "finished" for r in Store(db).runs()) >= 3,
+                 300, "the study did not get 3 runs done")
     killed_at = time.time()
     before = {r.run_id: r for r in Store(db).runs() if r.status == "finished"}
     assert 3 <= len(before) < 10
