@@ -168,6 +168,16 @@ def resolve_layers(value: Any, num_layers: int, where: str, family: str = "the m
     return out
 
 
+def check_roles(roles, modules, where: str) -> None:
+    """Every name in ``roles`` is a layer role and every name in ``modules`` a model-wide one."""
+    for role in roles or ():
+        if role not in LAYER_ROLES:
+            raise SpecError(f"{where}.roles: unknown role {role!r}; layer roles: {', '.join(LAYER_ROLES)}")
+    for module in modules:
+        if module not in GLOBAL_ROLES:
+            raise SpecError(f"{where}.modules: unknown module {module!r}; modules: {', '.join(GLOBAL_ROLES)}")
+
+
 def parse_selection(select: dict[str, Any], where: str) -> Selection:
     """Check a ``select`` mapping without a model: keys, roles, modules, layer syntax."""
     from transferlab.spec import spec_from_dict
@@ -178,12 +188,7 @@ def parse_selection(select: dict[str, Any], where: str) -> Selection:
         raise SpecError(f"{where}: {e}") from None
     if sel.layers is not None:
         layer_tokens(sel.layers, f"{where}.layers")
-    for role in sel.roles or ():
-        if role not in LAYER_ROLES:
-            raise SpecError(f"{where}.roles: unknown role {role!r}; layer roles: {', '.join(LAYER_ROLES)}")
-    for module in sel.modules:
-        if module not in GLOBAL_ROLES:
-            raise SpecError(f"{where}.modules: unknown module {module!r}; modules: {', '.join(GLOBAL_ROLES)}")
+    check_roles(sel.roles, sel.modules, where)
     if sel.heads is not None and sel.roles and not set(sel.roles) & set(ATTENTION_ROLES):
         raise SpecError(f"{where}.heads: heads live in q, k, v, o but roles are {sel.roles}")
     if not (sel.layers is not None or sel.roles or sel.heads is not None or sel.modules or sel.patterns):

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from transferlab.errors import ModelError, SpecError, UserError
 from transferlab.models.schema import ATTENTION_ROLES, GLOBAL_ROLES, LAYER_ROLES, ModelSchema, schema_of
-from transferlab.recipes.init import apply_init, layer_tokens, resolve_layers
+from transferlab.recipes.init import apply_init, check_roles, layer_tokens, resolve_layers
 
 MISMATCH_MODES = ("error", "truncate", "tile")
 
@@ -255,12 +255,7 @@ def check_step(step) -> None:
         raise SpecError("transplant: give exactly one of source (HF id, folder, alias) or run (a stored run)")
     if step.store is not None and step.run is None:
         raise SpecError("transplant.store: only used with transplant.run")
-    for role in step.roles or ():
-        if role not in LAYER_ROLES:
-            raise SpecError(f"transplant.roles: unknown role {role!r}; layer roles: {', '.join(LAYER_ROLES)}")
-    for module in step.modules:
-        if module not in GLOBAL_ROLES:
-            raise SpecError(f"transplant.modules: unknown module {module!r}; modules: {', '.join(GLOBAL_ROLES)}")
+    check_roles(step.roles, step.modules, "transplant")
     modes = step.on_mismatch.items() if isinstance(step.on_mismatch, dict) else [("", step.on_mismatch)]
     for role, mode in modes:
         if role and role not in (*LAYER_ROLES, *GLOBAL_ROLES, "default"):
