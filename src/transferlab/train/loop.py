@@ -95,6 +95,17 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> tor
     return F.cross_entropy(logits.float(), labels)
 
 
+def step_plan(n_train: int, tspec) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) for ``n_train`` examples under ``train:``."""
+    per_epoch = max(1, math.ceil(math.ceil(n_train / tspec.batch_size) / tspec.grad_accum))
+    return per_epoch, tspec.max_steps or max(1, math.ceil(tspec.epochs * per_epoch))
+
+
+def eval_schedule(total: int, num_evals: int) -> list[int]:
+    """The steps with a dev evaluation: ``num_evals`` evenly spread, and always the last step."""
+    return sorted({max(1, round(total * (i + 1) / num_evals)) for i in range(num_evals)} | {total})
+
+
 def optimizer_step(optimizer, scheduler, scaler) -> None:
     """One update: through the fp16 grad scaler when there is one, then the schedule; grads dropped."""
     if scaler:
@@ -188,9 +199,7 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
             for name, split in task.splits.items() if split.labelled or name == "train"}
     train_enc, dev_enc = data["train"], data["dev"]
 
-    batches_per_epoch = math.ceil(len(train_enc) / tspec.batch_size)
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / tspec.grad_accum))
-    total = tspec.max_steps or max(1, math.ceil(tspec.epochs * steps_per_epoch))
+    steps_per_epoch, total = step_plan(len(train_enc), tspec)
     freezer = build_freezer(spec.freeze, model, steps_per_epoch)  # before the optimizer: LoRA adds parameters
     distiller = build_distiller(spec, model, task, store)  # None unless spec.distill names a teacher
     hooks = (freezer, *([distiller] if distiller else []), *hooks)
@@ -205,7 +214,7 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
     n_params, n_trainable = count_parameters(model)
     store.update_run(uid, n_params=n_params, n_trainable=n_trainable)
 
-    eval_steps = sorted({max(1, round(total * (i + 1) / tspec.num_evals)) for i in range(tspec.num_evals)} | {total})
+    eval_steps = eval_schedule(total, tspec.num_evals)
     main, better = task.main_metric, higher_is_better(task.main_metric)
     best_value, best_step, best_state, since_best = None, None, None, 0
     dev_at: dict[int, dict[str, float]] = {}  # dev metrics by step: evaluation is deterministic, so reusable

@@ -30,7 +30,6 @@ the LSTM baseline).
 
 from __future__ import annotations
 
-import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -60,10 +59,12 @@ from transferlab.train.fast import Compiled, to_device
 from transferlab.train.loop import (
     RunResult,
     autocast_dtype,
+    eval_schedule,
     evaluate,
     loss_fn,
     resolve_device,
     seed_everything,
+    step_plan,
 )
 from transferlab.train.stacked import StackedModel
 
@@ -249,9 +250,7 @@ class _Engine:
         return seeds, first
 
     def _total(self, seed: _Seed) -> tuple[int, int]:
-        batches = math.ceil(len(seed.data["train"]) / self.tspec.batch_size)
-        per_epoch = max(1, math.ceil(batches / self.tspec.grad_accum))
-        return per_epoch, self.tspec.max_steps or max(1, math.ceil(self.tspec.epochs * per_epoch))
+        return step_plan(len(seed.data["train"]), self.tspec)
 
     def _build(self, seeds: list[_Seed], first) -> StackedModel:
         stack = None
@@ -304,8 +303,7 @@ class _Engine:
             self.store.update_run(seed.uid, n_params=n_params, n_trainable=n_trainable)
         self.counts = (n_params, n_trainable)
 
-        eval_steps = sorted({max(1, round(total * (i + 1) / tspec.num_evals)) for i in range(tspec.num_evals)}
-                            | {total})
+        eval_steps = eval_schedule(total, tspec.num_evals)
         main = seeds[0].task.main_metric
         better = higher_is_better(main)
         active = list(seeds)
