@@ -314,8 +314,6 @@ class _Engine:
         first_bad = torch.full((n,), -1, dtype=torch.long, device=device)
         exploded = torch.full((n,), -1, dtype=torch.long, device=device)
         first_loss = None
-        if tspec.compile:
-            stack.compile()
         bar = tqdm(total=total, desc=f"{self.spec.name} x{n} seeds", unit="step", disable=not self.progress,
                    leave=False, dynamic_ncols=True)
         stack.train()
@@ -334,8 +332,10 @@ class _Engine:
                 batch = to_device(host, device)
                 labels = batch.pop("labels")
                 if not probed:
-                    stack.probe_vmap(batch)
+                    stack.probe_vmap(batch)  # eagerly: compiling it too would add an inference graph
                     probed = True
+                    if tspec.compile:
+                        stack.compile()
                 args = (batch, padded, labels, counts, regression, tspec.grad_accum, device.type, amp)
                 try:
                     losses = _backward(stack, *args)

@@ -10,7 +10,11 @@ GPT-2's ``Conv1D``, ``nn.LayerNorm``, ``nn.Embedding``) replaced by a stacked tw
 runs on S*B rows (seed-major), every leaf reshapes its input to (S, B*T, in) and does one batched
 matrix product (``baddbmm``), and attention is the library's own SDPA over S*B sequences. So the
 code between the leaves is the library's, and torch.func.vmap is not needed there (it fails in the
-library's mask creation on data-dependent control flow). The head and the input adapter are small:
+library's mask creation on data-dependent control flow). For the BERT family the engine calls the
+library's embeddings and layer modules itself, in the library's order (:meth:`StackedModel._encode_layers`),
+instead of the model's forward: the library gathers hidden states through forward hooks that read
+a ContextVar, which torch.compile cannot trace, so without this every compiled layer would break
+into pieces. The head and the input adapter are small:
 they run under ``vmap(functional_call)`` over the seed dimension, or in a loop over seeds where
 vmap cannot (the LSTM heads pack sequences by length on the host).
 
@@ -95,9 +99,12 @@ class StackedEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(weight)
         self.padding_idx, self.rows = padding_idx, rows
-        if padding_idx is not None:
-            self.register_buffer("pad_row", torch.tensor([padding_idx], device=weight.device), persistent=False)
-            self.weight.register_hook(lambda g: g.index_fill(1, self.pad_row, 0))
+        if padding_idx is not None:  # in place, after accumulation: a copy of the (S, V, H) gradient per step
+            self.weight.register_post_accumulate_grad_hook(self._zero_pad_grad)  # cost more than the backward
+
+    def _zero_pad_grad(self, weight: Tensor) -> None:
+        if weight.grad is not None:
+            weight.grad.select(1, self.padding_idx).zero_()
 
     def forward(self, ids: Tensor) -> Tensor:
         s, v, h = self.weight.shape
@@ -130,6 +137,18 @@ def _stacked_leaf(module: nn.Module, seeds: int, rows: _Rows, device) -> nn.Modu
             raise StackError("embeddings with max_norm or sparse gradients are not supported")
         return StackedEmbedding(new(module.weight), module.padding_idx, rows)
     return None
+
+
+def _drop_output_capture_hooks(model: nn.Module) -> None:
+    """Remove transformers' output-capturing forward hooks (installed once a forward asked for hidden
+    states) from ``model``'s modules, and mark them installed so none come back: the stacked
+    encoder gathers hidden states itself, and the hooks read a ContextVar that breaks torch.compile's
+    graphs. The hooks only append to a collector, so removing them changes no computation."""
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if "output_capturing" in getattr(hook, "__qualname__", ""):
+                del module._forward_hooks[key]
+    model._output_capturing_hooks_installed = True
 
 
 def _stack_params(module: nn.Module, seeds: int, device) -> None:
@@ -177,7 +196,11 @@ class StackedModel(nn.Module):
         self.num_layers = model.num_layers
         self.family = model.backbone.family
         self.vmap_head = self.vmap_adapter = True
-        self.__dict__["encoder"] = self.backbone.model  # the call with the FLOPs (compile()); not a submodule
+        self.own_loop = self.family in BIDIRECTIONAL  # embeddings and layers called here (_encode_layers)
+        if self.own_loop:
+            _drop_output_capture_hooks(self.backbone.model)
+            self.__dict__["blocks"] = self._blocks()  # the same modules as the backbone's (not registered twice)
+        self.__dict__["encoder"] = self._encode  # the call with the FLOPs (compile()); not a submodule
         self.load_slot(0, model)
 
     # ------------------------------------------------------------------ weights in and out
@@ -225,11 +248,21 @@ class StackedModel(nn.Module):
         self.seeds = len(slots)
 
     def compile(self) -> None:
-        """torch.compile the backbone call (train/fast.py: eager when compiling fails). The head and
-        adapter stay eager: dynamo cannot trace dropout under vmap with dynamic shapes, and they are small."""
+        """torch.compile the encoder call (train/fast.py: eager when compiling fails). For the BERT
+        family that is our layer loop, which traces as one graph (no hidden-state hooks, see
+        ``_encode_layers``). The head and adapter stay eager: dynamo cannot trace dropout under vmap
+        with dynamic shapes, and they are small."""
         from transferlab.train.fast import Compiled
 
-        self.__dict__["encoder"] = Compiled(self.backbone.model)
+        self.__dict__["encoder"] = Compiled(self._encode)
+
+    def _blocks(self) -> list[nn.Module]:
+        """The stacked backbone's transformer layers, in order (found through the layer schema)."""
+        from transferlab.models.schema import schema_of
+
+        s = schema_of(self.model)  # the template: same structure, plain modules
+        prefix = s.family.layer_prefix.rstrip(".")
+        return [self.backbone.model.get_submodule(prefix.format(i=i)) for i in range(s.num_layers)]
 
     def seed_counts(self) -> tuple[int, int]:
         """(parameters, trainable parameters) of one seed's model, as ``count_parameters`` gives them."""
@@ -289,17 +322,44 @@ class StackedModel(nn.Module):
         flat = {k: v.reshape(s * b, *v.shape[2:]) for k, v in batch.items()}
         mask_arg = self._mask_arg(flat["attention_mask"], self.model.backbone.model.dtype)
         if "inputs" in batch:
-            from transferlab.models.adapters import feed_embeds
-
             embeds = self._per_seed(self.model.input_adapter, self.vmap_adapter, batch["inputs"])
-            hidden, _ = feed_embeds(self.backbone, embeds.reshape(s * b, *embeds.shape[2:]), mask_arg)
-        else:  # Backbone.forward's call, but without a mask when nothing is padded
-            kw = {"input_ids": flat["input_ids"], "inputs_embeds": None, "attention_mask": mask_arg if padded else None,
-                  "output_hidden_states": True, "return_dict": True}  # the keywords Backbone.forward passes
-            if "token_type_ids" in flat and self.backbone._use_token_types:
-                kw["token_type_ids"] = flat["token_type_ids"]
-            if "use_cache" in self.backbone._args:
-                kw["use_cache"] = False
-            hidden = self.encoder(**kw).hidden_states
+            hidden = self.encoder(None, embeds.reshape(s * b, *embeds.shape[2:]), None, mask_arg, True)
+        else:  # without a mask when nothing is padded
+            types = flat["token_type_ids"] if "token_type_ids" in flat and self.backbone._use_token_types else None
+            hidden = self.encoder(flat["input_ids"], None, types, mask_arg if padded else None, False)
         hidden = tuple(h.reshape(s, b, *h.shape[1:]) for h in hidden)
         return self._per_seed(self.model.head, self.vmap_head, hidden, mask)
+
+    def _encode(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, token_type_ids: Tensor | None,
+                mask: Tensor | None, adapter: bool) -> tuple[Tensor, ...]:
+        """All hidden states of the S*B rows: our layer loop (BERT family) or the library's forward."""
+        if self.own_loop:
+            return self._encode_layers(input_ids, inputs_embeds, token_type_ids, mask)
+        if adapter:
+            from transferlab.models.adapters import feed_embeds
+
+            return feed_embeds(self.backbone, inputs_embeds, mask)[0]
+        kw = {"input_ids": input_ids, "inputs_embeds": None, "attention_mask": mask, "output_hidden_states": True,
+              "return_dict": True}  # the keywords Backbone.forward passes
+        if token_type_ids is not None:
+            kw["token_type_ids"] = token_type_ids
+        if "use_cache" in self.backbone._args:
+            kw["use_cache"] = False
+        return self.backbone.model(**kw).hidden_states
+
+    def _encode_layers(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, token_type_ids: Tensor | None,
+                       mask: Tensor | None) -> tuple[Tensor, ...]:
+        """What ``BertModel.forward`` (and RoBERTa's, ELECTRA's) computes for ``output_hidden_states``,
+        module for module and in its order (so dropout draws the same masks): embeddings, ELECTRA's
+        projection, then each layer with the prepared 4-D mask; hidden state 0 is layer 0's input. The
+        pooler is not run (heads that use it call it themselves)."""
+        hf = self.backbone.model
+        x = hf.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
+        if getattr(hf, "embeddings_project", None) is not None:
+            x = hf.embeddings_project(x)
+        hidden = [x]
+        for layer in self.blocks:
+            out = layer(x, mask)
+            x = out[0] if isinstance(out, tuple) else out
+            hidden.append(x)
+        return tuple(hidden)
