@@ -68,7 +68,7 @@ def test_own_layer_loop_reproduces_each_seeds_library_forward(family, tmp_path, 
     stack.rows.per_seed = 4
     use_types = flat["token_type_ids"] if stack.backbone._use_token_types else None
     with torch.no_grad():
-        hidden = stack._encode(flat["input_ids"], None, use_types, stack._mask_arg(flat["attention_mask"], torch.float64),
+        hidden = stack._encode(flat["input_ids"], None, use_types, stack._mask_arg(flat["attention_mask"]),
                                False)
     assert len(hidden) == models[0].num_layers + 1
     for seed, ref in enumerate(reference):
@@ -77,3 +77,21 @@ def test_own_layer_loop_reproduces_each_seeds_library_forward(family, tmp_path, 
         for layer, (h, e) in enumerate(zip(hidden, expected)):
             got = h.reshape(3, 4, *h.shape[1:])[seed]
             torch.testing.assert_close(got, e, rtol=1e-10, atol=1e-10, msg=f"{family} seed {seed} hidden {layer}")
+
+
+def test_backbone_layer_loop_equals_library_forward_and_skips_other_families(float64):
+    """``Backbone.use_layer_loop`` (taken by compiled single runs) keeps the function and drops the hooks."""
+    model = _model("tiny-bert", 4).eval()
+    ids = torch.randint(1000, 2000, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    with torch.no_grad():
+        before, _ = model.backbone(ids, mask)
+        assert model.backbone.use_layer_loop()
+        after, returned_mask = model.backbone(ids, mask)
+    assert torch.equal(returned_mask, mask) and len(after) == len(before)
+    for b, a in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert not any("output_capturing" in getattr(h, "__qualname__", "")
+                   for m in model.backbone.model.modules() for h in m._forward_hooks.values())
+    assert not _model("tiny-gpt2", 0).backbone.use_layer_loop()  # causal family: the library's forward

@@ -211,6 +211,24 @@ class Backbone(nn.Module):
             tokenizer.model_input_names = [n for n in names if n != "token_type_ids"]
             tokenizer.init_kwargs["model_input_names"] = tokenizer.model_input_names  # kept by save_pretrained
 
+    def use_layer_loop(self) -> bool:
+        """For the BERT family: from now on compute hidden states with :func:`layer_loop` (the
+        library's modules in its order, no hidden-state hooks) instead of the model's forward, so
+        torch.compile traces the encoder as one graph. Same function; returns whether it applies."""
+        if self.family not in LAYER_LOOP_FAMILIES:
+            return False
+        drop_output_capture_hooks(self.model)
+        self.__dict__["layer_loop"] = True
+        return True
+
+    def padding_mask(self, mask: Tensor) -> Tensor:
+        """The (B, 1, 1, T) padding mask the layers take: boolean for SDPA, additive otherwise."""
+        m = mask[:, None, None, :]
+        if self.config._attn_implementation == "sdpa":
+            return m.bool()
+        dtype = self.model.dtype
+        return (1.0 - m.to(dtype)) * torch.finfo(dtype).min
+
     @property
     def pooler(self) -> nn.Module | None:
         """The HF pooler (a property, so its weights are not registered twice in the state dict)."""
@@ -229,6 +247,13 @@ class Backbone(nn.Module):
         Text models take ``input_ids`` or ``inputs_embeds``; vision/audio models take their native
         inputs as keywords (``pixel_values=``, ``input_values=``) and get an all-ones mask.
         """
+        if self.__dict__.get("layer_loop") and not native:
+            ref = input_ids if input_ids is not None else inputs_embeds
+            if attention_mask is None:
+                attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+            types = token_type_ids if self._use_token_types else None
+            mask = attention_mask if attention_mask.dim() == 4 else self.padding_mask(attention_mask)
+            return layer_loop(self.model, input_ids, inputs_embeds, types, mask), attention_mask
         kw: dict[str, Any] = dict(native)
         if input_ids is not None or inputs_embeds is not None:
             ref = input_ids if input_ids is not None else inputs_embeds
@@ -245,3 +270,40 @@ class Backbone(nn.Module):
             last = hidden[-1]
             attention_mask = torch.ones(last.shape[:2], dtype=torch.long, device=last.device)
         return hidden, attention_mask
+
+
+# ---------------------------------------------------------------------------- our own layer loop
+
+LAYER_LOOP_FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+
+
+def layer_loop(hf: nn.Module, input_ids: Tensor | None, inputs_embeds: Tensor | None, token_type_ids: Tensor | None,
+               mask: Tensor | None) -> tuple[Tensor, ...]:
+    """What ``BertModel.forward`` (and RoBERTa's, ELECTRA's) computes for ``output_hidden_states``,
+    module for module and in its order (dropout draws the same masks): embeddings, ELECTRA's
+    projection, then each layer with the prepared 4-D ``mask`` (None: no padding); hidden state 0
+    is layer 0's input. The pooler is not run (heads that use it call it themselves).
+
+    Written here because transformers 5 gathers hidden states through forward hooks that read a
+    ContextVar, which torch.compile cannot trace: through the library's forward a compiled BERT
+    broke into several graphs (tests/test_parallel.py::test_compiled_runs_match_eager)."""
+    x = hf.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
+    if getattr(hf, "embeddings_project", None) is not None:
+        x = hf.embeddings_project(x)
+    hidden = [x]
+    for layer in hf.encoder.layer:
+        out = layer(x, mask)
+        x = out[0] if isinstance(out, tuple) else out
+        hidden.append(x)
+    return tuple(hidden)
+
+
+def drop_output_capture_hooks(model: nn.Module) -> None:
+    """Remove transformers' output-capturing forward hooks (installed once a forward asked for hidden
+    states) from ``model``'s modules, and mark them installed so none come back. They only append
+    to a collector, so removing them changes no computation; :func:`layer_loop` gathers the states."""
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if "output_capturing" in getattr(hook, "__qualname__", ""):
+                del module._forward_hooks[key]
+    model._output_capturing_hooks_installed = True

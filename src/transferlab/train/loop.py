@@ -230,6 +230,8 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
     eval_desc = f"{spec.name} dev" if progress else None
 
     model.train()
+    if tspec.compile and hasattr(model.backbone, "use_layer_loop"):  # not the LSTM baseline
+        model.backbone.use_layer_loop()  # BERT family: one unbroken graph (models/backbone.layer_loop)
     forward = compiled(model, tspec.compile)  # torch.compile with an eager fallback (train/fast.py)
     step, epoch, pos = 0, 0, 0  # pos: micro-batches consumed in the current epoch
     micro = iter(())

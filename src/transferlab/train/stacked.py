@@ -11,7 +11,7 @@ runs on S*B rows (seed-major), every leaf reshapes its input to (S, B*T, in) and
 matrix product (``baddbmm``), and attention is the library's own SDPA over S*B sequences. So the
 code between the leaves is the library's, and torch.func.vmap is not needed there (it fails in the
 library's mask creation on data-dependent control flow). For the BERT family the engine calls the
-library's embeddings and layer modules itself, in the library's order (:meth:`StackedModel._encode_layers`),
+library's embeddings and layer modules itself, in the library's order (``models/backbone.layer_loop``),
 instead of the model's forward: the library gathers hidden states through forward hooks that read
 a ContextVar, which torch.compile cannot trace, so without this every compiled layer would break
 into pieces. The head and the input adapter are small:
@@ -35,8 +35,9 @@ from torch.func import functional_call, vmap
 from transformers.pytorch_utils import Conv1D
 
 from transferlab.errors import ModelError
+from transferlab.models.backbone import LAYER_LOOP_FAMILIES, drop_output_capture_hooks, layer_loop
 
-BIDIRECTIONAL = ("bert", "roberta", "xlm-roberta", "camembert", "electra")  # families given a 4-D padding mask
+BIDIRECTIONAL = LAYER_LOOP_FAMILIES  # families given a 4-D padding mask (and run by our own layer loop)
 
 
 class StackError(ModelError):
@@ -139,18 +140,6 @@ def _stacked_leaf(module: nn.Module, seeds: int, rows: _Rows, device) -> nn.Modu
     return None
 
 
-def _drop_output_capture_hooks(model: nn.Module) -> None:
-    """Remove transformers' output-capturing forward hooks (installed once a forward asked for hidden
-    states) from ``model``'s modules, and mark them installed so none come back: the stacked
-    encoder gathers hidden states itself, and the hooks read a ContextVar that breaks torch.compile's
-    graphs. The hooks only append to a collector, so removing them changes no computation."""
-    for module in model.modules():
-        for key, hook in list(module._forward_hooks.items()):
-            if "output_capturing" in getattr(hook, "__qualname__", ""):
-                del module._forward_hooks[key]
-    model._output_capturing_hooks_installed = True
-
-
 def _stack_params(module: nn.Module, seeds: int, device) -> None:
     """Replace every parameter of ``module`` (a head or an adapter) by an uninitialised (S, ...) one."""
     for sub in module.modules():
@@ -196,10 +185,9 @@ class StackedModel(nn.Module):
         self.num_layers = model.num_layers
         self.family = model.backbone.family
         self.vmap_head = self.vmap_adapter = True
-        self.own_loop = self.family in BIDIRECTIONAL  # embeddings and layers called here (_encode_layers)
+        self.own_loop = self.family in BIDIRECTIONAL  # embeddings and layers called by models/backbone.layer_loop
         if self.own_loop:
-            _drop_output_capture_hooks(self.backbone.model)
-            self.__dict__["blocks"] = self._blocks()  # the same modules as the backbone's (not registered twice)
+            drop_output_capture_hooks(self.backbone.model)
         self.__dict__["encoder"] = self._encode  # the call with the FLOPs (compile()); not a submodule
         self.load_slot(0, model)
 
@@ -250,19 +238,11 @@ class StackedModel(nn.Module):
     def compile(self) -> None:
         """torch.compile the encoder call (train/fast.py: eager when compiling fails). For the BERT
         family that is our layer loop, which traces as one graph (no hidden-state hooks, see
-        ``_encode_layers``). The head and adapter stay eager: dynamo cannot trace dropout under vmap
+        ``models/backbone.layer_loop``). The head and adapter stay eager: dynamo cannot trace dropout under vmap
         with dynamic shapes, and they are small."""
         from transferlab.train.fast import Compiled
 
         self.__dict__["encoder"] = Compiled(self._encode)
-
-    def _blocks(self) -> list[nn.Module]:
-        """The stacked backbone's transformer layers, in order (found through the layer schema)."""
-        from transferlab.models.schema import schema_of
-
-        s = schema_of(self.model)  # the template: same structure, plain modules
-        prefix = s.family.layer_prefix.rstrip(".")
-        return [self.backbone.model.get_submodule(prefix.format(i=i)) for i in range(s.num_layers)]
 
     def seed_counts(self) -> tuple[int, int]:
         """(parameters, trainable parameters) of one seed's model, as ``count_parameters`` gives them."""
@@ -300,15 +280,10 @@ class StackedModel(nn.Module):
         finally:
             self.train(was)
 
-    def _mask_arg(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    def _mask_arg(self, mask: Tensor) -> Tensor:
         """A 4-D padding mask for bidirectional families (no mask building, no host sync inside the
         library), else the 2-D mask (causal families build their own)."""
-        if self.family not in BIDIRECTIONAL:
-            return mask
-        m = mask[:, None, None, :]
-        if self.backbone.config._attn_implementation == "sdpa":
-            return m.bool()
-        return (1.0 - m.to(dtype)) * torch.finfo(dtype).min
+        return self.model.backbone.padding_mask(mask) if self.family in BIDIRECTIONAL else mask
 
     def forward(self, batch: dict[str, Tensor], padded: bool = True) -> Tensor:
         """``batch``: the collated inputs of every seed, each (S, B, ...). Returns logits (S, B, ...).
@@ -320,7 +295,7 @@ class StackedModel(nn.Module):
             self.model.train(self.training)
         self.rows.per_seed = b
         flat = {k: v.reshape(s * b, *v.shape[2:]) for k, v in batch.items()}
-        mask_arg = self._mask_arg(flat["attention_mask"], self.model.backbone.model.dtype)
+        mask_arg = self._mask_arg(flat["attention_mask"])
         if "inputs" in batch:
             embeds = self._per_seed(self.model.input_adapter, self.vmap_adapter, batch["inputs"])
             hidden = self.encoder(None, embeds.reshape(s * b, *embeds.shape[2:]), None, mask_arg, True)
@@ -334,7 +309,7 @@ class StackedModel(nn.Module):
                 mask: Tensor | None, adapter: bool) -> tuple[Tensor, ...]:
         """All hidden states of the S*B rows: our layer loop (BERT family) or the library's forward."""
         if self.own_loop:
-            return self._encode_layers(input_ids, inputs_embeds, token_type_ids, mask)
+            return layer_loop(self.backbone.model, input_ids, inputs_embeds, token_type_ids, mask)
         if adapter:
             from transferlab.models.adapters import feed_embeds
 
@@ -347,19 +322,3 @@ class StackedModel(nn.Module):
             kw["use_cache"] = False
         return self.backbone.model(**kw).hidden_states
 
-    def _encode_layers(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, token_type_ids: Tensor | None,
-                       mask: Tensor | None) -> tuple[Tensor, ...]:
-        """What ``BertModel.forward`` (and RoBERTa's, ELECTRA's) computes for ``output_hidden_states``,
-        module for module and in its order (so dropout draws the same masks): embeddings, ELECTRA's
-        projection, then each layer with the prepared 4-D mask; hidden state 0 is layer 0's input. The
-        pooler is not run (heads that use it call it themselves)."""
-        hf = self.backbone.model
-        x = hf.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
-        if getattr(hf, "embeddings_project", None) is not None:
-            x = hf.embeddings_project(x)
-        hidden = [x]
-        for layer in self.blocks:
-            out = layer(x, mask)
-            x = out[0] if isinstance(out, tuple) else out
-            hidden.append(x)
-        return tuple(hidden)
