@@ -95,3 +95,7 @@ def test_backbone_layer_loop_equals_library_forward_and_skips_other_families(flo
     assert not any("output_capturing" in getattr(h, "__qualname__", "")
                    for m in model.backbone.model.modules() for h in m._forward_hooks.values())
     assert not _model("tiny-gpt2", 0).backbone.use_layer_loop()  # causal family: the library's forward
+    with torch.no_grad():  # the library's own forward, called directly, still gathers its hidden states
+        direct = model.backbone.model(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert len(direct) == len(before)
+    torch.testing.assert_close(direct[-1], before[-1], rtol=1e-10, atol=1e-10)

@@ -300,10 +300,11 @@ def layer_loop(hf: nn.Module, input_ids: Tensor | None, inputs_embeds: Tensor | 
 
 def drop_output_capture_hooks(model: nn.Module) -> None:
     """Remove transformers' output-capturing forward hooks (installed once a forward asked for hidden
-    states) from ``model``'s modules, and mark them installed so none come back. They only append
-    to a collector, so removing them changes no computation; :func:`layer_loop` gathers the states."""
+    states) from ``model``'s modules. They only append to a collector, so removing them changes no
+    computation; :func:`layer_loop` gathers the states. A later direct call of the library's forward
+    that asks for hidden states installs them again (and gets its states)."""
     for module in model.modules():
         for key, hook in list(module._forward_hooks.items()):
             if "output_capturing" in getattr(hook, "__qualname__", ""):
                 del module._forward_hooks[key]
-    model._output_capturing_hooks_installed = True
+    model._output_capturing_hooks_installed = False
