@@ -66,6 +66,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def float64():
+    """float64 as the default dtype for the test (equivalence checks at tolerances float32 cannot hold)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 def sigkill_when(args: list[str], ready, timeout: float, what: str) -> None:
     """Run ``python -m transferlab.cli *args`` and SIGKILL it as soon as ``ready()`` holds (polled);
     fail the test with ``what`` if that takes longer than ``timeout`` seconds."""

@@ -32,14 +32,6 @@ def data(tmp_path_factory):
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def specs(data, seeds=(0, 1, 2), **over):
     d = tiny_spec_dict(data, epochs=1, batch_size=16, num_evals=2, log_every=1)
     d["model"].update(init="random", dropout=0.0, max_length=16)

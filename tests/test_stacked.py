@@ -20,14 +20,6 @@ from transferlab.train.stacked import StackedModel
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _electra(folder) -> str:
     """A small random ELECTRA (embedding width 16 != hidden 32: the projection is in the loop)."""
     tf.ElectraConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

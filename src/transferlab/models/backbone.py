@@ -247,13 +247,14 @@ class Backbone(nn.Module):
         Text models take ``input_ids`` or ``inputs_embeds``; vision/audio models take their native
         inputs as keywords (``pixel_values=``, ``input_values=``) and get an all-ones mask.
         """
-        if self.__dict__.get("layer_loop") and not native:
-            ref = input_ids if input_ids is not None else inputs_embeds
-            if attention_mask is None:
-                attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+        if self.__dict__.get("layer_loop") and not native:  # a 4-D mask is used as given; None: nothing padded
             types = token_type_ids if self._use_token_types else None
-            mask = attention_mask if attention_mask.dim() == 4 else self.padding_mask(attention_mask)
-            return layer_loop(self.model, input_ids, inputs_embeds, types, mask), attention_mask
+            mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else \
+                self.padding_mask(attention_mask)
+            hidden = layer_loop(self.model, input_ids, inputs_embeds, types, mask)
+            if attention_mask is None:
+                attention_mask = torch.ones(hidden[-1].shape[:2], dtype=torch.long, device=hidden[-1].device)
+            return hidden, attention_mask
         kw: dict[str, Any] = dict(native)
         if input_ids is not None or inputs_embeds is not None:
             ref = input_ids if input_ids is not None else inputs_embeds

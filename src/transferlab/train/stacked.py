@@ -35,9 +35,6 @@ from torch.func import functional_call, vmap
 from transformers.pytorch_utils import Conv1D
 
 from transferlab.errors import ModelError
-from transferlab.models.backbone import LAYER_LOOP_FAMILIES, drop_output_capture_hooks, layer_loop
-
-BIDIRECTIONAL = LAYER_LOOP_FAMILIES  # families given a 4-D padding mask (and run by our own layer loop)
 
 
 class StackError(ModelError):
@@ -100,8 +97,8 @@ class StackedEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(weight)
         self.padding_idx, self.rows = padding_idx, rows
-        if padding_idx is not None:  # in place, after accumulation: a copy of the (S, V, H) gradient per step
-            self.weight.register_post_accumulate_grad_hook(self._zero_pad_grad)  # cost more than the backward
+        if padding_idx is not None:  # in place after accumulation (an out-of-place fill copied all of (S, V, H))
+            self.weight.register_post_accumulate_grad_hook(self._zero_pad_grad)
 
     def _zero_pad_grad(self, weight: Tensor) -> None:
         if weight.grad is not None:
@@ -185,9 +182,8 @@ class StackedModel(nn.Module):
         self.num_layers = model.num_layers
         self.family = model.backbone.family
         self.vmap_head = self.vmap_adapter = True
-        self.own_loop = self.family in BIDIRECTIONAL  # embeddings and layers called by models/backbone.layer_loop
-        if self.own_loop:
-            drop_output_capture_hooks(self.backbone.model)
+        # BERT family: the stacked copy's hidden states come from models/backbone.layer_loop (no capture hooks)
+        self.own_loop = self.backbone.use_layer_loop()
         self.__dict__["encoder"] = self._encode  # the call with the FLOPs (compile()); not a submodule
         self.load_slot(0, model)
 
@@ -281,9 +277,9 @@ class StackedModel(nn.Module):
             self.train(was)
 
     def _mask_arg(self, mask: Tensor) -> Tensor:
-        """A 4-D padding mask for bidirectional families (no mask building, no host sync inside the
-        library), else the 2-D mask (causal families build their own)."""
-        return self.model.backbone.padding_mask(mask) if self.family in BIDIRECTIONAL else mask
+        """A 4-D padding mask for the layer loop's (bidirectional) families (no mask building, no host
+        sync inside the library), else the 2-D mask (causal families build their own)."""
+        return self.model.backbone.padding_mask(mask) if self.own_loop else mask
 
     def forward(self, batch: dict[str, Tensor], padded: bool = True) -> Tensor:
         """``batch``: the collated inputs of every seed, each (S, B, ...). Returns logits (S, B, ...).
@@ -307,13 +303,14 @@ class StackedModel(nn.Module):
 
     def _encode(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, token_type_ids: Tensor | None,
                 mask: Tensor | None, adapter: bool) -> tuple[Tensor, ...]:
-        """All hidden states of the S*B rows: our layer loop (BERT family) or the library's forward."""
-        if self.own_loop:
-            return layer_loop(self.backbone.model, input_ids, inputs_embeds, token_type_ids, mask)
+        """All hidden states of the S*B rows: Backbone.forward (the layer loop for the BERT family), or
+        for other families the library's forward called without a mask when nothing is padded."""
         if adapter:
             from transferlab.models.adapters import feed_embeds
 
             return feed_embeds(self.backbone, inputs_embeds, mask)[0]
+        if self.own_loop:
+            return self.backbone(input_ids, mask, token_type_ids)[0]
         kw = {"input_ids": input_ids, "inputs_embeds": None, "attention_mask": mask, "output_hidden_states": True,
               "return_dict": True}  # the keywords Backbone.forward passes
         if token_type_ids is not None:
