@@ -1,0 +1,64 @@
+"""Training-time strategies as hook objects: the loop calls these, in this order, for every hook.
+
+    class MyHook(Hook):
+        seed_stacked = True            # works when ``model`` is a StackedModel of S seeds
+        def on_loss(self, batch, labels, logits, loss): return loss + ...
+
+    on_train_start(model, optimizer, total_steps)  once, after the optimizer exists
+    on_step_start(step)                            before the micro-batches of optimizer step ``step``
+    on_loss(batch, labels, logits, loss) -> loss   each micro-batch's training loss, replaced (S = 1)
+    on_before_optimizer_step(model, step)          gradients clipped, before the update (masks, noise)
+    on_after_optimizer_step(model, step)           after the update (weight averages)
+    on_eval_start(model) / on_eval_end(model)      around every evaluation (swap averaged weights in, out)
+    on_finish(model)                               once, the final weights in place, before they are stored
+    state_dict() / load_state_dict(state)          what a resumable checkpoint keeps of the hook
+
+Capabilities (class attributes, read by the engine; never a list of names):
+    seed_stacked    the hook works on a StackedModel (every tensor it touches has a seed dimension)
+    changes_loss    the hook defines ``on_loss`` (set automatically)
+
+Every method is a no-op by default, so a hook overrides only what it needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Hook:
+    seed_stacked: ClassVar[bool] = False
+    name: ClassVar[str] = "hook"
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
+        pass
+
+    def on_step_start(self, step: int) -> None:
+        pass
+
+    def on_before_optimizer_step(self, model: nn.Module, step: int) -> None:
+        pass
+
+    def on_after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        pass
+
+    def on_eval_start(self, model: nn.Module) -> None:
+        pass
+
+    def on_eval_end(self, model: nn.Module) -> None:
+        pass
+
+    def on_finish(self, model: nn.Module) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    @classmethod
+    def changes_loss(cls) -> bool:
+        return "on_loss" in {k for c in cls.__mro__ for k in vars(c)}
