@@ -22,7 +22,7 @@ from transferlab.models.token_heads import LastHead, last_tokens
 from transferlab.recipes.freeze import build_freezer
 from transferlab.spec import ModelSpec, load_spec
 from transferlab.train.batches import collate, encode
-from transferlab.train.loop import count_parameters, loss_fn
+from transferlab.train.steps import count_parameters, loss_fn
 
 
 def spec(**parts):

@@ -147,7 +147,7 @@ def test_lora_merge_keeps_the_function():
         ids = torch.randint(1000, 2000, (2, 9))
         with torch.no_grad():
             before = model(input_ids=ids)
-            freezer.finish(model)
+            freezer.on_finish(model)
             after = model(input_ids=ids)
         assert torch.allclose(before, after, atol=1e-5), name
         assert not any("lora" in n for n in model.state_dict())

@@ -7,7 +7,8 @@ from transferlab.data.build import build_task
 from transferlab.spec import load_spec
 from transferlab.store import Store
 from transferlab.train.batches import encode
-from transferlab.train.loop import evaluate, run
+from transferlab.train.evaluate import evaluate
+from transferlab.train.loop import run
 from transferlab.train.restore import load_run_model
 
 

@@ -1,4 +1,4 @@
-"""The seed-parallel engine (train/parallel.py) against sequential runs, in float64 on CPU.
+"""The seed-stacked path of the one engine (train/loop.py) against sequential runs, in float64 on CPU.
 
 S seeds trained together must store what S sequential ``run`` calls store: the same curve (loss,
 LR, gradient norm per step), evaluations, summary and final weights, to a relative 1e-8. Dropout
@@ -19,7 +19,8 @@ from transferlab.models.heads import HEADS
 from transferlab.spec import load_spec, run_id
 from transferlab.store import Store
 from transferlab.train.loop import run
-from transferlab.train.parallel import Unsupported, run_seeds, unsupported
+from transferlab.train.loop import Unsupported, run_seeds
+from transferlab.train.support import unsupported
 
 RTOL = 1e-8
 
@@ -66,9 +67,13 @@ def assert_same_runs(seq: Store, par: Store, rids: list[str], weights: bool = Tr
         assert (a.n_params, a.n_trainable) == (b.n_params, b.n_trainable)
         close(seq.curve(a.uid), par.curve(b.uid), f"{rid} curve")
         close(seq.evals(a.uid), par.evals(b.uid), f"{rid} evals")
-        close(a.summary, b.summary, f"{rid} summary")
+        # the same record but for the engine that ran it and the time it took
+        skip = ("engine", "samples_per_s")
+        close({k: v for k, v in a.summary.items() if k not in skip},
+              {k: v for k, v in b.summary.items() if k not in skip}, f"{rid} summary")
+        assert a.summary.engine.kind == "single" and b.summary.engine.kind == "stacked"
         assert a.error == b.error and a.error_step == b.error_step
-        assert b.provenance["engine"] == "seed_parallel"
+        assert b.provenance["engine"]["kind"] == "stacked" and b.provenance["engine"]["seeds"] >= 1
         if weights and a.status == "finished":
             wa = load_file(str(seq.artifact_dir(a.uid) / "model.safetensors"))
             wb = load_file(str(par.artifact_dir(b.uid) / "model.safetensors"))
@@ -162,7 +167,7 @@ def test_study_executor_uses_the_engine_transparently(tmp_path, float64):
     off, on = stores["off"], stores["on"]
     rids = sorted(r.run_id for r in off.runs(study=study.study))
     assert len(rids) == 16 and rids == sorted(r.run_id for r in on.runs(study=study.study))
-    assert all("engine" not in r.provenance for r in off.runs())
+    assert all(r.provenance["engine"]["kind"] == "single" and "group_seeds" not in r.provenance for r in off.runs())
     assert {tuple(r.provenance["group_seeds"]) for r in on.runs()} == {tuple(range(8))}  # one group per arm
     assert_same_runs(off, on, rids, weights=False)
 
@@ -186,6 +191,7 @@ def test_groups_and_refusals(data, tmp_path):
     assert "lstm family" in unsupported(lstm)
     assert [[j.index for j in g] for g in seed_groups([Job(i, to_dict(s), "st", "x") for i, s in enumerate(lstm)],
                                                       "on")] == [[0], [1]]
+    assert "seed_stacked" in unsupported(specs(data, seeds=(0, 1), **{"freeze.name": "lora"}))  # the flag is named
     with pytest.raises(Unsupported, match="distill"):
         run_seeds(specs(data, seeds=(0, 1), **{"distill.kind": "kd", "distill.teacher": str(tmp_path)}),
                   Store(tmp_path / "s.db"))

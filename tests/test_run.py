@@ -46,14 +46,25 @@ def test_same_spec_twice_gives_identical_metrics_and_both_provenances(toy_task_d
     assert c.status == "skipped" and len(store.runs(run_id=a.run_id)) == 2
 
 
-def test_failed_run_is_stored_and_earlier_runs_survive(toy_task_dir, tmp_path):
+def test_failed_run_is_stored_and_earlier_runs_survive(toy_task_dir, tmp_path, monkeypatch):
     store = Store(tmp_path / "s.db")
     good = run(load_spec(tiny_spec_dict(toy_task_dir, epochs=1)), store, progress=False)
     bad = load_spec({**tiny_spec_dict(toy_task_dir), "task": {"name": "csv", "path": str(tmp_path / "missing")}})
     with pytest.raises(UserError, match="missing"):
         run(bad, store, progress=False)
-    failed = store.runs(run_id=run_id(bad))[-1]
-    assert failed.status == "failed" and "missing" in failed.error
+    assert store.runs(run_id=run_id(bad)) == []  # a user's mistake is caught before a run row exists
+    # a failure during training is stored as a failed attempt
+    import transferlab.train.loop as loop
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("optimizer exploded")
+
+    monkeypatch.setattr(loop, "build_optimizer", broken)
+    other = load_spec(tiny_spec_dict(toy_task_dir, epochs=2))
+    with pytest.raises(RuntimeError, match="exploded"):
+        run(other, store, progress=False)
+    failed = store.runs(run_id=run_id(other))[-1]
+    assert failed.status == "failed" and "exploded" in failed.error
     assert store.get(good.uid).status == "finished" and store.get(good.uid).summary["dev"] == good.dev
 
 

@@ -15,7 +15,7 @@ drifts of the load hit every row alike, and reports the median rate and the rang
 
     trainer      transformers.Trainer on the model wrapped to return its loss (no torch.compile)
     single       transferlab.train.loop.run: one run (torch.compile with --compile)
-    parallel     transferlab.train.parallel.run_seeds: S seeds in one process, for each S in --seeds
+    parallel     transferlab.train.loop.run_seeds: S seeds in one process, for each S in --seeds
 
 Columns: samples/s over all seeds; per seed; the ratio to Trainer; model-FLOPs utilisation
 (MFU) = samples/s x FLOPs per training sample / the matrix-product peak measured at the start of
@@ -263,8 +263,9 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
     from transferlab.models.backbone import load_backbone
     from transferlab.spec import ModelSpec
     from transferlab.store import Store
-    from transferlab.train.loop import autocast_dtype, resolve_device, run
-    from transferlab.train.parallel import run_seeds
+    from transferlab.train.loop import run
+    from transferlab.train.steps import autocast_dtype, resolve_device
+    from transferlab.train.loop import run_seeds
 
     unknown = [r for r in rows if r not in ROWS]
     if unknown:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.errors import UserError
+from transferlab.records import RunSummary
 
 SCHEMA_VERSION = 1
 DEFAULT_STORE = "runs/transferlab.db"
@@ -95,7 +96,7 @@ class RunRow:
     status: str
     spec: dict[str, Any]
     provenance: dict[str, Any]
-    summary: dict[str, Any]
+    summary: RunSummary
     error: str | None
     error_step: int | None
     n_params: int | None
@@ -171,6 +172,8 @@ class Store:
         return uid
 
     def update_run(self, uid: str, **fields: Any) -> None:
+        if isinstance(fields.get("summary"), RunSummary):
+            fields["summary"] = fields["summary"].to_dict()
         for key in ("summary", "provenance"):
             if key in fields and not isinstance(fields[key], str):
                 fields[key] = json.dumps(fields[key])
@@ -179,7 +182,7 @@ class Store:
         with self._tx() as db:
             db.execute(f"UPDATE runs SET {cols} WHERE uid=?", (*fields.values(), uid))
 
-    def finish_run(self, uid: str, status: str, *, summary: dict | None = None, error: str | None = None,
+    def finish_run(self, uid: str, status: str, *, summary: RunSummary | dict | None = None, error: str | None = None,
                    error_step: int | None = None, duration_s: float | None = None) -> None:
         assert status in FINAL_STATUSES, status
         self.update_run(uid, status=status, summary=summary or {}, error=error, error_step=error_step,
@@ -207,7 +210,7 @@ class Store:
         return RunRow(
             uid=r["uid"], run_id=r["run_id"], attempt=r["attempt"], seed=r["seed"], name=r["name"],
             study=r["study"], kind=r["kind"], status=status, spec=json.loads(r["spec"]),
-            provenance=json.loads(r["provenance"] or "{}"), summary=json.loads(r["summary"] or "{}"),
+            provenance=json.loads(r["provenance"] or "{}"), summary=RunSummary.from_dict(json.loads(r["summary"] or "{}")),
             error=r["error"], error_step=r["error_step"], n_params=r["n_params"], n_trainable=r["n_trainable"],
             created_at=r["created_at"], finished_at=r["finished_at"], duration_s=r["duration_s"],
         )

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
+from transferlab.data.task import Task
 from transferlab.errors import DataError
 from transferlab.registry import Registry
 
@@ -102,3 +103,19 @@ def baseline(task, split: str = "dev") -> dict[str, float]:
         counts = np.bincount(train.astype(np.int64).ravel(), minlength=task.num_labels)
         preds = np.full(target.shape, int(counts.argmax()))
     return compute(task.metrics, preds, target)
+
+
+def constant_baselines(task: Task) -> dict[str, dict[str, float]]:
+    """{split: {metric: best value of a constant prediction}} for every labelled split but train."""
+    out = {}
+    for name, split in task.splits.items():
+        if name == "train" or not split.labelled:
+            continue
+        labels = split.labels
+        if task.problem == "regression":
+            out[name] = compute(task.metrics, np.full(len(labels), float(np.mean(labels))), labels)
+            continue
+        per_class = [compute(task.metrics, np.full(labels.shape, c), labels) for c in range(task.num_labels)]
+        pick = {m: (max if higher_is_better(m) else min) for m in task.metrics}
+        out[name] = {m: pick[m](s[m] for s in per_class) for m in task.metrics}
+    return out

@@ -29,8 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from transferlab.errors import DataError, ModelError, SpecError
+from transferlab.models.schema import family_of
 
-SPECIAL_ROWS = {"vit": 1, "deit": 2}  # position rows before the patches (CLS, distillation token)
+
+def _special_rows(backbone) -> int | None:
+    """Position rows before the patches of a vision family (its FamilyMap), None for other families."""
+    family = family_of(backbone.family)
+    return family.special_rows if family is not None and family.special_rows else None
 
 
 class VectorAdapter(nn.Module):
@@ -117,9 +122,10 @@ def position_table(backbone) -> tuple[nn.Module, str, Tensor] | None:
 
 def position_offset(backbone) -> int:
     """Rows of the table before the first input position (RoBERTa: padding_idx + 1; ViT: CLS)."""
-    if backbone.family in SPECIAL_ROWS:
-        return SPECIAL_ROWS[backbone.family]
-    if backbone.family in ("roberta", "xlm-roberta", "camembert"):
+    if (rows := _special_rows(backbone)) is not None:
+        return rows
+    family = family_of(backbone.family)
+    if family is not None and family.positions_after_pad:
         return int(backbone.config.pad_token_id or 0) + 1
     return 0
 
@@ -218,7 +224,7 @@ def feed_embeds(backbone, embeds: Tensor, mask: Tensor | None) -> tuple[tuple[Te
     """All hidden states and the mask for adapter outputs ``embeds`` (B, T, H)."""
     if "inputs_embeds" in getattr(backbone, "_args", {"inputs_embeds"}):
         return backbone(inputs_embeds=embeds, attention_mask=mask)
-    if backbone.family not in SPECIAL_ROWS:
+    if _special_rows(backbone) is None:
         raise ModelError(f"input adapters need a backbone that takes inputs_embeds or a ViT/DeiT; "
                          f"{backbone.family} does neither")
     from transferlab.models.schema import schema_of
@@ -230,7 +236,7 @@ def feed_embeds(backbone, embeds: Tensor, mask: Tensor | None) -> tuple[tuple[Te
         owner, attr, _ = position_table(backbone)
         route = backbone.__dict__["_blocks_route"] = (owner, attr, schema_of(backbone))
     owner, attr, schema = route
-    offset = SPECIAL_ROWS[backbone.family]
+    offset = _special_rows(backbone)
     x = embeds + getattr(owner, attr)[:, offset : offset + embeds.shape[1]]
     x = backbone.model.embeddings.dropout(x)
     hidden = [x]

@@ -26,6 +26,7 @@ import transformers as tf
 from torch import Tensor, nn
 
 from transferlab.errors import ModelError, SpecError
+from transferlab.models.schema import family_of
 from transferlab.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,8 @@ def _max_positions(config: tf.PretrainedConfig) -> int | None:
     n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if n is None or config.model_type == "wav2vec2":
         return None
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after padding_idx
+    family = family_of(config.model_type)
+    if family is not None and family.positions_after_pad:  # positions start after padding_idx
         n -= (config.pad_token_id or 0) + 1
     return int(n)
 
@@ -215,7 +217,8 @@ class Backbone(nn.Module):
         """For the BERT family: from now on compute hidden states with :func:`layer_loop` (the
         library's modules in its order, no hidden-state hooks) instead of the model's forward, so
         torch.compile traces the encoder as one graph. Same function; returns whether it applies."""
-        if self.family not in LAYER_LOOP_FAMILIES:
+        family = family_of(self.family)
+        if family is None or not family.layer_loop:
             return False
         drop_output_capture_hooks(self.model)
         self.__dict__["layer_loop"] = True
@@ -275,9 +278,6 @@ class Backbone(nn.Module):
 
 # ---------------------------------------------------------------------------- our own layer loop
 
-LAYER_LOOP_FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
-
-
 def layer_loop(hf: nn.Module, input_ids: Tensor | None, inputs_embeds: Tensor | None, token_type_ids: Tensor | None,
                mask: Tensor | None) -> tuple[Tensor, ...]:
     """What ``BertModel.forward`` (and RoBERTa's, ELECTRA's) computes for ``output_hidden_states``,
@@ -309,3 +309,21 @@ def drop_output_capture_hooks(model: nn.Module) -> None:
             if "output_capturing" in getattr(hook, "__qualname__", ""):
                 del module._forward_hooks[key]
     model._output_capturing_hooks_installed = False
+
+
+def model_type_of(spec: ModelSpec) -> str:
+    """The backbone's ``config.model_type`` without loading weights ("lstm" for the LSTM baseline,
+    "unknown" when the config cannot be read)."""
+    from transferlab.models.lstm import is_lstm
+
+    if is_lstm(spec.name):
+        return "lstm"
+    if spec.name == "minilm":
+        return "bert"
+    if spec.name in TINY_ALIASES:
+        return str(_tiny_config(spec.name)[0].model_type)
+    try:
+        return str(tf.AutoConfig.from_pretrained(spec.name, revision=spec.revision,
+                                                 trust_remote_code=spec.trust_remote_code).model_type)
+    except (OSError, ValueError):
+        return "unknown"

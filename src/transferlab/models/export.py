@@ -27,21 +27,20 @@ from transferlab.models.adapters import build_adapter
 from transferlab.models.backbone import Backbone, load_backbone, seeded
 from transferlab.models.heads import build_head
 from transferlab.models.model import TransferModel
+from transferlab.models.schema import family_of
 from transferlab.spec import ModelSpec
 
 HEAD_JSON = "head.json"
 HEAD_WEIGHTS = "head.safetensors"
 FORMAT = "transferlab-export/1"
-BERT_STYLE = {"bert"}  # pooler(dense, tanh) -> dropout -> classifier
-ROBERTA_STYLE = {"roberta", "xlm-roberta", "camembert"}  # classifier.dense -> tanh -> classifier.out_proj
 
 
 def _hf_layout(model: TransferModel) -> str | None:
     """"bert" or "roberta" when the model is exactly the family's sequence classifier, else None."""
     if model.input_adapter is not None or model.head.name not in ("cls", "pooler"):
         return None
-    family = model.backbone.family
-    return "bert" if family in BERT_STYLE else "roberta" if family in ROBERTA_STYLE else None
+    family = family_of(model.backbone.family)  # bert: pooler(dense, tanh) -> classifier; roberta: dense -> out_proj
+    return family.classifier if family is not None else None
 
 
 def _head_keys(layout: str, prefix: str) -> dict[str, str]:

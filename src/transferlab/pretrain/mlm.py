@@ -267,7 +267,7 @@ def prepare_out(spec: PretrainSpec) -> Path:
 
 
 def device_and_amp(spec: PretrainSpec) -> tuple[torch.device, torch.dtype | None]:
-    from transferlab.train.loop import autocast_dtype, resolve_device
+    from transferlab.train.steps import autocast_dtype, resolve_device
 
     device = resolve_device(spec.train.device)
     return device, autocast_dtype(spec.train.precision, device)
@@ -276,7 +276,7 @@ def device_and_amp(spec: PretrainSpec) -> tuple[torch.device, torch.dtype | None
 def fit(model: nn.Module, spec: PretrainSpec, n_train: int, batch_loss: Callable[[np.ndarray], Tensor],
         heldout: Callable[[], float], num_layers: int, device: torch.device, amp, progress: bool = True) -> dict:
     """Train ``model`` on ``batch_loss`` of shuffled row batches; the loss curve and held-out losses."""
-    from transferlab.train.loop import optimizer_step  # lazily, like device_and_amp: loop imports recipes
+    from transferlab.train.steps import optimizer_step
     t = spec.train
     per_epoch = math.ceil(n_train / t.batch_size)
     total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * per_epoch))

@@ -34,12 +34,13 @@ from torch import nn
 from transferlab.errors import ModelError, SpecError
 from transferlab.models.schema import CATEGORY, schema_of
 from transferlab.recipes.param_groups import layer_of
+from transferlab.recipes.hooks import Hook
 from transferlab.registry import Registry
 
 FREEZERS: Registry[type] = Registry("freeze policy")
 
 
-class Freezer:
+class Freezer(Hook):
     """Base policy: everything trains. Subclasses override ``trainable`` and ``boundaries``."""
 
     options: ClassVar[dict[str, Any]] = {}
@@ -88,17 +89,17 @@ class Freezer:
         self._bounds = self.boundaries()
         self.apply(int(state["step"]))
 
-    def finish(self, model: nn.Module) -> None:
+    def on_finish(self, model: nn.Module) -> None:
         """Called after training, before the final evaluation and save."""
 
     def new_weights(self, name: str) -> bool:
         return name.startswith("head.") or (name.startswith("input_adapter.") and self.opts.get("train_input", True))
 
 
-FREEZERS.register("none")(Freezer)
+FREEZERS.register("none", seed_stacked=True)(Freezer)
 
 
-@FREEZERS.register("backbone_for_steps", "freeze_for_steps")
+@FREEZERS.register("backbone_for_steps", "freeze_for_steps", seed_stacked=True)
 class BackboneForSteps(Freezer):
     def trainable(self, name: str, step: int) -> bool:
         return not name.startswith("backbone.") or step >= self.spec.steps
@@ -124,7 +125,7 @@ def role_categories(model: nn.Module) -> dict[str, str]:
     return out
 
 
-@FREEZERS.register("fpt")
+@FREEZERS.register("fpt", seed_stacked=True)
 class FPT(Freezer):
     options: ClassVar[dict[str, Any]] = {"train_ffn": False, "train_attention": False, "freeze_positions": False,
                                          "freeze_layernorm": False}
@@ -141,7 +142,7 @@ class FPT(Freezer):
         return self.rule[self.category[name]]
 
 
-@FREEZERS.register("gradual", "gradual_unfreezing")
+@FREEZERS.register("gradual", "gradual_unfreezing", seed_stacked=True)
 class Gradual(Freezer):
     options: ClassVar[dict[str, Any]] = {"every_steps": None}  # null: one layer group per epoch
 
@@ -156,7 +157,7 @@ class Gradual(Freezer):
         return {self.every() * k for k in range(1, self.num_layers + 2)}
 
 
-@FREEZERS.register("linear_probe")
+@FREEZERS.register("linear_probe", seed_stacked=True)
 class LinearProbe(Freezer):
     options: ClassVar[dict[str, Any]] = {"train_input": True}
 
@@ -164,7 +165,7 @@ class LinearProbe(Freezer):
         return self.new_weights(name)
 
 
-@FREEZERS.register("bitfit")
+@FREEZERS.register("bitfit", seed_stacked=True)
 class BitFit(Freezer):
     options: ClassVar[dict[str, Any]] = {"train_input": True}
 
@@ -172,7 +173,7 @@ class BitFit(Freezer):
         return self.new_weights(name) or name.endswith("bias")
 
 
-@FREEZERS.register("lora")
+@FREEZERS.register("lora", adds_modules=True)
 class LoRA(Freezer):
     options: ClassVar[dict[str, Any]] = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None,
                                          "train_input": True}
@@ -194,7 +195,7 @@ class LoRA(Freezer):
     def trainable(self, name: str, step: int) -> bool:
         return self.new_weights(name) or ".lora_" in name
 
-    def finish(self, model: nn.Module) -> None:
+    def on_finish(self, model: nn.Module) -> None:
         """Merge the adapters into their base layers and put the base layers back (a plain model to store)."""
         from peft.tuners.lora import LoraLayer
 

@@ -12,26 +12,8 @@ baseline by at least ``degenerate_margin``.
 
 from __future__ import annotations
 
-import numpy as np
+from transferlab.data.metrics import higher_is_better
 
-from transferlab.data.metrics import compute, higher_is_better
-from transferlab.data.task import Task
-
-
-def constant_baselines(task: Task) -> dict[str, dict[str, float]]:
-    """{split: {metric: best value of a constant prediction}} for every labelled split but train."""
-    out = {}
-    for name, split in task.splits.items():
-        if name == "train" or not split.labelled:
-            continue
-        labels = split.labels
-        if task.problem == "regression":
-            out[name] = compute(task.metrics, np.full(len(labels), float(np.mean(labels))), labels)
-            continue
-        per_class = [compute(task.metrics, np.full(labels.shape, c), labels) for c in range(task.num_labels)]
-        pick = {m: (max if higher_is_better(m) else min) for m in task.metrics}
-        out[name] = {m: pick[m](s[m] for s in per_class) for m in task.metrics}
-    return out
 
 
 def is_degenerate(summary: dict, split: str, margin: float) -> bool | None:

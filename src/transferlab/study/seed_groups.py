@@ -1,4 +1,4 @@
-"""Group a study's jobs that differ only in seed, for the seed-parallel engine (train/parallel.py).
+"""Group a study's jobs that differ only in seed, for the seed-stacked engine (train/loop.py, train/support.py).
 
     for group in seed_groups(jobs, mode="auto"):
         outcomes = execute_group(group)     # one Outcome per job, as ``execute`` gives it
@@ -38,7 +38,7 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
     if mode == "off" or has_hooks or len(jobs) < 2:
         return [[job] for job in jobs]
     from transferlab.spec import spec_from_dict, spec_hash
-    from transferlab.train.parallel import unsupported
+    from transferlab.train.support import unsupported
 
     specs = {job.index: spec_from_dict(job.spec) for job in jobs}
     by_recipe: dict[tuple[str, str], list[Job]] = {}
@@ -64,7 +64,7 @@ def execute_group(jobs: list[Job]) -> list[Outcome]:
 
     from transferlab.spec import run_id, spec_from_dict
     from transferlab.store import Store
-    from transferlab.train.parallel import Unsupported, run_seeds
+    from transferlab.train.loop import Unsupported, run_seeds
 
     threads = torch.get_num_threads()
     if jobs[0].threads:

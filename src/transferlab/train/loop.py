@@ -1,31 +1,34 @@
-"""The loop for one run: data -> model -> optimizer + schedule -> train, evaluate, store.
+"""The one training loop, for one run or S runs that differ only in seed (a single run is S = 1).
 
-    result = run(load_spec("spec.yaml"), store=Store("runs/transferlab.db"))
+    result = run(load_spec("spec.yaml"), store=Store("runs/transferlab.db"))   # S = 1
+    results = run_seeds([spec with seed 0, seed 1, ...], store)                  # S seeds, stacked
 
-The hot path does no host synchronisation per step: losses, gradient norms and the
-first non-finite step are kept on the device and read once per logging interval.
+Per step: each active seed takes its own next batch (``epoch_batches`` with its seed: its own data
+order); the trainee (train/compute.py: one plain model, or the seeds' weights stacked) runs the
+forward, the loss and the backward and clips each seed's gradients by its own norm; the optimizer
+steps (element-wise optimizers: a stacked update is S independent updates). The bookkeeping
+(train/bookkeeping.py) is the same code for every S: the store's run rows, curve, evaluation
+schedule, best state and patience, divergence watch and the final summary. A seed that stops
+(early stopping, divergence) is finished as its run would be and leaves the stack.
+
+The hot path does no host synchronisation per step: losses, gradient norms and the first
+non-finite step are kept on the device and read once per logging interval.
 """
 
 from __future__ import annotations
 
-import math
-import random
 import time
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from transferlab.data.build import build_task
-from transferlab.data.metrics import baseline, compute, higher_is_better
-from transferlab.data.task import Task
+from transferlab.data.metrics import baseline, constant_baselines, higher_is_better
 from transferlab.errors import UserError
-from transferlab.models.model import TransferModel, build_model
+from transferlab.models.model import build_model
 from transferlab.provenance import provenance
+from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.recipes.distill import build_distiller
 from transferlab.recipes.freeze import build_freezer
 from transferlab.recipes.optim import build_optimizer
@@ -34,335 +37,335 @@ from transferlab.recipes.schedules import build_schedule
 from transferlab.recipes.transplant import prepare_transfer
 from transferlab.spec import RunSpec, run_id, spec_hash, to_dict
 from transferlab.store import DEFAULT_STORE, Store
-from transferlab.study.degenerate import constant_baselines
 from transferlab.train import resume as ckpt
-from transferlab.train.batches import Encoded, collate, encode, epoch_batches, eval_batches
+from transferlab.train.batches import collate, encode
+from transferlab.train.bookkeeping import Clock, SeedRun, Watch
 from transferlab.train.checkpoint import save_weights, task_meta
-from transferlab.train.fast import compiled, to_device
+from transferlab.train.compute import SingleTrainee, StackedTrainee
+from transferlab.train.evaluate import evaluate
+from transferlab.train.stacked import StackedModel
+from transferlab.train.steps import (
+    autocast_dtype,
+    eval_schedule,
+    optimizer_step,
+    resolve_device,
+    seed_everything,
+    step_plan,
+)
+from transferlab.train.support import Unsupported, unsupported
 
-
-class Hook(Protocol):
-    """What a strategy (freezing, unfreezing, ...) may do inside the loop. All methods optional."""
-
-    def on_train_start(self, model: TransferModel, optimizer: torch.optim.Optimizer, total_steps: int) -> None: ...
-
-    def on_step_start(self, step: int) -> None: ...
-
-    def on_loss(self, batch: dict[str, torch.Tensor], labels: torch.Tensor, logits: torch.Tensor,
-                loss: torch.Tensor) -> torch.Tensor: ...  # the training loss of a micro-batch, replaced
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    uid: str
-    status: str  # finished | diverged | failed | skipped
-    dev: dict[str, float] = field(default_factory=dict)
-    test: dict[str, float] = field(default_factory=dict)
-    best_step: int | None = None
-    steps: int = 0
-    duration_s: float = 0.0
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device: {name!r} asked for but CUDA is not available here; use 'cpu' or 'auto'")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "fp16":
-        return torch.float16
-    return torch.bfloat16  # auto and bf16
-
-
-def loss_fn(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
-    if regression:
-        return F.mse_loss(logits.squeeze(-1).float(), labels)
-    if logits.dim() == 3:  # per-token outputs (bit tasks): (B, L, C) against (B, L) labels
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-    return F.cross_entropy(logits.float(), labels)
-
-
-def step_plan(n_train: int, tspec) -> tuple[int, int]:
-    """(optimizer steps per epoch, total steps) for ``n_train`` examples under ``train:``."""
-    per_epoch = max(1, math.ceil(math.ceil(n_train / tspec.batch_size) / tspec.grad_accum))
-    return per_epoch, tspec.max_steps or max(1, math.ceil(tspec.epochs * per_epoch))
-
-
-def eval_schedule(total: int, num_evals: int) -> list[int]:
-    """The steps with a dev evaluation: ``num_evals`` evenly spread, and always the last step."""
-    return sorted({max(1, round(total * (i + 1) / num_evals)) for i in range(num_evals)} | {total})
-
-
-def optimizer_step(optimizer, scheduler, scaler) -> None:
-    """One update: through the fp16 grad scaler when there is one, then the schedule; grads dropped."""
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return to_device(batch, device)  # pinned and non-blocking on CUDA
-
-
-@torch.no_grad()
-def predict(model: TransferModel, enc: Encoded, task: Task, batch_size: int, device: torch.device,
-            amp: torch.dtype | None = None, desc: str | None = None) -> np.ndarray:
-    """Predictions in row order: class ids, or floats for regression. ``desc``: show a progress bar."""
-    was_training = model.training
-    model.eval()
-    regression = task.problem == "regression"
-    out = np.zeros(enc.labels.shape, dtype=np.float32 if regression else np.int64)  # (N, L) for per-token tasks
-    batches = eval_batches(enc, batch_size)
-    for index in tqdm(batches, desc=desc, unit="batch", leave=False, disable=desc is None, dynamic_ncols=True):
-        batch = _to(collate(enc, index, regression), device)
-        batch.pop("labels")
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(**batch)
-        pred = logits.squeeze(-1).float() if regression else logits.argmax(-1)
-        out[index] = pred.cpu().numpy()
-    model.train(was_training)
-    return out
-
-
-def evaluate(model, enc: Encoded, task: Task, batch_size: int, device, amp=None,
-             desc: str | None = None) -> dict[str, float]:
-    preds = predict(model, enc, task, batch_size, device, amp, desc)
-    return compute(task.metrics, preds, enc.labels)
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, trainable
+__all__ = ["run", "run_seeds", "run_group", "RunResult", "Unsupported"]
 
 
 def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, force: bool = False,
         progress: bool = True, hooks: list | tuple = ()) -> RunResult:
     """Train and evaluate one run and store it. A finished run with the same id is reused unless ``force``."""
+    return run_group([spec], store, study=study, force=force, progress=progress, hooks=hooks)[0]
+
+
+def run_seeds(specs: list[RunSpec], store: Store | None = None, *, study: str | None = None, force: bool = False,
+              progress: bool = True, hooks: list | tuple = ()) -> list[RunResult]:
+    """Train ``specs`` (one recipe, distinct seeds) together, stacked; refused (Unsupported, before
+    anything is stored) when a part does not declare support. Results in order."""
+    if (why := unsupported(specs, hooks)) is not None:
+        raise Unsupported(f"seed-parallel: {why}")
+    return run_group(specs, store, study=study, force=force, progress=progress, hooks=hooks)
+
+
+def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | None = None, force: bool = False,
+              progress: bool = True, hooks: list | tuple = ()) -> list[RunResult]:
+    """Finished runs are reused unless ``force``; the rest train together (stacked when more than one)."""
     store = store or Store(DEFAULT_STORE)
-    rid = run_id(spec)
-    if not force and (done := store.finished(rid)) is not None:
-        s = done.summary
-        return RunResult(rid, done.uid, "skipped", s.get("dev", {}), s.get("test", {}), s.get("best_step"),
-                         s.get("steps", 0), done.duration_s or 0.0, s)
-    uid = store.start_run(rid, spec_hash(spec), spec.seed, to_dict(spec), name=spec.name, study=study,
-                          provenance=provenance())
-    start = time.time()
-    try:
-        result = _train(spec, store, uid, progress=progress, hooks=hooks)
-    except UserError as e:
-        store.finish_run(uid, "failed", error=str(e), duration_s=time.time() - start)
-        raise
-    except KeyboardInterrupt:
-        store.finish_run(uid, "failed", error="interrupted (KeyboardInterrupt)", duration_s=time.time() - start)
-        raise
-    except Exception:
-        store.finish_run(uid, "failed", error=traceback.format_exc(limit=8), duration_s=time.time() - start)
-        raise
-    result.run_id, result.uid = rid, uid
-    result.duration_s = time.time() - start
-    store.finish_run(uid, result.status, summary=result.summary, duration_s=result.duration_s,
-                     error=result.summary.get("error"), error_step=result.summary.get("error_step"))
-    return result
+    results: list[RunResult | None] = [None] * len(specs)
+    todo = []
+    for i, spec in enumerate(specs):
+        done = None if force else store.finished(run_id(spec))
+        if done is None:
+            todo.append(i)
+        else:
+            results[i] = RunResult.reused(run_id(spec), done.uid, done.summary, done.duration_s)
+    if len(todo) > 1 and (why := unsupported([specs[i] for i in todo], hooks)) is not None:
+        raise Unsupported(f"seed-parallel: {why}")
+    if todo:
+        for i, result in zip(todo, _Group([specs[i] for i in todo], store, study, progress, hooks).run()):
+            results[i] = result
+    return results  # type: ignore[return-value]
 
 
-def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> RunResult:
-    tspec = spec.train
-    seed_everything(spec.seed)
-    device = resolve_device(tspec.device)
-    amp = autocast_dtype(tspec.precision, device)
-    task = build_task(spec.task, seed=spec.seed)
-    regression = task.problem == "regression"
+class _Group:
+    """S runs of one recipe trained together; every store write of a training run happens here."""
 
-    model = build_model(spec, task)
-    transfer = prepare_transfer(model, spec, store, store.artifact_dir(uid))  # init, then transplant steps
-    model = model.to(device)
-    tokenizer = model.backbone.tokenizer
-    data = {name: encode(split, task, tokenizer, spec.model.max_length)
-            for name, split in task.splits.items() if split.labelled or name == "train"}
-    train_enc, dev_enc = data["train"], data["dev"]
+    def __init__(self, specs: list[RunSpec], store: Store, study: str | None, progress: bool, hooks):
+        self.specs, self.store, self.study, self.progress, self.user_hooks = specs, store, study, progress, hooks
+        self.spec, self.tspec = specs[0], specs[0].train
+        self.device = resolve_device(self.tspec.device)
+        self.amp = autocast_dtype(self.tspec.precision, self.device)
+        self.stacked = len(specs) > 1
+        self.clock = Clock()
+        self.results: dict[str, RunResult] = {}
 
-    steps_per_epoch, total = step_plan(len(train_enc), tspec)
-    freezer = build_freezer(spec.freeze, model, steps_per_epoch)  # before the optimizer: LoRA adds parameters
-    distiller = build_distiller(spec, model, task, store)  # None unless spec.distill names a teacher
-    hooks = (freezer, *([distiller] if distiller else []), *hooks)
-    loss_hooks = [h for h in hooks if hasattr(h, "on_loss")]
-    groups = build_param_groups(model, spec.optim, model.num_layers)
-    optimizer = build_optimizer(groups, spec.optim, device.type)
-    scheduler = build_schedule(optimizer, spec.schedule, total)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    for hook in hooks:
-        if hasattr(hook, "on_train_start"):
-            hook.on_train_start(model, optimizer, total)
-    n_params, n_trainable = count_parameters(model)
-    store.update_run(uid, n_params=n_params, n_trainable=n_trainable)
+    # ------------------------------------------------------------------ store lifecycle
+    def run(self) -> list[RunResult]:
+        seeds: list[SeedRun] = []
+        try:
+            trainee = self._prepare(seeds)
+            self._train(seeds, trainee)
+        except BaseException as e:
+            error = ("interrupted (KeyboardInterrupt)" if isinstance(e, KeyboardInterrupt) else
+                     str(e) if isinstance(e, UserError) else traceback.format_exc(limit=8))
+            self.clock.charge([s for s in seeds if s.uid not in self.results])
+            for seed in seeds:
+                if seed.uid and seed.uid not in self.results:
+                    self.store.finish_run(seed.uid, "failed", error=error, duration_s=seed.duration_s)
+            raise
+        return [self.results[s.uid] for s in seeds]
 
-    eval_steps = eval_schedule(total, tspec.num_evals)
-    main, better = task.main_metric, higher_is_better(task.main_metric)
-    best_value, best_step, best_state, since_best = None, None, None, 0
-    dev_at: dict[int, dict[str, float]] = {}  # dev metrics by step: evaluation is deterministic, so reusable
-    status, error, error_step = "finished", None, None
+    def _start(self, seed: SeedRun) -> None:
+        seed.uid = self.store.start_run(run_id(seed.spec), spec_hash(seed.spec), seed.spec.seed,
+                                        to_dict(seed.spec), name=seed.spec.name, study=self.study,
+                                        provenance=self.provenance)
 
-    curve_buf: list[tuple[int, torch.Tensor, float, torch.Tensor]] = []
-    loss_sum = torch.zeros((), device=device)
-    loss_n = 0
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    exploded = torch.full((), -1, dtype=torch.long, device=device)  # first log step with a loss explosion
-    first_loss = None
-    bar = tqdm(total=total, desc=spec.name, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
-    eval_desc = f"{spec.name} dev" if progress else None
+    def _record(self, seed: SeedRun, summary: RunSummary) -> None:
+        self.store.finish_run(seed.uid, seed.status, summary=summary, duration_s=seed.duration_s,
+                              error=summary.error, error_step=summary.error_step)
+        self.results[seed.uid] = RunResult(run_id(seed.spec), seed.uid, seed.status, summary.dev, summary.test,
+                                           summary.best_step, summary.steps, seed.duration_s, summary)
 
-    model.train()
-    if tspec.compile and hasattr(model.backbone, "use_layer_loop"):  # not the LSTM baseline
-        model.backbone.use_layer_loop()  # BERT family: one unbroken graph (models/backbone.layer_loop)
-    forward = compiled(model, tspec.compile)  # torch.compile with an eager fallback (train/fast.py)
-    step, epoch, pos = 0, 0, 0  # pos: micro-batches consumed in the current epoch
-    micro = iter(())
-    ck_path = ckpt.checkpoint_path(store, uid)
-    ck_parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "freezer": freezer}
-    if (resume := ckpt.find_resume(store, run_id(spec), uid)) is not None:
-        st = ckpt.load_checkpoint(resume[1], **ck_parts)
-        step, epoch, pos, best_value, best_step, since_best, best_state, first_loss, loss_n = (
-            st[k] for k in ("step", "epoch", "pos", "best_value", "best_step", "since_best", "best_state",
-                            "first_loss", "loss_n"))
-        loss_sum = st["loss_sum"].to(device)
-        if epoch:
-            micro = iter(epoch_batches(train_enc, tspec.batch_size, spec.seed, epoch - 1, tspec.length_bucketing)[pos:])
-        ckpt.carry_history(store, resume[0], uid, step)
-        bar.update(step)
-    while step < total:
-        for hook in hooks:
-            if hasattr(hook, "on_step_start"):
-                hook.on_step_start(step)
-        for _ in range(tspec.grad_accum):
-            index = next(micro, None)
-            if index is None:
-                micro = iter(epoch_batches(train_enc, tspec.batch_size, spec.seed, epoch, tspec.length_bucketing))
-                epoch, pos = epoch + 1, 0
-                index = next(micro)
-            pos += 1
-            batch = _to(collate(train_enc, index, regression), device)
-            labels = batch.pop("labels")
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = forward(**batch)
-            loss = loss_fn(logits, labels, regression)
-            for hook in loss_hooks:  # e.g. distillation: mixes the teacher's targets in
-                loss = hook.on_loss(batch, labels, logits, loss)
-            loss = loss / tspec.grad_accum
-            (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += loss.detach()
-        loss_n += 1
-        if scaler:
-            scaler.unscale_(optimizer)
-        params = [p for p in model.parameters() if p.grad is not None]
-        max_norm = spec.optim.max_grad_norm
-        gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-        lr = max(scheduler.get_last_lr())
-        bad = ~torch.isfinite(loss.detach()) | ~torch.isfinite(gnorm)
-        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
-        optimizer_step(optimizer, scheduler, scaler)
-        step += 1
-        bar.update(1)
-
-        if step % tspec.log_every == 0 or step in eval_steps:
-            mean_loss = loss_sum / loss_n
-            curve_buf.append((step, mean_loss, lr, gnorm.detach()))
-            loss_sum, loss_n = torch.zeros((), device=device), 0
-            if tspec.divergence_factor:  # loss explosion, decided on the device like first_bad
-                first_loss = mean_loss if first_loss is None else first_loss
-                boom = mean_loss > tspec.divergence_factor * first_loss.clamp_min(1e-3)
-                exploded = torch.where(boom & (exploded < 0), torch.full_like(exploded, step), exploded)
-            bad_step, boom_step = torch.stack([first_bad, exploded]).tolist()  # one host sync per interval
-            if bad_step >= 0 or boom_step >= 0:
-                status, error_step = "diverged", bad_step if bad_step >= 0 else boom_step
-                error = (f"non-finite loss or gradient at step {bad_step}" if bad_step >= 0 else
-                         f"loss exploded at step {boom_step}: {float(mean_loss):.4g} > {tspec.divergence_factor:g}"
-                         f" x the first logged loss {float(first_loss):.4g}")
-                _flush_curve(store, uid, curve_buf)
-                break
-        if step in eval_steps:
-            _flush_curve(store, uid, curve_buf, bar)
-            metrics = evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp, eval_desc)
-            dev_at[step] = metrics
-            store.log_evals(uid, step, "dev", metrics)
-            value = metrics[main]
-            improved = best_value is None or (value > best_value if better else value < best_value)
-            if improved:
-                best_value, best_step, since_best = value, step, 0
-                if tspec.restore_best and step != total:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # ------------------------------------------------------------------ set-up
+    def _prepare(self, seeds: list[SeedRun]):
+        """Each seed's task, model, run row and transfer (in the order a single run has always used),
+        the weights stacked when S > 1, then each split encoded once."""
+        self.engine = EngineInfo("stacked" if self.stacked else "single", len(self.specs), False,
+                                 self.device.type, str(self.amp).replace("torch.", "") if self.amp else "fp32")
+        self.provenance = {**provenance(), "engine": self.engine.__dict__,
+                           **({"group_seeds": [s.seed for s in self.specs]} if self.stacked else {})}
+        stack = first = None
+        for i, spec in enumerate(self.specs):
+            seed_everything(spec.seed)
+            seed = SeedRun(spec, build_task(spec.task, seed=spec.seed))
+            seeds.append(seed)
+            model = build_model(spec, seed.task)
+            self._start(seed)
+            seed.transfer = prepare_transfer(model, spec, self.store, self.store.artifact_dir(seed.uid))
+            if not self.stacked:
+                first = model.to(self.device)
+            elif stack is None:
+                first, stack = model, StackedModel(model, len(self.specs), self.device)
             else:
-                since_best += 1
-                if tspec.early_stopping_patience is not None and since_best >= tspec.early_stopping_patience:
-                    break
-        if tspec.checkpoint_every and step % tspec.checkpoint_every == 0 and step < total:
-            _flush_curve(store, uid, curve_buf)
-            ckpt.save_checkpoint(ck_path, **ck_parts, loop={
-                "step": step, "epoch": epoch, "pos": pos, "best_value": best_value, "best_step": best_step,
-                "since_best": since_best, "best_state": best_state, "first_loss": first_loss, "loss_sum": loss_sum,
-                "loss_n": loss_n})
-    bar.close()
-    n_trainable_final = count_parameters(model)[1]
+                stack.load_slot(i, model)
+        _encode_all(seeds, first.backbone.tokenizer, self.spec.model.max_length)
+        totals = {step_plan(len(s.data["train"]), self.tspec)[1] for s in seeds}
+        if len(totals) > 1:
+            raise Unsupported(f"seed-parallel: the seeds' training sets give different step counts {sorted(totals)}")
+        regression = seeds[0].task.problem == "regression"
+        if not self.stacked:
+            scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+            return SingleTrainee(first, self.device, self.amp, regression, self.tspec.compile, scaler)
+        return StackedTrainee(stack, self.device, self.amp, regression, self.tspec.compile,
+                              [s.data["train"].pad_id for s in seeds])
 
-    summary: dict[str, Any] = {"steps": step, "total_steps": total, "main_metric": main}
-    if status == "diverged":
-        summary.update(error=error, error_step=error_step)
-    if tspec.restore_best and best_step is not None and best_step != step and best_state is not None:
-        model.load_state_dict(best_state)
-        final_step = best_step
-    else:
+    def _parts(self, seeds: list[SeedRun], trainee) -> None:
+        """Freezer, distiller, hooks, optimizer and schedule, in the order a single run has always used."""
+        model, spec = trainee.module, self.spec
+        self.steps_per_epoch, self.total = step_plan(len(seeds[0].data["train"]), self.tspec)
+        self.freezer = build_freezer(spec.freeze, model, self.steps_per_epoch)  # before the optimizer: LoRA
+        distiller = build_distiller(spec, model, seeds[0].task, self.store) if not self.stacked else None
+        self.hooks = (self.freezer, *([distiller] if distiller else []), *self.user_hooks)
+        self.loss_hooks = [h for h in self.hooks if hasattr(h, "on_loss")]
+        groups = build_param_groups(model, spec.optim, model.num_layers)
+        self.optimizer = build_optimizer(groups, spec.optim, self.device.type)
+        self.scheduler = build_schedule(self.optimizer, spec.schedule, self.total)
+        self._call("on_train_start", model, self.optimizer, self.total)
+        self.counts = trainee.counts()
+        for seed in seeds:
+            self.store.update_run(seed.uid, n_params=self.counts[0], n_trainable=self.counts[1])
+
+    def _call(self, name: str, *args) -> None:
+        for hook in self.hooks:
+            if (fn := getattr(hook, name, None)) is not None:
+                fn(*args)
+
+    # ------------------------------------------------------------------ the loop
+    def _train(self, seeds: list[SeedRun], trainee) -> None:
+        tspec = self.tspec
+        self._parts(seeds, trainee)
+        self.eval_steps = set(eval_schedule(self.total, tspec.num_evals))
+        self.watch = Watch(len(seeds), self.device, tspec.divergence_factor)
+        name = self.spec.name if not self.stacked else f"{self.spec.name} x{len(seeds)} seeds"
+        self.bar = tqdm(total=self.total, desc=name, unit="step", disable=not self.progress, leave=False,
+                        dynamic_ncols=True)
+        trainee.module.train()
+        self.resumed = None
+        step = self._resume(seeds, trainee)
+        active = list(seeds)
+        while step < self.total and active:
+            self._call("on_step_start", step)
+            losses = None
+            for _ in range(tspec.grad_accum):
+                batches = [collate(s.data["train"], s.next_batch(tspec.batch_size, tspec.length_bucketing),
+                                   s.task.problem == "regression") for s in active]
+                losses = trainee.backward(batches, tspec.grad_accum, self.loss_hooks)
+                self.watch.add(losses)
+            norms = trainee.clip(self.spec.optim.max_grad_norm, self.optimizer)
+            lr = max(self.scheduler.get_last_lr())
+            self.watch.step(step, losses, norms)
+            self._call("on_before_optimizer_step", trainee.module, step)
+            optimizer_step(self.optimizer, self.scheduler, getattr(trainee, "scaler", None))
+            self._call("on_after_optimizer_step", trainee.module, step)
+            step += 1
+            self.bar.update(1)
+            self._after_step(step, lr, norms, active, trainee)
+            active = self._leave(step, active, trainee)
+            self._checkpoint(step, seeds, trainee)
+        self.bar.close()
+
+    def _after_step(self, step: int, lr: float, norms, active: list[SeedRun], trainee) -> None:
+        """The curve and the divergence watch, then the dev evaluation with best state and patience."""
+        stopping = False
+        if step % self.tspec.log_every == 0 or step in self.eval_steps:
+            for slot, error_step, error in self.watch.log(step, lr, norms):
+                active[slot].diverge(error_step, error)
+                stopping = True
+        if step in self.eval_steps or stopping:
+            self._flush(active)
+        if step not in self.eval_steps:
+            return
+        main = active[0].task.main_metric
+        for slot, seed in enumerate(active):
+            if seed.stopped:
+                continue
+            model = trainee.model_for(slot)
+            metrics = self._evaluate(model, seed, "dev")
+            seed.dev_at[step] = metrics
+            self.store.log_evals(seed.uid, step, "dev", metrics)
+            improved = seed.observe(step, metrics[main], higher_is_better(main), self.tspec.early_stopping_patience)
+            if improved and self.tspec.restore_best and step != self.total:
+                seed.best_state = trainee.best_state(slot)
+
+    def _evaluate(self, model, seed: SeedRun, split: str) -> dict[str, float]:
+        desc = f"{seed.spec.name} {split}" if self.progress and not self.stacked else None
+        self._call("on_eval_start", model)
+        metrics = evaluate(model, seed.data[split], seed.task, self.tspec.eval_batch_size, self.device, self.amp,
+                           desc)
+        self._call("on_eval_end", model)
+        return metrics
+
+    def _flush(self, active: list[SeedRun]) -> None:
+        rows = self.watch.curve()
+        for seed, points in zip(active, rows):
+            self.store.log_curve(seed.uid, points)
+        if rows:
+            self.bar.set_postfix(loss=f"{sum(p[-1][1] for p in rows) / len(rows):.4f}")
+
+    def _leave(self, step: int, active: list[SeedRun], trainee) -> list[SeedRun]:
+        """Seeds that stopped (or all, at the end) are finished and leave the stack."""
+        if step < self.total and not any(s.stopped for s in active):
+            return active
+        self.clock.charge(active)
+        keep = []
+        for slot, seed in enumerate(active):
+            if seed.stopped or step >= self.total:
+                self._finish(seed, slot, step, trainee)
+            else:
+                keep.append(slot)
+        if keep and len(keep) < len(active):
+            trainee.keep(keep, self.optimizer)
+            self.watch.keep(keep)
+        return [active[i] for i in keep]
+
+    # ------------------------------------------------------------------ one run's end
+    def _finish(self, seed: SeedRun, slot: int, step: int, trainee) -> None:
+        """Best state back, policies finished, final dev and test, the summary, the weights, the row."""
+        tspec, task = self.tspec, seed.task
+        n_params, n_trainable = self.counts
+        n_trainable_final = trainee.counts()[1]
+        model = trainee.model_for(slot)
         final_step = step
-    freezer.finish(model)  # LoRA: adapters merged into the weights, so the stored model is a plain one
-    dev = {}
-    if status == "finished":  # the weights in place were evaluated at final_step already: reuse those metrics
-        dev = dev_at.get(final_step) or evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp, eval_desc)
-    test = {}
-    if status == "finished" and "test" in data:
-        test = evaluate(model, data["test"], task, tspec.eval_batch_size, device, amp,
-                        f"{spec.name} test" if progress else None)
-        store.log_evals(uid, step, "test", test)
-    if dev:
-        store.log_evals(uid, step, "final_dev", dev)
-    summary.update(dev=dev, test=test, best_step=best_step if tspec.restore_best else step,
-                   baseline=baseline(task, "dev"), baselines=constant_baselines(task), n_params=n_params,
-                   n_trainable=n_trainable, trainable_share=n_trainable / max(1, n_params))
-    if n_trainable_final != n_trainable:  # a policy unfroze parameters during training: store both counts
-        summary.update(n_trainable_start=n_trainable, n_trainable=n_trainable_final,
-                       trainable_share=n_trainable_final / max(1, n_params))
-        store.update_run(uid, n_trainable=n_trainable_final)
-    summary.update(transfer)
-    if tspec.save_model and status == "finished":
-        save_weights(model, store.artifact_dir(uid), task_meta(task))
-    if status == "finished":
-        ckpt.remove_checkpoints(ck_path, resume[1] if resume else None)
-    return RunResult("", uid, status, dev, test, summary["best_step"], step, 0.0, summary)
+        if tspec.restore_best and seed.best_step not in (None, step) and seed.best_state is not None:
+            model, final_step = trainee.restore(slot, seed.best_state), seed.best_step
+        self._call("on_finish", model)  # LoRA: adapters merged into the weights, so the stored model is plain
+        finished = seed.status == "finished"
+        dev = (seed.dev_at.get(final_step) or self._evaluate(model, seed, "dev")) if finished else {}
+        test = self._evaluate(model, seed, "test") if finished and "test" in seed.data else {}
+        if test:
+            self.store.log_evals(seed.uid, step, "test", test)
+        if dev:
+            self.store.log_evals(seed.uid, step, "final_dev", dev)
+        self.engine.compiled = bool(trainee.compiled)
+        summary = RunSummary(
+            steps=step, total_steps=self.total, main_metric=task.main_metric, dev=dev, test=test,
+            best_step=seed.best_step if tspec.restore_best else step, baseline=baseline(task, "dev"),
+            baselines=constant_baselines(task), n_params=n_params, n_trainable=n_trainable,
+            trainable_share=n_trainable / max(1, n_params), error=seed.error, error_step=seed.error_step,
+            engine=EngineInfo(**self.engine.__dict__), transfer=seed.transfer.get("transfer", {}),
+            samples_per_s=seed.samples / seed.duration_s if seed.duration_s > 0 else None)
+        if n_trainable_final != n_trainable:  # a policy unfroze parameters during training: store both counts
+            summary.n_trainable_start, summary.n_trainable = n_trainable, n_trainable_final
+            summary.trainable_share = n_trainable_final / max(1, n_params)
+            self.store.update_run(seed.uid, n_trainable=n_trainable_final)
+        if tspec.save_model and finished:
+            save_weights(model, self.store.artifact_dir(seed.uid), task_meta(task))
+        if finished and not self.stacked:
+            ckpt.remove_checkpoints(ckpt.checkpoint_path(self.store, seed.uid), self.resumed)
+        seed.best_state = None  # free its memory now
+        self._record(seed, summary)
+
+    # ------------------------------------------------------------------ resumable checkpoints (S = 1)
+    def _ck_parts(self, trainee) -> dict:
+        return {"model": trainee.module, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "scaler": getattr(trainee, "scaler", None), "freezer": self.freezer}
+
+    def _checkpoint(self, step: int, seeds: list[SeedRun], trainee) -> None:
+        every = self.tspec.checkpoint_every
+        if not every or step % every or step >= self.total or self.stacked or seeds[0].stopped:
+            return
+        seed = seeds[0]
+        self._flush(seeds)
+        ckpt.save_checkpoint(ckpt.checkpoint_path(self.store, seed.uid), **self._ck_parts(trainee), loop={
+            "step": step, "epoch": seed.epoch, "pos": seed.pos, "best_value": seed.best_value,
+            "best_step": seed.best_step, "since_best": seed.since_best, "best_state": seed.best_state,
+            **self.watch.state()})
+
+    def _resume(self, seeds: list[SeedRun], trainee) -> int:
+        """The step to start at: 0, or that of the previous failed attempt's checkpoint."""
+        if self.stacked:
+            return 0
+        seed = seeds[0]
+        found = ckpt.find_resume(self.store, run_id(seed.spec), seed.uid)
+        if found is None:
+            return 0
+        st = ckpt.load_checkpoint(found[1], **self._ck_parts(trainee))
+        seed.epoch, seed.pos, seed.best_value, seed.best_step, seed.since_best, seed.best_state = (
+            st[k] for k in ("epoch", "pos", "best_value", "best_step", "since_best", "best_state"))
+        self.watch.load(st)
+        seed.resume_batches(self.tspec.batch_size, self.tspec.length_bucketing)
+        ckpt.carry_history(self.store, found[0], seed.uid, st["step"])
+        self.resumed = found[1]
+        self.bar.update(st["step"])
+        return st["step"]
 
 
-def _flush_curve(store: Store, uid: str, buf: list, bar=None) -> None:
-    """Move the buffered curve points to the host in one transfer and store them."""
-    if not buf:
-        return
-    losses = torch.stack([b[1] for b in buf]).float().cpu().tolist()
-    norms = torch.stack([b[3].float() for b in buf]).cpu().tolist()
-    rows = [(s, loss, lr, n) for (s, _, lr, _), loss, n in zip(buf, losses, norms)]
-    store.log_curve(uid, rows)
-    if bar is not None:
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    buf.clear()
+def _encode_all(seeds: list[SeedRun], tokenizer, max_length: int) -> None:
+    """Encode each seed's labelled splits (and train); a split equal to an earlier seed's is encoded once."""
+    done: list[tuple[object, object]] = []
+    for seed in seeds:
+        for name, split in seed.task.splits.items():
+            if not (split.labelled or name == "train"):
+                continue
+            enc = next((e for s, e in done if _same_split(s, split)), None)
+            if enc is None:
+                enc = encode(split, seed.task, tokenizer, max_length)
+                done.append((split, enc))
+            seed.data[name] = enc
+
+
+def _same_split(a, b) -> bool:
+    import numpy as np
+
+    if a is b:
+        return True
+    if len(a) != len(b) or not np.array_equal(a.labels, b.labels, equal_nan=True):
+        return False
+    if a.inputs is not None or b.inputs is not None:
+        return a.inputs is not None and b.inputs is not None and np.array_equal(a.inputs, b.inputs)
+    return a.texts == b.texts and a.text_pairs == b.text_pairs

@@ -11,8 +11,9 @@ from transferlab.models.schema.base import (
     FamilyMap,
     ModelSchema,
     Slot,
+    family_of,
     schema_of,
 )
 
 __all__ = ["ATTENTION_ROLES", "CATEGORY", "GLOBAL_ROLES", "LAYER_ROLES", "SCHEMAS", "FamilyMap", "ModelSchema",
-           "Slot", "schema_of"]
+           "Slot", "family_of", "schema_of"]

@@ -66,6 +66,16 @@ class FamilyMap:
     ``layer_prefix`` holds ``{i}``; ``slots`` maps canonical ``role.weight``/``role.bias`` to slots in a
     layer; ``globals`` maps key prefixes outside the layers to roles (first match wins);
     ``norm`` is ``"pre"`` or ``"post"``; ``causal`` marks decoders (their layers see a causal mask).
+
+    Per-family facts the rest of the package reads (one home, never a list of names elsewhere):
+    ``stackable``: the seed-stacked engine can hold it (every weight in a Linear, Conv1D, LayerNorm
+    or Embedding module); ``layer_loop``: models/backbone.layer_loop computes its hidden states
+    (BERT-shaped encoders); ``positions_after_pad``: position ids start after ``pad_token_id``
+    (RoBERTa), so ``pad_token_id + 1`` rows of its table are not usable positions; ``special_rows``:
+    position rows before the patches of a vision family;
+    ``classifier``: how the family's Hugging Face ``*ForSequenceClassification`` lays out its head
+    (``"bert"``: dropout + linear on the pooler; ``"roberta"``: dense -> tanh -> out_proj on token 0;
+    None: no plain export).
     """
 
     name: str
@@ -77,6 +87,11 @@ class FamilyMap:
     causal: bool = False
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    stackable: bool = False
+    layer_loop: bool = False
+    positions_after_pad: bool = False
+    special_rows: int = 0  # position rows before the first patch (ViT's CLS; DeiT's CLS and distillation token)
+    classifier: str | None = None
 
     def norm_position(self, config) -> str:
         return self.norm
@@ -105,8 +120,13 @@ SCHEMAS: Registry[FamilyMap] = Registry("layer schema (model_type)")
 
 
 def register(family: FamilyMap) -> FamilyMap:
-    SCHEMAS.register(*family.model_types)(family)
+    SCHEMAS.register(*family.model_types, stackable=family.stackable)(family)
     return family
+
+
+def family_of(model_type: str) -> FamilyMap | None:
+    """The registered map of a ``config.model_type``, or None (no schema: the family's facts default)."""
+    return SCHEMAS.get(model_type) if model_type in SCHEMAS else None
 
 
 def hf_model(model: nn.Module) -> tuple[nn.Module, str]:

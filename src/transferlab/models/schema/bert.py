@@ -27,11 +27,11 @@ GLOBALS = [
 ]
 
 
-def _family(name: str, *model_types: str) -> FamilyMap:
+def _family(name: str, *model_types: str, **facts) -> FamilyMap:
     return register(FamilyMap(name=name, model_types=model_types, layer_prefix="encoder.layer.{i}.",
-                              slots=SLOTS, globals=GLOBALS, norm="post"))
+                              slots=SLOTS, globals=GLOBALS, norm="post", stackable=True, layer_loop=True, **facts))
 
 
-BERT = _family("bert", "bert")
-ROBERTA = _family("roberta", "roberta", "xlm-roberta", "camembert")
+BERT = _family("bert", "bert", classifier="bert")
+ROBERTA = _family("roberta", "roberta", "xlm-roberta", "camembert", positions_after_pad=True, classifier="roberta")
 ELECTRA = _family("electra", "electra")

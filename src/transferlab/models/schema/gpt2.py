@@ -22,7 +22,7 @@ class GPT2Map(FamilyMap):
 
 
 GPT2 = register(GPT2Map(
-    name="gpt2", model_types=("gpt2",), layer_prefix="h.{i}.", norm="pre", causal=True,
+    name="gpt2", model_types=("gpt2",), layer_prefix="h.{i}.", norm="pre", causal=True, stackable=True,
     slots={
         **linear("q", "attn.c_attn", transpose=True, part=0, parts=3),
         **linear("k", "attn.c_attn", transpose=True, part=1, parts=3),

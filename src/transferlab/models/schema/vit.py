@@ -21,6 +21,6 @@ GLOBALS = [("embeddings.position_embeddings", "positions"), ("embeddings.", "emb
            ("layernorm.", "final_norm"), ("pooler.", "pooler")]
 
 VIT = register(FamilyMap(name="vit", model_types=("vit",), layer_prefix="layers.{i}.", slots=SLOTS,
-                         globals=GLOBALS, norm="pre"))
+                         globals=GLOBALS, norm="pre", special_rows=1))
 DEIT = register(FamilyMap(name="deit", model_types=("deit",), layer_prefix="layers.{i}.", slots=SLOTS,
-                          globals=GLOBALS, norm="pre"))
+                          globals=GLOBALS, norm="pre", special_rows=2))

@@ -1,0 +1,176 @@
+"""How the model computes, behind one small interface the loop calls (``Trainee``).
+
+    trainee = SingleTrainee(model, ...)     # one plain TransferModel (S = 1): every feature
+    trainee = StackedTrainee(stack, ...)    # S seeds' weights stacked (train/stacked.py)
+
+    losses = trainee.backward(batches, accum, loss_hooks)  # forward + loss + backward: (S,) detached losses
+    norms = trainee.clip(max_norm)                         # per-seed gradient clipping: (S,) norms
+    model = trainee.model_for(slot)                        # a plain model holding seed ``slot``'s weights
+    state = trainee.best_state(slot); trainee.restore(slot, state)
+    trainee.keep(slots, optimizer)                         # drop finished seeds (weights and optimizer state)
+
+``batches`` holds one collated host batch per active seed, in slot order. A third implementation
+(a fused stacked encoder) is one more class with these methods; the loop does not change.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from transferlab.train.fast import Compiled, compiled, to_device
+from transferlab.train.stacked import StackedModel
+from transferlab.train.steps import count_parameters, loss_fn
+
+
+class SingleTrainee:
+    """One plain model: S = 1. Loss hooks, fp16 loss scaling and resumable checkpoints work here."""
+
+    kind = "single"
+
+    def __init__(self, model: nn.Module, device: torch.device, amp, regression: bool, compile: bool, scaler=None):
+        self.module, self.device, self.amp, self.regression, self.scaler = model, device, amp, regression, scaler
+        self.seeds = 1
+        if compile and hasattr(model.backbone, "use_layer_loop"):  # not the LSTM baseline
+            model.backbone.use_layer_loop()  # BERT family: one unbroken graph (models/backbone.layer_loop)
+        self.forward = compiled(model, compile)  # torch.compile with an eager fallback (train/fast.py)
+
+    @property
+    def compiled(self) -> bool:
+        return isinstance(self.forward, Compiled) and self.forward.active
+
+    def backward(self, batches: list[dict[str, Tensor]], accum: int, loss_hooks=()) -> Tensor:
+        batch = to_device(batches[0], self.device)  # pinned and non-blocking on CUDA
+        labels = batch.pop("labels")
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits = self.forward(**batch)
+        loss = loss_fn(logits, labels, self.regression)
+        for hook in loss_hooks:  # e.g. distillation: mixes the teacher's targets in
+            loss = hook.on_loss(batch, labels, logits, loss)
+        loss = loss / accum
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        return loss.detach().reshape(1)
+
+    def clip(self, max_norm: float | None, optimizer) -> Tensor:
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf")).reshape(1)
+
+    def model_for(self, slot: int) -> nn.Module:
+        return self.module
+
+    def best_state(self, slot: int) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def restore(self, slot: int, state: dict[str, Tensor]) -> nn.Module:
+        self.module.load_state_dict(state)
+        return self.module
+
+    def keep(self, slots: list[int], optimizer) -> None:
+        pass  # one seed: it leaves only when the run ends
+
+    def counts(self) -> tuple[int, int]:
+        return count_parameters(self.module)
+
+
+class StackedTrainee:
+    """S seeds in one StackedModel: one forward over S*B rows, the sum of the per-seed losses backward,
+    so each seed's parameters get exactly their own run's gradient; clipping by each seed's own norm."""
+
+    kind = "stacked"
+
+    def __init__(self, stack: StackedModel, device: torch.device, amp, regression: bool, compile: bool,
+                 pad_ids: list[int]):
+        self.module, self.device, self.amp, self.regression = stack, device, amp, regression
+        self.compile, self.pad_ids, self.probed = compile, pad_ids, False
+
+    @property
+    def seeds(self) -> int:
+        return self.module.seeds
+
+    @property
+    def compiled(self) -> bool:
+        return isinstance(self.module.encoder, Compiled) and self.module.encoder.active
+
+    def backward(self, batches: list[dict[str, Tensor]], accum: int, loss_hooks=()) -> Tensor:
+        counts = [b["labels"].shape[0] for b in batches]
+        host = stack_batches(batches, self.pad_ids)
+        padded = not bool(host["attention_mask"].all())  # on the host: no device sync
+        batch = to_device(host, self.device)
+        labels = batch.pop("labels")
+        if not self.probed:
+            self.module.probe_vmap(batch)  # eagerly: compiling it too would add an inference graph
+            self.probed = True
+            if self.compile:
+                self.module.compile()
+        try:
+            return self._backward(batch, padded, labels, counts, accum)
+        except Exception as e:  # a compile failure in the first backward: eager from now on
+            encoder = self.module.encoder
+            if not isinstance(encoder, Compiled) or not encoder.active:
+                raise
+            encoder.fall_back(e)
+            for p in self.module.parameters():
+                p.grad = None
+            return self._backward(batch, padded, labels, counts, accum)
+
+    def _backward(self, batch, padded: bool, labels: Tensor, counts: list[int], accum: int) -> Tensor:
+        """The graph dies here: nothing outside keeps it (a seed leaving the stack reshapes the parameters)."""
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits = self.module(batch, padded)
+        losses = torch.stack([loss_fn(logits[i, :c], labels[i, :c], self.regression)
+                              for i, c in enumerate(counts)]) / accum
+        losses.sum().backward()
+        return losses.detach()
+
+    def clip(self, max_norm: float | None, optimizer) -> Tensor:
+        """``clip_grad_norm_`` for each seed on its own: the global norm of the seed's gradients, and its
+        gradients scaled by min(1, max_norm / (norm + 1e-6)). Returns the (S,) norms before clipping."""
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros(self.seeds, device=self.device)
+        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # (P, S)
+        total = torch.linalg.vector_norm(norms, dim=0)
+        coef = torch.clamp((max_norm if max_norm else float("inf")) / (total + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
+        return total
+
+    def model_for(self, slot: int) -> nn.Module:
+        return self.module.copy_slot_to(self.module.model, slot)
+
+    def best_state(self, slot: int) -> dict[str, Tensor]:
+        model = self.model_for(slot)  # on the host: S best states would crowd the GPU
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def restore(self, slot: int, state: dict[str, Tensor]) -> nn.Module:
+        model = self.model_for(slot)
+        model.load_state_dict(state)
+        return model
+
+    def keep(self, slots: list[int], optimizer) -> None:
+        self.module.keep(slots, optimizer)
+        self.pad_ids = [self.pad_ids[i] for i in slots]
+
+    def counts(self) -> tuple[int, int]:
+        return self.module.seed_counts()
+
+
+def stack_batches(batches: list[dict[str, Tensor]], pads: list[int]) -> dict[str, Tensor]:
+    """Per-seed collated batches -> one batch of (S, B, ...) tensors: widths padded (ids with the pad
+    id, masks and segments with 0), missing rows filled with copies of the seed's first row."""
+    rows = max(b["labels"].shape[0] for b in batches)
+    out = {}
+    for key in batches[0]:
+        parts = [b[key] for b in batches]
+        if key != "labels" and parts[0].dim() >= 2:
+            width = max(p.shape[1] for p in parts)
+            fills = [pad if key in ("input_ids", "inputs") else 0 for pad in pads]
+            parts = [p if p.shape[1] == width else torch.cat(
+                [p, p.new_full((p.shape[0], width - p.shape[1], *p.shape[2:]), fill)], 1)
+                for p, fill in zip(parts, fills)]
+        parts = [p if p.shape[0] == rows else torch.cat([p, p[:1].expand(rows - p.shape[0], *p.shape[1:])])
+                 for p in parts]
+        out[key] = torch.stack(parts)
+    return out
