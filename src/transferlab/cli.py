@@ -4,7 +4,7 @@
     transferlab run STUDY.yaml [--dry-run] [--executor inline|processes|ray] [--workers N] [--address A]
                                [--skip-failed] [--new-study]
     transferlab runs [--store PATH] [--study NAME] [--all]
-    transferlab export RUN -o DIR           (a Hugging Face folder with the tokenizer)
+    transferlab export RUN -o DIR [--force]   (a Hugging Face folder with the tokenizer and a model card)
     transferlab export --csv DIR | --parquet DIR   (the store's tables)
     transferlab report [--store PATH] [--study NAME] -o DIR
     transferlab surgery RUN -s "init layers=5 scheme=xavier_uniform" [-s ...] [--split dev]
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run's fine-tuned model, or dump the store's tables")
     p.add_argument("run", nargs="?", help="run id or uid (a unique prefix is enough)")
     p.add_argument("-o", "--out", help="output folder for the model")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--csv", metavar="DIR", help="dump the store's tables as CSV files into DIR")
     p.add_argument("--parquet", metavar="DIR", help="dump the store's tables as Parquet files into DIR")
     _store_arg(p)
@@ -218,11 +219,9 @@ def cmd_export(args) -> int:
         return 0
     if not args.run or not args.out:
         raise UserError("export needs a RUN and -o DIR (or --csv DIR / --parquet DIR)")
-    from transferlab.models.export import export_model
-    from transferlab.train.restore import load_run_model
+    from transferlab.card import export_run
 
-    model, task = load_run_model(store, args.run)
-    out = export_model(model, task, Path(args.out))
+    out = export_run(store, args.run, Path(args.out), force=args.force)
     print(f"wrote {out}")
     return 0
 
