@@ -99,7 +99,10 @@ def _register_tasks() -> None:
 
 
 def validate(task: Task) -> Task:
-    """Check that every split is non-empty, consistent, and labelled where it must be."""
+    """Check that every split is non-empty, consistent, and labelled where it must be, and that the
+    task's metrics can be computed for its problem (before any training)."""
+    from transferlab.data.metrics import check_metrics
+
     for name in ("train", "dev"):
         if name not in task.splits:
             raise DataError(f"task {task.name}: no {name!r} split")
@@ -129,6 +132,7 @@ def validate(task: Task) -> Task:
                 raise DataError(
                     f"{where}: label id {labels[i]} at example {i} is outside 0..{task.num_labels - 1}"
                 )
+    check_metrics(task.metrics, task.main_metric, task.problem, field=f"task {task.name}: metrics")
     return task
 
 

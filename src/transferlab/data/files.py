@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.build import carve, check_options
-from transferlab.data.metrics import METRICS
+from transferlab.data.metrics import METRICS, check_metrics
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import DataError, SpecError
 
@@ -259,11 +259,10 @@ def _metrics(options: dict, problem: str, num_labels: int) -> tuple[tuple[str, .
     else:
         metrics = ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
     metrics = tuple(options.get("metrics", metrics))
-    for name in metrics:
-        METRICS.get(name, field="task.options.metrics")
     main = options.get("main_metric", "spearman" if problem == "regression" else "accuracy")
-    if main not in metrics:
-        raise SpecError(f"task.options.main_metric: {main!r} is not one of the metrics {', '.join(metrics)}")
+    if main not in metrics and "main_metric" not in options:
+        main = next((m for m in metrics if not METRICS.get(m, field="task.options.metrics").per_class), metrics[0])
+    check_metrics(metrics, main, problem)
     return metrics, main
 
 

@@ -28,9 +28,10 @@ def constant_baselines(task: Task) -> dict[str, dict[str, float]]:
         if task.problem == "regression":
             out[name] = compute(task.metrics, np.full(len(labels), float(np.mean(labels))), labels)
             continue
-        per_class = [compute(task.metrics, np.full(labels.shape, c), labels) for c in range(task.num_labels)]
-        pick = {m: (max if higher_is_better(m) else min) for m in task.metrics}
-        out[name] = {m: pick[m](s[m] for s in per_class) for m in task.metrics}
+        per_class = [compute(task.metrics, np.full(labels.shape, c), labels, task.num_labels)
+                     for c in range(task.num_labels)]
+        keys = list(per_class[0])  # the metric names, per-class ones expanded (f1_per_class[0], ...)
+        out[name] = {m: (max if higher_is_better(m) else min)(s[m] for s in per_class) for m in keys}
     return out
 
 
