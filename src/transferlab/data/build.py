@@ -80,7 +80,7 @@ def load_hub(repo: str, config: str | None, spec):
         return datasets.load_dataset(
             repo, config, revision=options.get("revision"), cache_dir=options.get("cache_dir")
         )
-    except OSError as e:  # ConnectionError, DatasetNotFoundError and missing cache files are all OSErrors
+    except (OSError, ValueError) as e:  # ConnectionError, DatasetNotFoundError, missing cache: OSErrors; bad config: ValueError
         offline = " (HF_HUB_OFFLINE is set: only the local cache is used)" if _offline() else ""
         name = f"{repo}/{config}" if config else repo
         raise DataError(
@@ -95,7 +95,7 @@ def _offline() -> bool:
 
 def _register_tasks() -> None:
     """Import every task module so that its tasks are registered in TASKS."""
-    from transferlab.data import bits, files, glue, images, imdb, listops, protein  # noqa: F401
+    from transferlab.data import bits, files, glue, hub, images, imdb, listops, protein  # noqa: F401
 
 
 def validate(task: Task) -> Task:
