@@ -126,13 +126,17 @@ def test_every_head_exports_faithfully(tmp_path, head):
     assert torch.allclose(ours, logits(load_exported(tmp_path), enc), atol=1e-6)
 
 
-@pytest.mark.parametrize("backbone,head", [("tiny-gpt2", "cls"), ("tiny-roberta", "bilstm"), ("tiny-gpt2", "mean")])
-def test_remote_export_on_other_families(tmp_path, backbone, head):
-    task = make_task()
+@pytest.mark.parametrize("backbone,head,problem", [
+    ("tiny-gpt2", "cls", "classification"), ("tiny-roberta", "bilstm", "classification"),
+    ("tiny-gpt2", "mean", "classification"), ("tiny-bert", "mean", "regression"),
+])
+def test_remote_export_on_other_families(tmp_path, backbone, head, problem):
+    task = make_task(problem)
     model = trained_like(backbone, head, task)
     enc = model.backbone.tokenizer(SENTENCES, padding=True, return_tensors="pt")
     export_model(model, task, tmp_path)
     hf = tf.AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert hf.config.problem_type == ("regression" if problem == "regression" else "single_label_classification")
     with torch.no_grad():
         assert (logits(model, enc) - hf(**hf_tokens(tmp_path)).logits).abs().max() < 1e-5
     assert torch.equal(logits(model, enc), logits(load_exported(tmp_path), enc))

@@ -135,3 +135,26 @@ def test_predict_on_the_tasks_unlabelled_test_split(tmp_path):
     assert len(frame) == 3 and set(frame["label"]) <= {"0", "1"}
     direct = predict(uid, data / "test.csv", store=store)
     assert frame["label"].tolist() == direct["label"].tolist()
+
+
+def test_predict_and_export_seed_stacked_runs(tmp_path):
+    """Runs trained together by the seed-parallel engine predict and export like single runs."""
+    from transferlab.train.parallel import run_seeds
+
+    data = write_sentiment_csv(tmp_path / "d", n_train=64, n_dev=40)
+    store = Store(tmp_path / "s.db")
+    base = tiny_spec_dict(data, epochs=1, num_evals=1)
+    base["head"] = {"name": "attention"}
+    results = run_seeds([spec_from_dict({**base, "seed": s}) for s in (0, 1)], store, progress=False)
+    new = unlabelled_copy(data / "dev.csv", tmp_path / "new.csv")
+    frames = []
+    for r in results:
+        assert r.status == "finished"
+        frame = predict(r.uid, new, store=store)
+        reference, task = own_evaluation(store, r.uid, data)
+        assert list(frame["label"]) == [task.label_names[i] for i in reference]
+        folder = tmp_path / f"export-{r.uid.replace('/', '_')}"
+        assert main(["export", r.uid, "-o", str(folder), "--store", str(store.path)]) == 0
+        assert np.allclose(predict(folder, new)["prob_1"], frame["prob_1"], atol=1e-5)
+        frames.append(frame)
+    assert not np.allclose(frames[0]["prob_1"], frames[1]["prob_1"])  # two seeds, two models
