@@ -35,7 +35,7 @@ from transferlab.data.task import Task
 from transferlab.errors import ModelError
 from transferlab.models.adapters import build_adapter
 from transferlab.models.backbone import Backbone, load_backbone, seeded
-from transferlab.models.heads import build_head
+from transferlab.models.heads import HEADS, build_head
 from transferlab.models.model import TransferModel
 from transferlab.spec import ModelSpec
 
@@ -120,7 +120,7 @@ def _write_remote(model: TransferModel, cfg: tf.PretrainedConfig, out_dir: Path)
     for key in ("id2label", "label2id", "problem_type", "architectures", "auto_map", "_name_or_path"):
         base.pop(key, None)
     config = TransferlabConfig(
-        backbone_config=base, head=model.head.name, head_options=model.head.given_options,
+        backbone_config=base, head=HEADS.canonical(model.head.name), head_options=model.head.given_options,
         head_dropout=model.head.dropout.p, num_outputs=model.head.num_outputs,
         hidden_size=model.backbone.hidden_size, num_hidden_layers=model.backbone.num_layers,
         id2label=cfg.id2label, label2id=cfg.label2id, problem_type=cfg.problem_type,
