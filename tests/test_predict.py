@@ -158,3 +158,22 @@ def test_predict_and_export_seed_stacked_runs(tmp_path):
         assert np.allclose(predict(folder, new)["prob_1"], frame["prob_1"], atol=1e-5)
         frames.append(frame)
     assert not np.allclose(frames[0]["prob_1"], frames[1]["prob_1"])  # two seeds, two models
+
+
+def test_predict_from_a_damaged_folder_or_file_is_one_line(tmp_path, capsys):
+    data = write_sentiment_csv(tmp_path / "d", n_train=64, n_dev=32)
+    store, uid = trained(tmp_path, data)
+    folder = tmp_path / "export"
+    assert main(["export", uid, "-o", str(folder), "--store", str(store.path)]) == 0
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("text\ncaf\xe9 au lait\n".encode("latin-1"))
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    for args, message in (([uid, "--input", str(latin), "--store", str(store.path)], "not UTF-8"),
+                          ([str(folder), "--input", str(data / "dev.csv")], "model.safetensors"),
+                          ([uid, "--input", str(tmp_path / "absent.csv"), "--store", str(store.path)], "does not exist"),
+                          (["nothing", "--input", str(latin), "--store", str(tmp_path / "none.db")], "not a folder")):
+        capsys.readouterr()
+        assert main(["predict", *args, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "none.db").exists()

@@ -62,7 +62,10 @@ def read_inputs(path: Path, text_column: str, text_pair_column: str | None) -> t
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(f"{path}: unknown input format {path.suffix!r}; use .csv, .tsv or .jsonl")
-    columns, rows = read_table(path, fmt, blank_lines=False)
+    try:
+        columns, rows = read_table(path, fmt, blank_lines=False)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
     if not rows:
         raise DataError(f"{path}: no rows to predict")
     texts: dict[str, list[str]] = {}
@@ -85,8 +88,13 @@ def read_inputs(path: Path, text_column: str, text_pair_column: str | None) -> t
 def predict_split(model: TransferModel, task: Task, split: Split, *, batch_size: int = 64,
                   device: str = "auto", progress: bool = False) -> np.ndarray:
     """(N, C) class probabilities, or (N,) regression values, in row order; batched, shortest first."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available here; use cpu or auto")
+    try:
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           "cpu" if device == "auto" else device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a torch device; use cpu, cuda or auto") from None
     model = model.to(dev).eval()
     enc = encode(split, task, model.backbone.tokenizer, model.backbone.max_length)
     regression = task.problem == "regression"

@@ -211,8 +211,11 @@ def load_exported(out_dir: Path) -> TransferModel:
         raise ModelError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
     layout = meta["layout"]
     if layout.startswith("hf-"):
-        hf = tf.AutoModelForSequenceClassification.from_pretrained(out_dir, local_files_only=True)
-        tokenizer = tf.AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+        try:
+            hf = tf.AutoModelForSequenceClassification.from_pretrained(out_dir, local_files_only=True)
+            tokenizer = tf.AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+        except (OSError, ValueError, SafetensorError) as e:
+            raise ModelError(f"{out_dir}: cannot load the exported model: {str(e).splitlines()[0]}") from None
         backbone = Backbone(hf.base_model, tokenizer, meta["max_length"])
         hf_state = hf.state_dict()
         head_state = {ours: hf_state[theirs] for ours, theirs in _head_keys(layout[3:], hf.base_model_prefix).items()}
