@@ -527,7 +527,7 @@ def test_validate_catches_bad_tasks():
     for change, message in cases:
         with pytest.raises(DataError, match=message):
             validate(Task("t", good | change, "classification", 2, ("accuracy",), "accuracy"))
-    validate(Task("t", good | {"test": Split(np.array([-1, -1]))}, "classification", 2, ("accuracy",), "x"))
+    validate(Task("t", good | {"test": Split(np.array([-1, -1]))}, "classification", 2, ("accuracy",), "accuracy"))
     reg = {"train": Split(np.array([0.5, 1.0])), "dev": Split(np.array([np.nan, 1.0]))}
     with pytest.raises(DataError, match="split 'dev': regression target nan at example 0 is not finite"):
         validate(Task("r", reg, "regression", 1, ("rmse",), "rmse"))

@@ -155,3 +155,32 @@ def test_minilm_mlm_on_glue_text_lowers_heldout_loss_and_loads_as_backbone(tmp_p
     mine, theirs = backbone.model.state_dict(), minilm.model.state_dict()
     assert torch.equal(mine["pooler.dense.weight"], theirs["pooler.dense.weight"])  # carried over
     assert not torch.equal(mine["encoder.layer.5.output.dense.weight"], theirs["encoder.layer.5.output.dense.weight"])
+
+
+def test_overwrite_deletes_only_folders_pretrain_wrote(tmp_path, capsys):
+    """overwrite: true on a folder of unrelated files refuses (one line, exit 2) and deletes nothing;
+    on a folder pretrain wrote (it holds the marker) it replaces it."""
+    from transferlab.pretrain.mlm import MARKER
+
+    mine = tmp_path / "thesis"
+    (mine / "chapters").mkdir(parents=True)
+    (mine / "notes.txt").write_text("do not delete")
+    (mine / "chapters" / "one.tex").write_text("\\chapter{One}")
+    spec = {"name": "tiny-mlm", "model": {"name": "tiny-bert", "max_length": 16},
+            "corpus": {"files": [str(corpus_file(tmp_path, n=40))], "heldout": 0.1},
+            "train": {"max_steps": 2, "batch_size": 8, "num_evals": 1}, "out": str(mine), "overwrite": True}
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
+    assert main(["pretrain", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not written by transferlab pretrain" in err[0] and MARKER in err[0]
+    assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*")) == ["chapters", "chapters/one.tex", "notes.txt"]
+    assert (mine / "notes.txt").read_text() == "do not delete"
+
+    ours = tmp_path / "mlm"
+    assert main(["pretrain", str(path), "--quiet", "--set", f"out={ours}"]) == 0
+    assert (ours / MARKER).is_file() and (ours / "config.json").is_file()
+    (ours / "stale.txt").write_text("from an earlier run")
+    assert main(["pretrain", str(path), "--quiet", "--set", f"out={ours}"]) == 0  # replaced: ours to delete
+    assert not (ours / "stale.txt").exists() and (ours / MARKER).is_file() and (ours / "pretrain.json").is_file()

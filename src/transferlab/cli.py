@@ -4,8 +4,9 @@
     transferlab run STUDY.yaml [--dry-run] [--executor inline|processes|ray] [--workers N] [--address A]
                                [--skip-failed] [--new-study]
     transferlab runs [--store PATH] [--study NAME] [--all]
-    transferlab export RUN -o DIR           (a Hugging Face folder with the tokenizer)
+    transferlab export RUN -o DIR [--force]   (a Hugging Face folder with the tokenizer and a model card)
     transferlab export --csv DIR | --parquet DIR   (the store's tables)
+    transferlab predict RUN|FOLDER --input FILE|--split test [--output FILE]   (labels, probabilities)
     transferlab report [--store PATH] [--study NAME] -o DIR
     transferlab surgery RUN -s "init layers=5 scheme=xavier_uniform" [-s ...] [--split dev]
     transferlab demo [-o DIR]
@@ -61,8 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run's fine-tuned model, or dump the store's tables")
     p.add_argument("run", nargs="?", help="run id or uid (a unique prefix is enough)")
     p.add_argument("-o", "--out", help="output folder for the model")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--csv", metavar="DIR", help="dump the store's tables as CSV files into DIR")
     p.add_argument("--parquet", metavar="DIR", help="dump the store's tables as Parquet files into DIR")
+    _store_arg(p)
+
+    p = sub.add_parser("predict", help="predict labels (or values) for new text with a run or an export folder")
+    p.add_argument("source", metavar="RUN|FOLDER", help="run id or uid (prefix), or a folder written by export")
+    p.add_argument("--input", default=None, help="CSV, TSV or JSONL file with a text column")
+    p.add_argument("--split", default=None, help="instead of --input: a split of the run's task (e.g. test)")
+    p.add_argument("--output", default=None, help="write CSV/TSV/JSONL here (by suffix); default: CSV on stdout")
+    p.add_argument("--text-column", default=None, help="default: the run's task.text_column, or 'text'")
+    p.add_argument("--text-pair-column", default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _store_arg(p)
 
     p = sub.add_parser("report", help="write a Markdown + HTML report of a store")
@@ -218,12 +232,25 @@ def cmd_export(args) -> int:
         return 0
     if not args.run or not args.out:
         raise UserError("export needs a RUN and -o DIR (or --csv DIR / --parquet DIR)")
-    from transferlab.models.export import export_model
-    from transferlab.train.restore import load_run_model
+    from transferlab.card import export_run
 
-    model, task = load_run_model(store, args.run)
-    out = export_model(model, task, Path(args.out))
+    out = export_run(store, args.run, Path(args.out), force=args.force)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from transferlab.predict import predict, write_predictions
+    from transferlab.store import Store
+
+    store = Store(args.store) if Path(args.store).is_file() else None
+    frame = predict(args.source, args.input, store=store, split=args.split, text_column=args.text_column,
+                    text_pair_column=args.text_pair_column, batch_size=args.batch_size, device=args.device,
+                    progress=not args.quiet)
+    if args.output:
+        print(f"wrote {len(frame)} predictions to {write_predictions(frame, Path(args.output))}", file=sys.stderr)
+    else:
+        frame.to_csv(sys.stdout, index=False)
     return 0
 
 
@@ -284,6 +311,7 @@ def cmd_surgery(args) -> int:
 
 
 COMMANDS = {"bench": cmd_bench, "surgery": cmd_surgery, "run": cmd_run, "runs": cmd_runs, "export": cmd_export, "report": cmd_report, "demo": cmd_demo,
+            "predict": cmd_predict,
             "pretrain": cmd_pretrain}
 
 

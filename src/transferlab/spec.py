@@ -296,11 +296,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"spec field {where} has an unsupported annotation {tp!r}")
 
 
+TASK_OPTION_KEYS = ("dataset", "config")  # task.dataset / task.config are kept as task.options.dataset / .config
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if isinstance(data, cls):
         return data
     if data is None:
         data = {}
+    if cls is TaskSpec and isinstance(data, dict) and any(k in data for k in TASK_OPTION_KEYS):
+        options = dict(data.get("options") or {})
+        options.update({k: data[k] for k in TASK_OPTION_KEYS if k in data})
+        data = {**{k: v for k, v in data.items() if k not in TASK_OPTION_KEYS}, "options": options}
     if not isinstance(data, dict):
         raise SpecError(f"{where or 'spec'}: expected a mapping of fields, got {data!r}")
     hints = typing.get_type_hints(cls)

@@ -80,7 +80,7 @@ def load_hub(repo: str, config: str | None, spec):
         return datasets.load_dataset(
             repo, config, revision=options.get("revision"), cache_dir=options.get("cache_dir")
         )
-    except OSError as e:  # ConnectionError, DatasetNotFoundError and missing cache files are all OSErrors
+    except (OSError, ValueError) as e:  # ConnectionError, DatasetNotFoundError, missing cache: OSErrors; bad config: ValueError
         offline = " (HF_HUB_OFFLINE is set: only the local cache is used)" if _offline() else ""
         name = f"{repo}/{config}" if config else repo
         raise DataError(
@@ -95,11 +95,14 @@ def _offline() -> bool:
 
 def _register_tasks() -> None:
     """Import every task module so that its tasks are registered in TASKS."""
-    from transferlab.data import bits, files, glue, images, imdb, listops, protein  # noqa: F401
+    from transferlab.data import bits, files, glue, hub, images, imdb, listops, protein  # noqa: F401
 
 
 def validate(task: Task) -> Task:
-    """Check that every split is non-empty, consistent, and labelled where it must be."""
+    """Check that every split is non-empty, consistent, and labelled where it must be, and that the
+    task's metrics can be computed for its problem (before any training)."""
+    from transferlab.data.metrics import check_metrics
+
     for name in ("train", "dev"):
         if name not in task.splits:
             raise DataError(f"task {task.name}: no {name!r} split")
@@ -129,6 +132,7 @@ def validate(task: Task) -> Task:
                 raise DataError(
                     f"{where}: label id {labels[i]} at example {i} is outside 0..{task.num_labels - 1}"
                 )
+    check_metrics(task.metrics, task.main_metric, task.problem, field=f"task {task.name}: metrics")
     return task
 
 

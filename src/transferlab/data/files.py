@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.build import carve, check_options
-from transferlab.data.metrics import METRICS
+from transferlab.data.metrics import METRICS, check_metrics
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import DataError, SpecError
 
@@ -39,12 +39,20 @@ OPTIONS = ("dev_fraction", "split_seed", "quoting", "metrics", "main_metric")
 Row = tuple[int, dict]  # (line number in the file, {column: value})
 
 
-def read_table(path: Path, fmt: str, quoting: str | None = None) -> tuple[list[str], list[Row]]:
-    """(columns, rows) of a csv/tsv/jsonl file; every malformed row is a DataError naming the line."""
+def read_table(path: Path, fmt: str, quoting: str | None = None,
+               blank_lines: bool = True) -> tuple[list[str], list[Row]]:
+    """(columns, rows) of a csv/tsv/jsonl file; every malformed row is a DataError naming the line.
+    ``blank_lines=False``: a blank line before the last row is an error too (rows must keep their places)."""
     if not path.is_file():
         raise DataError(f"file {path} does not exist")
-    if fmt == "jsonl":
-        return _read_jsonl(path)
+    header, rows, blanks = _read_jsonl(path) if fmt == "jsonl" else _read_delimited(path, fmt, quoting)
+    inner = [n for n in blanks if rows and n < rows[-1][0]]
+    if not blank_lines and inner:
+        raise DataError(f"{path}, line {inner[0]}: empty row")
+    return header, rows
+
+
+def _read_delimited(path: Path, fmt: str, quoting: str | None) -> tuple[list[str], list[Row], list[int]]:
     quoting = quoting or ("minimal" if fmt == "csv" else "none")
     if quoting not in ("none", "minimal"):
         raise SpecError(f"task.options.quoting: {quoting!r} is not allowed; allowed: 'none', 'minimal'")
@@ -57,23 +65,25 @@ def read_table(path: Path, fmt: str, quoting: str | None = None) -> tuple[list[s
         header = next(reader, None)
         if header is None:
             raise DataError(f"{path}: the file is empty (expected a header row)")
-        rows = []
+        rows, blanks = [], []
         for row in reader:
             if not row:
-                continue  # blank line
+                blanks.append(reader.line_num)
+                continue
             if len(row) != len(header):
                 raise DataError(
                     f"{path}, line {reader.line_num}: {len(row)} fields, the header has {len(header)}"
                 )
             rows.append((reader.line_num, dict(zip(header, row))))
-    return header, rows
+    return header, rows, blanks
 
 
-def _read_jsonl(path: Path) -> tuple[list[str], list[Row]]:
-    rows = []
+def _read_jsonl(path: Path) -> tuple[list[str], list[Row], list[int]]:
+    rows, blanks = [], []
     with open(path, encoding="utf-8-sig") as f:
         for line, text in enumerate(f, start=1):
             if not text.strip():
+                blanks.append(line)
                 continue
             try:
                 obj = json.loads(text)
@@ -82,7 +92,7 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[Row]]:
             if not isinstance(obj, dict):
                 raise DataError(f"{path}, line {line}: expected a JSON object, got {type(obj).__name__}")
             rows.append((line, obj))
-    return (list(rows[0][1]) if rows else []), rows
+    return (list(rows[0][1]) if rows else []), rows, blanks
 
 
 def _column(path: Path, columns: list[str], rows: list[Row], name: str, field: str) -> None:
@@ -249,11 +259,10 @@ def _metrics(options: dict, problem: str, num_labels: int) -> tuple[tuple[str, .
     else:
         metrics = ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
     metrics = tuple(options.get("metrics", metrics))
-    for name in metrics:
-        METRICS.get(name, field="task.options.metrics")
     main = options.get("main_metric", "spearman" if problem == "regression" else "accuracy")
-    if main not in metrics:
-        raise SpecError(f"task.options.main_metric: {main!r} is not one of the metrics {', '.join(metrics)}")
+    if main not in metrics and "main_metric" not in options:
+        main = next((m for m in metrics if not METRICS.get(m, field="task.options.metrics").per_class), metrics[0])
+    check_metrics(metrics, main, problem)
     return metrics, main
 
 

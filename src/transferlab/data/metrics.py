@@ -8,10 +8,20 @@ Values are fractions (accuracy 0.81, not 81.0). ``preds`` are class ids for
 classification metrics and floats for regression metrics; a 2-D ``preds`` is
 argmaxed (logits) or squeezed (one regression output). The computations are
 scikit-learn's and scipy's; only the glue (names, nan handling) is ours.
+
+Classification (any number of classes): ``accuracy``; ``matthews`` (alias ``mcc``);
+``precision``, ``recall``, ``f1``: binary with class 1 (the second label) positive on two
+classes, and the **macro** average on more (sklearn's binary F1 is undefined there);
+``*_macro`` and ``*_weighted`` averages; ``*_per_class``: one value per class, reported as
+``f1_per_class[0]``, ``f1_per_class[1]``, ... (never a main metric). Regression:
+``pearson``, ``spearman``, ``mse``, ``rmse``; on a classification task they compare the
+class ids as ordered numbers (e.g. star ratings). :func:`check_metrics` refuses, before
+training, a classification metric on a regression task and a per-class main metric.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +31,7 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from transferlab.data.task import Task
-from transferlab.errors import DataError
+from transferlab.errors import DataError, SpecError
 from transferlab.registry import Registry
 
 
@@ -32,6 +42,8 @@ class Metric:
     fn: Callable[[np.ndarray, np.ndarray], float]
     higher_is_better: bool = True
     regression: bool = False  # takes float predictions; otherwise class ids
+    per_class: bool = False  # one value per class, reported as name[i]
+    takes_classes: bool = False  # fn(preds, labels, num_classes)
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -51,22 +63,65 @@ def _correlation(fn: Callable) -> Callable[[np.ndarray, np.ndarray], float]:
     return corr
 
 
+def _prf(fn: Callable, average: str | None) -> Callable[[np.ndarray, np.ndarray], float]:
+    """sklearn's precision/recall/F1; ``average=None``: binary on two classes, else macro."""
+
+    def score(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+        avg = average or ("binary" if num_classes <= 2 else "macro")
+        return float(fn(labels, preds, average=avg, zero_division=0.0, **({"pos_label": 1} if avg == "binary" else {})))
+
+    return score
+
+
+def _per_class(fn: Callable) -> Callable[[np.ndarray, np.ndarray, int], np.ndarray]:
+    def scores(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+        return fn(labels, preds, labels=np.arange(num_classes), average=None, zero_division=0.0)
+
+    return scores
+
+
 METRICS.register("accuracy")(Metric(lambda p, y: float(skm.accuracy_score(y, p))))
-METRICS.register("f1")(Metric(lambda p, y: float(skm.f1_score(y, p, pos_label=1, zero_division=0.0))))
-METRICS.register("matthews")(Metric(lambda p, y: float(skm.matthews_corrcoef(y, p))))
+METRICS.register("matthews", "mcc")(Metric(lambda p, y: float(skm.matthews_corrcoef(y, p))))
+for _name, _fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
+    METRICS.register(_name)(Metric(_prf(_fn, None), takes_classes=True))
+    METRICS.register(f"{_name}_macro")(Metric(_prf(_fn, "macro"), takes_classes=True))
+    METRICS.register(f"{_name}_weighted")(Metric(_prf(_fn, "weighted"), takes_classes=True))
+    METRICS.register(f"{_name}_per_class")(Metric(_per_class(_fn), per_class=True, takes_classes=True))
 METRICS.register("pearson")(Metric(_correlation(stats.pearsonr), regression=True))
 METRICS.register("spearman")(Metric(_correlation(stats.spearmanr), regression=True))
 METRICS.register("mse")(Metric(lambda p, y: float(skm.mean_squared_error(y, p)), False, True))
 METRICS.register("rmse")(Metric(lambda p, y: float(np.sqrt(skm.mean_squared_error(y, p))), False, True))
 
 
+def base_name(key: str) -> str:
+    """``f1_per_class[2]`` -> ``f1_per_class``; other names unchanged."""
+    return re.sub(r"\[\d+\]$", "", key)
+
+
 def higher_is_better(name: str) -> bool:
     """True for scores (accuracy, f1, ...), False for errors (mse, rmse)."""
-    return METRICS.get(name, field="metric").higher_is_better
+    return METRICS.get(base_name(name), field="metric").higher_is_better
 
 
-def compute(names: Sequence[str], preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The named metrics of ``preds`` against ``labels``, as plain floats."""
+def check_metrics(metrics: Sequence[str], main: str, problem: str, field: str = "task.options.metrics") -> None:
+    """Refuse (SpecError, one line) a metric set that cannot be computed for the task's problem."""
+    for name in metrics:
+        metric = METRICS.get(name, field=field)
+        if problem == "regression" and not metric.regression:
+            raise SpecError(f"{field}: {name!r} needs class predictions but the task is a regression task; "
+                            "use pearson, spearman, mse or rmse")
+    if main not in metrics:
+        raise SpecError(f"task.options.main_metric: {main!r} is not one of the metrics {', '.join(metrics)}")
+    if METRICS.get(main, field="task.options.main_metric").per_class:
+        raise SpecError(f"task.options.main_metric: {main!r} gives one value per class; choose one number "
+                        f"(e.g. {main.replace('_per_class', '_macro')})")
+
+
+def compute(names: Sequence[str], preds: np.ndarray, labels: np.ndarray,
+            num_classes: int | None = None) -> dict[str, float]:
+    """The named metrics of ``preds`` against ``labels``, as plain floats. ``num_classes`` (default:
+    the largest class id seen + 1) sizes the per-class metrics and makes f1/precision/recall binary
+    (2 classes) or macro (more)."""
     preds, labels = np.asarray(preds), np.asarray(labels)
     if labels.ndim == 2:  # per-token labels (bit tasks): every position is one prediction
         preds, labels = preds.reshape(-1), labels.reshape(-1)
@@ -81,7 +136,14 @@ def compute(names: Sequence[str], preds: np.ndarray, labels: np.ndarray) -> dict
         metric = METRICS.get(name, field="metric")
         p = preds.astype(np.float64) if metric.regression else preds.astype(np.int64)
         y = labels.astype(np.float64) if metric.regression else labels.astype(np.int64)
-        out[name] = metric.fn(p, y)
+        if not metric.takes_classes:
+            out[name] = metric.fn(p, y)
+            continue
+        n = num_classes or int(max(y.max(initial=0), p.max(initial=0))) + 1
+        if metric.per_class:
+            out.update({f"{name}[{i}]": float(v) for i, v in enumerate(metric.fn(p, y, n))})
+        else:
+            out[name] = metric.fn(p, y, n)
     return out
 
 
@@ -102,7 +164,7 @@ def baseline(task, split: str = "dev") -> dict[str, float]:
     else:
         counts = np.bincount(train.astype(np.int64).ravel(), minlength=task.num_labels)
         preds = np.full(target.shape, int(counts.argmax()))
-    return compute(task.metrics, preds, target)
+    return compute(task.metrics, preds, target, task.num_labels if task.problem != "regression" else None)
 
 
 def constant_baselines(task: Task) -> dict[str, dict[str, float]]:
@@ -115,7 +177,8 @@ def constant_baselines(task: Task) -> dict[str, dict[str, float]]:
         if task.problem == "regression":
             out[name] = compute(task.metrics, np.full(len(labels), float(np.mean(labels))), labels)
             continue
-        per_class = [compute(task.metrics, np.full(labels.shape, c), labels) for c in range(task.num_labels)]
-        pick = {m: (max if higher_is_better(m) else min) for m in task.metrics}
-        out[name] = {m: pick[m](s[m] for s in per_class) for m in task.metrics}
+        per_class = [compute(task.metrics, np.full(labels.shape, c), labels, task.num_labels)
+                     for c in range(task.num_labels)]
+        keys = list(per_class[0])  # the metric names, per-class ones expanded (f1_per_class[0], ...)
+        out[name] = {m: (max if higher_is_better(m) else min)(s[m] for s in per_class) for m in keys}
     return out

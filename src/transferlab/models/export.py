@@ -1,37 +1,48 @@
 """Export a trained :class:`TransferModel` as a folder others can load (safetensors only).
 
-Two layouts, both with the tokenizer, a config carrying ``id2label``/``label2id``,
-``num_labels`` and ``problem_type``, and ``head.json`` (what ``load_exported`` needs):
+Every export holds the tokenizer, a config carrying ``id2label``/``label2id``, ``num_labels``
+and ``problem_type``, ``head.json`` (what ``load_exported`` needs) and a model card (README.md).
+Three layouts:
 
 * ``hf``: a ``cls``/``pooler`` head on a BERT- or RoBERTa-family backbone is written as the
   family's ``*ForSequenceClassification``, so ``AutoModelForSequenceClassification.from_pretrained``
   gives the same logits. BERT: head dense -> ``bert.pooler.dense``, final linear -> ``classifier``;
   RoBERTa: ``classifier.dense`` and ``classifier.out_proj``.
-* ``backbone+head``: any other head, backbone or input adapter: the base model's ``save_pretrained``
-  plus ``head.safetensors`` (``head.*`` and ``input_adapter.*`` tensors).
+* ``remote``: every other head (and ``cls`` on other families) on a text model: config
+  ``model_type: transferlab`` with an ``auto_map``, and the two files of ``models/hub_code``
+  copied next to the weights, so ``from_pretrained(folder, trust_remote_code=True)`` and
+  ``pipeline("text-classification", model=folder, trust_remote_code=True)`` give our logits.
+  Without ``trust_remote_code`` the load fails (unknown ``model_type``): never a random classifier.
+* ``backbone+head``: a model with an input adapter (non-text inputs): the base model's
+  ``save_pretrained`` plus ``head.safetensors`` (``head.*`` and ``input_adapter.*`` tensors);
+  only ``load_exported`` reads it.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import transformers as tf
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from transferlab.data.task import Task
 from transferlab.errors import ModelError
 from transferlab.models.adapters import build_adapter
 from transferlab.models.backbone import Backbone, load_backbone, seeded
-from transferlab.models.heads import build_head
+from transferlab.models.heads import HEADS, build_head
 from transferlab.models.model import TransferModel
 from transferlab.models.schema import family_of
 from transferlab.spec import ModelSpec
 
 HEAD_JSON = "head.json"
 HEAD_WEIGHTS = "head.safetensors"
+HUB_CODE = Path(__file__).resolve().parent / "hub_code"
 FORMAT = "transferlab-export/1"
 
 
@@ -41,6 +52,12 @@ def _hf_layout(model: TransferModel) -> str | None:
         return None
     family = family_of(model.backbone.family)  # bert: pooler(dense, tanh) -> classifier; roberta: dense -> out_proj
     return family.classifier if family is not None else None
+
+
+def export_layout(model: TransferModel) -> str:
+    """``hf-bert``/``hf-roberta`` (a plain HF classifier), ``remote`` (our modeling file) or ``backbone+head``."""
+    hf = _hf_layout(model)
+    return f"hf-{hf}" if hf else "remote" if model.input_adapter is None else "backbone+head"
 
 
 def _head_keys(layout: str, prefix: str) -> dict[str, str]:
@@ -64,45 +81,109 @@ def _export_config(model: TransferModel, task: Task) -> tf.PretrainedConfig:
     return cfg
 
 
-def export_model(model: TransferModel, task: Task, out_dir: Path) -> Path:
-    """Write ``model`` for ``task`` to ``out_dir`` (created); returns the folder."""
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    """Create ``out_dir``; a file, an unwritable folder or (without ``force``) a non-empty one is a ModelError."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelError(f"export: {out_dir} is a file, not a folder; give a folder path with -o")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ModelError(f"export: folder {out_dir} exists and is not empty; choose another folder or pass --force")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelError(f"export: cannot create folder {out_dir}: {e.strerror or e}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ModelError(f"export: folder {out_dir} is not writable")
+
+
+def _write_hf(model: TransferModel, cfg: tf.PretrainedConfig, layout: str, out_dir: Path) -> None:
+    hf = seeded(0, lambda: tf.AutoModelForSequenceClassification.from_config(cfg))
+    prefix = hf.base_model_prefix
+    target = hf.state_dict()
+    state = {f"{prefix}.{k}": v for k, v in model.backbone.model.state_dict().items()}
+    state = {k: v for k, v in state.items() if k in target}  # RoBERTa's classifier has no pooler
+    head_state = model.head.state_dict()
+    state.update({theirs: head_state[ours] for ours, theirs in _head_keys(layout, prefix).items()})
+    missing = sorted(set(target) - set(state))
+    if missing:
+        raise RuntimeError(f"export: no weights for {missing[:5]} in {type(hf).__name__}")
+    hf.load_state_dict(state, strict=True)
+    hf.save_pretrained(out_dir)
+
+
+def _write_remote(model: TransferModel, cfg: tf.PretrainedConfig, out_dir: Path) -> None:
+    """``model_type: transferlab``: the weights as ``backbone.*``/``head.*`` and the hub_code files."""
+    from transferlab.models.hub_code.configuration_transferlab import TransferlabConfig
+    from transferlab.models.hub_code.modeling_transferlab import TransferlabForSequenceClassification
+
+    base = model.backbone.config.to_dict()
+    for key in ("id2label", "label2id", "problem_type", "architectures", "auto_map", "_name_or_path"):
+        base.pop(key, None)
+    config = TransferlabConfig(
+        backbone_config=base, head=HEADS.canonical(model.head.name), head_options=model.head.given_options,
+        head_dropout=model.head.dropout.p, num_outputs=model.head.num_outputs,
+        hidden_size=model.backbone.hidden_size, num_hidden_layers=model.backbone.num_layers,
+        id2label=cfg.id2label, label2id=cfg.label2id, problem_type=cfg.problem_type,
+        architectures=["TransferlabForSequenceClassification"],
+        auto_map={"AutoConfig": "configuration_transferlab.TransferlabConfig",
+                  "AutoModelForSequenceClassification": "modeling_transferlab.TransferlabForSequenceClassification"},
+    )
+    hf = seeded(0, lambda: TransferlabForSequenceClassification(config))
+    state = {f"backbone.{k}": v for k, v in model.backbone.model.state_dict().items()}
+    state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    hf.load_state_dict(state, strict=True)
+    hf.save_pretrained(out_dir)
+    for name in ("configuration_transferlab.py", "modeling_transferlab.py"):
+        shutil.copyfile(HUB_CODE / name, out_dir / name)
+
+
+def _write_backbone_head(model: TransferModel, cfg: tf.PretrainedConfig, out_dir: Path) -> None:
+    model.backbone.model.save_pretrained(out_dir)
+    cfg.architectures = [type(model.backbone.model).__name__]
+    cfg.save_pretrained(out_dir)  # the labels and problem type, for whoever reads the folder
+    tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
+    tensors.update({f"input_adapter.{k}": v.detach().cpu().contiguous()
+                    for k, v in model.input_adapter.state_dict().items()})
+    save_file(tensors, str(out_dir / HEAD_WEIGHTS))
+
+
+def basic_card(model: TransferModel, task: Task, layout: str) -> str:
+    """A model card from the model and task alone (``card=`` of export_model gives a fuller one)."""
+    names = task.label_names if task.problem != "regression" else None
+    load = ("AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)" if layout == "remote"
+            else "AutoModelForSequenceClassification.from_pretrained(folder)" if layout.startswith("hf-")
+            else "transferlab.models.load_exported(folder)")
+    return "\n".join([
+        "---", "library_name: transformers", "tags: [transferlab, text-classification]", "---", "",
+        f"# {task.name}: {model.backbone.family} + {model.head.name} head", "",
+        f"- Task: {task.name} ({task.problem}" + (f"; labels {', '.join(map(str, names))})" if names else ")"),
+        f"- Head: {model.head.name} {model.head.given_options or ''}".rstrip(),
+        f"- Load: `{load}`", "",
+    ])
+
+
+def export_model(model: TransferModel, task: Task, out_dir: Path, *, force: bool = False,
+                 card: str | None = None) -> Path:
+    """Write ``model`` for ``task`` to ``out_dir``; returns the folder. A non-empty ``out_dir`` needs
+    ``force``. ``card``: the README.md text (default: :func:`basic_card`)."""
     out_dir = Path(out_dir)
     if not isinstance(model.backbone.model, tf.PreTrainedModel):
         raise ModelError(f"export: the backbone is a {type(model.backbone.model).__name__} (e.g. the LSTM baseline), "
                          "not a Hugging Face model; export writes save_pretrained folders. The run's weights "
                          "stay in the store (train/restore.py load_run_model reads them)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out_dir, force)
     cfg = _export_config(model, task)
-    layout = _hf_layout(model)
-    head_state = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
-    if layout:
-        hf = seeded(0, lambda: tf.AutoModelForSequenceClassification.from_config(cfg))
-        prefix = hf.base_model_prefix
-        target = hf.state_dict()
-        state = {f"{prefix}.{k}": v for k, v in model.backbone.model.state_dict().items()}
-        state = {k: v for k, v in state.items() if k in target}  # RoBERTa's classifier has no pooler
-        state.update({theirs: head_state[ours] for ours, theirs in _head_keys(layout, prefix).items()})
-        missing = sorted(set(target) - set(state))
-        if missing:
-            raise RuntimeError(f"export: no weights for {missing[:5]} in {type(hf).__name__}")
-        hf.load_state_dict(state, strict=True)
-        hf.save_pretrained(out_dir)
+    layout = export_layout(model)
+    if layout.startswith("hf-"):
+        _write_hf(model, cfg, layout[3:], out_dir)
+    elif layout == "remote":
+        _write_remote(model, cfg, out_dir)
     else:
-        model.backbone.model.save_pretrained(out_dir)
-        cfg.architectures = [type(model.backbone.model).__name__]
-        cfg.save_pretrained(out_dir)  # the labels and problem type, for whoever reads the folder
-        tensors = {f"head.{k}": v for k, v in head_state.items()}
-        if model.input_adapter is not None:
-            tensors.update({
-                f"input_adapter.{k}": v.detach().cpu().contiguous()
-                for k, v in model.input_adapter.state_dict().items()
-            })
-        save_file(tensors, str(out_dir / HEAD_WEIGHTS))
+        _write_backbone_head(model, cfg, out_dir)
     if model.backbone.tokenizer is not None:
         model.backbone.tokenizer.save_pretrained(out_dir)
     meta: dict[str, Any] = {
         "format": FORMAT,
-        "layout": f"hf-{layout}" if layout else "backbone+head",
+        "layout": layout,
         "head": model.head.name,
         "options": model.head.given_options,
         "dropout": model.head.dropout.p,
@@ -114,6 +195,7 @@ def export_model(model: TransferModel, task: Task, out_dir: Path) -> Path:
         "input_adapter": model.input_adapter.describe() if model.input_adapter is not None else None,
     }
     (out_dir / HEAD_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "README.md").write_text(card or basic_card(model, task, layout), encoding="utf-8")
     return out_dir
 
 
@@ -128,12 +210,17 @@ def load_exported(out_dir: Path) -> TransferModel:
         raise ModelError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
     layout = meta["layout"]
     if layout.startswith("hf-"):
-        hf = tf.AutoModelForSequenceClassification.from_pretrained(out_dir, local_files_only=True)
-        tokenizer = tf.AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+        try:
+            hf = tf.AutoModelForSequenceClassification.from_pretrained(out_dir, local_files_only=True)
+            tokenizer = tf.AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+        except (OSError, ValueError, SafetensorError) as e:
+            raise ModelError(f"{out_dir}: cannot load the exported model: {str(e).splitlines()[0]}") from None
         backbone = Backbone(hf.base_model, tokenizer, meta["max_length"])
         hf_state = hf.state_dict()
         head_state = {ours: hf_state[theirs] for ours, theirs in _head_keys(layout[3:], hf.base_model_prefix).items()}
         tensors = {f"head.{k}": v for k, v in head_state.items()}
+    elif layout == "remote":
+        backbone, tensors = _load_remote(out_dir, meta["max_length"])
     else:
         backbone = load_backbone(ModelSpec(name=str(out_dir), local_files_only=True, max_length=meta["max_length"]))
         tensors = load_file(str(out_dir / HEAD_WEIGHTS))
@@ -153,3 +240,25 @@ def load_exported(out_dir: Path) -> TransferModel:
     except RuntimeError as e:
         raise ModelError(f"{out_dir}: the saved head does not fit {meta['head']!r}: {e}") from None
     return model.eval()
+
+
+def _load_remote(out_dir: Path, max_length: int) -> tuple[Backbone, dict]:
+    """The backbone of a ``remote`` export (built from its config, weights ``backbone.*``) and the head tensors."""
+    config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    base = dict(config["backbone_config"])
+    base_config = tf.AutoConfig.for_model(base.pop("model_type"), **base)
+    hf = seeded(0, lambda: tf.AutoModel.from_config(base_config))
+    tensors = _read_tensors(out_dir / "model.safetensors")
+    try:
+        hf.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"{out_dir}: the saved base model does not fit its config: {e}") from None
+    tokenizer = tf.AutoTokenizer.from_pretrained(out_dir, local_files_only=True, trust_remote_code=False)
+    return Backbone(hf.eval(), tokenizer, max_length), tensors
+
+
+def _read_tensors(path: Path) -> dict:
+    try:
+        return load_file(str(path))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelError(f"cannot read {path}: {e}") from None

@@ -257,12 +257,27 @@ def save_mlm(model: nn.Module, tokenizer, out: Path, pooler: dict[str, Tensor] |
 # ---------------------------------------------------------------- training (shared with masked_inputs)
 
 
+MARKER = ".transferlab-pretrain"  # in every folder pretrain writes: the only folders overwrite may delete
+
+
 def prepare_out(spec: PretrainSpec) -> Path:
+    """The output folder, created and marked. ``overwrite: true`` deletes an existing non-empty folder
+    only when it holds ``MARKER`` (pretrain wrote it); any other folder is refused and left untouched."""
     out = Path(spec.out).expanduser()
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"out: {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
         if not spec.overwrite:
             raise SpecError(f"out: {out} exists and is not empty; set overwrite: true or choose another folder")
+        if not (out / MARKER).is_file():
+            raise SpecError(f"out: {out} was not written by transferlab pretrain (no {MARKER} in it); "
+                            "overwrite: true replaces only such folders: choose another folder")
         shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("written by transferlab pretrain; `overwrite: true` may replace this folder\n")
+    except OSError as e:
+        raise SpecError(f"out: cannot write to {out}: {e.strerror or e}") from None
     return out
 
 

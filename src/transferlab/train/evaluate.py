@@ -39,4 +39,4 @@ def predict(model, enc: Encoded, task: Task, batch_size: int, device: torch.devi
 def evaluate(model, enc: Encoded, task: Task, batch_size: int, device, amp=None,
              desc: str | None = None) -> dict[str, float]:
     preds = predict(model, enc, task, batch_size, device, amp, desc)
-    return compute(task.metrics, preds, enc.labels)
+    return compute(task.metrics, preds, enc.labels, task.num_labels if task.problem != "regression" else None)

@@ -1,0 +1,179 @@
+"""predict: a run or an export folder on new rows, in input order, equal to the model's own evaluation."""
+
+import csv
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_spec_dict, write_sentiment_csv
+
+from transferlab.cli import main
+from transferlab.predict import predict
+from transferlab.spec import spec_from_dict
+from transferlab.store import Store
+from transferlab.train.batches import encode
+from transferlab.train.loop import predict as loop_predict
+from transferlab.train.loop import run
+from transferlab.train.restore import load_run_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_regression_csv(folder, n_train=96, n_dev=200, seed=0):
+    """Targets 0.25 + (number of 'good' words) * 1.5: fractional, so problem: auto picks regression."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        lines = ["text,label"]
+        for _ in range(n):
+            k = rng.randint(0, 3)
+            words = ["good"] * k + rng.sample(["the", "movie", "plot", "was", "a", "film", "and"], 4)
+            rng.shuffle(words)
+            lines.append(f"{' '.join(words)},{0.25 + 1.5 * k}")
+        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def trained(tmp_path, data_dir, head="mean"):
+    store = Store(tmp_path / "s.db")
+    spec = tiny_spec_dict(data_dir, epochs=1, num_evals=1)
+    spec["head"] = {"name": head}
+    spec["task"]["max_train_samples"] = 64
+    result = run(spec_from_dict(spec), store, progress=False)
+    assert result.status == "finished"
+    return store, result.uid
+
+
+def unlabelled_copy(src, dst):
+    rows = list(csv.DictReader(open(src)))
+    with open(dst, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows([i, r["text"]] for i, r in enumerate(rows))
+    return dst
+
+
+def own_evaluation(store, uid, data_dir):
+    """The run's model on its labelled dev split, through the training loop's predict."""
+    model, task = load_run_model(store, uid)
+    spec = spec_from_dict(store.get(uid).spec)
+    from transferlab.data.build import build_task
+
+    dev = build_task(spec.task).splits["dev"]
+    enc = encode(dev, task, model.backbone.tokenizer, spec.model.max_length)
+    return loop_predict(model, enc, task, 16, torch.device("cpu")), task
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_predict_200_rows_in_order_equals_evaluation(tmp_path, kind):
+    data = (write_sentiment_csv(tmp_path / "d", n_train=96, n_dev=200) if kind == "classification"
+            else write_regression_csv(tmp_path / "d"))
+    store, uid = trained(tmp_path, data, head="mean" if kind == "classification" else "cls")
+    new = unlabelled_copy(data / "dev.csv", tmp_path / "new.csv")
+    frame = predict(uid, new, store=store, batch_size=7)
+    assert len(frame) == 200 and list(frame["line"]) == list(range(2, 202))
+    reference, task = own_evaluation(store, uid, data)
+    if kind == "classification":
+        assert list(frame["label"]) == [task.label_names[i] for i in reference]
+        probs = frame[["prob_0", "prob_1"]].to_numpy()
+        assert np.allclose(probs.sum(1), 1.0) and np.allclose(frame["score"], probs.max(1))
+        model, _ = load_run_model(store, uid)
+        texts = pd.read_csv(new)["text"]
+        for i in (0, 57, 199):  # row i is the model on line i + 2, one text at a time
+            with torch.no_grad():
+                alone = model(**model.backbone.tokenizer([texts[i]], return_tensors="pt")).softmax(-1)[0]
+            assert np.allclose(probs[i], alone.numpy(), atol=1e-5)
+        assert probs[:, 1].std() > 0
+    else:
+        assert task.problem == "regression" and "label" not in frame
+        assert np.allclose(frame["prediction"], reference, atol=1e-5) and frame["prediction"].std() > 0
+    # the CLI writes the same rows; an export folder predicts the same too
+    out = tmp_path / "pred.csv"
+    assert main(["predict", uid, "--input", str(new), "--output", str(out), "--store", str(store.path),
+                 "--quiet"]) == 0
+    again = pd.read_csv(out, dtype={"label": str})
+    assert len(again) == 200 and list(again.columns) == list(frame.columns)
+    if kind == "classification":
+        assert again["label"].tolist() == frame["label"].tolist()
+    else:
+        assert np.allclose(again["prediction"], frame["prediction"], atol=1e-6)
+    folder = tmp_path / "export"
+    assert main(["export", uid, "-o", str(folder), "--store", str(store.path)]) == 0
+    from_folder = predict(folder, new)
+    assert np.allclose(from_folder.drop(columns=["label"], errors="ignore").to_numpy(dtype=float),
+                       frame.drop(columns=["label"], errors="ignore").to_numpy(dtype=float), atol=1e-5)
+
+
+def test_predict_bad_input_is_one_line(tmp_path, capsys):
+    data = write_sentiment_csv(tmp_path / "d", n_train=64, n_dev=32)
+    store, uid = trained(tmp_path, data)
+    cases = {
+        "text,label\nfine film,1\n": None,  # not a mistake
+        "review\nfine film\n": "no column 'text'",
+        "text\nfine film\n\nbad film\n": "line 3: empty row",
+        "text\nfine film\n\"  \"\n": "line 3: empty 'text'",
+    }
+    for i, (content, message) in enumerate(cases.items()):
+        path = tmp_path / f"in{i}.csv"
+        path.write_text(content)
+        capsys.readouterr()
+        code = main(["predict", uid, "--input", str(path), "--store", str(store.path), "--quiet"])
+        out, err = capsys.readouterr()
+        if message is None:
+            assert code == 0 and out.splitlines()[0].startswith("line,label,score")
+        else:
+            assert code == 2 and len(err.strip().splitlines()) == 1 and message in err and str(path) in err
+
+
+def test_predict_on_the_tasks_unlabelled_test_split(tmp_path):
+    data = write_sentiment_csv(tmp_path / "d", n_train=64, n_dev=32)
+    (data / "test.csv").write_text("text\n" + "\n".join(["great film", "awful plot", "nice story"]) + "\n")
+    store, uid = trained(tmp_path, data)
+    frame = predict(uid, split="test", store=store)
+    assert len(frame) == 3 and set(frame["label"]) <= {"0", "1"}
+    direct = predict(uid, data / "test.csv", store=store)
+    assert frame["label"].tolist() == direct["label"].tolist()
+
+
+def test_predict_and_export_seed_stacked_runs(tmp_path):
+    """Runs trained together by the seed-parallel engine predict and export like single runs."""
+    from transferlab.train.parallel import run_seeds
+
+    data = write_sentiment_csv(tmp_path / "d", n_train=64, n_dev=40)
+    store = Store(tmp_path / "s.db")
+    base = tiny_spec_dict(data, epochs=1, num_evals=1)
+    base["head"] = {"name": "attention"}
+    results = run_seeds([spec_from_dict({**base, "seed": s}) for s in (0, 1)], store, progress=False)
+    new = unlabelled_copy(data / "dev.csv", tmp_path / "new.csv")
+    frames = []
+    for r in results:
+        assert r.status == "finished"
+        frame = predict(r.uid, new, store=store)
+        reference, task = own_evaluation(store, r.uid, data)
+        assert list(frame["label"]) == [task.label_names[i] for i in reference]
+        folder = tmp_path / f"export-{r.uid.replace('/', '_')}"
+        assert main(["export", r.uid, "-o", str(folder), "--store", str(store.path)]) == 0
+        assert np.allclose(predict(folder, new)["prob_1"], frame["prob_1"], atol=1e-5)
+        frames.append(frame)
+    assert not np.allclose(frames[0]["prob_1"], frames[1]["prob_1"])  # two seeds, two models
+
+
+def test_predict_from_a_damaged_folder_or_file_is_one_line(tmp_path, capsys):
+    data = write_sentiment_csv(tmp_path / "d", n_train=64, n_dev=32)
+    store, uid = trained(tmp_path, data)
+    folder = tmp_path / "export"
+    assert main(["export", uid, "-o", str(folder), "--store", str(store.path)]) == 0
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("text\ncaf\xe9 au lait\n".encode("latin-1"))
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    for args, message in (([uid, "--input", str(latin), "--store", str(store.path)], "not UTF-8"),
+                          ([str(folder), "--input", str(data / "dev.csv")], "model.safetensors"),
+                          ([uid, "--input", str(tmp_path / "absent.csv"), "--store", str(store.path)], "does not exist"),
+                          (["nothing", "--input", str(latin), "--store", str(tmp_path / "none.db")], "not a folder")):
+        capsys.readouterr()
+        assert main(["predict", *args, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "none.db").exists()
