@@ -14,7 +14,7 @@ from transferlab.predict import predict
 from transferlab.spec import spec_from_dict
 from transferlab.store import Store
 from transferlab.train.batches import encode
-from transferlab.train.loop import predict as loop_predict
+from transferlab.train.evaluate import predict as loop_predict
 from transferlab.train.loop import run
 from transferlab.train.restore import load_run_model
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferlab.recipes.hooks import Hook
 from transferlab.errors import UserError
 
 ROWS = ("trainer", "single", "parallel")
@@ -137,9 +138,12 @@ def _rss_mb() -> float | None:
     return None
 
 
-class Timer:
+class Timer(Hook):
     """Times steps warmup .. warmup+steps (as a loop hook: ``on_step_start``) and the memory used;
-    with ``trace`` (a file path) also profiles those steps and writes a Chrome trace there."""
+    with ``trace`` (a file path) also profiles those steps and writes a Chrome trace there.
+    It only reads clocks, so it works for stacked seeds too."""
+
+    seed_stacked = True
 
     def __init__(self, warmup: int, steps: int, device: torch.device, trace: Path | None = None):
         self.warmup, self.steps, self.device, self.trace = warmup, steps, device, trace
