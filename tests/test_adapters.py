@@ -250,9 +250,9 @@ def test_fpt_freezes_the_bypassed_token_tables():
 
 
 def test_a_stored_per_token_run_with_new_positions_restores(tmp_path, one_thread):
+    from transferlab.models.artifacts import load_run_model
     from transferlab.store import Store
     from transferlab.train.loop import run
-    from transferlab.train.restore import load_run_model
 
     s = load_spec({"name": "bits", "model": {"name": "tiny-bert"}, "head": {"name": "last"},
                    "task": {"name": "bit_memory", "options": {"num_train": 64, "num_dev": 16, "num_test": 16,

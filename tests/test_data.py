@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from transferlab.data import TASKS, Split, Task, build_task
-from transferlab.data.build import stratified_indices, validate
+from transferlab.data.build import validate
+from transferlab.data.common import stratified_indices
 from transferlab.data.glue import GLUE, load_glue_file
 from transferlab.data.images import patchify
 from transferlab.errors import DataError, SpecError

@@ -92,8 +92,8 @@ def test_kd_student_learns_from_the_teacher_alone(tmp_path):
 
 
 def test_pkd_from_a_stored_run_equals_pkd_from_its_export(tmp_path):
+    from transferlab.models.artifacts import load_run_model
     from transferlab.models.export import export_model
-    from transferlab.train.restore import load_run_model
 
     data = write_sentiment_csv(tmp_path / "toy")
     store = Store(tmp_path / "s.db")

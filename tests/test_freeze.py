@@ -8,11 +8,11 @@ from conftest import tiny_spec_dict, write_sentiment_csv
 from safetensors.torch import load_file
 
 from transferlab.errors import SpecError
+from transferlab.models.artifacts import load_run_model
 from transferlab.recipes.freeze import FREEZERS, build_freezer
 from transferlab.spec import FreezeSpec, load_spec
 from transferlab.store import Store
 from transferlab.train.loop import run
-from transferlab.train.restore import load_run_model
 
 ATTENTION = re.compile(r"\.attention\.(self|output\.dense)\.")
 FFN = re.compile(r"\.intermediate\.dense\.|\.layer\.\d+\.output\.dense\.")
@@ -131,9 +131,9 @@ def test_lora_trains_adapters_and_stores_a_merged_model(tmp_path, toy_task_dir):
 
 
 def test_lora_merge_keeps_the_function():
+    from transferlab.models.artifacts import task_from_meta
     from transferlab.models.model import build_model
     from transferlab.spec import ModelSpec, RunSpec
-    from transferlab.train.checkpoint import task_from_meta
 
     meta = {"name": "toy", "problem": "classification", "num_labels": 2, "metrics": ["accuracy"],
             "main_metric": "accuracy", "label_names": None, "modality": "text", "vocab_size": None, "input_dim": None}

@@ -4,12 +4,12 @@ import torch
 from conftest import SHARED_DATA, needs_shared_data
 
 from transferlab.data.build import build_task
+from transferlab.models.artifacts import load_run_model
 from transferlab.spec import load_spec
 from transferlab.store import Store
 from transferlab.train.batches import encode
 from transferlab.train.evaluate import evaluate
 from transferlab.train.loop import run
-from transferlab.train.restore import load_run_model
 
 
 @needs_shared_data

@@ -63,9 +63,9 @@ def test_reinit_keeps_a_pooler_head_in_step(tiny_model):
 
 @pytest.fixture
 def tiny_model():
+    from transferlab.models.artifacts import task_from_meta
     from transferlab.models.model import build_model
     from transferlab.spec import RunSpec
-    from transferlab.train.checkpoint import task_from_meta
 
     def make(head: str = "cls", name: str = "tiny-bert"):
         meta = {"name": "toy", "problem": "classification", "num_labels": 2, "metrics": ["accuracy"],

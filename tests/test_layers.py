@@ -20,7 +20,7 @@ LAYERS = [
     ["recipes"],
     ["train"],
     ["study"],
-    ["report", "bench", "pretrain", "surgery", "predict"],
+    ["report", "bench", "pretrain", "surgery", "predict", "card"],
     ["demo"],
     ["cli", "__init__", "__main__"],
 ]

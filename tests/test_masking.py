@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers as tf
 
-from transferlab.models.backbone import minilm_path
+from transferlab.models.common import minilm_path
 from transferlab.pretrain.masking import IGNORE, draw, select
 from transferlab.pretrain.mlm import MLMBatches, encode_corpus
 from transferlab.pretrain.spec import MaskingSpec

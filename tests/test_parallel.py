@@ -18,8 +18,7 @@ from safetensors.torch import load_file
 from transferlab.models.heads import HEADS
 from transferlab.spec import load_spec, run_id
 from transferlab.store import Store
-from transferlab.train.loop import run
-from transferlab.train.loop import Unsupported, run_seeds
+from transferlab.train.loop import Unsupported, run, run_seeds
 from transferlab.train.support import unsupported
 
 RTOL = 1e-8
@@ -174,7 +173,7 @@ def test_study_executor_uses_the_engine_transparently(tmp_path, float64):
 
 def test_groups_and_refusals(data, tmp_path):
     from transferlab.spec import to_dict
-    from transferlab.study.executors import Job
+    from transferlab.study.jobs import Job
     from transferlab.study.seed_groups import seed_groups
 
     runs = specs(data, seeds=(0, 1, 2)) + specs(data, seeds=(0, 1), **{"optim.name": "bertadam"})

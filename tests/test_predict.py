@@ -10,13 +10,13 @@ import torch
 from conftest import tiny_spec_dict, write_sentiment_csv
 
 from transferlab.cli import main
+from transferlab.models.artifacts import load_run_model
 from transferlab.predict import predict
 from transferlab.spec import spec_from_dict
 from transferlab.store import Store
 from transferlab.train.batches import encode
 from transferlab.train.evaluate import predict as loop_predict
 from transferlab.train.loop import run
-from transferlab.train.restore import load_run_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

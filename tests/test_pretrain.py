@@ -12,7 +12,8 @@ from safetensors import safe_open
 from transferlab.cli import main
 from transferlab.data.task import Split, Task
 from transferlab.errors import SpecError
-from transferlab.models.backbone import load_backbone, minilm_path
+from transferlab.models.backbone import load_backbone
+from transferlab.models.common import minilm_path
 from transferlab.pretrain import load_pretrain_spec, pretrain
 from transferlab.pretrain.masked_inputs import train_masked_inputs
 from transferlab.recipes.transplant import transplant

@@ -11,7 +11,8 @@ import pytest
 import torch
 import transformers as tf
 
-from transferlab.models.backbone import load_backbone, minilm_path
+from transferlab.models.backbone import load_backbone
+from transferlab.models.common import minilm_path
 from transferlab.models.heads import build_head
 from transferlab.models.model import TransferModel
 from transferlab.spec import ModelSpec

@@ -5,9 +5,9 @@ from conftest import SHARED_DATA, needs_shared_data, tiny_spec_dict
 
 from transferlab.cli import main
 from transferlab.errors import UserError
-from transferlab.recipes.surgery import parse_surgery
 from transferlab.spec import load_spec
 from transferlab.store import Store
+from transferlab.surgery import parse_surgery
 from transferlab.train.loop import run
 
 XAVIER = "init layers=5 scheme=xavier_uniform"

@@ -8,13 +8,13 @@ import transformers as tf
 from conftest import tiny_spec_dict
 
 from transferlab.errors import ModelError, SpecError, UserError
+from transferlab.models.artifacts import load_run_model
 from transferlab.models.backbone import _tiny_config, load_backbone
 from transferlab.models.schema import schema_of
 from transferlab.recipes.transplant import apply_transplants, transplant
 from transferlab.spec import ModelSpec, TransplantSpec, load_spec
 from transferlab.store import Store
 from transferlab.train.loop import run
-from transferlab.train.restore import load_run_model
 
 SAME = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "hidden_act": "gelu",
         "layer_norm_eps": 1e-5}

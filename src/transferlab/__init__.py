@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+import transferlab.recipes  # noqa: E402,F401  (the recipes register the checks of their spec sections)
 from transferlab.spec import RunSpec, load_spec
 
 

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferlab.recipes.hooks import Hook
 from transferlab.errors import UserError
+from transferlab.recipes.hooks import Hook
 
 ROWS = ("trainer", "single", "parallel")
 
@@ -85,7 +85,7 @@ def resolve_model(name: str, folder: Path) -> str:
         return name
     import transformers as tf
 
-    from transferlab.models.backbone import minilm_path
+    from transferlab.models.common import minilm_path
 
     out = folder / "bert-base"
     tf.BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
@@ -267,9 +267,8 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
     from transferlab.models.backbone import load_backbone
     from transferlab.spec import ModelSpec
     from transferlab.store import Store
-    from transferlab.train.loop import run
+    from transferlab.train.loop import run, run_seeds
     from transferlab.train.steps import autocast_dtype, resolve_device
-    from transferlab.train.loop import run_seeds
 
     unknown = [r for r in rows if r not in ROWS]
     if unknown:

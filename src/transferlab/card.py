@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from transferlab.models.artifacts import load_run_model
 from transferlab.models.backbone import TINY_ALIASES
 from transferlab.models.export import check_out_dir, export_layout, export_model
 from transferlab.store import RunRow, Store
-from transferlab.train.restore import load_run_model
 
 KNOWN_BASES = {"minilm": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0")}
 

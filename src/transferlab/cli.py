@@ -25,6 +25,7 @@ from pathlib import Path
 
 from transferlab.errors import UserError
 from transferlab.store import DEFAULT_STORE
+from transferlab.study.tables import format_table
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id or uid of a finished training run")
     p.add_argument("-s", "--surgery", action="append", default=[], metavar="STEPS", help=(
         'e.g. "init layers=5 scheme=xavier_uniform" or "transplant source=self layers=5"; steps joined by " + " '
-        "(repeatable; see transferlab.recipes.surgery)"))
+        "(repeatable; see transferlab.surgery)"))
     p.add_argument("--split", default="dev", help="labelled split to evaluate (default dev)")
     p.add_argument("--task-path", default=None, help="the task's data folder, if it moved since the run")
     p.add_argument("--seed", type=int, default=0, help="seed of the init schemes (default 0)")
@@ -195,14 +196,6 @@ def cmd_study(args, data: dict) -> int:
     return 130 if result.interrupted else 0
 
 
-def format_table(header: list[str], rows: list[list]) -> str:
-    cells = [header] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def cmd_runs(args) -> int:
     from transferlab.store import Store
 
@@ -301,8 +294,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_surgery(args) -> int:
-    from transferlab.recipes.surgery import run_surgery, table
     from transferlab.store import Store
+    from transferlab.surgery import run_surgery, table
 
     main, rows = run_surgery(Store(args.store), args.run, args.surgery, split=args.split, task_path=args.task_path,
                              seed=args.seed, batch_size=args.batch_size)

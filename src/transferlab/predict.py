@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 from transferlab.data.files import read_table
 from transferlab.data.task import Split, Task
 from transferlab.errors import DataError, UserError
+from transferlab.models.artifacts import task_from_meta
 from transferlab.models.export import HEAD_JSON, load_exported
 from transferlab.models.model import TransferModel
 from transferlab.store import Store
 from transferlab.train.batches import collate, encode, eval_batches
-from transferlab.train.checkpoint import task_from_meta
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
@@ -50,7 +50,7 @@ def load_source(source: str | Path, store: Store | None) -> tuple[TransferModel,
         return model, task, {}
     if store is None:
         raise UserError(f"{source!r} is not a folder; to predict with a stored run, give the store (--store)")
-    from transferlab.train.restore import load_run_model
+    from transferlab.models.artifacts import load_run_model
 
     model, task = load_run_model(store, str(source))
     return model, task, dict(store.get(str(source)).spec.get("task") or {})

@@ -21,6 +21,20 @@ from typing import Any, Literal, Union
 import yaml
 
 from transferlab.errors import SpecError
+from transferlab.registry import Registry
+
+# Checks of a section's values that need the module owning the section (recipes/init.py checks an
+# InitRule's scheme): that module registers its check here under the dataclass's name, so this
+# file never imports a higher layer. transferlab/__init__.py imports the recipes, so every check is
+# registered before any spec is built.
+SECTION_CHECKS: Registry = Registry("spec section check")
+
+
+def check_section(section: Any) -> None:
+    """Run the registered check of ``section``'s dataclass, if any."""
+    name = type(section).__name__
+    if name in SECTION_CHECKS:
+        SECTION_CHECKS.get(name)(section)
 
 
 @dataclass
@@ -130,9 +144,7 @@ class InitRule:
     options: dict[str, Any] = field(default_factory=dict)  # std, gain, a, ...
 
     def __post_init__(self) -> None:
-        from transferlab.recipes.init import check_rule
-
-        check_rule(self)
+        check_section(self)
 
 
 @dataclass
@@ -159,9 +171,7 @@ class TransplantSpec:
     on_mismatch: str | dict[str, str] = "error"  # error | truncate | tile, or per role
 
     def __post_init__(self) -> None:
-        from transferlab.recipes.transplant import check_step
-
-        check_step(self)
+        check_section(self)
 
 
 @dataclass
@@ -173,9 +183,7 @@ class FreezeSpec:
     options: dict[str, Any] = field(default_factory=dict)  # policy flags (fpt: train_ffn, ...; lora: r, ...)
 
     def __post_init__(self) -> None:
-        from transferlab.recipes.freeze import check_freeze
-
-        check_freeze(self)
+        check_section(self)
 
 
 @dataclass
@@ -191,9 +199,7 @@ class DistillSpec:
     beta: float = 100.0  # pkd: weight of the normalised [CLS] state distance
 
     def __post_init__(self) -> None:
-        from transferlab.recipes.distill import check_distill
-
-        check_distill(self)
+        check_section(self)
 
 
 @dataclass

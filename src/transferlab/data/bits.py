@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from transferlab.data.build import check_options
+from transferlab.data.common import check_options
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import SpecError
 

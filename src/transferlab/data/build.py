@@ -2,8 +2,8 @@
 
     task = build_task(spec.task, seed=spec.seed)
 
-Also the small helpers the task modules share: option checks, seeded
-stratified sampling, and loading from the Hugging Face hub with a clear error.
+The one index of task modules (``_register_tasks``); the helpers they share live in
+data/common.py.
 
 Seeds: ``max_train_samples`` draws its subset with ``task.options.sample_seed``
 when set, else with the run seed (so seeds vary the subset, as in few-sample
@@ -14,83 +14,11 @@ study is scored on the same examples. Dev/test splits carved out of a data set
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from transferlab.data.task import TASKS, Split, Task
+from transferlab.data.common import stratified_indices
+from transferlab.data.task import TASKS, Task
 from transferlab.errors import DataError, SpecError
-
-COMMON_OPTIONS = ("sample_seed",)  # understood by build_task for every task
-HUB_OPTIONS = ("revision", "cache_dir")  # understood by every task that can load from the hub
-
-
-def check_options(spec, allowed: tuple[str, ...] | list[str]) -> dict:
-    """``spec.options``, after checking that every key is one the task understands."""
-    known = sorted({*allowed, *COMMON_OPTIONS})
-    for key in spec.options:
-        if key not in known:
-            raise SpecError(
-                f"task.options: unknown key {key!r} for task {spec.name}; known: {', '.join(known)}"
-            )
-    return spec.options
-
-
-def stratified_indices(labels: np.ndarray, n: int, seed: int, stratify: bool = True) -> np.ndarray:
-    """``n`` sorted indices drawn without replacement; with ``stratify`` each class keeps its share.
-
-    Written by hand (not sklearn's train_test_split) so that it never fails on rare
-    classes: class sizes are the largest-remainder rounding of ``n * share``.
-    """
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    if n >= len(labels):
-        return np.arange(len(labels))
-    if not stratify:
-        return np.sort(rng.choice(len(labels), size=n, replace=False))
-    _, inverse = np.unique(labels, return_inverse=True)
-    sizes = np.bincount(inverse)
-    quota = n * sizes / len(labels)
-    take = np.floor(quota).astype(int)
-    order = np.argsort(-(quota - take), kind="stable")
-    take[order[: n - take.sum()]] += 1
-    chosen = [rng.permutation(np.flatnonzero(inverse == c))[:k] for c, k in enumerate(take)]
-    return np.sort(np.concatenate(chosen))
-
-
-def carve(split: Split, fraction: float, seed: int, stratify: bool = True) -> tuple[Split, Split]:
-    """Split ``split`` into (rest, part) where ``part`` is a seeded, stratified ``fraction`` of it."""
-    if not 0 < fraction < 1:
-        raise SpecError(f"task.options: a split fraction must lie in (0, 1), got {fraction!r}")
-    n = max(1, round(fraction * len(split)))
-    part = stratified_indices(split.labels, n, seed, stratify)
-    rest = np.setdiff1d(np.arange(len(split)), part)
-    return split.subset(rest), split.subset(part)
-
-
-def load_hub(repo: str, config: str | None, spec):
-    """``datasets.load_dataset(repo, config)``; a DataError when the hub (or its cache) cannot serve it.
-
-    ``HF_HUB_OFFLINE=1`` is honoured by ``datasets`` itself (cache only).
-    """
-    import datasets
-
-    options = spec.options
-    try:
-        return datasets.load_dataset(
-            repo, config, revision=options.get("revision"), cache_dir=options.get("cache_dir")
-        )
-    except (OSError, ValueError) as e:  # ConnectionError, DatasetNotFoundError, missing cache: OSErrors; bad config: ValueError
-        offline = " (HF_HUB_OFFLINE is set: only the local cache is used)" if _offline() else ""
-        name = f"{repo}/{config}" if config else repo
-        raise DataError(
-            f"task {spec.name}: cannot load {name} from the Hugging Face hub{offline}: {e}. "
-            f"Set task.path to a local folder with the data instead (see the task's docs for the layout)."
-        ) from None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def _register_tasks() -> None:
@@ -142,7 +70,7 @@ def build_task(spec, seed: int = 0) -> Task:
     builder = TASKS.get(spec.name, field="task.name")
     task = builder(spec)
     if getattr(spec, "split_dev", False) or getattr(spec, "few_sample", None) is not None:
-        from transferlab.study.fewshot import apply_protocol  # the few-sample protocol
+        from transferlab.data.fewshot import apply_protocol  # the few-sample protocol
 
         task = apply_protocol(task, spec, seed)
     sample_seed = spec.options.get("sample_seed")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.build import carve, check_options
+from transferlab.data.common import carve, check_options
 from transferlab.data.metrics import METRICS, check_metrics
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import DataError, SpecError

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.build import HUB_OPTIONS, check_options, load_hub
+from transferlab.data.common import HUB_OPTIONS, check_options, load_hub
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import DataError, SpecError
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.build import HUB_OPTIONS, carve, check_options, load_hub
+from transferlab.data.common import HUB_OPTIONS, carve, check_options, load_hub
 from transferlab.data.files import _key, _metrics, _number, _problem
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import DataError, SpecError

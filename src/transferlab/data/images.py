@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
-from transferlab.data.build import check_options, stratified_indices
+from transferlab.data.common import check_options, stratified_indices, stratified_split
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import DataError, SpecError
 
@@ -58,21 +57,6 @@ def patchify(images: np.ndarray, patch: int) -> np.ndarray:
         raise DataError(f"patchify: image size {h}x{w} is not divisible by patch size {patch}")
     x = images.reshape(n, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(n, (h // patch) * (w // patch), patch * patch * c)
-
-
-def stratified_split(labels: np.ndarray, dev: float, test: float, seed: int) -> dict[str, np.ndarray]:
-    """Seeded, stratified indices {train, dev, test} with ``dev`` and ``test`` as fractions of all."""
-    for name, value in (("dev_fraction", dev), ("test_fraction", test)):
-        if not 0 < value < 1:
-            raise SpecError(f"task.options.{name}: must lie in (0, 1), got {value!r}")
-    if dev + test >= 1:
-        raise SpecError(f"task.options: dev_fraction + test_fraction must be below 1, got {dev + test}")
-    index = np.arange(len(labels))
-    rest, test_idx = train_test_split(index, test_size=test, stratify=labels, random_state=seed)
-    train_idx, dev_idx = train_test_split(
-        rest, test_size=dev / (1 - test), stratify=labels[rest], random_state=seed
-    )
-    return {"train": np.sort(train_idx), "dev": np.sort(dev_idx), "test": np.sort(test_idx)}
 
 
 @TASKS.register("digits")

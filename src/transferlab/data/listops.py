@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.build import check_options
-from transferlab.data.images import stratified_split
+from transferlab.data.common import check_options, stratified_split
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import DataError, SpecError
 

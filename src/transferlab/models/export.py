@@ -34,7 +34,8 @@ from safetensors.torch import load_file, save_file
 from transferlab.data.task import Task
 from transferlab.errors import ModelError
 from transferlab.models.adapters import build_adapter
-from transferlab.models.backbone import Backbone, load_backbone, seeded
+from transferlab.models.backbone import Backbone, load_backbone
+from transferlab.models.common import seeded
 from transferlab.models.heads import HEADS, build_head
 from transferlab.models.model import TransferModel
 from transferlab.models.schema import family_of

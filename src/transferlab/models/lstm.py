@@ -86,7 +86,7 @@ def load_lstm(spec, seed: int) -> LSTMBackbone:
     """The LSTM baseline named by ``spec.name`` (a ModelSpec), seeded by ``seed``."""
     import transformers as tf
 
-    from transferlab.models.backbone import minilm_path, seeded
+    from transferlab.models.common import minilm_path, seeded
 
     if spec.init != "random":
         raise SpecError(f"model.init: {spec.name} has no pretrained weights; set model.init: random")

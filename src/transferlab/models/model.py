@@ -12,7 +12,8 @@ from transferlab.data.task import Task
 from transferlab.errors import SpecError
 from transferlab.models import token_heads  # noqa: F401  (registers the ``last`` head)
 from transferlab.models.adapters import build_input, feed_embeds
-from transferlab.models.backbone import Backbone, load_backbone, seeded
+from transferlab.models.backbone import Backbone, load_backbone
+from transferlab.models.common import seeded
 from transferlab.models.heads import Head, build_head
 from transferlab.spec import RunSpec
 

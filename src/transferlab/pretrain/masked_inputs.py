@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from transferlab.data.task import Task
 from transferlab.errors import DataError, SpecError
 from transferlab.models.adapters import build_adapter
-from transferlab.models.backbone import Backbone, load_backbone, seeded
+from transferlab.models.backbone import Backbone, load_backbone
+from transferlab.models.common import seeded
 from transferlab.models.depth import keep_layers
 from transferlab.pretrain.masking import Masks, MaskSource, apply_to_ids
 from transferlab.pretrain.mlm import (

@@ -3,7 +3,7 @@
     distill: {kind: kd, teacher: <run uid | run id | folder>, temperature: 2.0, alpha: 0.5}
     distill: {kind: pkd, teacher: ..., layers: skip, beta: 100.0}
 
-The teacher is a stored run (``train/restore.py`` ``load_run_model``; from ``teacher_store`` or the
+The teacher is a stored run (``models/artifacts.py`` ``load_run_model``; from ``teacher_store`` or the
 run's own store) or a folder: a ``transferlab export`` or any ``*ForSequenceClassification`` folder.
 It runs frozen, in eval mode, on every training batch of the student (same inputs, so the two must
 share the tokenizer: checked), and the loop's loss becomes, through the ``on_loss`` hook:
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from transferlab.errors import ModelError, SpecError
 from transferlab.registry import Registry
+from transferlab.spec import SECTION_CHECKS
 
 KINDS = ("none", "kd", "pkd")
 LAYER_MAPS: Registry = Registry("pkd layer map")
@@ -45,6 +46,7 @@ def last_map(student: int, teacher: int) -> dict[int, int]:
     return {j: teacher - student + j for j in range(1, student)}
 
 
+@SECTION_CHECKS.register("DistillSpec")
 def check_distill(spec) -> None:
     """Spec-time checks of a DistillSpec (no models needed)."""
     if spec.kind not in KINDS:
@@ -124,8 +126,8 @@ def load_teacher(spec, store=None) -> Teacher:
     path = Path(spec.teacher).expanduser()
     if path.is_dir():
         return _folder_teacher(path)
+    from transferlab.models.artifacts import load_run_model
     from transferlab.store import Store
-    from transferlab.train.restore import load_run_model
 
     if spec.teacher_store is not None:
         if not Path(spec.teacher_store).is_file():

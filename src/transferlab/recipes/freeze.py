@@ -33,9 +33,10 @@ from torch import nn
 
 from transferlab.errors import ModelError, SpecError
 from transferlab.models.schema import CATEGORY, schema_of
-from transferlab.recipes.param_groups import layer_of
 from transferlab.recipes.hooks import Hook
+from transferlab.recipes.param_groups import layer_of
 from transferlab.registry import Registry
+from transferlab.spec import SECTION_CHECKS
 
 FREEZERS: Registry[type] = Registry("freeze policy")
 
@@ -206,6 +207,7 @@ class LoRA(Freezer):
                 setattr(model.get_submodule(parent), attr, module.get_base_layer())
 
 
+@SECTION_CHECKS.register("FreezeSpec")
 def check_freeze(spec) -> None:
     """Spec-time check of a FreezeSpec: the policy, its options and steps."""
     cls = FREEZERS.get(spec.name, "freeze.name")

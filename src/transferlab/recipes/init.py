@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from transferlab.errors import SpecError
 from transferlab.models.schema import ATTENTION_ROLES, GLOBAL_ROLES, LAYER_ROLES, ModelSchema, schema_of
 from transferlab.registry import Registry
+from transferlab.spec import SECTION_CHECKS
 
 # ---------------------------------------------------------------- schemes
 
@@ -311,6 +312,7 @@ def sync_pooler_head(model: nn.Module) -> bool:
     return True
 
 
+@SECTION_CHECKS.register("InitRule")
 def check_rule(rule) -> None:
     """Spec-time check of an InitRule (no model needed)."""
     scheme_options(rule.scheme, rule.options, "init.rules[]")

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from transferlab.errors import ModelError, SpecError, UserError
 from transferlab.models.schema import ATTENTION_ROLES, GLOBAL_ROLES, LAYER_ROLES, ModelSchema, schema_of
 from transferlab.recipes.init import apply_init, check_roles, layer_tokens, resolve_layers
+from transferlab.spec import SECTION_CHECKS
 
 MISMATCH_MODES = ("error", "truncate", "tile")
 
@@ -215,10 +216,10 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
 
 def load_source(step, store=None) -> tuple[nn.Module, str]:
     """The model a TransplantSpec step copies from, and a name for the report."""
+    from transferlab.models.artifacts import load_run_model
     from transferlab.models.backbone import load_backbone
     from transferlab.spec import ModelSpec
     from transferlab.store import Store
-    from transferlab.train.restore import load_run_model
 
     if step.run is not None:
         if step.store is not None and not Path(step.store).is_file():
@@ -249,6 +250,7 @@ def apply_transplants(model: nn.Module, steps: list, store=None) -> list[dict[st
     return reports
 
 
+@SECTION_CHECKS.register("TransplantSpec")
 def check_step(step) -> None:
     """Spec-time check of a TransplantSpec (no model needed)."""
     if (step.source is None) == (step.run is None):

@@ -15,7 +15,6 @@ from __future__ import annotations
 from transferlab.data.metrics import higher_is_better
 
 
-
 def is_degenerate(summary: dict, split: str, margin: float) -> bool | None:
     """True when the run's main metric on ``split`` is not beyond the constant baseline by ``margin``.
 

@@ -23,8 +23,9 @@ from transferlab.spec import to_dict
 from transferlab.store import Store
 from transferlab.study import lr_select
 from transferlab.study.degenerate import is_degenerate
-from transferlab.study.executors import EXECUTORS, Job, Outcome
+from transferlab.study.executors import EXECUTORS
 from transferlab.study.expand import Planned, cell_defs, expand, expand_lr_search
+from transferlab.study.jobs import Job, Outcome
 from transferlab.study.spec import StudySpec, study_hash
 from transferlab.study.tracking import Tracker
 

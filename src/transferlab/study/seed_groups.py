@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 from transferlab.errors import UserError
-from transferlab.study.executors import Job, Outcome, execute
+from transferlab.study.jobs import Job, Outcome, execute
 
 MAX_SEEDS = 20  # 20 BERT-base seeds fit in 80 GB at batch 32, length 128 (issue 6)
 Mode = Literal["auto", "on", "off"]

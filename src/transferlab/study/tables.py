@@ -145,3 +145,12 @@ def paper_table(cells: list) -> tuple[list[str], list[list[str]]]:
             row.append("-" if len(v) == 0 else f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}")
         rows.append(row)
     return header, rows
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    """Rows as aligned plain-text columns under a header and a rule (the CLI's tables)."""
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -17,7 +17,6 @@ non-finite step are kept on the device and read once per logging interval.
 
 from __future__ import annotations
 
-import time
 import traceback
 
 import torch
@@ -26,21 +25,21 @@ from tqdm.auto import tqdm
 from transferlab.data.build import build_task
 from transferlab.data.metrics import baseline, constant_baselines, higher_is_better
 from transferlab.errors import UserError
+from transferlab.models import artifacts as ckpt
+from transferlab.models.artifacts import save_weights, task_meta
 from transferlab.models.model import build_model
 from transferlab.provenance import provenance
-from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.recipes.distill import build_distiller
 from transferlab.recipes.freeze import build_freezer
 from transferlab.recipes.optim import build_optimizer
 from transferlab.recipes.param_groups import build_param_groups
 from transferlab.recipes.schedules import build_schedule
 from transferlab.recipes.transplant import prepare_transfer
+from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.spec import RunSpec, run_id, spec_hash, to_dict
 from transferlab.store import DEFAULT_STORE, Store
-from transferlab.train import resume as ckpt
 from transferlab.train.batches import collate, encode
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
-from transferlab.train.checkpoint import save_weights, task_meta
 from transferlab.train.compute import SingleTrainee, StackedTrainee
 from transferlab.train.evaluate import evaluate
 from transferlab.train.stacked import StackedModel

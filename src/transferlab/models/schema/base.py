@@ -148,8 +148,7 @@ class ModelSchema:
     """The schema bound to one model: canonical keys, views into its parameters, heads."""
 
     def __init__(self, model: nn.Module):
-        import transferlab.models.schema  # noqa: F401  (registers the families)
-
+        # every family is registered: importing this module ran models/schema/__init__.py first
         self.model, self.prefix = hf_model(model)
         self.config = self.model.config
         model_type = str(self.config.model_type)

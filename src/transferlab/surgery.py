@@ -104,11 +104,11 @@ def run_surgery(store, ref: str, surgeries: list[str], *, split: str = "dev", ta
     """
     from transferlab.data.build import build_task
     from transferlab.data.metrics import compute
+    from transferlab.models.artifacts import load_run_model
     from transferlab.spec import spec_from_dict
     from transferlab.train.batches import encode
     from transferlab.train.evaluate import predict
     from transferlab.train.steps import resolve_device
-    from transferlab.train.restore import load_run_model
 
     parsed = {text: parse_surgery(text) for text in surgeries}  # every mistake before any work
     base = store.get(ref)

@@ -1,0 +1,193 @@
+"""What a run keeps besides its rows in the store: final weights, task metadata, resumable
+checkpoints, and rebuilding a stored run's model (no training data needed).
+
+    save_weights(model, store.artifact_dir(uid), task_meta(task))   # model.safetensors + task.json
+    model, task = load_run_model(store, "a1b2c3-s0")                 # a stored run's model, for eval
+    save_checkpoint(path, model=..., optimizer=..., ..., loop={...}) # resumable, atomic
+    st = load_checkpoint(path, model=..., ...)                       # torch.load(weights_only=True)
+
+Weights are safetensors; checkpoints are written with ``torch.save`` and read with
+``torch.load(weights_only=True)``. A checkpoint holds everything the next step depends on:
+model, optimizer, scheduler, loss scaler, the freeze policy's state, the RNG states (torch,
+CUDA, numpy, random) and the loop's counters (step, epoch and batches consumed in it:
+``epoch_batches(seed, epoch)`` rebuilds the order). A new attempt of a run whose previous
+attempt failed or died resumes from that attempt's checkpoint and ends with the weights an
+uninterrupted run would have (same device, same seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from transferlab.data.task import Split, Task
+from transferlab.errors import ModelError
+from transferlab.models.model import TransferModel, build_model
+from transferlab.spec import spec_from_dict
+from transferlab.store import Store
+
+MODEL_EXTRA = ("output_tokens", "outputs_per_token", "num_tokens", "pad_id")  # task.extra keys the model reads
+
+
+def task_meta(task: Task) -> dict:
+    """The parts of a task the model depends on (not its data)."""
+    return {
+        "name": task.name, "problem": task.problem, "num_labels": task.num_labels, "metrics": list(task.metrics),
+        "main_metric": task.main_metric, "label_names": task.label_names, "modality": task.modality,
+        "vocab_size": task.vocab_size, "input_dim": task.input_dim,
+        "extra": {k: task.extra[k] for k in MODEL_EXTRA if k in task.extra},
+    }
+
+
+def task_from_meta(meta: dict) -> Task:
+    """A data-less task with the shape of the one a model was trained on."""
+    empty = Split(labels=np.zeros(0))
+    return Task(name=meta["name"], splits={"train": empty}, problem=meta["problem"], num_labels=meta["num_labels"],
+                metrics=tuple(meta["metrics"]), main_metric=meta["main_metric"], label_names=meta["label_names"],
+                modality=meta["modality"], vocab_size=meta["vocab_size"], input_dim=meta["input_dim"],
+                extra=dict(meta.get("extra") or {}))
+
+
+def save_weights(model: torch.nn.Module, folder: Path, meta: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # tied weights (e.g. GPT-2 wte/lm head) share storage; safetensors wants them once each
+    seen: dict[int, str] = {}
+    unique = {}
+    for k, v in state.items():
+        ptr = v.data_ptr()
+        if ptr in seen and v.numel() > 0:
+            continue
+        seen[ptr] = k
+        unique[k] = v
+    save_file(unique, str(folder / "model.safetensors"))
+    (folder / "task.json").write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise ModelError(f"no weights at {path}: the run did not save its model (train.save_model: false?)")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"cannot read checkpoint {path}: {e}") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in _tied(model)]
+    if missing or unexpected:
+        raise ModelError(f"checkpoint {path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _tied(model: torch.nn.Module) -> set[str]:
+    """Names of state-dict entries that share storage with an earlier entry."""
+    seen, tied = set(), set()
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen and v.numel() > 0:
+            tied.add(k)
+        seen.add(v.data_ptr())
+    return tied
+
+
+def read_task_meta(folder: Path) -> dict:
+    path = folder / "task.json"
+    if not path.is_file():
+        raise ModelError(f"no task.json in {folder}")
+    return json.loads(path.read_text())
+
+
+def load_run_model(store: Store, ref: str) -> tuple[TransferModel, Task]:
+    row = store.get(ref)
+    folder = store.artifact_dir(row.uid)
+    task = task_from_meta(read_task_meta(folder))
+    spec = spec_from_dict(row.spec)
+    model = build_model(spec, task)
+    load_weights(model, folder)
+    model.eval()
+    return model, task
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def checkpoint_path(store: Store, uid: str) -> Path:
+    return store.artifact_dir(uid) / CHECKPOINT
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+
+
+def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, freezer, loop: dict[str, Any]) -> None:
+    """Write atomically (a temporary file, then a rename): a kill mid-write keeps the previous one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict() if scaler is not None else None, "freeze": freezer.state_dict(),
+             "rng": rng_state(), "loop": loop}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, freezer) -> dict[str, Any]:
+    """Restore everything saved and return the loop's counters."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise ModelError(f"cannot read checkpoint {path}: {e}") from None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    freezer.load_state_dict(state["freeze"])
+    set_rng_state(state["rng"])
+    return state["loop"]
+
+
+def find_resume(store: Store, run_id: str, uid: str) -> tuple[str, Path] | None:
+    """The checkpoint of the attempt before ``uid``, when that attempt failed or died."""
+    earlier = [r for r in store.runs(run_id=run_id) if r.uid != uid]
+    if not earlier or earlier[-1].status not in ("failed", "unfinished"):
+        return None
+    path = checkpoint_path(store, earlier[-1].uid)
+    return (earlier[-1].uid, path) if path.is_file() else None
+
+
+def carry_history(store: Store, old_uid: str, new_uid: str, step: int) -> None:
+    """Copy the old attempt's evaluations and curve up to ``step`` to the resumed attempt."""
+    by_split: dict[tuple[int, str], dict[str, float]] = {}
+    for s, split, metric, value in store.evals(old_uid):
+        if s <= step:
+            by_split.setdefault((s, split), {})[metric] = value
+    for (s, split), metrics in by_split.items():
+        store.log_evals(new_uid, s, split, metrics)
+    store.log_curve(new_uid, [row for row in store.curve(old_uid) if row[0] <= step])
+
+
+def remove_checkpoints(*paths: Path | None) -> None:
+    """A finished run needs no checkpoint (its weights are stored); free the space."""
+    for path in paths:
+        if path is not None:
+            path.unlink(missing_ok=True)
