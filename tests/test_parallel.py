@@ -188,8 +188,10 @@ def test_groups_and_refusals(data, tmp_path):
     assert "vit family" in unsupported(specs(data, seeds=(0, 1), **{"model.name": "tiny-vit"}))
     lstm = specs(data, seeds=(0, 1), **{"model.name": "lstm", "model.init": "random"})
     assert "lstm family" in unsupported(lstm)
-    assert [[j.index for j in g] for g in seed_groups([Job(i, to_dict(s), "st", "x") for i, s in enumerate(lstm)],
-                                                      "on")] == [[0], [1]]
+    lstm_jobs = [Job(i, to_dict(s), "st", "x") for i, s in enumerate(lstm)]
+    with pytest.raises(Unsupported, match="lstm family does not declare 'stackable'"):
+        seed_groups(lstm_jobs, "on")  # asked for explicitly: refused, naming the part and the flag
+    assert [[j.index for j in g] for g in seed_groups(lstm_jobs, "auto")] == [[0], [1]]
     assert "seed_stacked" in unsupported(specs(data, seeds=(0, 1), **{"freeze.name": "lora"}))  # the flag is named
     with pytest.raises(Unsupported, match="distill"):
         run_seeds(specs(data, seeds=(0, 1), **{"distill.kind": "kd", "distill.teacher": str(tmp_path)}),

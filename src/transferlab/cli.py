@@ -183,7 +183,7 @@ def cmd_study(args, data: dict) -> int:
     study = load_study(data, args.overrides)
     if args.dry_run:
         store = Store(args.store) if Path(args.store).is_file() else None
-        rows = describe_plan(study, store)
+        rows = describe_plan(study, store, args.seed_parallel)
         print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
         runs = [r for r in rows if not r[5].startswith("(")]
         waiting = len(rows) - len(runs)

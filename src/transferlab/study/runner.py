@@ -161,14 +161,22 @@ def run_study(study: StudySpec, store: Store, *, executor: str = "inline", worke
     return result
 
 
-def describe_plan(study: StudySpec, store: Store | None) -> list[list[str]]:
-    """Rows for ``--dry-run``: phase, task, cell, seed, lr, run id, state in the store."""
+def describe_plan(study: StudySpec, store: Store | None, seed_parallel: str = "auto") -> list[list[str]]:
+    """Rows for ``--dry-run``, in the order the runs execute (seed groups as the executor forms them):
+    phase, task, cell, seed, lr, run id, state in the store."""
+    from transferlab.study.seed_groups import seed_groups
+
     rows = []
     search = expand_lr_search(study)
     lrs = lr_select.stored_choices(store, study.study) if store is not None and search else {}
-    for p in search + expand(study, lrs or None):
-        st = state(store, p.run_id) if store is not None else "todo"
-        rows.append([p.phase, p.task, p.cell, str(p.seed), f"{p.lr:g}" if p.lr else "-", p.run_id, st])
+    path = str(store.path) if store is not None else ""
+    for phase in (search, expand(study, lrs or None)):
+        jobs = [Job(i, to_dict(p.spec), study.study, path) for i, p in enumerate(phase)]
+        for group in seed_groups(jobs, seed_parallel):
+            for job in group:
+                p = phase[job.index]
+                st = state(store, p.run_id) if store is not None else "todo"
+                rows.append([p.phase, p.task, p.cell, str(p.seed), f"{p.lr:g}" if p.lr else "-", p.run_id, st])
     if study.lr_search is not None:
         waiting = {(c.task, c.cell) for c in cell_defs(study)} - set(lrs)
         for task, cell in sorted(waiting):

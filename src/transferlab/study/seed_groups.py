@@ -14,11 +14,13 @@ one job after the other.
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from transferlab.errors import UserError
 from transferlab.study.jobs import Job, Outcome, execute
 
+log = logging.getLogger(__name__)
 MAX_SEEDS = 20  # 20 BERT-base seeds fit in 80 GB at batch 32, length 128 (issue 6)
 Mode = Literal["auto", "on", "off"]
 
@@ -31,28 +33,42 @@ def _cuda_run(spec) -> bool:
 
 
 def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) -> list[list[Job]]:
-    """Jobs in groups of one recipe (at most MAX_SEEDS each), in order of first appearance; every
-    job alone when ``mode`` is off, when loop hooks are in play, or the engine cannot run the recipe."""
+    """Jobs in groups of one recipe (at most MAX_SEEDS each); every job alone when ``mode`` is off, when
+    loop hooks are in play, or the engine cannot run the recipe.
+
+    Order: jobs come seed by seed (study/expand.py), and groups keep that interleaving: the first
+    group of every recipe, in order of first appearance, then the second group of every recipe, and
+    so on, so a study stopped early has runs of every arm. This order is the execution order that
+    ``--dry-run`` lists."""
     if mode not in ("auto", "on", "off"):
         raise UserError(f"--seed-parallel: {mode!r} is not one of auto, on, off")
     if mode == "off" or has_hooks or len(jobs) < 2:
         return [[job] for job in jobs]
     from transferlab.spec import spec_from_dict, spec_hash
-    from transferlab.train.support import unsupported
+    from transferlab.train.support import Unsupported, unsupported
 
     specs = {job.index: spec_from_dict(job.spec) for job in jobs}
     by_recipe: dict[tuple[str, str], list[Job]] = {}
     for job in jobs:
         by_recipe.setdefault((job.store, spec_hash(specs[job.index])), []).append(job)
-    groups = []
+    rounds: list[list[list[Job]]] = []  # rounds[k]: the k-th group of every recipe
     for members in by_recipe.values():
         first = specs[members[0].index]
-        parallel = (len(members) > 1 and (mode == "on" or _cuda_run(first))
-                    and unsupported([specs[j.index] for j in members]) is None)
-        if not parallel:
-            groups.extend([j] for j in members)
-            continue
-        groups.extend(members[i:i + MAX_SEEDS] for i in range(0, len(members), MAX_SEEDS))
+        why = unsupported([specs[j.index] for j in members]) if len(members) > 1 else "one seed"
+        if why is not None and mode == "on" and len(members) > 1:
+            raise Unsupported(f"--seed-parallel on: {first.name}: {why}")
+        if why is not None and len(members) > 1 and _cuda_run(first):  # auto: a logged fallback
+            log.warning("seed-parallel: %s runs one seed at a time: %s", first.name, why)
+        parallel = why is None and (mode == "on" or _cuda_run(first))
+        chunks = ([members[i:i + MAX_SEEDS] for i in range(0, len(members), MAX_SEEDS)] if parallel
+                  else [[j] for j in members])
+        for k, chunk in enumerate(chunks):
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(chunk)
+    groups = [g for r in rounds for g in r]
+    if not any(len(g) > 1 for g in groups):
+        return [[job] for job in jobs]  # nothing stacked: exactly the planned (seed-major) order
     return groups
 
 
