@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from transferlab.errors import DataError, ModelError, SpecError
 
-SPECIAL_ROWS = {"vit": 1, "deit": 2}  # position rows before the patches (CLS, distillation token)
+BLOCK_FED = ("vit", "deit")  # forward takes no inputs_embeds: fed through the layers (feed_embeds)
 
 
 class VectorAdapter(nn.Module):
@@ -97,15 +97,13 @@ def position_table(backbone) -> tuple[nn.Module, str, Tensor] | None:
     """(owner module, attribute, tensor) of the backbone's learned position table; None when it has none."""
     if backbone.family == "lstm":
         return None
-    from transferlab.models.schema import schema_of
+    from transferlab.models.schema import SCHEMAS
 
-    try:
-        roles = schema_of(backbone).roles
-    except ModelError:
+    if backbone.family not in SCHEMAS:
         return None
     params = dict(backbone.model.named_parameters())
-    name = next((n for n, (_, role) in roles.items() if role == "positions" and n in params), None)
-    if name is None:
+    name = SCHEMAS.get(backbone.family).positions  # None: relative, rotary or convolutional positions
+    if name is None or name not in params:
         return None
     path, _, leaf = name.rpartition(".")
     owner = backbone.model.get_submodule(path)
@@ -117,11 +115,11 @@ def position_table(backbone) -> tuple[nn.Module, str, Tensor] | None:
 
 def position_offset(backbone) -> int:
     """Rows of the table before the first input position (RoBERTa: padding_idx + 1; ViT: CLS)."""
-    if backbone.family in SPECIAL_ROWS:
-        return SPECIAL_ROWS[backbone.family]
-    if backbone.family in ("roberta", "xlm-roberta", "camembert"):
-        return int(backbone.config.pad_token_id or 0) + 1
-    return 0
+    from transferlab.models.schema import SCHEMAS
+
+    if backbone.family not in SCHEMAS:
+        return 0
+    return SCHEMAS.get(backbone.family).position_offset(backbone.config)
 
 
 def position_limit(backbone) -> int | None:
@@ -218,7 +216,7 @@ def feed_embeds(backbone, embeds: Tensor, mask: Tensor | None) -> tuple[tuple[Te
     """All hidden states and the mask for adapter outputs ``embeds`` (B, T, H)."""
     if "inputs_embeds" in getattr(backbone, "_args", {"inputs_embeds"}):
         return backbone(inputs_embeds=embeds, attention_mask=mask)
-    if backbone.family not in SPECIAL_ROWS:
+    if backbone.family not in BLOCK_FED:
         raise ModelError(f"input adapters need a backbone that takes inputs_embeds or a ViT/DeiT; "
                          f"{backbone.family} does neither")
     from transferlab.models.schema import schema_of
@@ -230,7 +228,7 @@ def feed_embeds(backbone, embeds: Tensor, mask: Tensor | None) -> tuple[tuple[Te
         owner, attr, _ = position_table(backbone)
         route = backbone.__dict__["_blocks_route"] = (owner, attr, schema_of(backbone))
     owner, attr, schema = route
-    offset = SPECIAL_ROWS[backbone.family]
+    offset = position_offset(backbone)
     x = embeds + getattr(owner, attr)[:, offset : offset + embeds.shape[1]]
     x = backbone.model.embeddings.dropout(x)
     hidden = [x]

@@ -162,11 +162,12 @@ def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
     except ValueError as e:  # e.g. an unknown model_type, or remote code not trusted
         raise ModelError(f"model.name: {spec.name!r} cannot be loaded: {e}") from None
     _set_dropout(config, spec.dropout)
+    auto = _model_class(config)
     try:
         if spec.init == "random":
-            model = seeded(seed, lambda: tf.AutoModel.from_config(config, trust_remote_code=spec.trust_remote_code))
+            model = seeded(seed, lambda: model_from_config(config, trust_remote_code=spec.trust_remote_code))
         else:
-            model = tf.AutoModel.from_pretrained(source, config=config, dtype=torch.float32, **kw)
+            model = auto.from_pretrained(source, config=config, dtype=torch.float32, **kw)
     except OSError as e:
         raise _not_found(spec, offline, e) from None
     except ValueError as e:
@@ -174,13 +175,31 @@ def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
     return Backbone(keep_first_layers(model, spec.num_layers), _load_tokenizer(source, spec, offline), spec.max_length)
 
 
+def _model_class(config: tf.PretrainedConfig):
+    """The class that loads the encoder: the family's ``model_class`` (T5: ``T5EncoderModel``, not the
+    encoder-decoder ``AutoModel`` builds), else ``AutoModel``."""
+    from transferlab.models.schema import SCHEMAS
+
+    family = SCHEMAS.get(str(config.model_type)) if str(config.model_type) in SCHEMAS else None
+    return getattr(tf, family.model_class) if family is not None and family.model_class else tf.AutoModel
+
+
+def model_from_config(config: tf.PretrainedConfig, trust_remote_code: bool = False) -> tf.PreTrainedModel:
+    """A randomly initialised encoder of ``config`` (of the family's ``model_class`` where it has one)."""
+    auto = _model_class(config)
+    if auto is tf.AutoModel:
+        return tf.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    return auto._from_config(config)
+
+
 def _max_positions(config: tf.PretrainedConfig) -> int | None:
+    """Input tokens the learned position table covers (the family map knows the offset); None without one."""
+    from transferlab.models.schema import SCHEMAS
+
+    if str(config.model_type) in SCHEMAS:
+        return SCHEMAS.get(str(config.model_type)).max_positions(config)
     n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if n is None or config.model_type == "wav2vec2":
-        return None
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after padding_idx
-        n -= (config.pad_token_id or 0) + 1
-    return int(n)
+    return None if n is None else int(n)
 
 
 class Backbone(nn.Module):

@@ -32,8 +32,8 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from transferlab.errors import ModelError, SpecError, UserError
-from transferlab.models.schema import ATTENTION_ROLES, GLOBAL_ROLES, LAYER_ROLES, ModelSchema, schema_of
-from transferlab.recipes.init import apply_init, check_roles, layer_tokens, resolve_layers
+from transferlab.models.schema import ALL_LAYER_ROLES, ATTENTION_ROLES, GLOBAL_ROLES, ModelSchema, schema_of
+from transferlab.recipes.init import apply_init, check_roles, layer_tokens, resolve_layers, shared_note
 
 MISMATCH_MODES = ("error", "truncate", "tile")
 
@@ -138,17 +138,24 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
                source_name: str = "") -> dict[str, Any]:
     """Copy ``source``'s weights into ``target`` (both TransferModel, Backbone or HF model); returns the report."""
     ts, ss = schema_of(target), schema_of(source)
-    roles = list(roles or LAYER_ROLES)
+    roles = list(roles or ALL_LAYER_ROLES)
     pairs = layer_pairs(layers, ts, ss) if (layers is not None and roles) else []
     hpairs = head_pairs(heads, ts, ss)
     if hpairs is not None:
         roles = [r for r in roles if r in ATTENTION_ROLES]
 
     moves: list[tuple[str, str, int | None, int | None, str]] = []  # target key, source key, t head, s head, role
+    zeroed, one_sided = [], []  # biases the source lacks (written as zeros); roles only one side has
     for t, s in pairs:
         for role in roles:
             for part in ("weight", "bias"):
                 tk, sk = ts.layer_key(t, role, part), ss.layer_key(s, role, part)
+                if tk not in ts.slots or sk not in ss.slots:
+                    if tk in ts.slots and part == "bias" and ss.layer_key(s, role, "weight") in ss.slots:
+                        zeroed.append(tk)  # the source layer has no bias there: a zero bias computes the same
+                    elif tk in ts.slots or sk in ss.slots:
+                        one_sided.append((t, s, role, part, tk in ts.slots, sk in ss.slots))
+                    continue
                 if hpairs is None:
                     moves.append((tk, sk, None, None, role))
                 elif not (role == "o" and part == "bias"):
@@ -165,6 +172,7 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
         moves += [(k, k, None, None, module) for k in tkeys]
     if not moves:
         raise SpecError("transplant: the step moves nothing (no layers, roles, heads or modules selected)")
+    _check_shared(ts, ss, moves)
 
     plan, mismatches = [], []
     for tk, sk, th, sh, role in moves:
@@ -180,6 +188,9 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
                          + (" ..." if len(mismatches) > 12 else ""))
 
     moved, moved_values = [], 0
+    for tk in zeroed:
+        ts.view(tk).zero_()
+        moved.append({"target": tk, "source": "(none: zero bias)", "values": ts.view(tk).numel()})
     for tk, sk, th, sh, tv, sv, mode in plan:
         before = float(tv.float().norm())
         value = sv if mode is None else resize(sv, tv, mode)
@@ -195,7 +206,15 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
         moved.append(entry)
     total = sum(p.numel() for p in ts.model.parameters())
     differences = _trait_notes(ts, ss, pairs)
+    for t, s, role, part, in_target, in_source in one_sided:
+        if in_source and part == "bias" and float(ss.view(ss.layer_key(s, role, part)).abs().max()) == 0.0:
+            continue  # a zero bias the target has no place for changes nothing
+        differences.append(f"target layer {t} <- source layer {s}: {role}.{part} "
+                           + ("kept: the source has none" if in_target else "dropped: the target has none"))
     notes = list(differences)
+    shared = shared_note(ts, [m[0] for m in moves])
+    if shared:
+        notes.append(shared)
     if any(k.startswith("pooler:") for k, *_ in moves):
         from transferlab.recipes.init import sync_pooler_head
 
@@ -208,6 +227,20 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
         "moved_values": moved_values, "stayed_values": total - moved_values, "total_values": total,
         "function_changes": bool(differences), "notes": notes, "moved": moved,
     }
+
+
+def _check_shared(ts: ModelSchema, ss: ModelSchema, moves: list) -> None:
+    """Layers that share one set of weights (ALBERT) cannot take different source layers."""
+    written: dict[tuple, tuple] = {}
+    for tk, sk, th, sh, _ in moves:
+        if not tk.startswith("layers.") or not ts.shared:
+            continue
+        where = (*ts.slots[tk][0:1], ts.slots[tk][1].part, th)
+        src = (sk.split(".")[1], ss.slots[sk][0], ss.slots[sk][1].part, sh)  # the same tensor read twice is fine
+        if written.setdefault(where, src)[1:] != src[1:]:
+            raise ModelError(f"transplant: {ts.family.name} layers {ts.shared_with(int(tk.split('.')[1]))} share one "
+                             f"set of weights; they cannot take both source layer {written[where][0]} and {src[0]}: "
+                             "map one target layer of the group")
 
 
 # ---------------------------------------------------------------- sources and spec steps
@@ -258,9 +291,9 @@ def check_step(step) -> None:
     check_roles(step.roles, step.modules, "transplant")
     modes = step.on_mismatch.items() if isinstance(step.on_mismatch, dict) else [("", step.on_mismatch)]
     for role, mode in modes:
-        if role and role not in (*LAYER_ROLES, *GLOBAL_ROLES, "default"):
+        if role and role not in (*ALL_LAYER_ROLES, *GLOBAL_ROLES, "default"):
             raise SpecError(f"transplant.on_mismatch: unknown role {role!r}; roles: "
-                            f"{', '.join((*LAYER_ROLES, *GLOBAL_ROLES, 'default'))}")
+                            f"{', '.join((*ALL_LAYER_ROLES, *GLOBAL_ROLES, 'default'))}")
         if mode not in MISMATCH_MODES:
             raise SpecError(f"transplant.on_mismatch: {mode!r} is not allowed; allowed: {', '.join(MISMATCH_MODES)}")
     layers = step.layers

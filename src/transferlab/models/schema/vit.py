@@ -20,7 +20,9 @@ SLOTS = {
 GLOBALS = [("embeddings.position_embeddings", "positions"), ("embeddings.", "embeddings"),
            ("layernorm.", "final_norm"), ("pooler.", "pooler")]
 
-VIT = register(FamilyMap(name="vit", model_types=("vit",), layer_prefix="layers.{i}.", slots=SLOTS,
-                         globals=GLOBALS, norm="pre"))
-DEIT = register(FamilyMap(name="deit", model_types=("deit",), layer_prefix="layers.{i}.", slots=SLOTS,
-                          globals=GLOBALS, norm="pre"))
+_COMMON = {"layer_prefix": "layers.{i}.", "slots": SLOTS, "globals": GLOBALS, "norm": "pre",
+           "positions": "embeddings.position_embeddings", "pooler_dense": "pooler.dense",
+           "lora_targets": ("q_proj", "v_proj")}
+# position rows before the patches: CLS (and DeiT's distillation token)
+VIT = register(FamilyMap(name="vit", model_types=("vit",), position_offset_rows=1, **_COMMON))
+DEIT = register(FamilyMap(name="deit", model_types=("deit",), position_offset_rows=2, **_COMMON))
