@@ -292,3 +292,24 @@ def test_exporting_an_lstm_run_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="LSTM baseline.*not a Hugging Face model"):
         export_model(model, task, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_wav2vec2_is_a_backbone_for_vector_tasks(tmp_path, one_thread):
+    """The adapter's output enters wav2vec2's encoder (positional convolution, norm, layers) in place of
+    its feature encoder; no position table to check, padding changes no prediction, a run trains."""
+    from transferlab.store import Store
+    from transferlab.train.loop import run
+
+    model, task = model_and_task(model={"name": "tiny-wav2vec2"})
+    assert position_limit(model.backbone) is None  # convolutional positions: no table, no limit
+    b, labels = batch(model, task)
+    hidden, mask = feed_embeds(model.backbone, model.input_adapter(b["inputs"]), b["attention_mask"])
+    assert len(hidden) == 3 and hidden[-1].shape[-1] == 32
+    loss_fn(model(**b), labels, False).backward()
+    assert model.input_adapter.proj.weight.grad.abs().sum() > 0
+    assert model.backbone.model.encoder.layers[0].attention.q_proj.weight.grad.abs().sum() > 0
+    s = spec(model={"name": "tiny-wav2vec2"}, train={"max_steps": 2, "batch_size": 8, "num_evals": 1,
+                                                   "save_model": False})
+    s.task.max_train_samples, s.task.max_eval_samples = 32, 16
+    result = run(s, Store(tmp_path / "s.db"), progress=False)
+    assert result.status == "finished" and result.steps == 2

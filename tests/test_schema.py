@@ -181,3 +181,18 @@ def test_a_family_without_a_map_is_a_clear_error():
         schema_of(mpnet)
     assert {"bert", "roberta", "electra", "gpt2", "vit", "deit", "wav2vec2", "hubert", "deberta-v2", "distilbert",
             "albert", "modernbert", "t5"} <= set(SCHEMAS.names())
+
+
+@pytest.mark.parametrize("model_type", ["deberta-v2", "modernbert", "t5", "distilbert", "albert"])
+def test_call_layer_chain_reproduces_the_models_hidden_states(model_type):
+    """The family's call_layer (relative positions, rotary, T5's shared bias) runs each layer as the model does."""
+    model = build(SCHEMAS.get(model_type).tiny_config(), 0)
+    s = schema_of(model)
+    ids = torch.tensor([[101, 2023, 3185, 2001, 2307, 102], [101, 2023, 102, 0, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        x = want[0]
+        for layer in range(s.num_layers - 1):  # the last state may carry the final norm (T5, ModernBERT)
+            x = s.call_layer(layer, x, mask)
+            assert (x - want[layer + 1])[mask.bool()].abs().max() < 1e-5, layer

@@ -4,7 +4,8 @@ The adapter replaces the backbone's token embeddings; its output is the backbone
 ``inputs_embeds``, so the backbone still adds its positions (and, in BERT, the segment-0
 embedding) and applies its embedding LayerNorm. Families whose forward takes no ``inputs_embeds``
 (ViT, DeiT) are fed through their layers directly (:func:`feed_embeds`): adapter output + the
-patch rows of their position table, then every layer.
+patch rows of their position table, then every layer; wav2vec2 and HuBERT through their encoder
+module (positional convolution, norm, layers): the adapter stands for the feature encoder.
 
 * ``modality="vectors"``: (B, T, D) floats -> :class:`VectorAdapter`, a linear layer with
   orthogonal weights times ``gain`` (FPT: 1.41) and zero bias: patches, pixels, bit groups;
@@ -30,7 +31,6 @@ from torch import Tensor, nn
 
 from transferlab.errors import DataError, ModelError, SpecError
 
-BLOCK_FED = ("vit", "deit")  # forward takes no inputs_embeds: fed through the layers (feed_embeds)
 
 
 class VectorAdapter(nn.Module):
@@ -212,17 +212,51 @@ def build_input(spec, backbone, task) -> nn.Module:
     return adapter
 
 
+def encoder_states(encoder: nn.Module, embeds: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+    """All hidden states of a wav2vec2/HuBERT ``encoder`` module run on ``embeds``: layer 0's input, each
+    layer's output, the last one as the encoder returns it (after the final norm of a pre-LN model).
+
+    The module returns its last state only (transformers 5 gathers the others with hooks on the
+    top-level model), so the states are taken here with hooks on its layers; a layer LayerDrop
+    skips in training passes its input on, as in the library's loop."""
+    states: dict[int, Tensor] = {}
+
+    def keep_input(_module, _args, out):  # the encoder's dropout after the positions: layer 0's input
+        states[-1] = out
+
+    def keep(i):
+        def hook(_module, _args, out):
+            states[i] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    layers = encoder.layers
+    handles = [encoder.dropout.register_forward_hook(keep_input)]
+    handles += [layer.register_forward_hook(keep(i)) for i, layer in enumerate(layers)]
+    try:
+        last = encoder(embeds, attention_mask=mask.bool()).last_hidden_state
+    finally:
+        for h in handles:
+            h.remove()
+    hidden = [states[-1]]
+    for i in range(len(layers) - 1):
+        hidden.append(states.get(i, hidden[-1]))
+    return (*hidden, last)
+
+
 def feed_embeds(backbone, embeds: Tensor, mask: Tensor | None) -> tuple[tuple[Tensor, ...], Tensor]:
     """All hidden states and the mask for adapter outputs ``embeds`` (B, T, H)."""
+    from transferlab.models.schema import SCHEMAS, schema_of
+
     if "inputs_embeds" in getattr(backbone, "_args", {"inputs_embeds"}):
         return backbone(inputs_embeds=embeds, attention_mask=mask)
-    if backbone.family not in BLOCK_FED:
-        raise ModelError(f"input adapters need a backbone that takes inputs_embeds or a ViT/DeiT; "
-                         f"{backbone.family} does neither")
-    from transferlab.models.schema import schema_of
-
+    feed = SCHEMAS.get(backbone.family).feed if backbone.family in SCHEMAS else None
+    if feed not in ("layers", "encoder"):
+        raise ModelError(f"input adapters need a backbone that takes inputs_embeds, a ViT/DeiT or a wav2vec2/"
+                         f"HuBERT; {backbone.family} is none of them")
     if mask is None:
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    if feed == "encoder":  # wav2vec2: the adapter stands for the feature encoder and its projection
+        return encoder_states(backbone.model.encoder, embeds, mask), mask
     route = backbone.__dict__.get("_blocks_route")
     if route is None:  # built once: the schema's layer calls and where the position table lives
         owner, attr, _ = position_table(backbone)

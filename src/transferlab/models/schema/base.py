@@ -80,7 +80,9 @@ class FamilyMap:
     pooler's linear layer, None without one), ``lora_targets`` (the module names LoRA adapts by
     default: q and v), ``model_class`` (the transformers class to load, when ``AutoModel`` would load
     more than the encoder: T5), ``stackable`` (its layers form one ``nn.ModuleList`` that can be cut
-    and reordered: not ALBERT's shared layer), ``norm_type``, ``ffn`` (plain or glu) and ``position_kind``
+    and reordered: not ALBERT's shared layer), ``feed`` (where an input adapter's output enters: the
+    forward's ``inputs_embeds``, the ``layers`` one by one (ViT, DeiT), or the ``encoder`` module after
+    the feature encoder (wav2vec2, HuBERT)), ``norm_type``, ``ffn`` (plain or glu) and ``position_kind``
     (absolute, relative, rotary, convolutional), and ``tiny`` (a small random config for tests).
     """
 
@@ -103,6 +105,7 @@ class FamilyMap:
     norm_type: str = "layernorm"
     ffn: str = "plain"
     position_kind: str = "absolute"
+    feed: str = "inputs_embeds"  # how an input adapter's output enters: inputs_embeds, layers (ViT), encoder (wav2vec2)
     tiny: Any = None  # model_type -> a small PretrainedConfig (hidden 32, 2 layers, 2 heads, MiniLM's vocab)
 
     def tiny_config(self, model_type: str | None = None):

@@ -22,7 +22,7 @@ GLOBALS = [("embeddings.position_embeddings", "positions"), ("embeddings.", "emb
 
 _COMMON = {"layer_prefix": "layers.{i}.", "slots": SLOTS, "globals": GLOBALS, "norm": "pre",
            "positions": "embeddings.position_embeddings", "pooler_dense": "pooler.dense",
-           "lora_targets": ("q_proj", "v_proj")}
+           "lora_targets": ("q_proj", "v_proj"), "feed": "layers"}
 # position rows before the patches: CLS (and DeiT's distillation token)
 VIT = register(FamilyMap(name="vit", model_types=("vit",), position_offset_rows=1, **_COMMON))
 DEIT = register(FamilyMap(name="deit", model_types=("deit",), position_offset_rows=2, **_COMMON))

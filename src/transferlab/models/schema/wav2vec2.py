@@ -29,7 +29,7 @@ class Wav2Vec2Map(FamilyMap):
 def _family(name: str, model_type: str) -> Wav2Vec2Map:
     return register(Wav2Vec2Map(
         name=name, model_types=(model_type,), layer_prefix="encoder.layers.{i}.", norm="post",
-        positions=None, position_kind="convolutional", lora_targets=("q_proj", "v_proj"),
+        positions=None, position_kind="convolutional", lora_targets=("q_proj", "v_proj"), feed="encoder",
         slots={
             **linear("q", "attention.q_proj"), **linear("k", "attention.k_proj"), **linear("v", "attention.v_proj"),
             **linear("o", "attention.out_proj"), **linear("attn_ln", "layer_norm"),
