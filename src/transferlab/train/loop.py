@@ -38,6 +38,7 @@ from transferlab.study.degenerate import constant_baselines
 from transferlab.train import resume as ckpt
 from transferlab.train.batches import Encoded, collate, encode, epoch_batches, eval_batches
 from transferlab.train.checkpoint import save_weights, task_meta
+from transferlab.train.extra_evals import evaluate_extra
 from transferlab.train.fast import compiled, to_device
 
 
@@ -338,6 +339,9 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
         test = evaluate(model, data["test"], task, tspec.eval_batch_size, device, amp,
                         f"{spec.name} test" if progress else None)
         store.log_evals(uid, step, "test", test)
+    extra = evaluate_extra(model, data, task, tspec.eval_batch_size, device, amp) if status == "finished" else {}
+    for name, metrics in extra.items():  # e.g. MNLI's mismatched dev set (train/extra_evals.py)
+        store.log_evals(uid, step, name, metrics)
     if dev:
         store.log_evals(uid, step, "final_dev", dev)
     summary.update(dev=dev, test=test, best_step=best_step if tspec.restore_best else step,
@@ -347,7 +351,7 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
         summary.update(n_trainable_start=n_trainable, n_trainable=n_trainable_final,
                        trainable_share=n_trainable_final / max(1, n_params))
         store.update_run(uid, n_trainable=n_trainable_final)
-    summary.update(transfer)
+    summary.update(transfer, **({"extra_evals": extra} if extra else {}))
     if tspec.save_model and status == "finished":
         save_weights(model, store.artifact_dir(uid), task_meta(task))
     if status == "finished":
