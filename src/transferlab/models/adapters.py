@@ -18,7 +18,8 @@ the backbone's own table, and a sequence longer than it is a SpecError; ``new`` 
 by a new one of ``max_positions`` rows (default: the task's longest sequence), N(0, std), under the
 same name, so freezing policies treat it as positions. ``match_norm`` rescales the input layer so
 that its outputs on (up to 512) training inputs have the mean norm of the backbone's token
-embeddings. See docs/methods/input_adapters.md.
+embeddings. ``from: FOLDER`` starts the input layer from the one a masked-input pretraining
+(pretrain/masked_inputs.py) wrote to FOLDER, usually with ``model.name: FOLDER`` too. See docs/methods/input_adapters.md.
 """
 
 from __future__ import annotations
@@ -184,11 +185,48 @@ def match_norm(adapter: nn.Module, inputs: np.ndarray, target: float) -> float:
     return factor
 
 
+PRETRAINED_INPUT = "masked_inputs.safetensors"  # what pretrain/masked_inputs.py writes beside the backbone
+
+
+@torch.no_grad()
+def load_pretrained_input(adapter: nn.Module, folder: str) -> None:
+    """Copy the input layer a masked-input pretraining saved in ``folder`` into ``adapter``. A token table
+    has one more row there (the mask symbol, last): the task's rows are copied, the mask row is left out."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder).expanduser() / PRETRAINED_INPUT
+    if not path.is_file():
+        raise SpecError(f"input_adapter.from: {path} does not exist (a masked_inputs pretraining writes it)")
+    try:
+        saved = {k[len("input_adapter."):]: v for k, v in load_file(str(path)).items() if k.startswith("input_adapter.")}
+    except (SafetensorError, OSError) as e:
+        raise SpecError(f"input_adapter.from: cannot read {path}: {e}") from None
+    own = adapter.state_dict()
+    if set(saved) != set(own):
+        raise SpecError(f"input_adapter.from: {path} holds a {', '.join(sorted(saved)) or 'no'} input layer; this "
+                        f"task's ({adapter.describe()['kind']}) has {', '.join(sorted(own))}")
+    for key, value in saved.items():
+        if key == "embed.weight" and value.shape[0] == own[key].shape[0] + 1:
+            value = value[:-1]  # the mask symbol's row
+        if value.shape != own[key].shape:
+            raise SpecError(f"input_adapter.from: {key} is {tuple(value.shape)} in {path}, but this task and "
+                            f"backbone need {tuple(own[key].shape)}")
+        own[key].copy_(value)
+
+
 def build_input(spec, backbone, task) -> nn.Module:
     """The input adapter of ``task`` for ``backbone`` per ``spec`` (an InputAdapterSpec); sets positions."""
     std = spec.std if spec.std is not None else float(getattr(backbone.config, "initializer_range", 0.02))
     adapter = build_adapter(task.modality, backbone.hidden_size, input_dim=task.input_dim,
                             vocab_size=task.vocab_size, gain=spec.gain, std=std, task=task.name)
+    if spec.from_ is not None:
+        if spec.match_norm:
+            raise SpecError("input_adapter.match_norm: the input layer comes from input_adapter.from; "
+                            "drop match_norm (it would rescale the pretrained layer)")
+        load_pretrained_input(adapter, spec.from_)
     length = _sequence_length(task)
     if spec.positions == "new":
         n = spec.max_positions or length

@@ -122,11 +122,12 @@ def _load_tokenizer(source: str | Path, spec: ModelSpec, offline: bool):
     return tok
 
 
-def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
+def load_backbone(spec: ModelSpec, seed: int = 0, check_length: bool = True) -> Backbone:
     """Load (or build, for ``init: random`` and tiny aliases) the base model and its tokenizer.
 
     ``lstm`` / ``lstm-<width>`` is the LSTM baseline (models/lstm.py); ``spec.num_layers`` keeps the
-    first k layers (models/depth.py)."""
+    first k layers (models/depth.py). ``check_length``: check ``spec.max_length`` against the position
+    table (text tasks only: vector and token tasks do not tokenise, so they never use it)."""
     from transferlab.models.depth import keep_first_layers
     from transferlab.models.lstm import is_lstm, load_lstm
 
@@ -138,7 +139,7 @@ def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
         init_seed = seed if spec.init == "random" else TINY_PRETRAINED_SEED
         model = seeded(init_seed, lambda: tf.AutoModel.from_config(config))
         tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path()) if text else None
-        return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length)
+        return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length, check_length)
 
     offline = _offline(spec)
     if spec.name == "minilm":
@@ -172,7 +173,8 @@ def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
         raise _not_found(spec, offline, e) from None
     except ValueError as e:
         raise ModelError(f"model.name: {spec.name!r} cannot be loaded as a base model: {e}") from None
-    return Backbone(keep_first_layers(model, spec.num_layers), _load_tokenizer(source, spec, offline), spec.max_length)
+    return Backbone(keep_first_layers(model, spec.num_layers), _load_tokenizer(source, spec, offline), spec.max_length,
+                    check_length)
 
 
 def _model_class(config: tf.PretrainedConfig):
@@ -210,7 +212,8 @@ class Backbone(nn.Module):
     module, or None) and ``max_length`` (tokens per input, checked against the position table).
     """
 
-    def __init__(self, model: tf.PreTrainedModel, tokenizer: Any | None, max_length: int = 512):
+    def __init__(self, model: tf.PreTrainedModel, tokenizer: Any | None, max_length: int = 512,
+                 check_length: bool = True):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -219,7 +222,7 @@ class Backbone(nn.Module):
         self.num_layers = int(self.config.num_hidden_layers)
         self.family = str(self.config.model_type)
         limit = _max_positions(self.config)
-        if limit is not None and max_length > limit:
+        if check_length and limit is not None and max_length > limit:
             raise SpecError(f"model.max_length: {max_length} exceeds the {limit} positions {self.family} has")
         self.max_length = max_length
         self._args = set(inspect.signature(model.forward).parameters)

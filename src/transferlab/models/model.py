@@ -53,7 +53,8 @@ def build_model(spec: RunSpec, task: Task) -> TransferModel:
     """The backbone of ``spec.model``, the head of ``spec.head`` sized for ``task``, and an input
     adapter (``spec.input_adapter``) when ``task.modality`` is not text. New weights are seeded by
     ``spec.seed``. A task with per-token outputs (``extra["output_tokens"]``) needs the ``last`` head."""
-    backbone = load_backbone(spec.model, seed=spec.seed)
+    # model.max_length bounds tokenised text only; vector and token inputs are checked by build_input
+    backbone = load_backbone(spec.model, seed=spec.seed, check_length=task.modality == "text")
     options = dict(spec.head.options)
     if task.extra.get("output_tokens"):
         if spec.head.name not in ("last", "last_token"):
