@@ -159,7 +159,9 @@ class TransplantSpec:
     layers: Any = "all"  # all | 3 | "2-4" | "5<-0" | {target: source} ...
     roles: list[str] | None = None  # null: every layer role
     heads: Any = None  # null | [0, 1] | {target_head: source_head}
-    modules: list[str] = field(default_factory=list)  # embeddings, positions, embed_norm, final_norm, pooler
+    # embeddings, positions, embed_norm, final_norm, pooler; head: the task classifier of a stored run
+    # (same label set only)
+    modules: list[str] = field(default_factory=list)
     on_mismatch: str | dict[str, str] = "error"  # error | truncate | tile, or per role
 
     def __post_init__(self) -> None:

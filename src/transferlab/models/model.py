@@ -27,6 +27,7 @@ class TransferModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.input_adapter = input_adapter
+        self.labels: dict | None = None  # the task's outputs (build_model): what a head transplant checks
 
     @property
     def num_layers(self) -> int:
@@ -69,4 +70,7 @@ def build_model(spec: RunSpec, task: Task) -> TransferModel:
     adapter = None
     if task.modality != "text":
         adapter = seeded(spec.seed + 1, lambda: build_input(spec.input_adapter, backbone, task))
-    return TransferModel(backbone, head, adapter)
+    model = TransferModel(backbone, head, adapter)
+    model.labels = {"task": task.name, "problem": task.problem, "num_labels": task.num_labels,
+                    "label_names": task.label_names}
+    return model

@@ -15,6 +15,9 @@ model is allowed but no longer computes what it computed in its own model.
 ``[0, 2]`` or ``{target_head: source_head}``: only those heads' rows of q, k, v and columns of o
 move. ``modules`` (embeddings, positions, embed_norm, final_norm, pooler) move only between models
 of one family; there is no policy for, e.g., a wav2vec2 feature encoder into BERT's embeddings.
+``head`` (in ``modules``) moves the task classifier of a stored run (``run:``) whose task has the
+same label set (problem, number of labels, label names in order) and the same head; anything else
+is a one-line error. With ``layers: all`` too, that is intermediate-task transfer (Phang et al. 2018).
 
 Shapes must match unless ``on_mismatch`` (for all roles, or per role) says ``truncate`` (copy the
 overlapping block, the rest keeps the target's values) or ``tile`` (repeat the source to cover the
@@ -137,6 +140,12 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
                heads: Any = None, modules: list[str] | tuple = (), on_mismatch: str | dict[str, str] = "error",
                source_name: str = "") -> dict[str, Any]:
     """Copy ``source``'s weights into ``target`` (both TransferModel, Backbone or HF model); returns the report."""
+    head_moved = move_head(target, source, source_name) if "head" in modules else None
+    modules = [m for m in modules if m != "head"]
+    if head_moved is not None and layers is None and not modules:
+        return {"source": source_name, "modules": ["head"], "moved_values": head_moved, "notes": [],
+                "function_changes": False, "layers": [], "roles": [], "heads": None, "moved": [],
+                "stayed_values": sum(p.numel() for p in target.parameters()) - head_moved}
     ts, ss = schema_of(target), schema_of(source)
     roles = list(roles or ALL_LAYER_ROLES)
     pairs = layer_pairs(layers, ts, ss) if (layers is not None and roles) else []
@@ -220,6 +229,10 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
 
         if sync_pooler_head(target):
             notes.append("the pooler head's copy of the pooler was updated")
+    if head_moved is not None:
+        moved_values += head_moved
+        total += head_moved
+        modules = [*modules, "head"]
     return {
         "source": source_name or ss.family.name, "source_family": ss.family.name, "target_family": ts.family.name,
         "source_norm_position": ss.norm, "target_norm_position": ts.norm,
@@ -227,6 +240,32 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
         "moved_values": moved_values, "stayed_values": total - moved_values, "total_values": total,
         "function_changes": bool(differences), "notes": notes, "moved": moved,
     }
+
+
+@torch.no_grad()
+def move_head(target: nn.Module, source: nn.Module, source_name: str = "") -> int:
+    """Copy ``source``'s task classifier into ``target`` when both tasks have the same label set and the
+    heads the same kind and shapes; returns the values moved."""
+    mine, theirs = getattr(target, "labels", None), getattr(source, "labels", None)
+    if mine is None or theirs is None or not hasattr(source, "head"):
+        raise SpecError("transplant.modules: head moves a task classifier between runs; give transplant.run "
+                        "(a stored run), not a pretrained source")
+    same = {k: mine[k] == theirs[k] for k in ("problem", "num_labels", "label_names")}
+    if not all(same.values()):
+        key = next(k for k, ok in same.items() if not ok)
+        raise SpecError(f"transplant.modules: head: {source_name or 'the source'} ({theirs['task']}) has "
+                        f"{key} {theirs[key]}, this task ({mine['task']}) has {mine[key]}; the classifier moves "
+                        "only between tasks with the same label set (drop head to move the backbone only)")
+    if type(target.head) is not type(source.head):
+        raise SpecError(f"transplant.modules: head: the source's head is {source.head.name!r}, this run's "
+                        f"{target.head.name!r}; use the same head.name")
+    own, theirs_sd = target.head.state_dict(), source.head.state_dict()
+    bad = [k for k in own if k not in theirs_sd or own[k].shape != theirs_sd[k].shape]
+    if bad:
+        raise SpecError(f"transplant.modules: head: {bad[0]} differs in shape between the source's head and this "
+                        "run's (head options or hidden size differ)")
+    target.head.load_state_dict(theirs_sd)
+    return sum(v.numel() for v in own.values())
 
 
 def _check_shared(ts: ModelSchema, ss: ModelSchema, moves: list) -> None:
@@ -288,7 +327,9 @@ def check_step(step) -> None:
         raise SpecError("transplant: give exactly one of source (HF id, folder, alias) or run (a stored run)")
     if step.store is not None and step.run is None:
         raise SpecError("transplant.store: only used with transplant.run")
-    check_roles(step.roles, step.modules, "transplant")
+    check_roles(step.roles, [m for m in step.modules if m != "head"], "transplant")
+    if "head" in step.modules and step.run is None:
+        raise SpecError("transplant.modules: head moves the task classifier of a stored run; give transplant.run")
     modes = step.on_mismatch.items() if isinstance(step.on_mismatch, dict) else [("", step.on_mismatch)]
     for role, mode in modes:
         if role and role not in (*ALL_LAYER_ROLES, *GLOBAL_ROLES, "default"):
