@@ -264,3 +264,29 @@ def test_t5_loads_the_encoder_only(folders, data):
     assert type(model.backbone.model).__name__ == "T5EncoderModel"
     hidden, mask = model.backbone(**batch(model))
     assert len(hidden) == 3 and hidden[-1].shape[-1] == 32
+
+
+@pytest.mark.parametrize("strategy", [{"init": {"reinit_layers": 1}}, {"freeze": {"name": "fpt"}},
+                                      {"freeze": {"name": "lora"}},
+                                      {"transplant": [{"source": "tiny-bert", "layers": 0}]}])
+def test_a_family_without_a_map_is_one_line_exit_2(strategy, tmp_path, data, capsys):
+    import yaml
+
+    from transferlab.cli import main
+
+    config = tf.MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            vocab_size=30527, pad_token_id=0)
+    folder = tmp_path / "mpnet"
+    model_from_config(config).save_pretrained(folder)
+    tf.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+    spec = tiny_spec_dict(data, max_steps=1, save_model=False)
+    spec["model"]["name"] = str(folder)
+    spec.update(strategy)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    capsys.readouterr()  # the folder writer's progress bar
+    assert main(["run", str(path), "--store", str(tmp_path / "s.db"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "no layer schema for model type 'mpnet'; supported model types:" in err
+    assert all(t in err for t in ("albert", "deberta-v2", "distilbert", "modernbert", "t5", "xlm-roberta"))
