@@ -303,7 +303,7 @@ def test_wav2vec2_is_a_backbone_for_vector_tasks(tmp_path, one_thread):
     model, task = model_and_task(model={"name": "tiny-wav2vec2"})
     assert position_limit(model.backbone) is None  # convolutional positions: no table, no limit
     b, labels = batch(model, task)
-    hidden, mask = feed_embeds(model.backbone, model.input_adapter(b["inputs"]), b["attention_mask"])
+    hidden, _mask = feed_embeds(model.backbone, model.input_adapter(b["inputs"]), b["attention_mask"])
     assert len(hidden) == 3 and hidden[-1].shape[-1] == 32
     loss_fn(model(**b), labels, False).backward()
     assert model.input_adapter.proj.weight.grad.abs().sum() > 0

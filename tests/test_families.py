@@ -262,7 +262,7 @@ def test_pooler_head_uses_albert_pretrained_pooler(folders, data):
 def test_t5_loads_the_encoder_only(folders, data):
     model, _ = model_of(folders["t5"], data)
     assert type(model.backbone.model).__name__ == "T5EncoderModel"
-    hidden, mask = model.backbone(**batch(model))
+    hidden, _mask = model.backbone(**batch(model))
     assert len(hidden) == 3 and hidden[-1].shape[-1] == 32
 
 
@@ -290,3 +290,13 @@ def test_a_family_without_a_map_is_one_line_exit_2(strategy, tmp_path, data, cap
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "no layer schema for model type 'mpnet'; supported model types:" in err
     assert all(t in err for t in ("albert", "deberta-v2", "distilbert", "modernbert", "t5", "xlm-roberta"))
+
+
+def test_albert_depth_runs_the_shared_layer_k_times(folders, data):
+    from transferlab.models.depth import keep_layers
+
+    model, _ = model_of(folders["albert"], data, model={"name": folders["albert"], "max_length": 32, "num_layers": 1})
+    hidden, _ = model.backbone(**batch(model))
+    assert model.num_layers == 1 and len(hidden) == 2
+    with pytest.raises(ModelError, match="albert layers share their weights, so they cannot be cut or reordered"):
+        keep_layers(model.backbone.model, [1, 0])

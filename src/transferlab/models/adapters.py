@@ -33,7 +33,6 @@ from torch import Tensor, nn
 from transferlab.errors import DataError, ModelError, SpecError
 
 
-
 class VectorAdapter(nn.Module):
     """Linear D -> H with orthogonal weights (scaled by ``gain``) and zero bias."""
 

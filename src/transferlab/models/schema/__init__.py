@@ -16,8 +16,8 @@ from transferlab.models.schema import (  # noqa: F401  (registers the families)
 from transferlab.models.schema.base import (
     ALL_LAYER_ROLES,
     ATTENTION_ROLES,
-    EXTRA_LAYER_ROLES,
     CATEGORY,
+    EXTRA_LAYER_ROLES,
     GLOBAL_ROLES,
     LAYER_ROLES,
     SCHEMAS,
@@ -27,5 +27,16 @@ from transferlab.models.schema.base import (
     schema_of,
 )
 
-__all__ = ["ALL_LAYER_ROLES", "ATTENTION_ROLES", "EXTRA_LAYER_ROLES", "CATEGORY", "GLOBAL_ROLES", "LAYER_ROLES", "SCHEMAS", "FamilyMap", "ModelSchema",
-           "Slot", "schema_of"]
+__all__ = [
+    "ALL_LAYER_ROLES",
+    "ATTENTION_ROLES",
+    "CATEGORY",
+    "EXTRA_LAYER_ROLES",
+    "GLOBAL_ROLES",
+    "LAYER_ROLES",
+    "SCHEMAS",
+    "FamilyMap",
+    "ModelSchema",
+    "Slot",
+    "schema_of",
+]
