@@ -292,3 +292,65 @@ def test_exporting_an_lstm_run_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="LSTM baseline.*not a Hugging Face model"):
         export_model(model, task, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_wav2vec2_is_a_backbone_for_vector_tasks(tmp_path, one_thread):
+    """The adapter's output enters wav2vec2's encoder (positional convolution, norm, layers) in place of
+    its feature encoder; no position table to check, padding changes no prediction, a run trains."""
+    from transferlab.store import Store
+    from transferlab.train.loop import run
+
+    model, task = model_and_task(model={"name": "tiny-wav2vec2"})
+    assert position_limit(model.backbone) is None  # convolutional positions: no table, no limit
+    b, labels = batch(model, task)
+    hidden, _mask = feed_embeds(model.backbone, model.input_adapter(b["inputs"]), b["attention_mask"])
+    assert len(hidden) == 3 and hidden[-1].shape[-1] == 32
+    loss_fn(model(**b), labels, False).backward()
+    assert model.input_adapter.proj.weight.grad.abs().sum() > 0
+    assert model.backbone.model.encoder.layers[0].attention.q_proj.weight.grad.abs().sum() > 0
+    s = spec(model={"name": "tiny-wav2vec2"}, train={"max_steps": 2, "batch_size": 8, "num_evals": 1,
+                                                   "save_model": False})
+    s.task.max_train_samples, s.task.max_eval_samples = 32, 16
+    result = run(s, Store(tmp_path / "s.db"), progress=False)
+    assert result.status == "finished" and result.steps == 2
+
+
+def test_max_length_is_checked_for_text_only(tmp_path):
+    """model.max_length bounds tokenised text; a vector task never tokenises, so 600 > 512 is no error there."""
+    from conftest import write_sentiment_csv
+
+    model, _ = model_and_task(model={"name": "tiny-roberta", "max_length": 600})
+    assert position_limit(model.backbone) == 512
+    s = load_spec({"model": {"name": "tiny-roberta", "max_length": 600},
+                   "task": {"name": "csv", "path": str(write_sentiment_csv(tmp_path / "toy", 8, 4))}})
+    with pytest.raises(SpecError, match=r"model\.max_length: 600 exceeds the 512"):
+        build_model(s, build_task(s.task))
+
+
+def test_the_input_layer_of_masked_input_pretraining_is_reused(tmp_path, one_thread):
+    from transferlab.pretrain import pretrain
+    from transferlab.pretrain.spec import load_pretrain_spec
+
+    out = tmp_path / "digits-src"
+    pretrain(load_pretrain_spec({
+        "name": "digits-mim", "objective": "masked_inputs",
+        "corpus": {"task": {"name": "digits", "options": {"patch_size": 4}}},
+        "architecture": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
+        "train": {"batch_size": 32, "num_evals": 1, "max_steps": 3}, "optim": {"lr": 2e-3}, "out": str(out)}),
+        progress=False)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "masked_inputs.safetensors"))
+    model, _ = model_and_task(model={"name": str(out)}, input_adapter={"from": str(out)})
+    assert torch.equal(model.input_adapter.proj.weight, saved["input_adapter.proj.weight"])
+    assert torch.equal(model.input_adapter.proj.bias, saved["input_adapter.proj.bias"])
+    fresh, _ = model_and_task(model={"name": str(out)})
+    assert not torch.equal(fresh.input_adapter.proj.weight, saved["input_adapter.proj.weight"])
+    with pytest.raises(SpecError, match="input_adapter.from: .*nowhere/masked_inputs.safetensors does not exist"):
+        model_and_task(input_adapter={"from": str(tmp_path / "nowhere")})
+    with pytest.raises(SpecError, match=r"input_adapter.from: proj.weight is \(32, 16\) .* need \(32, 4\)"):
+        model_and_task(model={"name": str(out)}, input_adapter={"from": str(out)},
+                       task={"name": "digits", "options": {"patch_size": 2}})
+    with pytest.raises(SpecError, match="input_adapter.from: .*has embed.weight"):  # a tokens task, a vectors layer
+        model_and_task(model={"name": str(out)}, input_adapter={"from": str(out)},
+                       task={"name": "listops", "options": {"num_train": 20, "num_dev": 5, "num_test": 5}})

@@ -600,3 +600,24 @@ def test_hub_rows_are_converted(monkeypatch):
     monkeypatch.setattr(imdb, "load_hub", fake({"train": reviews, "test": reviews}))
     task = build_task(TaskSpec(name="imdb"))
     assert {k: len(v) for k, v in task.splits.items()} == {"train": 18, "dev": 2, "test": 20}
+
+
+def test_an_mnli_run_evaluates_matched_and_mismatched(tmp_path, one_thread):
+    """Selection and the main metric on dev (matched); dev_mm (mismatched) evaluated at the end too, both stored."""
+    from conftest import tiny_spec_dict
+
+    from transferlab.spec import load_spec
+    from transferlab.store import Store
+    from transferlab.train.loop import run
+
+    write_glue(tmp_path, "mnli", n=12)
+    spec = tiny_spec_dict(tmp_path / "MNLI", max_steps=2, num_evals=1, save_model=False, batch_size=4)
+    spec["task"] = {"name": "mnli", "path": str(tmp_path / "MNLI")}
+    store = Store(tmp_path / "s.db")
+    result = run(load_spec(spec), store, progress=False)
+    assert result.status == "finished" and result.summary["main_metric"] == "accuracy"
+    mismatched = result.summary["extra_evals"]["dev_mm"]
+    assert set(mismatched) == set(result.dev) and 0.0 <= mismatched["accuracy"] <= 1.0
+    splits = {split for _, split, _, _ in store.evals(result.uid)}
+    assert {"dev", "dev_mm"} <= splits
+    assert not build_task(TaskSpec(name="rte", path=str(write_glue(tmp_path, "rte")))).extra["eval_splits"]

@@ -23,19 +23,33 @@ def configs() -> dict[str, tf.PretrainedConfig]:
     out["deit"] = tf.DeiTConfig(**SMALL, image_size=16, patch_size=4)
     out["hubert"] = tf.HubertConfig(**SMALL, **W2V)
     out["wav2vec2-stable"] = tf.Wav2Vec2Config(**SMALL, **W2V, do_stable_layer_norm=True, feat_extract_norm="layer")
+    out["distilbert"] = SCHEMAS.get("distilbert").tiny_config()
+    out["albert"] = SCHEMAS.get("albert").tiny_config()
+    return out
+
+
+def all_configs() -> dict[str, tf.PretrainedConfig]:
+    """configs() plus the families whose layers are not BERT's function (relative, rotary, GLU, RMSNorm)."""
+    out = configs()
+    for model_type in ("deberta-v2", "modernbert", "t5"):
+        out[model_type] = SCHEMAS.get(model_type).tiny_config()
+    out["deberta-v2-own-pos-proj"] = tf.DebertaV2Config(**{**out["deberta-v2"].to_dict(), "share_att_key": False})
+    out["t5-plain-ffn"] = tf.T5Config(**{**out["t5"].to_dict(), "feed_forward_proj": "relu"})
     return out
 
 
 def build(config: tf.PretrainedConfig, seed: int) -> torch.nn.Module:
+    from transferlab.models.backbone import model_from_config
+
     torch.manual_seed(seed)
     config._attn_implementation = "eager"
-    return tf.AutoModel.from_config(config).eval()
+    return model_from_config(config).eval()
 
 
-@pytest.mark.parametrize("name", list(configs()))
+@pytest.mark.parametrize("name", list(all_configs()))
 def test_round_trip_is_bit_identical(name):
     """Acceptance 1: read every weight through the schema, write it into another model: same state dict."""
-    config = configs()[name]
+    config = all_configs()[name]
     a, b = build(config, 0), build(config, 1)
     assert any(not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     canonical = schema_of(a).read()
@@ -102,7 +116,7 @@ def test_norm_position_recorded_per_family():
     norms = {name: schema_of(build(c, 0)).norm for name, c in configs().items()}
     assert norms == {"tiny-bert": "post", "tiny-roberta": "post", "tiny-gpt2": "pre", "tiny-vit": "pre",
                      "tiny-wav2vec2": "post", "electra": "post", "deit": "pre", "hubert": "post",
-                     "wav2vec2-stable": "pre"}
+                     "wav2vec2-stable": "pre", "distilbert": "post", "albert": "post"}
     stable = schema_of(build(configs()["wav2vec2-stable"], 0))
     assert stable.keys("final_norm:*") == ["final_norm:encoder.layer_norm.weight", "final_norm:encoder.layer_norm.bias"]
     base = schema_of(build(configs()["tiny-wav2vec2"], 0))
@@ -161,7 +175,24 @@ def test_schema_of_a_transfer_model_uses_its_parameter_names():
 
 
 def test_a_family_without_a_map_is_a_clear_error():
-    distil = tf.AutoModel.from_config(tf.DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64))
-    with pytest.raises(ModelError, match="no layer schema for model type 'distilbert'.*bert.*gpt2"):
-        schema_of(distil)
-    assert {"bert", "roberta", "electra", "gpt2", "vit", "deit", "wav2vec2", "hubert"} <= set(SCHEMAS.names())
+    mpnet = tf.AutoModel.from_config(tf.MPNetConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                    intermediate_size=64, vocab_size=100))
+    with pytest.raises(ModelError, match="no layer schema for model type 'mpnet'; supported model types: .*bert.*gpt2"):
+        schema_of(mpnet)
+    assert {"bert", "roberta", "electra", "gpt2", "vit", "deit", "wav2vec2", "hubert", "deberta-v2", "distilbert",
+            "albert", "modernbert", "t5"} <= set(SCHEMAS.names())
+
+
+@pytest.mark.parametrize("model_type", ["deberta-v2", "modernbert", "t5", "distilbert", "albert"])
+def test_call_layer_chain_reproduces_the_models_hidden_states(model_type):
+    """The family's call_layer (relative positions, rotary, T5's shared bias) runs each layer as the model does."""
+    model = build(SCHEMAS.get(model_type).tiny_config(), 0)
+    s = schema_of(model)
+    ids = torch.tensor([[101, 2023, 3185, 2001, 2307, 102], [101, 2023, 102, 0, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        x = want[0]
+        for layer in range(s.num_layers - 1):  # the last state may carry the final norm (T5, ModernBERT)
+            x = s.call_layer(layer, x, mask)
+            assert (x - want[layer + 1])[mask.bool()].abs().max() < 1e-5, layer

@@ -166,9 +166,10 @@ def test_bad_mappings_name_what_exists():
         transplant(bert, w2v, layers=0, heads={0: 2})
     with pytest.raises(ModelError, match="no policy to move 'embeddings' from wav2vec2 into bert"):
         transplant(bert, w2v, layers=None, modules=["embeddings"])
-    distil = tf.AutoModel.from_config(tf.DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64))
-    with pytest.raises(ModelError, match="no layer schema for model type 'distilbert'"):
-        transplant(bert, distil)
+    mpnet = tf.AutoModel.from_config(tf.MPNetConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                    intermediate_size=64, vocab_size=100))
+    with pytest.raises(ModelError, match="no layer schema for model type 'mpnet'"):
+        transplant(bert, mpnet)
 
 
 def test_spec_steps_are_checked():
@@ -229,3 +230,43 @@ def test_from_a_stored_runs_checkpoint_and_bad_sources(tmp_path, toy_task_dir):
     (folder / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ModelError, match="cannot be loaded"):
         apply_transplants(target, [TransplantSpec(source=str(folder))])
+
+
+def test_the_task_classifier_moves_between_runs_with_the_same_labels(tmp_path, toy_task_dir, capsys):
+    """modules: [head] from a stored run: the classifier arrives (with layers: all, the whole model: intermediate-
+    task transfer); a task with another label set is one line, exit 2."""
+    import yaml
+
+    from transferlab.cli import main
+    from transferlab.data.build import build_task
+    from transferlab.models.model import build_model
+
+    store = Store(tmp_path / "s.db")
+    first = run(load_spec(tiny_spec_dict(toy_task_dir, max_steps=3, num_evals=1)), store, progress=False)
+    trained, _ = load_run_model(store, first.uid)
+    second = load_spec({**tiny_spec_dict(toy_task_dir, max_steps=1), "seed": 7})
+    model = build_model(second, build_task(second.task))
+    assert not torch.equal(model.head.out.weight, trained.head.out.weight)
+    (report,) = apply_transplants(model, [TransplantSpec(run=first.uid, modules=["head"])], store)
+    assert "head" in report["modules"]
+    for key, value in trained.state_dict().items():  # backbone (layers: all; embeddings stay) and head
+        if key.startswith(("head.", "backbone.model.encoder.")):
+            assert torch.equal(model.state_dict()[key], value), key
+    (only,) = apply_transplants(build_model(second, build_task(second.task)),
+                                [TransplantSpec(run=first.uid, modules=["head"], layers=None)], store)
+    assert only["modules"] == ["head"] and only["layers"] == []
+
+    three = tmp_path / "three"
+    three.mkdir()
+    for split in ("train", "dev"):
+        (three / f"{split}.csv").write_text("text,label\n" + "".join(f"row {i},{i % 3}\n" for i in range(12)))
+    spec = tiny_spec_dict(three, max_steps=1)
+    spec["transplant"] = [{"run": first.uid, "modules": ["head"]}]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(path), "--store", str(tmp_path / "s.db"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "transplant.modules: head:" in err and "has num_labels 2, this task (csv) has 3" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(SpecError, match="head moves the task classifier of a stored run; give transplant.run"):
+        TransplantSpec(source="tiny-bert", modules=["head"])

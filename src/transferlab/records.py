@@ -47,6 +47,7 @@ class RunSummary(Mapping):
     main_metric: str = ""
     dev: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
+    extra_evals: dict[str, dict[str, float]] = field(default_factory=dict)  # splits beyond dev/test (MNLI's dev_mm)
     best_step: int | None = None
     baseline: dict[str, float] = field(default_factory=dict)  # the task's chance level on dev
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # constant predictors, per split
@@ -72,7 +73,7 @@ class RunSummary(Mapping):
         known = {k: data.pop(k) for k in list(data) if k in names}
         known["engine"] = EngineInfo.from_dict(known.get("engine"))
         known["transfer"] = {**data, **(known.get("transfer") or {})}  # an old summary's top-level extras
-        for key in ("dev", "test", "baseline", "baselines", "extra"):
+        for key in ("dev", "test", "extra_evals", "baseline", "baselines", "extra"):
             known[key] = known.get(key) or {}
         return cls(**known)
 

@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
 
@@ -60,6 +60,10 @@ class InputAdapterSpec:
     gain: float = 1.0  # orthogonal init gain of the linear input layer (FPT uses 1.41)
     std: float | None = None  # N(0, std) init of a token table (null: the backbone's initializer_range)
     match_norm: bool = False  # rescale the input layer so its outputs have the backbone's token-embedding norm
+    # ``from: FOLDER``: the input layer a masked-input pretraining wrote there (masked_inputs.safetensors)
+    from_: str | None = None
+
+    KEY_ALIASES: ClassVar[dict[str, str]] = {"from": "from_"}  # YAML key -> field (``from`` is a keyword)
 
 
 @dataclass
@@ -167,7 +171,9 @@ class TransplantSpec:
     layers: Any = "all"  # all | 3 | "2-4" | "5<-0" | {target: source} ...
     roles: list[str] | None = None  # null: every layer role
     heads: Any = None  # null | [0, 1] | {target_head: source_head}
-    modules: list[str] = field(default_factory=list)  # embeddings, positions, embed_norm, final_norm, pooler
+    # embeddings, positions, embed_norm, final_norm, pooler; head: the task classifier of a stored run
+    # (same label set only)
+    modules: list[str] = field(default_factory=list)
     on_mismatch: str | dict[str, str] = "error"  # error | truncate | tile, or per role
 
     def __post_init__(self) -> None:
@@ -317,6 +323,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise SpecError(f"{where or 'spec'}: expected a mapping of fields, got {data!r}")
     hints = typing.get_type_hints(cls)
+    aliases = getattr(cls, "KEY_ALIASES", {})
+    data = {aliases.get(k, k): v for k, v in data.items()}
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:

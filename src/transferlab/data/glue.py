@@ -20,7 +20,9 @@ Label ids follow the hub's ClassLabel order:
 
 Splits: ``train``, ``dev`` and, when present, ``test`` (labels -1 / NaN). MNLI has
 ``dev`` (matched) and ``dev_mm`` (mismatched), and ``test``/``test_mm``; the task
-``mnli-mm`` uses the mismatched sets as ``dev``/``test``. Each task reads its own
+``mnli-mm`` uses the mismatched sets as ``dev``/``test``. An ``mnli`` run selects on
+``dev`` (matched accuracy, its main metric) and evaluates ``dev_mm`` with the final weights too
+(``task.extra["eval_splits"]``; both are stored with the run). Each task reads its own
 columns: ``task.text_column``/``label_column`` are not used, and ``text_pair_column``
 is refused for the single-sentence tasks (cola, sst-2). Rows with fewer fields
 than needed are skipped, as the hub's loader does; their count is warned about
@@ -235,7 +237,9 @@ def build_glue(name: str, spec) -> Task:
         metrics=g.metrics,
         main_metric=g.main,
         label_names=list(g.label_names) if g.label_names else None,
-        extra={"pair": g.pair, "source": spec.path or f"hub:nyu-mll/glue/{g.hub}", "skipped_rows": skipped},
+        extra={"pair": g.pair, "source": spec.path or f"hub:nyu-mll/glue/{g.hub}", "skipped_rows": skipped,
+               # evaluated at the end besides dev (train/extra_evals.py): MNLI's mismatched dev set
+               "eval_splits": [n for n in ("dev_mm",) if n in splits and splits[n].labelled]},
     )
 
 

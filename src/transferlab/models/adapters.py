@@ -4,7 +4,8 @@ The adapter replaces the backbone's token embeddings; its output is the backbone
 ``inputs_embeds``, so the backbone still adds its positions (and, in BERT, the segment-0
 embedding) and applies its embedding LayerNorm. Families whose forward takes no ``inputs_embeds``
 (ViT, DeiT) are fed through their layers directly (:func:`feed_embeds`): adapter output + the
-patch rows of their position table, then every layer.
+patch rows of their position table, then every layer; wav2vec2 and HuBERT through their encoder
+module (positional convolution, norm, layers): the adapter stands for the feature encoder.
 
 * ``modality="vectors"``: (B, T, D) floats -> :class:`VectorAdapter`, a linear layer with
   orthogonal weights times ``gain`` (FPT: 1.41) and zero bias: patches, pixels, bit groups;
@@ -17,7 +18,8 @@ the backbone's own table, and a sequence longer than it is a SpecError; ``new`` 
 by a new one of ``max_positions`` rows (default: the task's longest sequence), N(0, std), under the
 same name, so freezing policies treat it as positions. ``match_norm`` rescales the input layer so
 that its outputs on (up to 512) training inputs have the mean norm of the backbone's token
-embeddings. See docs/methods/input_adapters.md.
+embeddings. ``from: FOLDER`` starts the input layer from the one a masked-input pretraining
+(pretrain/masked_inputs.py) wrote to FOLDER, usually with ``model.name: FOLDER`` too. See docs/methods/input_adapters.md.
 """
 
 from __future__ import annotations
@@ -29,13 +31,6 @@ import torch
 from torch import Tensor, nn
 
 from transferlab.errors import DataError, ModelError, SpecError
-from transferlab.models.schema import family_of
-
-
-def _special_rows(backbone) -> int | None:
-    """Position rows before the patches of a vision family (its FamilyMap), None for other families."""
-    family = family_of(backbone.family)
-    return family.special_rows if family is not None and family.special_rows else None
 
 
 class VectorAdapter(nn.Module):
@@ -102,15 +97,13 @@ def position_table(backbone) -> tuple[nn.Module, str, Tensor] | None:
     """(owner module, attribute, tensor) of the backbone's learned position table; None when it has none."""
     if backbone.family == "lstm":
         return None
-    from transferlab.models.schema import schema_of
+    from transferlab.models.schema import SCHEMAS
 
-    try:
-        roles = schema_of(backbone).roles
-    except ModelError:
+    if backbone.family not in SCHEMAS:
         return None
     params = dict(backbone.model.named_parameters())
-    name = next((n for n, (_, role) in roles.items() if role == "positions" and n in params), None)
-    if name is None:
+    name = SCHEMAS.get(backbone.family).positions  # None: relative, rotary or convolutional positions
+    if name is None or name not in params:
         return None
     path, _, leaf = name.rpartition(".")
     owner = backbone.model.get_submodule(path)
@@ -122,12 +115,11 @@ def position_table(backbone) -> tuple[nn.Module, str, Tensor] | None:
 
 def position_offset(backbone) -> int:
     """Rows of the table before the first input position (RoBERTa: padding_idx + 1; ViT: CLS)."""
-    if (rows := _special_rows(backbone)) is not None:
-        return rows
-    family = family_of(backbone.family)
-    if family is not None and family.positions_after_pad:
-        return int(backbone.config.pad_token_id or 0) + 1
-    return 0
+    from transferlab.models.schema import SCHEMAS
+
+    if backbone.family not in SCHEMAS:
+        return 0
+    return SCHEMAS.get(backbone.family).position_offset(backbone.config)
 
 
 def position_limit(backbone) -> int | None:
@@ -192,11 +184,48 @@ def match_norm(adapter: nn.Module, inputs: np.ndarray, target: float) -> float:
     return factor
 
 
+PRETRAINED_INPUT = "masked_inputs.safetensors"  # what pretrain/masked_inputs.py writes beside the backbone
+
+
+@torch.no_grad()
+def load_pretrained_input(adapter: nn.Module, folder: str) -> None:
+    """Copy the input layer a masked-input pretraining saved in ``folder`` into ``adapter``. A token table
+    has one more row there (the mask symbol, last): the task's rows are copied, the mask row is left out."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder).expanduser() / PRETRAINED_INPUT
+    if not path.is_file():
+        raise SpecError(f"input_adapter.from: {path} does not exist (a masked_inputs pretraining writes it)")
+    try:
+        saved = {k[len("input_adapter."):]: v for k, v in load_file(str(path)).items() if k.startswith("input_adapter.")}
+    except (SafetensorError, OSError) as e:
+        raise SpecError(f"input_adapter.from: cannot read {path}: {e}") from None
+    own = adapter.state_dict()
+    if set(saved) != set(own):
+        raise SpecError(f"input_adapter.from: {path} holds a {', '.join(sorted(saved)) or 'no'} input layer; this "
+                        f"task's ({adapter.describe()['kind']}) has {', '.join(sorted(own))}")
+    for key, value in saved.items():
+        if key == "embed.weight" and value.shape[0] == own[key].shape[0] + 1:
+            value = value[:-1]  # the mask symbol's row
+        if value.shape != own[key].shape:
+            raise SpecError(f"input_adapter.from: {key} is {tuple(value.shape)} in {path}, but this task and "
+                            f"backbone need {tuple(own[key].shape)}")
+        own[key].copy_(value)
+
+
 def build_input(spec, backbone, task) -> nn.Module:
     """The input adapter of ``task`` for ``backbone`` per ``spec`` (an InputAdapterSpec); sets positions."""
     std = spec.std if spec.std is not None else float(getattr(backbone.config, "initializer_range", 0.02))
     adapter = build_adapter(task.modality, backbone.hidden_size, input_dim=task.input_dim,
                             vocab_size=task.vocab_size, gain=spec.gain, std=std, task=task.name)
+    if spec.from_ is not None:
+        if spec.match_norm:
+            raise SpecError("input_adapter.match_norm: the input layer comes from input_adapter.from; "
+                            "drop match_norm (it would rescale the pretrained layer)")
+        load_pretrained_input(adapter, spec.from_)
     length = _sequence_length(task)
     if spec.positions == "new":
         n = spec.max_positions or length
@@ -220,23 +249,57 @@ def build_input(spec, backbone, task) -> nn.Module:
     return adapter
 
 
+def encoder_states(encoder: nn.Module, embeds: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+    """All hidden states of a wav2vec2/HuBERT ``encoder`` module run on ``embeds``: layer 0's input, each
+    layer's output, the last one as the encoder returns it (after the final norm of a pre-LN model).
+
+    The module returns its last state only (transformers 5 gathers the others with hooks on the
+    top-level model), so the states are taken here with hooks on its layers; a layer LayerDrop
+    skips in training passes its input on, as in the library's loop."""
+    states: dict[int, Tensor] = {}
+
+    def keep_input(_module, _args, out):  # the encoder's dropout after the positions: layer 0's input
+        states[-1] = out
+
+    def keep(i):
+        def hook(_module, _args, out):
+            states[i] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    layers = encoder.layers
+    handles = [encoder.dropout.register_forward_hook(keep_input)]
+    handles += [layer.register_forward_hook(keep(i)) for i, layer in enumerate(layers)]
+    try:
+        last = encoder(embeds, attention_mask=mask.bool()).last_hidden_state
+    finally:
+        for h in handles:
+            h.remove()
+    hidden = [states[-1]]
+    for i in range(len(layers) - 1):
+        hidden.append(states.get(i, hidden[-1]))
+    return (*hidden, last)
+
+
 def feed_embeds(backbone, embeds: Tensor, mask: Tensor | None) -> tuple[tuple[Tensor, ...], Tensor]:
     """All hidden states and the mask for adapter outputs ``embeds`` (B, T, H)."""
+    from transferlab.models.schema import SCHEMAS, schema_of
+
     if "inputs_embeds" in getattr(backbone, "_args", {"inputs_embeds"}):
         return backbone(inputs_embeds=embeds, attention_mask=mask)
-    if _special_rows(backbone) is None:
-        raise ModelError(f"input adapters need a backbone that takes inputs_embeds or a ViT/DeiT; "
-                         f"{backbone.family} does neither")
-    from transferlab.models.schema import schema_of
-
+    feed = SCHEMAS.get(backbone.family).feed if backbone.family in SCHEMAS else None
+    if feed not in ("layers", "encoder"):
+        raise ModelError(f"input adapters need a backbone that takes inputs_embeds, a ViT/DeiT or a wav2vec2/"
+                         f"HuBERT; {backbone.family} is none of them")
     if mask is None:
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    if feed == "encoder":  # wav2vec2: the adapter stands for the feature encoder and its projection
+        return encoder_states(backbone.model.encoder, embeds, mask), mask
     route = backbone.__dict__.get("_blocks_route")
     if route is None:  # built once: the schema's layer calls and where the position table lives
         owner, attr, _ = position_table(backbone)
         route = backbone.__dict__["_blocks_route"] = (owner, attr, schema_of(backbone))
     owner, attr, schema = route
-    offset = _special_rows(backbone)
+    offset = position_offset(backbone)
     x = embeds + getattr(owner, attr)[:, offset : offset + embeds.shape[1]]
     x = backbone.model.embeddings.dropout(x)
     hidden = [x]

@@ -27,13 +27,12 @@ from torch import Tensor, nn
 
 from transferlab.errors import ModelError, SpecError
 from transferlab.models.common import minilm_path, seeded
-from transferlab.models.schema import family_of
+from transferlab.models.schema import SCHEMAS, family_of
 from transferlab.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 TINY_PRETRAINED_SEED = 1234
-_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 # Config attributes that hold dropout probabilities, across families (BERT, GPT-2, wav2vec2, DistilBERT...).
 _DROPOUT_KEYS = (
     "hidden_dropout_prob", "attention_probs_dropout_prob",  # BERT, RoBERTa, ViT
@@ -43,29 +42,18 @@ _DROPOUT_KEYS = (
 )
 
 
+TINY_FAMILIES = {"tiny-bert": "bert", "tiny-roberta": "roberta", "tiny-gpt2": "gpt2", "tiny-vit": "vit",
+                 "tiny-wav2vec2": "wav2vec2"}  # alias -> model_type; the config is the family map's ``tiny``
+TEXT_FAMILIES = ("bert", "roberta", "gpt2")  # tiny aliases that read text (MiniLM's tokenizer)
+
+
 def _tiny_config(name: str) -> tuple[tf.PretrainedConfig, bool]:
-    """The config of a tiny alias and whether it is a text model (uses MiniLM's tokenizer)."""
-    text = {"vocab_size": 30522, "pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102}  # MiniLM ids
-    if name == "tiny-bert":
-        return tf.BertConfig(**_TINY, **text, max_position_embeddings=512), True
-    if name == "tiny-roberta":
-        # RoBERTa numbers positions from pad_token_id + 1 (here 1, with [PAD] = 0): 512 tokens need 513.
-        # type_vocab_size 1 like the real RoBERTa: Backbone drops BERT's segment ids for it.
-        return tf.RobertaConfig(**_TINY, **text, max_position_embeddings=513, type_vocab_size=1), True
-    if name == "tiny-gpt2":
-        return tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_inner=64, n_positions=512, **text), True
-    if name == "tiny-vit":
-        return tf.ViTConfig(**_TINY, image_size=32, patch_size=4, num_channels=3), False
-    if name == "tiny-wav2vec2":
-        cfg = tf.Wav2Vec2Config(
-            **_TINY, conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3),
-            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=32,
-        )
-        return cfg, False
-    raise KeyError(name)
+    """The config of a tiny alias (its FamilyMap's tiny config) and whether it is a text model."""
+    model_type = TINY_FAMILIES[name]
+    return SCHEMAS.get(model_type).tiny_config(model_type), model_type in TEXT_FAMILIES
 
 
-TINY_ALIASES = ("tiny-bert", "tiny-roberta", "tiny-gpt2", "tiny-vit", "tiny-wav2vec2")
+TINY_ALIASES = tuple(TINY_FAMILIES)
 
 
 def _offline(spec: ModelSpec) -> bool:
@@ -110,11 +98,12 @@ def _load_tokenizer(source: str | Path, spec: ModelSpec, offline: bool):
     return tok
 
 
-def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
+def load_backbone(spec: ModelSpec, seed: int = 0, check_length: bool = True) -> Backbone:
     """Load (or build, for ``init: random`` and tiny aliases) the base model and its tokenizer.
 
     ``lstm`` / ``lstm-<width>`` is the LSTM baseline (models/lstm.py); ``spec.num_layers`` keeps the
-    first k layers (models/depth.py)."""
+    first k layers (models/depth.py). ``check_length``: check ``spec.max_length`` against the position
+    table (text tasks only: vector and token tasks do not tokenise, so they never use it)."""
     from transferlab.models.depth import keep_first_layers
     from transferlab.models.lstm import is_lstm, load_lstm
 
@@ -126,7 +115,7 @@ def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
         init_seed = seed if spec.init == "random" else TINY_PRETRAINED_SEED
         model = seeded(init_seed, lambda: tf.AutoModel.from_config(config))
         tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path()) if text else None
-        return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length)
+        return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length, check_length)
 
     offline = _offline(spec)
     if spec.name == "minilm":
@@ -150,26 +139,45 @@ def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
     except ValueError as e:  # e.g. an unknown model_type, or remote code not trusted
         raise ModelError(f"model.name: {spec.name!r} cannot be loaded: {e}") from None
     _set_dropout(config, spec.dropout)
+    auto = _model_class(config)
     try:
         if spec.init == "random":
-            model = seeded(seed, lambda: tf.AutoModel.from_config(config, trust_remote_code=spec.trust_remote_code))
+            model = seeded(seed, lambda: model_from_config(config, trust_remote_code=spec.trust_remote_code))
         else:
-            model = tf.AutoModel.from_pretrained(source, config=config, dtype=torch.float32, **kw)
+            model = auto.from_pretrained(source, config=config, dtype=torch.float32, **kw)
     except OSError as e:
         raise _not_found(spec, offline, e) from None
     except ValueError as e:
         raise ModelError(f"model.name: {spec.name!r} cannot be loaded as a base model: {e}") from None
-    return Backbone(keep_first_layers(model, spec.num_layers), _load_tokenizer(source, spec, offline), spec.max_length)
+    return Backbone(keep_first_layers(model, spec.num_layers), _load_tokenizer(source, spec, offline), spec.max_length,
+                    check_length)
+
+
+def _model_class(config: tf.PretrainedConfig):
+    """The class that loads the encoder: the family's ``model_class`` (T5: ``T5EncoderModel``, not the
+    encoder-decoder ``AutoModel`` builds), else ``AutoModel``."""
+    from transferlab.models.schema import SCHEMAS
+
+    family = SCHEMAS.get(str(config.model_type)) if str(config.model_type) in SCHEMAS else None
+    return getattr(tf, family.model_class) if family is not None and family.model_class else tf.AutoModel
+
+
+def model_from_config(config: tf.PretrainedConfig, trust_remote_code: bool = False) -> tf.PreTrainedModel:
+    """A randomly initialised encoder of ``config`` (of the family's ``model_class`` where it has one)."""
+    auto = _model_class(config)
+    if auto is tf.AutoModel:
+        return tf.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    return auto._from_config(config)
 
 
 def _max_positions(config: tf.PretrainedConfig) -> int | None:
+    """Input tokens the learned position table covers (the family map knows the offset); None without one."""
+    from transferlab.models.schema import SCHEMAS
+
+    if str(config.model_type) in SCHEMAS:
+        return SCHEMAS.get(str(config.model_type)).max_positions(config)
     n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if n is None or config.model_type == "wav2vec2":
-        return None
-    family = family_of(config.model_type)
-    if family is not None and family.positions_after_pad:  # positions start after padding_idx
-        n -= (config.pad_token_id or 0) + 1
-    return int(n)
+    return None if n is None else int(n)
 
 
 class Backbone(nn.Module):
@@ -180,7 +188,8 @@ class Backbone(nn.Module):
     module, or None) and ``max_length`` (tokens per input, checked against the position table).
     """
 
-    def __init__(self, model: tf.PreTrainedModel, tokenizer: Any | None, max_length: int = 512):
+    def __init__(self, model: tf.PreTrainedModel, tokenizer: Any | None, max_length: int = 512,
+                 check_length: bool = True):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -189,7 +198,7 @@ class Backbone(nn.Module):
         self.num_layers = int(self.config.num_hidden_layers)
         self.family = str(self.config.model_type)
         limit = _max_positions(self.config)
-        if limit is not None and max_length > limit:
+        if check_length and limit is not None and max_length > limit:
             raise SpecError(f"model.max_length: {max_length} exceeds the {limit} positions {self.family} has")
         self.max_length = max_length
         self._args = set(inspect.signature(model.forward).parameters)
@@ -308,7 +317,7 @@ def model_type_of(spec: ModelSpec) -> str:
     if spec.name == "minilm":
         return "bert"
     if spec.name in TINY_ALIASES:
-        return str(_tiny_config(spec.name)[0].model_type)
+        return TINY_FAMILIES[spec.name]
     try:
         return str(tf.AutoConfig.from_pretrained(spec.name, revision=spec.revision,
                                                  trust_remote_code=spec.trust_remote_code).model_type)

@@ -17,6 +17,13 @@ def keep_first_layers(model: nn.Module, k: int | None) -> nn.Module:
     """``model`` (a Hugging Face base model) with only its first ``k`` layers; unchanged when k is None."""
     if k is None:
         return model
+    family = _family(model, "model.num_layers")
+    if not family.reorderable:  # ALBERT: one shared layer run num_hidden_layers times; run it k times
+        n = int(model.config.num_hidden_layers)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+            raise SpecError(f"model.num_layers: {k!r} must be an integer in 1..{n} (the model's layers)")
+        model.config.num_hidden_layers = k
+        return model
     n = len(_layer_stack(model, "model.num_layers")[1])
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise SpecError(f"model.num_layers: {k!r} must be an integer in 1..{n} (the model's layers)")
@@ -43,16 +50,24 @@ def keep_layers(model: nn.Module, layers: list[int], field: str = "layers") -> N
 def _stack_path(base: nn.Module) -> str:
     from transferlab.models.schema import SCHEMAS
 
-    return SCHEMAS.get(str(base.config.model_type)).layer_prefix.format(i=0).rstrip(".").rpartition(".")[0]
+    return SCHEMAS.get(str(base.config.model_type)).layer_stack()
+
+
+def _family(model: nn.Module, field: str):
+    from transferlab.models.schema import SCHEMAS
+
+    model_type = str(getattr(model, "base_model", model).config.model_type)
+    if model_type not in SCHEMAS:
+        raise ModelError(f"{field}: no layer schema for model type {model_type!r}, so its layers "
+                         f"cannot be found; supported model types: {', '.join(SCHEMAS.names())}")
+    return SCHEMAS.get(model_type)
 
 
 def _layer_stack(model: nn.Module, field: str) -> tuple[nn.Module, nn.ModuleList]:
     """The base model and its layer list, found through the family's layer schema."""
-    from transferlab.models.schema import SCHEMAS
-
+    family = _family(model, field)
     base = getattr(model, "base_model", model)
-    model_type = str(base.config.model_type)
-    if model_type not in SCHEMAS:
-        raise ModelError(f"{field}: no layer schema for model type {model_type!r}, so its layers "
-                         f"cannot be found; families with one: {', '.join(SCHEMAS.names())}")
+    if not family.reorderable:
+        raise ModelError(f"{field}: {family.name} layers share their weights, so they cannot be cut or "
+                         "reordered; use model.num_layers to run the first k")
     return base, base.get_submodule(_stack_path(base))

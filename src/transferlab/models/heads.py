@@ -125,12 +125,21 @@ class ClsHead(Head):
         return torch.tanh(self.dense(self.dropout(hidden_states[-1][:, 0])))
 
 
+def pooler_dense(pooler: nn.Module | None) -> nn.Linear | None:
+    """The linear layer of a pretrained pooler: BERT's ``pooler.dense``, ALBERT's ``pooler`` itself."""
+    if isinstance(pooler, nn.Linear):
+        return pooler
+    dense = getattr(pooler, "dense", None)
+    return dense if isinstance(dense, nn.Linear) else None
+
+
 @HEADS.register("pooler")
 class PoolerHead(ClsHead):
     """``cls`` with the dense layer copied from the backbone's pretrained pooler (BERT's NSP pooler).
 
-    ``build_model`` passes ``pooler=backbone.pooler``; families without one (GPT-2, RoBERTa
-    checkpoints saved without it) start with a new dense layer, as ``cls`` does.
+    ``build_model`` passes ``pooler=backbone.pooler`` (BERT's has a ``dense`` layer, ALBERT's is the
+    linear layer itself); families without one (GPT-2, DistilBERT, RoBERTa checkpoints saved without
+    it) start with a new dense layer, as ``cls`` does.
     """
 
     takes_pooler = True
@@ -140,8 +149,8 @@ class PoolerHead(ClsHead):
         pooler: nn.Module | None = None, **options: Any,
     ):
         super().__init__(hidden_size, num_layers, num_outputs, dropout, **options)
-        dense = getattr(pooler, "dense", None)
-        self.from_pretrained = isinstance(dense, nn.Linear) and dense.weight.shape == self.dense.weight.shape
+        dense = pooler_dense(pooler)
+        self.from_pretrained = dense is not None and dense.weight.shape == self.dense.weight.shape
         if self.from_pretrained:
             self.dense.load_state_dict(dense.state_dict())  # a copy: the backbone's pooler is left as it is
 

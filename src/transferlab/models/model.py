@@ -28,6 +28,7 @@ class TransferModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.input_adapter = input_adapter
+        self.labels: dict | None = None  # the task's outputs (build_model): what a head transplant checks
 
     @property
     def num_layers(self) -> int:
@@ -54,7 +55,8 @@ def build_model(spec: RunSpec, task: Task) -> TransferModel:
     """The backbone of ``spec.model``, the head of ``spec.head`` sized for ``task``, and an input
     adapter (``spec.input_adapter``) when ``task.modality`` is not text. New weights are seeded by
     ``spec.seed``. A task with per-token outputs (``extra["output_tokens"]``) needs the ``last`` head."""
-    backbone = load_backbone(spec.model, seed=spec.seed)
+    # model.max_length bounds tokenised text only; vector and token inputs are checked by build_input
+    backbone = load_backbone(spec.model, seed=spec.seed, check_length=task.modality == "text")
     options = dict(spec.head.options)
     if task.extra.get("output_tokens"):
         if spec.head.name not in ("last", "last_token"):
@@ -69,4 +71,7 @@ def build_model(spec: RunSpec, task: Task) -> TransferModel:
     adapter = None
     if task.modality != "text":
         adapter = seeded(spec.seed + 1, lambda: build_input(spec.input_adapter, backbone, task))
-    return TransferModel(backbone, head, adapter)
+    model = TransferModel(backbone, head, adapter)
+    model.labels = {"task": task.name, "problem": task.problem, "num_labels": task.num_labels,
+                    "label_names": task.label_names}
+    return model

@@ -34,7 +34,7 @@ from torch import nn
 from transferlab.errors import ModelError, SpecError
 from transferlab.models.schema import CATEGORY, schema_of
 from transferlab.recipes.hooks import Hook
-from transferlab.recipes.param_groups import layer_of
+from transferlab.recipes.param_groups import depths
 from transferlab.registry import Registry
 from transferlab.spec import SECTION_CHECKS
 
@@ -150,8 +150,12 @@ class Gradual(Freezer):
     def every(self) -> int:
         return self.opts["every_steps"] or self.steps_per_epoch
 
+    def prepare(self, model: nn.Module) -> None:
+        super().prepare(model)
+        self.depth = depths(model, self.num_layers)
+
     def trainable(self, name: str, step: int) -> bool:
-        depth = layer_of(name, self.num_layers)  # 0 embeddings .. L top layer, L+1 head
+        depth = self.depth(name)  # 0 embeddings .. L top layer, L+1 head
         return depth >= self.num_layers + 1 - step // self.every()
 
     def boundaries(self) -> set[int]:
@@ -183,8 +187,9 @@ class LoRA(Freezer):
         from peft import LoraConfig, inject_adapter_in_model
 
         schema = schema_of(model)
-        qv = [schema.family.slots[k] for k in ("q.weight", "v.weight")]
-        targets = self.opts["target_modules"] or sorted({s.name.rsplit(".", 2)[-2] for s in qv})
+        qv = [schema.family.layer_slots(schema.config)[k] for k in ("q.weight", "v.weight")]
+        # the family's q and v modules (a fused one, GPT-2's c_attn or ModernBERT's Wqkv, adapts q, k and v)
+        targets = self.opts["target_modules"] or list(schema.family.lora_targets)
         config = LoraConfig(r=self.opts["r"], lora_alpha=self.opts["alpha"], lora_dropout=self.opts["dropout"],
                             target_modules=targets, fan_in_fan_out=any(s.transpose for s in qv))
         try:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from transferlab.errors import SpecError
-from transferlab.models.schema import ATTENTION_ROLES, GLOBAL_ROLES, LAYER_ROLES, ModelSchema, schema_of
+from transferlab.models.schema import ALL_LAYER_ROLES, ATTENTION_ROLES, GLOBAL_ROLES, ModelSchema, schema_of
 from transferlab.registry import Registry
 from transferlab.spec import SECTION_CHECKS
 
@@ -172,8 +172,8 @@ def resolve_layers(value: Any, num_layers: int, where: str, family: str = "the m
 def check_roles(roles, modules, where: str) -> None:
     """Every name in ``roles`` is a layer role and every name in ``modules`` a model-wide one."""
     for role in roles or ():
-        if role not in LAYER_ROLES:
-            raise SpecError(f"{where}.roles: unknown role {role!r}; layer roles: {', '.join(LAYER_ROLES)}")
+        if role not in ALL_LAYER_ROLES:
+            raise SpecError(f"{where}.roles: unknown role {role!r}; layer roles: {', '.join(ALL_LAYER_ROLES)}")
     for module in modules:
         if module not in GLOBAL_ROLES:
             raise SpecError(f"{where}.modules: unknown module {module!r}; modules: {', '.join(GLOBAL_ROLES)}")
@@ -206,7 +206,7 @@ def select(schema: ModelSchema, selection: dict[str, Any], where: str = "select"
         layers = resolve_layers(sel.layers, schema.num_layers, f"{where}.layers", family)
     elif sel.roles or sel.heads is not None:
         layers = list(range(schema.num_layers))
-    roles = [r for r in (sel.roles or LAYER_ROLES) if sel.heads is None or r in ATTENTION_ROLES]
+    roles = [r for r in (sel.roles or ALL_LAYER_ROLES) if sel.heads is None or r in ATTENTION_ROLES]
     for h in sel.heads or ():
         if not 0 <= h < schema.num_heads:
             raise SpecError(f"{where}.heads: head {h} does not exist; {family} has heads 0-{schema.num_heads - 1}")
@@ -215,10 +215,14 @@ def select(schema: ModelSchema, selection: dict[str, Any], where: str = "select"
         for role in roles:
             for part in ("weight", "bias"):
                 key = schema.layer_key(i, role, part)
+                if key not in schema.slots:  # a role or bias this family (or this layer) does not have
+                    continue
                 if sel.heads is None:
                     picks.append((key, None))
                 elif key.split(".")[2:] != ["o", "bias"]:  # o's bias is shared by all heads
                     picks += [(key, h) for h in sel.heads]
+    if sel.roles and layers and not picks:
+        raise SpecError(f"{where}.roles: {family} has no {', '.join(sel.roles)} in layers {layers}")
     for module in sel.modules:
         keys = schema.keys(f"{module}:*")
         if not keys:
@@ -290,22 +294,40 @@ def apply_init(model: nn.Module, spec, seed: int = 0) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     report: dict[str, Any] = {"rules": []}
     touched_pooler = False
+    written: list[str] = []
     for i, (sel, scheme, options) in enumerate(rules):
         picks = select(schema, sel, f"init rule {i} select")
+        written += [k for k, _ in picks]
         entry = apply_scheme(schema, picks, scheme, options, gen)
         report["rules"].append({"select": sel, **entry})
         touched_pooler |= any(k.startswith("pooler:") for k, _ in picks) and entry["tensors"] > 0
     report["values"] = sum(r["values"] for r in report["rules"])
+    shared = shared_note(schema, written)
+    if shared:
+        report["shared"] = shared
     if touched_pooler:
         report["head_pooler_synced"] = sync_pooler_head(model)
     return report
 
 
+def shared_note(schema: ModelSchema, keys: list[str]) -> str:
+    """A note when ``keys`` touch a layer whose weights other layers share (ALBERT); "" otherwise."""
+    layers = sorted({int(k.split(".")[1]) for k in keys if k.startswith("layers.")})
+    groups = [g for g in schema.shared if set(g) & set(layers)]
+    if not groups:
+        return ""
+    spans = "; ".join(f"layers {g[0]}-{g[-1]}" for g in groups)
+    return (f"{schema.family.name} layers share weights: writing layer(s) {layers} changed every layer of "
+            f"their group ({spans})")
+
+
 @torch.no_grad()
 def sync_pooler_head(model: nn.Module) -> bool:
     """A ``pooler`` head holds a copy of the backbone's pooler; after the pooler changes, copy it again."""
+    from transferlab.models.heads import pooler_dense
+
     head, backbone = getattr(model, "head", None), getattr(model, "backbone", None)
-    dense = getattr(getattr(backbone, "pooler", None), "dense", None)
+    dense = pooler_dense(getattr(backbone, "pooler", None))
     if not getattr(head, "takes_pooler", False) or dense is None:
         return False
     head.dense.load_state_dict(dense.state_dict())

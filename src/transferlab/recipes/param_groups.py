@@ -3,8 +3,10 @@
     groups = build_param_groups(model, spec.optim, model.num_layers)
     optimizer = build_optimizer(groups, spec.optim, device.type)
 
-Layers are counted from the input (see :func:`layer_of`): 0 is the embeddings / input side,
-1..L the transformer layers, L the pooler and final norm too, and L+1 the task head.
+Layers are counted from the input (see :func:`depths`): 0 is the embeddings / input side,
+1..L the transformer layers, L the pooler and final norm too, and L+1 the task head. Where the
+family has a layer schema the depth comes from it (models/schema: ModernBERT's ``final_norm`` is
+L, ALBERT's shared layer is the top layer that uses it, L); otherwise from the names (:func:`layer_of`).
 Layer-wise LR decay follows BEiT's ``LayerDecayValueAssigner`` (Bao et al. 2022)::
 
     lr(layer) = optim.lr * optim.layer_decay ** (L + 1 - layer)     for layer in 0..L
@@ -18,6 +20,7 @@ every backbone group has ``optim.lr``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from torch import nn
 
@@ -53,6 +56,32 @@ def layer_of(name: str, num_layers: int) -> int:
     if ".embeddings." not in name and _TOP.search(name):
         return num_layers
     return 0
+
+
+def depths(model: nn.Module, num_layers: int) -> Callable[[str], int]:
+    """Parameter name -> depth: from the family's layer schema where there is one (a parameter LoRA
+    added inside a module gets that module's depth), else :func:`layer_of` on the name."""
+    from transferlab.models.schema import schema_of
+
+    try:
+        schema = schema_of(model)
+    except (ModelError, AttributeError):  # no schema (an LSTM, a family without a map, a plain module): names decide
+        return lambda name: layer_of(name, num_layers)
+    by_module: dict[str, int] = {}
+    for hf_name in schema.roles:
+        by_module.setdefault(schema.prefix + hf_name.rpartition(".")[0], schema.depth(hf_name))
+
+    def depth(name: str) -> int:
+        if not name.startswith(schema.prefix):
+            return layer_of(name, num_layers)
+        path = name
+        while path:
+            path = path.rpartition(".")[0]
+            if path in by_module:
+                return by_module[path]
+        return layer_of(name, num_layers)
+
+    return depth
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -97,9 +126,10 @@ def build_param_groups(model: nn.Module, spec: OptimSpec, num_layers: int | None
         if not isinstance(num_layers, int):
             raise ModelError(f"{type(model).__name__} has no int num_layers; pass num_layers")
     owners = {name: module for name, module in model.named_modules()}
+    depth = depths(model, num_layers)
     buckets: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():  # shared (tied) parameters come once
-        layer = layer_of(name, num_layers)
+        layer = depth(name)
         owner = owners[name.rpartition(".")[0]]
         decay = spec.weight_decay > 0 and not _no_decay(name, owner, spec.no_decay)
         group = buckets.get((layer, decay))

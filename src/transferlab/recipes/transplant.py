@@ -15,6 +15,9 @@ model is allowed but no longer computes what it computed in its own model.
 ``[0, 2]`` or ``{target_head: source_head}``: only those heads' rows of q, k, v and columns of o
 move. ``modules`` (embeddings, positions, embed_norm, final_norm, pooler) move only between models
 of one family; there is no policy for, e.g., a wav2vec2 feature encoder into BERT's embeddings.
+``head`` (in ``modules``) moves the task classifier of a stored run (``run:``) whose task has the
+same label set (problem, number of labels, label names in order) and the same head; anything else
+is a one-line error. With ``layers: all`` too, that is intermediate-task transfer (Phang et al. 2018).
 
 Shapes must match unless ``on_mismatch`` (for all roles, or per role) says ``truncate`` (copy the
 overlapping block, the rest keeps the target's values) or ``tile`` (repeat the source to cover the
@@ -32,8 +35,8 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from transferlab.errors import ModelError, SpecError, UserError
-from transferlab.models.schema import ATTENTION_ROLES, GLOBAL_ROLES, LAYER_ROLES, ModelSchema, schema_of
-from transferlab.recipes.init import apply_init, check_roles, layer_tokens, resolve_layers
+from transferlab.models.schema import ALL_LAYER_ROLES, ATTENTION_ROLES, GLOBAL_ROLES, ModelSchema, schema_of
+from transferlab.recipes.init import apply_init, check_roles, layer_tokens, resolve_layers, shared_note
 from transferlab.spec import SECTION_CHECKS
 
 MISMATCH_MODES = ("error", "truncate", "tile")
@@ -138,18 +141,31 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
                heads: Any = None, modules: list[str] | tuple = (), on_mismatch: str | dict[str, str] = "error",
                source_name: str = "") -> dict[str, Any]:
     """Copy ``source``'s weights into ``target`` (both TransferModel, Backbone or HF model); returns the report."""
+    head_moved = move_head(target, source, source_name) if "head" in modules else None
+    modules = [m for m in modules if m != "head"]
+    if head_moved is not None and layers is None and not modules:
+        return {"source": source_name, "modules": ["head"], "moved_values": head_moved, "notes": [],
+                "function_changes": False, "layers": [], "roles": [], "heads": None, "moved": [],
+                "stayed_values": sum(p.numel() for p in target.parameters()) - head_moved}
     ts, ss = schema_of(target), schema_of(source)
-    roles = list(roles or LAYER_ROLES)
+    roles = list(roles or ALL_LAYER_ROLES)
     pairs = layer_pairs(layers, ts, ss) if (layers is not None and roles) else []
     hpairs = head_pairs(heads, ts, ss)
     if hpairs is not None:
         roles = [r for r in roles if r in ATTENTION_ROLES]
 
     moves: list[tuple[str, str, int | None, int | None, str]] = []  # target key, source key, t head, s head, role
+    zeroed, one_sided = [], []  # biases the source lacks (written as zeros); roles only one side has
     for t, s in pairs:
         for role in roles:
             for part in ("weight", "bias"):
                 tk, sk = ts.layer_key(t, role, part), ss.layer_key(s, role, part)
+                if tk not in ts.slots or sk not in ss.slots:
+                    if tk in ts.slots and part == "bias" and ss.layer_key(s, role, "weight") in ss.slots:
+                        zeroed.append(tk)  # the source layer has no bias there: a zero bias computes the same
+                    elif tk in ts.slots or sk in ss.slots:
+                        one_sided.append((t, s, role, part, tk in ts.slots, sk in ss.slots))
+                    continue
                 if hpairs is None:
                     moves.append((tk, sk, None, None, role))
                 elif not (role == "o" and part == "bias"):
@@ -166,6 +182,7 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
         moves += [(k, k, None, None, module) for k in tkeys]
     if not moves:
         raise SpecError("transplant: the step moves nothing (no layers, roles, heads or modules selected)")
+    _check_shared(ts, ss, moves)
 
     plan, mismatches = [], []
     for tk, sk, th, sh, role in moves:
@@ -181,6 +198,9 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
                          + (" ..." if len(mismatches) > 12 else ""))
 
     moved, moved_values = [], 0
+    for tk in zeroed:
+        ts.view(tk).zero_()
+        moved.append({"target": tk, "source": "(none: zero bias)", "values": ts.view(tk).numel()})
     for tk, sk, th, sh, tv, sv, mode in plan:
         before = float(tv.float().norm())
         value = sv if mode is None else resize(sv, tv, mode)
@@ -196,12 +216,24 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
         moved.append(entry)
     total = sum(p.numel() for p in ts.model.parameters())
     differences = _trait_notes(ts, ss, pairs)
+    for t, s, role, part, in_target, in_source in one_sided:
+        if in_source and part == "bias" and float(ss.view(ss.layer_key(s, role, part)).abs().max()) == 0.0:
+            continue  # a zero bias the target has no place for changes nothing
+        differences.append(f"target layer {t} <- source layer {s}: {role}.{part} "
+                           + ("kept: the source has none" if in_target else "dropped: the target has none"))
     notes = list(differences)
+    shared = shared_note(ts, [m[0] for m in moves])
+    if shared:
+        notes.append(shared)
     if any(k.startswith("pooler:") for k, *_ in moves):
         from transferlab.recipes.init import sync_pooler_head
 
         if sync_pooler_head(target):
             notes.append("the pooler head's copy of the pooler was updated")
+    if head_moved is not None:
+        moved_values += head_moved
+        total += head_moved
+        modules = [*modules, "head"]
     return {
         "source": source_name or ss.family.name, "source_family": ss.family.name, "target_family": ts.family.name,
         "source_norm_position": ss.norm, "target_norm_position": ts.norm,
@@ -209,6 +241,46 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
         "moved_values": moved_values, "stayed_values": total - moved_values, "total_values": total,
         "function_changes": bool(differences), "notes": notes, "moved": moved,
     }
+
+
+@torch.no_grad()
+def move_head(target: nn.Module, source: nn.Module, source_name: str = "") -> int:
+    """Copy ``source``'s task classifier into ``target`` when both tasks have the same label set and the
+    heads the same kind and shapes; returns the values moved."""
+    mine, theirs = getattr(target, "labels", None), getattr(source, "labels", None)
+    if mine is None or theirs is None or not hasattr(source, "head"):
+        raise SpecError("transplant.modules: head moves a task classifier between runs; give transplant.run "
+                        "(a stored run), not a pretrained source")
+    same = {k: mine[k] == theirs[k] for k in ("problem", "num_labels", "label_names")}
+    if not all(same.values()):
+        key = next(k for k, ok in same.items() if not ok)
+        raise SpecError(f"transplant.modules: head: {source_name or 'the source'} ({theirs['task']}) has "
+                        f"{key} {theirs[key]}, this task ({mine['task']}) has {mine[key]}; the classifier moves "
+                        "only between tasks with the same label set (drop head to move the backbone only)")
+    if type(target.head) is not type(source.head):
+        raise SpecError(f"transplant.modules: head: the source's head is {source.head.name!r}, this run's "
+                        f"{target.head.name!r}; use the same head.name")
+    own, theirs_sd = target.head.state_dict(), source.head.state_dict()
+    bad = [k for k in own if k not in theirs_sd or own[k].shape != theirs_sd[k].shape]
+    if bad:
+        raise SpecError(f"transplant.modules: head: {bad[0]} differs in shape between the source's head and this "
+                        "run's (head options or hidden size differ)")
+    target.head.load_state_dict(theirs_sd)
+    return sum(v.numel() for v in own.values())
+
+
+def _check_shared(ts: ModelSchema, ss: ModelSchema, moves: list) -> None:
+    """Layers that share one set of weights (ALBERT) cannot take different source layers."""
+    written: dict[tuple, tuple] = {}
+    for tk, sk, th, sh, _ in moves:
+        if not tk.startswith("layers.") or not ts.shared:
+            continue
+        where = (*ts.slots[tk][0:1], ts.slots[tk][1].part, th)
+        src = (sk.split(".")[1], ss.slots[sk][0], ss.slots[sk][1].part, sh)  # the same tensor read twice is fine
+        if written.setdefault(where, src)[1:] != src[1:]:
+            raise ModelError(f"transplant: {ts.family.name} layers {ts.shared_with(int(tk.split('.')[1]))} share one "
+                             f"set of weights; they cannot take both source layer {written[where][0]} and {src[0]}: "
+                             "map one target layer of the group")
 
 
 # ---------------------------------------------------------------- sources and spec steps
@@ -257,12 +329,14 @@ def check_step(step) -> None:
         raise SpecError("transplant: give exactly one of source (HF id, folder, alias) or run (a stored run)")
     if step.store is not None and step.run is None:
         raise SpecError("transplant.store: only used with transplant.run")
-    check_roles(step.roles, step.modules, "transplant")
+    check_roles(step.roles, [m for m in step.modules if m != "head"], "transplant")
+    if "head" in step.modules and step.run is None:
+        raise SpecError("transplant.modules: head moves the task classifier of a stored run; give transplant.run")
     modes = step.on_mismatch.items() if isinstance(step.on_mismatch, dict) else [("", step.on_mismatch)]
     for role, mode in modes:
-        if role and role not in (*LAYER_ROLES, *GLOBAL_ROLES, "default"):
+        if role and role not in (*ALL_LAYER_ROLES, *GLOBAL_ROLES, "default"):
             raise SpecError(f"transplant.on_mismatch: unknown role {role!r}; roles: "
-                            f"{', '.join((*LAYER_ROLES, *GLOBAL_ROLES, 'default'))}")
+                            f"{', '.join((*ALL_LAYER_ROLES, *GLOBAL_ROLES, 'default'))}")
         if mode not in MISMATCH_MODES:
             raise SpecError(f"transplant.on_mismatch: {mode!r} is not allowed; allowed: {', '.join(MISMATCH_MODES)}")
     layers = step.layers

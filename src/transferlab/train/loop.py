@@ -42,6 +42,7 @@ from transferlab.train.batches import collate, encode
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
 from transferlab.train.compute import SingleTrainee, StackedTrainee
 from transferlab.train.evaluate import evaluate
+from transferlab.train.extra_evals import extra_splits
 from transferlab.train.stacked import StackedModel
 from transferlab.train.steps import (
     autocast_dtype,
@@ -288,6 +289,9 @@ class _Group:
         test = self._evaluate(model, seed, "test") if finished and "test" in seed.data else {}
         if test:
             self.store.log_evals(seed.uid, step, "test", test)
+        extra = {name: self._evaluate(model, seed, name) for name in extra_splits(task)} if finished else {}
+        for name, metrics in extra.items():  # e.g. MNLI's mismatched dev set (train/extra_evals.py)
+            self.store.log_evals(seed.uid, step, name, metrics)
         if dev:
             self.store.log_evals(seed.uid, step, "final_dev", dev)
         self.engine.compiled = bool(trainee.compiled)
@@ -296,7 +300,7 @@ class _Group:
             best_step=seed.best_step if tspec.restore_best else step, baseline=baseline(task, "dev"),
             baselines=constant_baselines(task), n_params=n_params, n_trainable=n_trainable,
             trainable_share=n_trainable / max(1, n_params), error=seed.error, error_step=seed.error_step,
-            engine=EngineInfo(**self.engine.__dict__), transfer=seed.transfer.get("transfer", {}),
+            engine=EngineInfo(**self.engine.__dict__), transfer=seed.transfer.get("transfer", {}), extra_evals=extra,
             samples_per_s=seed.samples / seed.duration_s if seed.duration_s > 0 else None)
         if n_trainable_final != n_trainable:  # a policy unfroze parameters during training: store both counts
             summary.n_trainable_start, summary.n_trainable = n_trainable, n_trainable_final

@@ -35,12 +35,18 @@ from transferlab.errors import ModelError
 from transferlab.registry import Registry
 
 LAYER_ROLES = ("q", "k", "v", "o", "attn_ln", "ffn_in", "ffn_out", "ffn_ln")
+# roles only some families have in a layer: the gate half of a GLU feed-forward (ModernBERT, T5 v1.1),
+# DeBERTa's own projections of the relative positions (share_att_key: false), T5's relative position
+# bias (layer 0 only; every layer uses it)
+EXTRA_LAYER_ROLES = ("ffn_gate", "pos_q", "pos_k", "rel_bias")
+ALL_LAYER_ROLES = LAYER_ROLES + EXTRA_LAYER_ROLES
 ATTENTION_ROLES = ("q", "k", "v", "o")
 GLOBAL_ROLES = ("embeddings", "positions", "embed_norm", "final_norm", "pooler")
 # what each role is, for freezing policies (FPT trains norms and positions, not attention or feed-forward)
 CATEGORY = {"q": "attention", "k": "attention", "v": "attention", "o": "attention", "ffn_in": "ffn",
             "ffn_out": "ffn", "attn_ln": "norm", "ffn_ln": "norm", "embed_norm": "norm", "final_norm": "norm",
-            "embeddings": "input", "positions": "positions", "pooler": "pooler"}
+            "embeddings": "input", "positions": "positions", "pooler": "pooler", "ffn_gate": "ffn",
+            "pos_q": "attention", "pos_k": "attention", "rel_bias": "positions"}
 
 
 @dataclass(frozen=True)
@@ -67,15 +73,22 @@ class FamilyMap:
     layer; ``globals`` maps key prefixes outside the layers to roles (first match wins);
     ``norm`` is ``"pre"`` or ``"post"``; ``causal`` marks decoders (their layers see a causal mask).
 
-    Per-family facts the rest of the package reads (one home, never a list of names elsewhere):
+    The other per-family facts live here too: ``optional`` (slots a model may lack: biases switched off
+    by its config, ModernBERT's first attention norm, T5's bias table outside layer 0), ``positions``
+    (the HF name of the learned position table, None for relative/rotary/convolutional positions),
+    ``position_offset`` (table rows before the first input token), ``pooler_dense`` (the pretrained
+    pooler's linear layer, None without one), ``lora_targets`` (the module names LoRA adapts by
+    default: q and v), ``model_class`` (the transformers class to load, when ``AutoModel`` would load
+    more than the encoder: T5), ``reorderable`` (its layers form one ``nn.ModuleList`` that can be cut
+    and reordered: not ALBERT's shared layer), ``feed`` (where an input adapter's output enters: the
+    forward's ``inputs_embeds``, the ``layers`` one by one (ViT, DeiT), or the ``encoder`` module after
+    the feature encoder (wav2vec2, HuBERT)), ``norm_type``, ``ffn`` (plain or glu) and ``position_kind``
+    (absolute, relative, rotary, convolutional), and ``tiny`` (a small random config for tests).
     ``stackable``: the seed-stacked engine can hold it (every weight in a Linear, Conv1D, LayerNorm
     or Embedding module); ``layer_loop``: models/backbone.layer_loop computes its hidden states
-    (BERT-shaped encoders); ``positions_after_pad``: position ids start after ``pad_token_id``
-    (RoBERTa), so ``pad_token_id + 1`` rows of its table are not usable positions; ``special_rows``:
-    position rows before the patches of a vision family;
-    ``classifier``: how the family's Hugging Face ``*ForSequenceClassification`` lays out its head
-    (``"bert"``: dropout + linear on the pooler; ``"roberta"``: dense -> tanh -> out_proj on token 0;
-    None: no plain export).
+    (BERT-shaped encoders); ``classifier``: how the family's Hugging Face ``*ForSequenceClassification``
+    lays out its head (``"bert"``: dropout + linear on the pooler; ``"roberta"``: dense -> tanh ->
+    out_proj on token 0; None: no plain export).
     """
 
     name: str
@@ -87,11 +100,59 @@ class FamilyMap:
     causal: bool = False
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-    stackable: bool = False
+    optional: tuple[str, ...] = ()  # canonical slot keys (``ffn_in.bias``) a model of the family may lack
+    positions: str | None = None
+    position_offset_rows: int = 0
+    pooler_dense: str | None = None
+    lora_targets: tuple[str, ...] = ()
+    model_class: str | None = None
+    reorderable: bool = True
+    stackable: bool = False  # the seed-stacked engine can hold it
     layer_loop: bool = False
-    positions_after_pad: bool = False
-    special_rows: int = 0  # position rows before the first patch (ViT's CLS; DeiT's CLS and distillation token)
     classifier: str | None = None
+    norm_type: str = "layernorm"
+    ffn: str = "plain"
+    position_kind: str = "absolute"
+    feed: str = "inputs_embeds"  # how an input adapter's output enters: inputs_embeds, layers (ViT), encoder (wav2vec2)
+    tiny: Any = None  # model_type -> a small PretrainedConfig (hidden 32, 2 layers, 2 heads, MiniLM's vocab)
+
+    def tiny_config(self, model_type: str | None = None):
+        """A small random config of this family (of ``model_type``, default its first) for tests."""
+        if self.tiny is None:
+            raise ModelError(f"the {self.name} family has no tiny test config")
+        return self.tiny(model_type or self.model_types[0])
+
+    def layer_slots(self, config) -> dict[str, Slot]:
+        """The slots of a layer for this config (T5: gated or plain feed-forward)."""
+        return self.slots
+
+    def layer_path(self, config, layer: int) -> str:
+        """The HF name prefix of layer ``layer`` (ALBERT: the shared group that computes it)."""
+        return self.layer_prefix.format(i=layer)
+
+    def layer_stack(self) -> str:
+        """The path of the ``nn.ModuleList`` of layers (``encoder.layer``)."""
+        return self.layer_prefix.format(i=0).rstrip(".").rpartition(".")[0]
+
+    def shared_layers(self, config) -> list[list[int]]:
+        """Groups of layers that share one set of weights (ALBERT); empty when every layer has its own."""
+        return []
+
+    def position_offset(self, config) -> int:
+        """Rows of the position table before the first input position (RoBERTa: padding_idx + 1; ViT: CLS)."""
+        return self.position_offset_rows
+
+    def max_positions(self, config) -> int | None:
+        """How many input tokens the family's learned position table covers; None without one."""
+        if self.positions is None:
+            return None
+        n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return None if n is None else int(n) - self.position_offset(config)
+
+    def call_layer(self, model: nn.Module, layer: int, hidden: Tensor, additive: Tensor) -> Tensor:
+        """Layer ``layer`` of ``model`` on hidden states with an additive (B, 1, T, T) mask."""
+        out = model.get_submodule(self.layer_path(model.config, layer).rstrip("."))(hidden, attention_mask=additive)
+        return out[0] if isinstance(out, tuple) else out
 
     def norm_position(self, config) -> str:
         return self.norm
@@ -113,10 +174,18 @@ class FamilyMap:
         """What decides a layer's function besides its weights; a transplant notes every difference."""
         return {"norm": self.norm_position(config), "activation": self.activation(config),
                 "layer_norm_eps": self.layer_norm_eps(config), "causal": self.causal,
-                "attention_scale": self.attention_scale(config, layer)}
+                "attention_scale": self.attention_scale(config, layer), "norm_type": self.norm_type,
+                "ffn": self.ffn, "positions_in_layer": self.layer_positions(config)}
+
+    def layer_positions(self, config) -> str:
+        """Positions the layer itself uses (relative bias, rotary); "none" when they come with the input."""
+        return self.position_kind if self.position_kind in ("relative", "rotary") else "none"
 
 
 SCHEMAS: Registry[FamilyMap] = Registry("layer schema (model_type)")
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+TEXT = {"vocab_size": 30522, "pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102}  # MiniLM's tokenizer
 
 
 def register(family: FamilyMap) -> FamilyMap:
@@ -153,7 +222,7 @@ class ModelSchema:
         self.config = self.model.config
         model_type = str(self.config.model_type)
         if model_type not in SCHEMAS:
-            raise ModelError(f"no layer schema for model type {model_type!r}; families with one: "
+            raise ModelError(f"no layer schema for model type {model_type!r}; supported model types: "
                              f"{', '.join(SCHEMAS.names())}")
         self.family = SCHEMAS.get(model_type)
         self.num_layers = int(self.config.num_hidden_layers)
@@ -164,11 +233,14 @@ class ModelSchema:
         self.state = self.model.state_dict()  # detached tensors sharing the parameters' storage
         self.slots: dict[str, tuple[str, Slot]] = {}  # canonical key -> (HF key, slot)
         self.roles: dict[str, tuple[int | None, str]] = {}  # HF key -> (layer or None, role)
-        for i in range(self.num_layers):
-            pre = self.family.layer_prefix.format(i=i)
-            for key, slot in self.family.slots.items():
+        self.shared = self.family.shared_layers(self.config)
+        for i in range(self.num_layers):  # a shared layer's tensors get the top layer that uses them
+            pre = self.family.layer_path(self.config, i)
+            for key, slot in self.family.layer_slots(self.config).items():
                 name = pre + slot.name
                 if name not in self.state:
+                    if key in self.family.optional:
+                        continue  # e.g. no biases in this config; ModernBERT's layer 0 has no attention norm
                     raise ModelError(f"{self.family.name} schema: {name} is not in the {model_type} model")
                 self.slots[f"layers.{i}.{key}"] = (name, slot)
                 self.roles[name] = (i, key.split(".")[0])
@@ -188,6 +260,18 @@ class ModelSchema:
 
     def layer_key(self, layer: int, role: str, part: str) -> str:
         return f"layers.{layer}.{role}.{part}"
+
+    def shared_with(self, layer: int) -> list[int]:
+        """The layers that share layer ``layer``'s weights (itself included)."""
+        return next((g for g in self.shared if layer in g), [layer])
+
+    def depth(self, hf_name: str) -> int:
+        """Where a backbone parameter sits for layer-wise learning rates: 0 input side, 1..L layers
+        (a shared layer: the top layer that uses it), L the pooler and final norm."""
+        layer, role = self.roles[hf_name]
+        if layer is not None:
+            return layer + 1
+        return self.num_layers if role in ("pooler", "final_norm") else 0
 
     def has_role(self, role: str) -> bool:
         return any(r == role for _, r in self.roles.values())
@@ -249,7 +333,7 @@ class ModelSchema:
     def layer_module(self, layer: int) -> nn.Module:
         if not 0 <= layer < self.num_layers:
             raise ModelError(f"layer {layer} does not exist: {self.family.name} has layers 0-{self.num_layers - 1}")
-        return self.model.get_submodule(self.family.layer_prefix.format(i=layer).rstrip("."))
+        return self.model.get_submodule(self.family.layer_path(self.config, layer).rstrip("."))
 
     def call_layer(self, layer: int, hidden: Tensor, mask: Tensor | None = None) -> Tensor:
         """Layer ``layer`` on hidden states (B, T, H) with a (B, T) 0/1 mask (causal too for decoders)."""
@@ -261,8 +345,8 @@ class ModelSchema:
             keep = keep & torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()
         additive = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
         additive = additive.masked_fill(~keep, torch.finfo(hidden.dtype).min)
-        out = self.layer_module(layer)(hidden, attention_mask=additive)
-        return out[0] if isinstance(out, tuple) else out
+        self.layer_module(layer)  # checks the index
+        return self.family.call_layer(self.model, layer, hidden, additive)
 
 
 def schema_of(model: nn.Module) -> ModelSchema:

@@ -11,7 +11,9 @@ RoBERTa numbers its positions from ``pad_token_id + 1``, so its position table i
 
 from __future__ import annotations
 
-from transferlab.models.schema.base import FamilyMap, linear, register
+import transformers as tf
+
+from transferlab.models.schema.base import TEXT, TINY, FamilyMap, linear, register
 
 SLOTS = {
     **linear("q", "attention.self.query"), **linear("k", "attention.self.key"),
@@ -27,11 +29,27 @@ GLOBALS = [
 ]
 
 
-def _family(name: str, *model_types: str, **facts) -> FamilyMap:
-    return register(FamilyMap(name=name, model_types=model_types, layer_prefix="encoder.layer.{i}.",
-                              slots=SLOTS, globals=GLOBALS, norm="post", stackable=True, layer_loop=True, **facts))
+def _tiny(model_type: str) -> tf.PretrainedConfig:
+    if model_type in ("roberta", "xlm-roberta", "camembert"):
+        # positions start after padding_idx (0 here): 512 tokens need 513 rows; one segment like the real ones
+        return tf.AutoConfig.for_model(model_type, **TINY, **TEXT, max_position_embeddings=513, type_vocab_size=1)
+    if model_type == "electra":
+        return tf.ElectraConfig(**TINY, **TEXT, embedding_size=16, max_position_embeddings=512)
+    return tf.BertConfig(**TINY, **TEXT, max_position_embeddings=512)
+
+
+class RobertaMap(FamilyMap):
+    def position_offset(self, config) -> int:
+        return int(config.pad_token_id or 0) + 1
+
+
+def _family(name: str, *model_types: str, cls=FamilyMap, **facts) -> FamilyMap:
+    return register(cls(name=name, model_types=model_types, layer_prefix="encoder.layer.{i}.",
+                        slots=SLOTS, globals=GLOBALS, norm="post", positions="embeddings.position_embeddings.weight",
+                        pooler_dense="pooler.dense", lora_targets=("query", "value"), tiny=_tiny,
+                        stackable=True, layer_loop=True, **facts))
 
 
 BERT = _family("bert", "bert", classifier="bert")
-ROBERTA = _family("roberta", "roberta", "xlm-roberta", "camembert", positions_after_pad=True, classifier="roberta")
+ROBERTA = _family("roberta", "roberta", "xlm-roberta", "camembert", cls=RobertaMap, classifier="roberta")
 ELECTRA = _family("electra", "electra")

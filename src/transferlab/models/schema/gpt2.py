@@ -13,7 +13,9 @@ With ``scale_attn_by_inverse_layer_idx`` a layer's attention depends on its inde
 
 from __future__ import annotations
 
-from transferlab.models.schema.base import FamilyMap, linear, register
+import transformers as tf
+
+from transferlab.models.schema.base import TEXT, FamilyMap, linear, register
 
 
 class GPT2Map(FamilyMap):
@@ -32,4 +34,6 @@ GPT2 = register(GPT2Map(
         **linear("ffn_ln", "ln_2"),
     },
     globals=[("wte.", "embeddings"), ("wpe.", "positions"), ("ln_f.", "final_norm")],
+    positions="wpe.weight", lora_targets=("c_attn",),
+    tiny=lambda _: tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_inner=64, n_positions=512, **TEXT),
 ))

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
-from transferlab.models.schema.base import FamilyMap, linear, register
+import transformers as tf
+
+from transferlab.models.schema.base import TINY, FamilyMap, linear, register
 
 SLOTS = {
     **linear("q", "attention.q_proj"), **linear("k", "attention.k_proj"), **linear("v", "attention.v_proj"),
@@ -20,7 +22,10 @@ SLOTS = {
 GLOBALS = [("embeddings.position_embeddings", "positions"), ("embeddings.", "embeddings"),
            ("layernorm.", "final_norm"), ("pooler.", "pooler")]
 
-VIT = register(FamilyMap(name="vit", model_types=("vit",), layer_prefix="layers.{i}.", slots=SLOTS,
-                         globals=GLOBALS, norm="pre", special_rows=1))
-DEIT = register(FamilyMap(name="deit", model_types=("deit",), layer_prefix="layers.{i}.", slots=SLOTS,
-                          globals=GLOBALS, norm="pre", special_rows=2))
+_COMMON = {"layer_prefix": "layers.{i}.", "slots": SLOTS, "globals": GLOBALS, "norm": "pre",
+           "positions": "embeddings.position_embeddings", "pooler_dense": "pooler.dense",
+           "lora_targets": ("q_proj", "v_proj"), "feed": "layers"}
+# position rows before the patches: CLS (and DeiT's distillation token)
+VIT = register(FamilyMap(name="vit", model_types=("vit",), position_offset_rows=1, **_COMMON,
+                         tiny=lambda _: tf.ViTConfig(**TINY, image_size=32, patch_size=4, num_channels=3)))
+DEIT = register(FamilyMap(name="deit", model_types=("deit",), position_offset_rows=2, **_COMMON))

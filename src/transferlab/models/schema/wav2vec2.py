@@ -14,7 +14,9 @@ the positional convolution its ``positions``.
 
 from __future__ import annotations
 
-from transferlab.models.schema.base import FamilyMap, linear, register
+import transformers as tf
+
+from transferlab.models.schema.base import TINY, FamilyMap, linear, register
 
 
 class Wav2Vec2Map(FamilyMap):
@@ -26,9 +28,15 @@ class Wav2Vec2Map(FamilyMap):
         return [("encoder.layer_norm.", norm), *self.globals]
 
 
+def _tiny(model_type: str) -> tf.PretrainedConfig:
+    return tf.AutoConfig.for_model(model_type, **TINY, conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                   num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=32)
+
+
 def _family(name: str, model_type: str) -> Wav2Vec2Map:
-    return register(Wav2Vec2Map(
+    return register(Wav2Vec2Map(tiny=_tiny,
         name=name, model_types=(model_type,), layer_prefix="encoder.layers.{i}.", norm="post",
+        positions=None, position_kind="convolutional", lora_targets=("q_proj", "v_proj"), feed="encoder",
         slots={
             **linear("q", "attention.q_proj"), **linear("k", "attention.k_proj"), **linear("v", "attention.v_proj"),
             **linear("o", "attention.out_proj"), **linear("attn_ln", "layer_norm"),
