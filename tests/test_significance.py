@@ -164,3 +164,25 @@ def test_churn_equals_a_pairwise_loop():
     assert sig.churn(p) == pytest.approx(brute) == pytest.approx((1 + 3 + 2) / 15)
     assert math.isnan(sig.churn(p[:1]))
     assert sig.churn([p[0], p[0]]) == 0.0
+
+
+def test_study_report_section_margin_is_checked_and_not_part_of_the_identity(tmp_path, capsys):
+    import yaml
+    from conftest import tiny_study_dict
+
+    from transferlab.cli import main
+    from transferlab.errors import SpecError
+    from transferlab.study.spec import load_study, study_hash
+
+    d = tiny_study_dict(tmp_path)
+    plain = load_study(d)
+    with_margin = load_study({**d, "report": {"tost_margin": 0.02, "exclude_search_seeds": False}})
+    assert study_hash(plain) == study_hash(with_margin) and with_margin.report.tost_margin == 0.02
+    for bad in (0, -0.5):
+        with pytest.raises(SpecError, match="report.tost_margin"):
+            load_study({**d, "report": {"tost_margin": bad}})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**d, "report": {"tost_margin": 0}}))
+    assert main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "report.tost_margin" in err and len(err.splitlines()) == 1

@@ -166,12 +166,16 @@ def plan_seeds(a: Sequence[float], b: Sequence[float] | None, delta: float, alph
             else power(len(a), d, alpha, paired and bb is not None)}
 
 
+def check_margin(margin: float | None, where: str = "tost_margin") -> None:
+    if margin is None or not margin > 0:
+        raise UserError(f"{where}: the equivalence margin must be > 0, got {margin}")
+
+
 def tost(a: Sequence[float], b: Sequence[float], margin: float, paired: bool = True,
          alpha: float = ALPHA) -> dict[str, float]:
     """Two one-sided t tests of H0: |mean difference| >= margin. Equivalent when p < alpha, which is
     the same as the (1 - 2 alpha) CI of the difference lying inside (-margin, margin)."""
-    if margin is None or not margin > 0:
-        raise UserError(f"tost_margin: the equivalence margin must be > 0, got {margin}")
+    check_margin(margin)
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(a) < 2 or len(b) < 2:
         return {"p": math.nan, "p_lower": math.nan, "p_upper": math.nan, "equivalent": False, "margin": margin}

@@ -38,6 +38,7 @@ from transferlab.study.degenerate import constant_baselines
 from transferlab.train import resume as ckpt
 from transferlab.train.batches import Encoded, collate, encode, epoch_batches, eval_batches
 from transferlab.train.checkpoint import save_weights, task_meta
+from transferlab.train.predictions import save_predictions
 from transferlab.train.fast import compiled, to_device
 
 
@@ -335,8 +336,10 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
         dev = dev_at.get(final_step) or evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp, eval_desc)
     test = {}
     if status == "finished" and "test" in data:
-        test = evaluate(model, data["test"], task, tspec.eval_batch_size, device, amp,
-                        f"{spec.name} test" if progress else None)
+        test_preds = predict(model, data["test"], task, tspec.eval_batch_size, device, amp,
+                             f"{spec.name} test" if progress else None)
+        test = compute(task.metrics, test_preds, data["test"].labels)
+        save_predictions(store.artifact_dir(uid), "test", test_preds)  # predictions artifact (report: churn)
         store.log_evals(uid, step, "test", test)
     if dev:
         store.log_evals(uid, step, "final_dev", dev)
