@@ -185,3 +185,14 @@ def test_html_report_opens_in_headless_chromium(study_store, tmp_path):
     embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", (out / "report.html").read_text())
     assert sorted(base64.b64decode(e) for e in embedded) == sorted((out / n).read_bytes() for n in PLOTS)
     assert all(Image.open(io.BytesIO(base64.b64decode(e))).size[0] > 100 for e in embedded)
+
+
+def test_plan_seeds_with_one_pilot_seed_is_one_line_and_exit_2(tmp_path, capsys):
+    data = write_sentiment_csv(tmp_path / "toy", n_train=32, n_dev=16)
+    store = Store(tmp_path / "s.db")
+    run_study(load_study(tiny_study_dict(data, name="one", seeds=[0])), store, out=lambda _: None)
+    assert main(["plan-seeds", str(store.path), "--study", "one", "--delta", "0.05"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "at least 2 pilot seeds" in err and len(err.splitlines()) == 1
+    assert main(["plan-seeds", str(store.path), "--study", "nope", "--delta", "0.05"]) == 2
+    assert "no finished cells of study 'nope'" in capsys.readouterr().err
