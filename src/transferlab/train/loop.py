@@ -31,6 +31,7 @@ from transferlab.recipes.freeze import build_freezer
 from transferlab.recipes.optim import build_optimizer
 from transferlab.recipes.param_groups import build_param_groups
 from transferlab.recipes.schedules import build_schedule
+from transferlab.recipes.stabilisers import build_stabilisers
 from transferlab.recipes.transplant import prepare_transfer
 from transferlab.spec import RunSpec, run_id, spec_hash, to_dict
 from transferlab.store import DEFAULT_STORE, Store
@@ -203,7 +204,12 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
     steps_per_epoch, total = step_plan(len(train_enc), tspec)
     freezer = build_freezer(spec.freeze, model, steps_per_epoch)  # before the optimizer: LoRA adds parameters
     distiller = build_distiller(spec, model, task, store)  # None unless spec.distill names a teacher
-    hooks = (freezer, *([distiller] if distiller else []), *hooks)
+    stabilisers = build_stabilisers(  # hook point: spec.stabilisers (recipes/stabilisers.py)
+        spec.stabilisers, problem=task.problem, freeze=spec.freeze.name, seed=spec.seed, device=device,
+        batches=lambda: (_split_labels(_to(collate(train_enc, i, regression), device))
+                         for i in epoch_batches(train_enc, tspec.batch_size, spec.seed, 0, False)),
+        loss=lambda logits, labels: loss_fn(logits, labels, regression))
+    hooks = (freezer, *([distiller] if distiller else []), *hooks, *stabilisers)
     loss_hooks = [h for h in hooks if hasattr(h, "on_loss")]
     groups = build_param_groups(model, spec.optim, model.num_layers)
     optimizer = build_optimizer(groups, spec.optim, device.type)
@@ -275,11 +281,13 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
         params = [p for p in model.parameters() if p.grad is not None]
         max_norm = spec.optim.max_grad_norm
         gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        _call(hooks, "on_before_optimizer_step", model, step)  # hook point
         lr = max(scheduler.get_last_lr())
         bad = ~torch.isfinite(loss.detach()) | ~torch.isfinite(gnorm)
         first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
         optimizer_step(optimizer, scheduler, scaler)
         step += 1
+        _call(hooks, "on_after_optimizer_step", model, step)  # hook point
         bar.update(1)
 
         if step % tspec.log_every == 0 or step in eval_steps:
@@ -300,6 +308,7 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
                 break
         if step in eval_steps:
             _flush_curve(store, uid, curve_buf, bar)
+            _call(hooks, "on_eval_start", model)  # hook point: averaged weights in (until on_eval_end below)
             metrics = evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp, eval_desc)
             dev_at[step] = metrics
             store.log_evals(uid, step, "dev", metrics)
@@ -311,8 +320,10 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 since_best += 1
-                if tspec.early_stopping_patience is not None and since_best >= tspec.early_stopping_patience:
-                    break
+            _call(hooks, "on_eval_end", model)  # hook point: after best_state, so it holds the evaluated weights
+            if not improved and tspec.early_stopping_patience is not None \
+                    and since_best >= tspec.early_stopping_patience:
+                break
         if tspec.checkpoint_every and step % tspec.checkpoint_every == 0 and step < total:
             _flush_curve(store, uid, curve_buf)
             ckpt.save_checkpoint(ck_path, **ck_parts, loop={
@@ -320,6 +331,7 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
                 "since_best": since_best, "best_state": best_state, "first_loss": first_loss, "loss_sum": loss_sum,
                 "loss_n": loss_n})
     bar.close()
+    _call(hooks, "on_finish", model)  # hook point: before the best-state restore and the save (averaged weights in)
     n_trainable_final = count_parameters(model)[1]
 
     summary: dict[str, Any] = {"steps": step, "total_steps": total, "main_metric": main}
@@ -356,6 +368,17 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
     if status == "finished":
         ckpt.remove_checkpoints(ck_path, resume[1] if resume else None)
     return RunResult("", uid, status, dev, test, summary["best_step"], step, 0.0, summary)
+
+
+def _call(hooks, name: str, *args) -> None:
+    for hook in hooks:
+        if hasattr(hook, name):
+            getattr(hook, name)(*args)
+
+
+def _split_labels(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    labels = batch.pop("labels")
+    return batch, labels
 
 
 def _flush_curve(store: Store, uid: str, buf: list, bar=None) -> None:
