@@ -186,3 +186,28 @@ def test_study_report_section_margin_is_checked_and_not_part_of_the_identity(tmp
     assert main(["run", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert "report.tost_margin" in err and len(err.splitlines()) == 1
+
+
+def test_across_tasks_section_from_report_cells():
+    from transferlab.report import Cell
+    from transferlab.store import RunRow
+    from transferlab.study import analysis
+
+    rng = np.random.default_rng(0)
+
+    def row(seed, value):
+        return RunRow(uid=f"u{seed}{value}", run_id="r", attempt=1, seed=seed, name="x", study="s", kind="train",
+                      status="finished", spec={}, provenance={}, summary={"main_metric": "accuracy",
+                      "dev": {"accuracy": value}}, error=None, error_step=None, n_params=1, n_trainable=1,
+                      created_at=0.0, finished_at=0.0, duration_s=1.0)
+
+    means = {("a", "t1"): 0.8, ("b", "t1"): 0.7, ("c", "t1"): 0.6, ("a", "t2"): 0.6, ("b", "t2"): 0.7,
+             ("c", "t2"): 0.5, ("a", "t3"): 0.9, ("b", "t3"): 0.8, ("c", "t3"): 0.7}
+    cells = [Cell("s", task, arm, [row(s, float(m + rng.normal(0, 0.01))) for s in range(3)], study_arm=arm)
+             for (arm, task), m in means.items()]
+    header, rows, note = analysis.across_tasks_table(cells)
+    table = {arm: {c.task: c.values("accuracy") for c in cells if c.arm == arm} for arm in "abc"}
+    ref = sig.aggregate(table)
+    assert [r[1] for r in rows] == ["a", "b", "c"]  # sorted by mean rank
+    assert [float(r[2]) for r in rows] == pytest.approx([round(ref["mean_rank"][a], 2) for a in "abc"])
+    assert f"Friedman chi2 {ref['friedman']:.2f}" in note and f"{ref['cd']:.2f}" in note
