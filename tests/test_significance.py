@@ -205,7 +205,7 @@ def test_across_tasks_section_from_report_cells():
              ("c", "t2"): 0.5, ("a", "t3"): 0.9, ("b", "t3"): 0.8, ("c", "t3"): 0.7}
     cells = [Cell("s", task, arm, [row(s, float(m + rng.normal(0, 0.01))) for s in range(3)], study_arm=arm)
              for (arm, task), m in means.items()]
-    header, rows, note = analysis.across_tasks_table(cells)
+    _, rows, note = analysis.across_tasks_table(cells)
     table = {arm: {c.task: c.values("accuracy") for c in cells if c.arm == arm} for arm in "abc"}
     ref = sig.aggregate(table)
     assert [r[1] for r in rows] == ["a", "b", "c"]  # sorted by mean rank

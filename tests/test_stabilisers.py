@@ -147,8 +147,8 @@ def test_child_tuning_d_mask_is_the_top_fisher_share_and_only_it_moves():
         F.cross_entropy(ref(**inputs), labels).backward()
         for n in fisher:
             fisher[n] += dict(ref.named_parameters())[n].grad ** 2
-    for n in fisher:
-        torch.testing.assert_close(hook.scores[n], fisher[n])
+    for n, f in fisher.items():
+        torch.testing.assert_close(hook.scores[n], f)
     flat = torch.cat([f.flatten() for f in fisher.values()])
     k = round(0.25 * flat.numel())
     assert sum(int(m.sum()) for m in hook.masks.values()) == k
@@ -304,3 +304,17 @@ def test_each_stabiliser_learns_through_the_loop(tmp_path, name, options):
     curve = np.array(store.curve(result.uid), dtype=float)
     assert curve[-3:, 1].mean() < 0.85 * curve[:3, 1].mean()  # the training loss falls
     assert result.dev["accuracy"] > 0.6  # above chance (0.5) on the toy task
+
+
+def test_seed_parallel_grouping_leaves_stabilised_recipes_sequential(tmp_path):
+    from transferlab.spec import to_dict
+    from transferlab.study.executors import Job
+    from transferlab.study.seed_groups import seed_groups
+
+    data = write_sentiment_csv(tmp_path / "toy", n_train=16, n_dev=8)
+    plain = [Job(i, to_dict(load_spec(tiny_spec_dict(data), {"seed": i})), "s", str(tmp_path / "s.db"))
+             for i in range(3)]
+    assert [len(g) for g in seed_groups(plain, mode="on")] == [3]  # the engine would take these together
+    d = {**tiny_spec_dict(data), "stabilisers": [{"name": "ema"}]}
+    stabilised = [Job(i, to_dict(load_spec(d, {"seed": i})), "s", str(tmp_path / "s.db")) for i in range(3)]
+    assert [len(g) for g in seed_groups(stabilised, mode="on")] == [1, 1, 1]  # seed_stacked=False: one by one

@@ -54,9 +54,9 @@ def linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """Weights of the backbone's Linear layers (and GPT-2's Conv1D): where mixout applies."""
     out = {}
     for name, module in model.named_modules():
-        if name.startswith("backbone.") and (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"):
-            if module.weight.requires_grad:
-                out[name + ".weight"] = module.weight
+        linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+        if name.startswith("backbone.") and linear and module.weight.requires_grad:
+            out[name + ".weight"] = module.weight
     return out
 
 
@@ -95,7 +95,7 @@ def fisher_scores(model: nn.Module, params: dict[str, nn.Parameter], batches: It
 def top_share_mask(scores: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
     """1 for the ``share`` of all weights with the largest scores (one threshold over every tensor)."""
     flat = torch.cat([s.flatten().float() for s in scores.values()])
-    k = max(1, int(round(share * flat.numel())))
+    k = max(1, round(share * flat.numel()))
     threshold = torch.topk(flat, k).values.min()
     return {n: (s.float() >= threshold).to(s.dtype) for n, s in scores.items()}
 

@@ -30,6 +30,13 @@ def _cuda_run(spec) -> bool:
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
+def _stackable_stabilisers(spec) -> bool:
+    """The engine runs no stabiliser hook yet: only recipes whose stabilisers all declare seed_stacked."""
+    from transferlab.recipes.stabilisers import STABILISERS
+
+    return all(STABILISERS.supports(s.name, "seed_stacked") for s in spec.stabilisers)
+
+
 def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) -> list[list[Job]]:
     """Jobs in groups of one recipe (at most MAX_SEEDS each), in order of first appearance; every
     job alone when ``mode`` is off, when loop hooks are in play, or the engine cannot run the recipe."""
@@ -47,7 +54,7 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
     groups = []
     for members in by_recipe.values():
         first = specs[members[0].index]
-        parallel = (len(members) > 1 and (mode == "on" or _cuda_run(first))
+        parallel = (len(members) > 1 and (mode == "on" or _cuda_run(first)) and _stackable_stabilisers(first)
                     and unsupported([specs[j.index] for j in members]) is None)
         if not parallel:
             groups.extend([j] for j in members)

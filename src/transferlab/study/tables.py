@@ -53,7 +53,7 @@ def stats_table(store: Store, cells: list) -> tuple[list[str], list[list[str]]]:
         diverged = sum(r.status == "diverged" for r in c.runs)
         mean_std = "-" if d["n"] == 0 else f"{d['mean']:.4f} ± {_f(d['std'])}"
         ci = "-" if math.isnan(d["ci_low"]) else f"[{d['ci_low']:.4f}, {d['ci_high']:.4f}]"
-        ci += " (t, n < {})".format(stats.BCA_MIN_N) if d["ci_method"] == "t" and ci != "-" else ""
+        ci += f" (t, n < {stats.BCA_MIN_N})" if d["ci_method"] == "t" and ci != "-" else ""
         excluded = getattr(c, "excluded", [])
         left_out = f"{len(excluded)} (seeds {', '.join(str(r.seed) for r in excluded)})" if excluded else "-"
         rows.append([c.task, c.arm, split, metric, str(d["n"]), str(diverged), mean_std, _f(d["median"]),

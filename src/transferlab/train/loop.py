@@ -39,8 +39,8 @@ from transferlab.study.degenerate import constant_baselines
 from transferlab.train import resume as ckpt
 from transferlab.train.batches import Encoded, collate, encode, epoch_batches, eval_batches
 from transferlab.train.checkpoint import save_weights, task_meta
-from transferlab.train.predictions import save_predictions
 from transferlab.train.fast import compiled, to_device
+from transferlab.train.predictions import save_predictions
 
 
 class Hook(Protocol):
