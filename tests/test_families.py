@@ -19,17 +19,18 @@ import transformers as tf
 from conftest import tiny_spec_dict, write_sentiment_csv
 
 from transferlab.errors import ModelError
-from transferlab.models.backbone import minilm_path, model_from_config
+from transferlab.models.backbone import model_from_config
+from transferlab.models.common import minilm_path
 from transferlab.models.heads import HEADS
 from transferlab.models.model import build_model
 from transferlab.models.schema import SCHEMAS, schema_of
 from transferlab.recipes.freeze import build_freezer
 from transferlab.recipes.init import apply_init
 from transferlab.recipes.param_groups import build_param_groups
-from transferlab.recipes.surgery import apply_surgery, parse_surgery
 from transferlab.recipes.transplant import transplant
 from transferlab.spec import FreezeSpec, InitSpec, OptimSpec, load_spec
 from transferlab.store import Store
+from transferlab.surgery import apply_surgery, parse_surgery
 from transferlab.train.loop import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -141,7 +142,7 @@ def test_lora_adapts_q_and_v_and_merges(label, folders, data):
             if ".lora_B" in n:
                 p.normal_(std=0.1)
         want = model(**batch(model))
-    freezer.finish(model)
+    freezer.on_finish(model)
     assert not any(".lora_" in n for n, _ in model.named_parameters())
     with torch.no_grad():
         got = model(**batch(model))

@@ -13,9 +13,11 @@ from conftest import tiny_spec_dict, tiny_study_dict, write_sentiment_csv
 from PIL import Image
 
 from transferlab.cli import main
+from transferlab.models.artifacts import load_predictions
 from transferlab.report import cells, write_report
 from transferlab.spec import load_spec
 from transferlab.store import Store
+from transferlab.study import significance as sig
 from transferlab.study import stats
 from transferlab.study.runner import run_study
 from transferlab.study.spec import load_study
@@ -31,11 +33,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 @pytest.fixture(scope="module")
 def study_store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    data = write_sentiment_csv(tmp / "toy", n_train=64, n_dev=40)
-    d = tiny_study_dict(data, name="rep", seeds=[0, 1, 2], epochs=3)
+    data = write_sentiment_csv(tmp / "toy", n_train=128, n_dev=40)
+    d = tiny_study_dict(data, name="rep", seeds=[0, 1, 2, 3], epochs=6)  # long enough to learn at 3e-3
     d["base"]["task"]["split_dev"] = True  # dev halves: validation for selection, test for the report
     d["lr_search"] = {"grid": [1e-6, 3e-3], "seeds": [0]}
     d["threshold"] = 0.5
+    d["report"] = {"tost_margin": 0.05}
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -55,9 +58,10 @@ def test_report_writes_every_table_and_figure(study_store):
         with Image.open(path) as im:
             assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
     md = (out / "report.md").read_text()
-    for section in ("## Runs", "## Statistics per cell", "## Against the baseline arm",
+    for section in ("## Conclusions", "## Runs", "## Statistics per cell", "## Against the baseline arm",
+                    "## Paired comparison against the baseline arm", "## How many seeds?", "## Prediction churn",
                     "## Learning rates chosen on validation", "## Expected best score over k seeds",
-                    "## Paper-style table"):
+                    "## Expected best score over k seeds, unbiased", "## Paper-style table"):
         assert section in md
     for key, v in store.study_values("rep").items():  # the chosen LRs are shown
         assert re.search(rf"\| rep \| csv \| {v['cell']} \| {v['lr']:g} \| accuracy \|", md), key
@@ -73,17 +77,63 @@ def test_report_statistics_are_those_of_the_stored_runs(study_store):
     md = (out / "report.md").read_text()
     values = {}
     for arm, c in by_arm.items():
-        rows = [store.runs(run_id=rid)[-1] for _, rid, _, a, *_ in store.study_plan("rep", "main") if a == arm]
+        plan = [(seed, rid) for _, rid, _, a, _, seed, _ in store.study_plan("rep", "main") if a == arm]
+        assert sorted(s for s, _ in plan) == [0, 1, 2, 3]
+        # the LR-search seed 0 is left out by default: 3 of the 4 planned runs are reported
+        rows = [store.runs(run_id=rid)[-1] for seed, rid in sorted(plan) if seed != 0]
         v = np.array([r.summary["test"]["accuracy"] for r in rows])
         values[arm] = v
-        assert len(v) == 3
+        assert len(v) == 3 and len(c.runs) == 3 and [r.seed for r in c.excluded] == [0]
         np.testing.assert_allclose(c.values("accuracy"), v)
         d = stats.describe(v)
         std = f"{d['std']:.4f}"
         assert f"| csv | {arm} | test | accuracy | 3 | 0 | {d['mean']:.4f} ± {std} |" in md
         assert f"{stats.expected_max(v, 3):.4f}" in md
+        assert re.search(rf"\| csv \| {arm} \| test \| accuracy \| 3 \|.*\(t, n < 10\) \|.*\| 1 \(seeds 0\) \|", md)
+    assert "the LR-search seeds [0] are left out of every reported cell" in md
     res = stats.compare(values["bertadam"], values["adamw"])
     assert f"| csv | bertadam | adamw | accuracy (test) | {res['diff']:+.4f} |" in md
+    # arms share seeds: the paired analysis is chosen and the report says so
+    assert "so every comparison is PAIRED" in md
+    p = sig.paired(values["bertadam"], values["adamw"])
+    assert f"| csv | bertadam | adamw | accuracy (test) | paired, 3 seeds | {p['diff']:+.4f} |" in md
+    assert re.search(r"bertadam beats adamw on [01] of 1 task, Holm-adjusted p < 0.05 on [01].* \(paired t test\)", md)
+    header = next(line for line in md.splitlines() if line.startswith("| task | arm | vs | seeds now"))
+    assert header.count("|") == 10  # 9 columns: no stray pipes in the power table
+    assert "equivalent within ±0.05 (TOST) on" in md
+    assert values["adamw"].mean() > 0.6  # the runs learned: the statistics are not those of constants
+
+
+def test_report_with_search_seeds_included(study_store, tmp_path):
+    store, _, _ = study_store
+    assert all(len(c.runs) == 4 and not c.excluded for c in cells(store, "rep", include_search_seeds=True))
+    assert main(["report", str(store.path), "--study", "rep", "-o", str(tmp_path / "o"),
+                 "--include-search-seeds"]) == 0
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "| csv | adamw | test | accuracy | 4 |" in md and "are left out" not in md
+
+
+def test_churn_is_that_of_the_stored_test_predictions(study_store):
+    store, out, _ = study_store
+    md = (out / "report.md").read_text()
+    for c in cells(store, "rep"):
+        preds = [load_predictions(store.artifact_dir(r.uid), "test") for r in c.finished]
+        assert all(p is not None and p.dtype.kind == "i" for p in preds)
+        assert f"| csv | {c.arm} | 3 | {sig.churn(preds):.1%} |" in md
+
+
+def test_plan_seeds_cli_and_bad_input(study_store, capsys):
+    store, _, _ = study_store
+    assert main(["plan-seeds", str(store.path), "--study", "rep", "--delta", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "seeds needed" in out and re.search(r"csv\s+bertadam\s+adamw\s+paired\s+3\s", out)
+    for args, msg in ((["--delta", "0"], "--delta"), (["--delta", "-0.1"], "--delta")):
+        assert main(["plan-seeds", str(store.path), "--study", "rep", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1
+    assert main(["report", str(store.path), "--study", "rep", "-o", "unused", "--tost-margin", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--tost-margin" in err and len(err.splitlines()) == 1
 
 
 def test_report_of_plain_runs_and_the_cli(tmp_path, capsys):
@@ -135,3 +185,14 @@ def test_html_report_opens_in_headless_chromium(study_store, tmp_path):
     embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", (out / "report.html").read_text())
     assert sorted(base64.b64decode(e) for e in embedded) == sorted((out / n).read_bytes() for n in PLOTS)
     assert all(Image.open(io.BytesIO(base64.b64decode(e))).size[0] > 100 for e in embedded)
+
+
+def test_plan_seeds_with_one_pilot_seed_is_one_line_and_exit_2(tmp_path, capsys):
+    data = write_sentiment_csv(tmp_path / "toy", n_train=32, n_dev=16)
+    store = Store(tmp_path / "s.db")
+    run_study(load_study(tiny_study_dict(data, name="one", seeds=[0])), store, out=lambda _: None)
+    assert main(["plan-seeds", str(store.path), "--study", "one", "--delta", "0.05"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "at least 2 pilot seeds" in err and len(err.splitlines()) == 1
+    assert main(["plan-seeds", str(store.path), "--study", "nope", "--delta", "0.05"]) == 2
+    assert "no finished cells of study 'nope'" in capsys.readouterr().err

@@ -13,9 +13,9 @@ VALUES = [0.61, 0.72, 0.55, 0.68, 0.70, 0.49, 0.66, 0.71]
 
 
 def test_describe_matches_numpy():
-    d = stats.describe(VALUES)
-    v = np.array(VALUES)
-    assert d["n"] == 8
+    v = np.array(VALUES + [0.64, 0.58, 0.69, 0.62])  # 12 >= BCA_MIN_N: the BCa bootstrap
+    d = stats.describe(v)
+    assert d["n"] == 12 and d["ci_method"] == "bca"
     assert d["mean"] == pytest.approx(v.mean())
     assert d["std"] == pytest.approx(v.std(ddof=1))
     assert d["median"] == pytest.approx(np.median(v))
@@ -25,6 +25,18 @@ def test_describe_matches_numpy():
     assert d["ci_low"] == pytest.approx(ref.confidence_interval.low)
     assert d["ci_high"] == pytest.approx(ref.confidence_interval.high)
     assert d["ci_low"] < v.mean() < d["ci_high"]
+
+
+def test_small_n_gets_a_t_interval_and_is_flagged():
+    """At n = 3 BCa can come out narrower than the data; below BCA_MIN_N describe uses the t interval."""
+    v = [0.52, 0.71, 0.66]
+    d = stats.describe(v)
+    ref = sps.t.interval(0.95, 2, loc=np.mean(v), scale=sps.sem(v))
+    assert d["ci_method"] == "t" and (d["ci_low"], d["ci_high"]) == pytest.approx(ref)
+    assert d["ci_low"] < min(v) and d["ci_high"] > max(v)  # wider than the data's range here
+    low, high = stats.bootstrap_ci(v)
+    assert high - low < max(v) - min(v)  # what BCa gave: narrower than the range
+    assert stats.describe(VALUES)["ci_method"] == "t" and stats.BCA_MIN_N == 10
 
 
 def test_describe_edge_cases():

@@ -7,7 +7,8 @@
     transferlab export RUN -o DIR [--force]   (a Hugging Face folder with the tokenizer and a model card)
     transferlab export --csv DIR | --parquet DIR   (the store's tables)
     transferlab predict RUN|FOLDER --input FILE|--split test [--output FILE]   (labels, probabilities)
-    transferlab report [--store PATH] [--study NAME] -o DIR
+    transferlab report [--store PATH] [--study NAME] -o DIR [--tost-margin M] [--include-search-seeds]
+    transferlab plan-seeds STORE --study NAME --delta D [--alpha 0.05] [--power 0.8]   (seeds needed)
     transferlab surgery RUN -s "init layers=5 scheme=xavier_uniform" [-s ...] [--split dev]
     transferlab demo [-o DIR]
     transferlab pretrain SPEC.yaml [--set key=value ...]   (MLM / masked modelling -> a HF folder)
@@ -84,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store_path", nargs="?", help="store file (default: --store)")
     p.add_argument("--study", default=None)
     p.add_argument("-o", "--out", required=True)
+    p.add_argument("--tost-margin", type=float, default=None,
+                   help="equivalence margin of TOST (default: the study's report.tost_margin; none: no TOST)")
+    p.add_argument("--include-search-seeds", action="store_true", default=None,
+                   help="keep the LR-search seeds in the reported cells (left out by default)")
+    _store_arg(p)
+
+    p = sub.add_parser("plan-seeds", help="how many seeds to detect a difference, from a study's runs as a pilot")
+    p.add_argument("store_path", nargs="?", help="store file (default: --store)")
+    p.add_argument("--study", required=True)
+    p.add_argument("--delta", type=float, required=True, help="the difference of the main metric to detect, > 0")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--power", type=float, default=0.8)
+    p.add_argument("--include-search-seeds", action="store_true", default=None)
     _store_arg(p)
 
     p = sub.add_parser("surgery", help="evaluate a stored fine-tuned run under surgeries, without training")
@@ -252,8 +266,28 @@ def cmd_report(args) -> int:
     from transferlab.store import Store
 
     store = Store(args.store_path or args.store)
-    for path in write_report(store, Path(args.out), study=args.study):
+    for path in write_report(store, Path(args.out), study=args.study, tost_margin=args.tost_margin,
+                             include_search_seeds=args.include_search_seeds):
         print(path)
+    return 0
+
+
+def cmd_plan_seeds(args) -> int:
+    from transferlab.report import cells
+    from transferlab.store import Store
+    from transferlab.study.analysis import PLAN_HEADER, plan_rows
+
+    path = Path(args.store_path or args.store)
+    if not path.is_file():
+        raise UserError(f"store {path} does not exist")
+    if not 0 < args.alpha < 1 or not 0 < args.power < 1:
+        raise UserError(f"--alpha and --power must lie in (0, 1), got {args.alpha} and {args.power}")
+    store = Store(path)
+    rows = plan_rows(store, cells(store, args.study, args.include_search_seeds), args.study, args.delta,
+                     args.alpha, args.power)
+    print(format_table(PLAN_HEADER, rows))
+    print(f"seeds needed to detect a difference of {args.delta:g} at power {args.power:g}, two-sided alpha "
+          f"{args.alpha:g} (per arm; paired: the same seeds in both arms)")
     return 0
 
 
@@ -305,6 +339,7 @@ def cmd_surgery(args) -> int:
 
 COMMANDS = {"bench": cmd_bench, "surgery": cmd_surgery, "run": cmd_run, "runs": cmd_runs, "export": cmd_export, "report": cmd_report, "demo": cmd_demo,
             "predict": cmd_predict,
+            "plan-seeds": cmd_plan_seeds,
             "pretrain": cmd_pretrain}
 
 

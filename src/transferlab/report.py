@@ -28,6 +28,7 @@ class Cell:
     runs: list[RunRow] = field(default_factory=list)
     study_arm: str = ""  # a study's arm without the grid point (pairs cells with the baseline arm)
     lr: float | None = None  # the learning rate the study chose for the cell
+    excluded: list[RunRow] = field(default_factory=list)  # runs of LR-search seeds, left out of the statistics
 
     @property
     def split(self) -> str:
@@ -46,16 +47,25 @@ class Cell:
         return self.runs[0].summary.get("main_metric", "") if self.runs else ""
 
 
-def cells(store: Store, study: str | None = None) -> list[Cell]:
+def search_seeds(store: Store, study: str, include: bool | None = None) -> set[int]:
+    """The LR-search seeds a study's reported cells leave out: none when the study has no LR search or
+    its ``report.exclude_search_seeds`` is false; ``include`` (the report's flag) overrides the spec."""
+    meta = store.study_spec(study) or {}
+    exclude = (meta.get("report") or {}).get("exclude_search_seeds", True) if include is None else not include
+    return set((meta.get("lr_search") or {}).get("seeds") or []) if exclude else set()
+
+
+def cells(store: Store, study: str | None = None, include_search_seeds: bool | None = None) -> list[Cell]:
     groups: dict[tuple, Cell] = {}
     planned = [s for s, _, _ in store.studies() if study in (None, s) and store.study_plan(s, "main")]
     for s in planned:
-        for _, rid, task, arm, label, _, lr in store.study_plan(s, "main"):
+        left_out = search_seeds(store, s, include_search_seeds)
+        for _, rid, task, arm, label, seed, lr in store.study_plan(s, "main"):
             cell = groups.setdefault((s, task, label), Cell(s, task, label, study_arm=arm, lr=lr))
             rows = store.runs(run_id=rid)
             done = [r for r in rows if r.status == "finished"]
             if rows:
-                cell.runs.append(done[-1] if done else rows[-1])
+                (cell.excluded if seed in left_out else cell.runs).append(done[-1] if done else rows[-1])
     for r in store.runs(study=study, latest=True):
         if r.study in planned:
             continue
@@ -157,23 +167,46 @@ def curve_plot(store: Store, all_cells: list[Cell]) -> bytes | None:
     return data
 
 
-def _sections(store: Store, all_cells: list[Cell]) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
+def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = None
+              ) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
     """(title, note, table) of every section with rows."""
-    from transferlab.study import tables
+    from transferlab.study import analysis, tables
+    from transferlab.study.stats import BCA_MIN_N
 
     studies = list(dict.fromkeys(c.study for c in all_cells if c.study))
+    compared = analysis.comparisons_paired(store, all_cells, tost_margin)
+    lines = analysis.conclusions(compared, all_cells)
+    across_header, across_rows, across_note = analysis.across_tasks_table(all_cells)
     sections = [
+        ("Conclusions", "In words, from the tables below (t test p-values Holm-adjusted over the report).",
+         (["conclusion"], [[line] for line in lines])),
         ("Runs", "Mean ± std over seeds of every final metric; failed counts failed and diverged runs.",
          summary_table(all_cells)),
-        ("Statistics per cell", ("Main metric. 95% CI: BCa bootstrap of the mean. Degenerate: not above the best "
-         "constant prediction by the study's margin. Steps: median first dev evaluation reaching the threshold."),
-         tables.stats_table(store, all_cells)),
-        ("Against the baseline arm", ("Two-sided Welch t-test and Mann-Whitney U; Holm-adjusted over all "
-         "comparisons of the report."), tables.comparison_table(store, all_cells)),
+        ("Statistics per cell", (f"Main metric. 95% CI of the mean: BCa bootstrap from {BCA_MIN_N} seeds, a t "
+         f"interval below (flagged: BCa from a handful of seeds is too narrow). Degenerate: not above the best "
+         "constant prediction by the study's margin. Steps: median first dev evaluation reaching the threshold. "
+         "Search seeds left out: runs of the LR-search seeds, not counted in n (they chose the LR; "
+         "report.exclude_search_seeds, on by default)."), tables.stats_table(store, all_cells)),
+        ("Paired comparison against the baseline arm", analysis.paired_note(compared),
+         analysis.paired_table(compared)),
+        ("Against the baseline arm (independent samples)", ("Two-sided Welch t-test and Mann-Whitney U, seeds "
+         "treated as independent; Holm-adjusted over all comparisons of the report."),
+         tables.comparison_table(store, all_cells)),
+        ("How many seeds?", ("Power analysis from these runs as a pilot (noncentral t; paired when the arms share "
+         "seeds): the sd of the differences, the power the current seeds have for the observed difference, and the "
+         "seeds needed for power 0.8 at alpha 0.05. `transferlab plan-seeds` answers for any difference."),
+         analysis.planning_table(compared)),
+        ("Across tasks", across_note, (across_header, across_rows)),
+        ("Prediction churn", ("Share of test examples whose predicted class differs between two seeds of a cell, "
+         "averaged over pairs of seeds (from each run's stored test predictions)."),
+         analysis.churn_table(store, all_cells)),
         ("Learning rates chosen on validation", ("Per cell, the mean final dev (validation) score of each LR "
          "over the search seeds; the best LR then ran with all seeds."), tables.lr_table(store, studies)),
         ("Expected best score over k seeds", "Dodge et al. (2019), from the empirical distribution of the seeds.",
          tables.expected_max_table(all_cells)),
+        ("Expected best score over k seeds, unbiased", ("The U-statistic over all k-subsets of the seeds (Tang et "
+         "al. 2020; Dodge et al. 2021), unbiased where the estimate above is biased down at small n; ± jackknife sd."),
+         analysis.unbiased_max_table(all_cells)),
         ("Paper-style table", "Mean ± std × 100 of each task's main metric.", tables.paper_table(all_cells)),
     ]
     return [s for s in sections if s[2][1]]
@@ -185,12 +218,18 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return out + "</table>"
 
 
-def write_report(store: Store, out: Path, study: str | None = None) -> list[Path]:
+def write_report(store: Store, out: Path, study: str | None = None, *, tost_margin: float | None = None,
+                 include_search_seeds: bool | None = None) -> list[Path]:
+    """``tost_margin`` overrides the study's report.tost_margin; ``include_search_seeds`` its
+    report.exclude_search_seeds (None: as the study says, excluded by default)."""
     from transferlab.study import plots as study_plots
+    from transferlab.study.significance import check_margin
 
+    if tost_margin is not None:
+        check_margin(tost_margin, "--tost-margin")
     out.mkdir(parents=True, exist_ok=True)
-    all_cells = cells(store, study)
-    sections = _sections(store, all_cells)
+    all_cells = cells(store, study, include_search_seeds)
+    sections = _sections(store, all_cells, tost_margin)
     plots = {
         "seeds.png": study_plots.seeds_plot(all_cells) or seed_plot(all_cells),
         "dev_curves.png": study_plots.dev_curve_plot(store, all_cells),

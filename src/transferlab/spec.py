@@ -209,6 +209,17 @@ class DistillSpec:
 
 
 @dataclass
+class StabiliserSpec:
+    """A stabiliser of few-sample fine-tuning (recipes/stabilisers.py: STABILISERS), e.g. mixout with p."""
+
+    name: str = ""  # mixout, l2sp, child_tuning_d, child_tuning_f, r3f, ema, swa
+    options: dict[str, Any] = field(default_factory=dict)  # mixout: p; l2sp: strength; r3f: noise, eps, lambda ...
+
+    def __post_init__(self) -> None:
+        check_section(self)
+
+
+@dataclass
 class RunSpec:
     """Everything that defines one run. Its hash (without the seed) names the recipe."""
 
@@ -225,6 +236,7 @@ class RunSpec:
     transplant: list[TransplantSpec] = field(default_factory=list)
     freeze: FreezeSpec = field(default_factory=FreezeSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
+    stabilisers: list[StabiliserSpec] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- building
@@ -403,6 +415,8 @@ def to_dict(spec: Any) -> dict[str, Any]:
 def spec_hash(spec: Any, exclude: tuple[str, ...] = ("seed", "name")) -> str:
     """A stable hash of the resolved spec; by default without seed and name (the recipe's identity)."""
     data = {k: v for k, v in to_dict(spec).items() if k not in exclude}
+    if not data.get("stabilisers", True):
+        del data["stabilisers"]  # no stabiliser: the recipe keeps the hash it had before the section existed
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

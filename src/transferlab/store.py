@@ -294,6 +294,8 @@ class Store:
                 db.execute("UPDATE studies SET spec_hash=?, spec=? WHERE name=?", (spec_hash, json.dumps(spec), name))
                 db.execute("DELETE FROM study_plan WHERE study=?", (name,))  # the old plan and choices go;
                 db.execute("DELETE FROM study_values WHERE study=?", (name,))  # the runs stay in the store
+            else:  # same identity: keep the newest description, logging and report sections
+                db.execute("UPDATE studies SET spec=? WHERE name=?", (json.dumps(spec), name))
 
     def studies(self) -> list[tuple[str, str, float]]:
         return self._db.execute("SELECT name, spec_hash, created_at FROM studies ORDER BY created_at").fetchall()

@@ -5,6 +5,7 @@ checkpoints, and rebuilding a stored run's model (no training data needed).
     model, task = load_run_model(store, "a1b2c3-s0")                 # a stored run's model, for eval
     save_checkpoint(path, model=..., optimizer=..., ..., loop={...}) # resumable, atomic
     st = load_checkpoint(path, model=..., ...)                       # torch.load(weights_only=True)
+    save_predictions(folder, "test", preds)                           # predictions_test.npy, for churn
 
 Weights are safetensors; checkpoints are written with ``torch.save`` and read with
 ``torch.load(weights_only=True)``. A checkpoint holds everything the next step depends on:
@@ -191,3 +192,20 @@ def remove_checkpoints(*paths: Path | None) -> None:
     for path in paths:
         if path is not None:
             path.unlink(missing_ok=True)
+
+
+# a finished run's test predictions (class ids, or floats for regression, in row order), for churn
+def predictions_path(folder: Path, split: str) -> Path:
+    return Path(folder) / f"predictions_{split}.npy"
+
+
+def save_predictions(folder: Path, split: str, preds: np.ndarray) -> Path:
+    path = predictions_path(folder, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(preds), allow_pickle=False)
+    return path
+
+
+def load_predictions(folder: Path, split: str) -> np.ndarray | None:
+    path = predictions_path(folder, split)
+    return np.load(path, allow_pickle=False) if path.is_file() else None

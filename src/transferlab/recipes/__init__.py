@@ -7,7 +7,7 @@
 Method cards for each recipe are in ``docs/methods/``.
 """
 
-from transferlab.recipes import distill, freeze, init, transplant  # noqa: F401  (register their spec checks)
+from transferlab.recipes import distill, freeze, init, stabilisers, transplant  # noqa: F401  (their spec checks)
 from transferlab.recipes.optim import OPTIMIZERS, build_optimizer
 from transferlab.recipes.param_groups import build_param_groups, describe_param_groups, layer_of
 from transferlab.recipes.schedules import SCHEDULES, build_schedule, lr_factor, resolve_warmup

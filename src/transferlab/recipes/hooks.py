@@ -9,8 +9,12 @@
     on_loss(batch, labels, logits, loss) -> loss   each micro-batch's training loss, replaced (S = 1)
     on_before_optimizer_step(model, step)          gradients clipped, before the update (masks, noise)
     on_after_optimizer_step(model, step)           after the update (weight averages)
-    on_eval_start(model) / on_eval_end(model)      around every evaluation (swap averaged weights in, out)
-    on_finish(model)                               once, the final weights in place, before they are stored
+    on_eval_start(model) / on_eval_end(model)      around every evaluation (swap averaged weights in, out);
+                                                   the best state is taken in between (what was evaluated)
+    on_train_end(model)                            once, training over, before the best state is restored
+                                                   (weight averages put their average in place)
+    on_finish(model)                               once, the final weights in place (best state restored),
+                                                   before the final evaluations and the save (LoRA merges)
     state_dict() / load_state_dict(state)          what a resumable checkpoint keeps of the hook
 
 Capabilities (class attributes, read by the engine; never a list of names):
@@ -48,6 +52,9 @@ class Hook:
         pass
 
     def on_eval_end(self, model: nn.Module) -> None:
+        pass
+
+    def on_train_end(self, model: nn.Module) -> None:
         pass
 
     def on_finish(self, model: nn.Module) -> None:

@@ -14,6 +14,7 @@
     degenerate_margin: 0.01          # a run is degenerate unless it beats the constant baseline by this
     threshold: 0.6                   # steps to reach this dev value of the main metric
     logging: {tensorboard: runs/tb}  # optional: also log every run to TensorBoard / MLflow
+    report: {tost_margin: 0.01, exclude_search_seeds: true}   # how the report analyses (not what runs)
 
 ``--set`` reaches any key of the file: ``--set base.task.path=DIR``, ``--set 'seeds=[0, 1]'``,
 ``--set 'grid.train.max_steps=[400]'`` (nested and dotted grid keys are the same axis).
@@ -55,6 +56,21 @@ class LoggingSpec:
 
 
 @dataclass
+class ReportSpec:
+    """How the report analyses the study; not part of the study's identity (changing it reruns nothing).
+
+    tost_margin: the equivalence margin of TOST, in units of the main metric (e.g. 0.01 = one point of
+        accuracy): "no meaningful difference" is |difference| < margin. Stated here, before the runs,
+        as a pre-registered design choice; ``transferlab report --tost-margin`` overrides it.
+    exclude_search_seeds: runs of the LR-search seeds chose the LR, so they are biased upward in the
+        reported cells (on by default; ``transferlab report --include-search-seeds`` keeps them).
+    """
+
+    tost_margin: float | None = None
+    exclude_search_seeds: bool = True
+
+
+@dataclass
 class StudySpec:
     study: str = ""
     description: str = ""
@@ -69,10 +85,13 @@ class StudySpec:
     degenerate_margin: float = 0.01
     threshold: float | None = None
     logging: LoggingSpec = field(default_factory=LoggingSpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
 
     def validate(self) -> None:
         if not self.study.strip():
             raise SpecError("study: a study needs a name (the top-level key `study`)")
+        if self.report.tost_margin is not None and not self.report.tost_margin > 0:
+            raise SpecError(f"report.tost_margin: the equivalence margin must be > 0, got {self.report.tost_margin}")
         self.seeds = resolve_seeds(self.seeds, "seeds")
         try:
             spec_from_dict(self.base)
@@ -193,6 +212,6 @@ def is_study(data: dict[str, Any]) -> bool:
 
 
 def study_hash(study: StudySpec) -> str:
-    """The study's identity in the store: its resolved definition, without the description and logging."""
-    data = {k: v for k, v in to_dict(study).items() if k not in ("description", "logging")}
+    """The study's identity in the store: its resolved definition, without the description, logging, report."""
+    data = {k: v for k, v in to_dict(study).items() if k not in ("description", "logging", "report")}
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

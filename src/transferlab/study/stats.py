@@ -1,6 +1,7 @@
 """Statistics of a cell of seeds, and of an arm against a baseline arm.
 
-    describe(values)             n, mean, std (ddof 1), median, min, max, 95% bootstrap CI of the mean
+    describe(values)             n, mean, std (ddof 1), median, min, max, 95% CI of the mean: BCa
+                                 bootstrap from BCA_MIN_N seeds, a t interval below (flagged ci_method "t")
     expected_max(values, k)      expected best score over k seeds (Dodge et al. 2019)
     compare(a, b)                Welch's t-test and the Mann-Whitney U test (two-sided)
     holm(pvalues)                Holm (1979) adjusted p-values
@@ -18,6 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+
+# Below this many seeds the CI of the mean is a t interval, not BCa: with 3-5 values the bootstrap
+# can only resample those few values, and BCa came out narrower than the data's range at n = 3.
+BCA_MIN_N = 10
 
 
 def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, n_resamples: int = 9999,
@@ -37,15 +42,29 @@ def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, n_resamples:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def t_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The t interval of the mean (scipy.stats.t.interval); a point for constant data, NaN for n < 2."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return math.nan, math.nan
+    if np.all(v == v[0]):
+        return float(v[0]), float(v[0])
+    low, high = stats.t.interval(confidence, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+    return float(low), float(high)
+
+
 def describe(values: Sequence[float], confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """``ci_method``: "bca" from BCA_MIN_N values, "t" below (the report flags it)."""
     v = np.asarray(values, dtype=float)
     n = len(v)
     if n == 0:
-        return {"n": 0, **{k: math.nan for k in ("mean", "std", "median", "min", "max", "ci_low", "ci_high")}}
-    low, high = bootstrap_ci(v, confidence, seed=seed)
+        return {"n": 0, **{k: math.nan for k in ("mean", "std", "median", "min", "max", "ci_low", "ci_high")},
+                "ci_method": "-"}
+    method = "bca" if n >= BCA_MIN_N else "t"
+    low, high = bootstrap_ci(v, confidence, seed=seed) if method == "bca" else t_ci(v, confidence)
     return {"n": n, "mean": float(v.mean()), "std": float(v.std(ddof=1)) if n > 1 else math.nan,
             "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
-            "ci_low": low, "ci_high": high}
+            "ci_low": low, "ci_high": high, "ci_method": method}
 
 
 def expected_max(values: Sequence[float], k: int, higher: bool = True) -> float:

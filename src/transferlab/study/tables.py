@@ -40,7 +40,7 @@ def study_meta(store: Store, study: str) -> dict:
 
 def stats_table(store: Store, cells: list) -> tuple[list[str], list[list[str]]]:
     header = ["task", "arm", "split", "metric", "n", "diverged", "mean ± std", "median", "min", "max",
-              "95% CI", "degenerate", "steps to threshold"]
+              "95% CI", "degenerate", "steps to threshold", "search seeds left out"]
     rows = []
     for c in cells:
         meta = study_meta(store, c.study)
@@ -53,8 +53,12 @@ def stats_table(store: Store, cells: list) -> tuple[list[str], list[list[str]]]:
         diverged = sum(r.status == "diverged" for r in c.runs)
         mean_std = "-" if d["n"] == 0 else f"{d['mean']:.4f} ± {_f(d['std'])}"
         ci = "-" if math.isnan(d["ci_low"]) else f"[{d['ci_low']:.4f}, {d['ci_high']:.4f}]"
+        ci += f" (t, n < {stats.BCA_MIN_N})" if d["ci_method"] == "t" and ci != "-" else ""
+        excluded = getattr(c, "excluded", [])
+        left_out = f"{len(excluded)} (seeds {', '.join(str(r.seed) for r in excluded)})" if excluded else "-"
         rows.append([c.task, c.arm, split, metric, str(d["n"]), str(diverged), mean_std, _f(d["median"]),
-                     _f(d["min"]), _f(d["max"]), ci, degenerate, _threshold_cell(store, c, meta.get("threshold"))])
+                     _f(d["min"]), _f(d["max"]), ci, degenerate, _threshold_cell(store, c, meta.get("threshold")),
+                     left_out])
     return header, rows
 
 

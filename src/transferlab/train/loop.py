@@ -23,10 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from transferlab.data.build import build_task
-from transferlab.data.metrics import baseline, constant_baselines, higher_is_better
+from transferlab.data.metrics import baseline, compute, constant_baselines, higher_is_better
 from transferlab.errors import UserError
 from transferlab.models import artifacts as ckpt
-from transferlab.models.artifacts import save_weights, task_meta
+from transferlab.models.artifacts import save_predictions, save_weights, task_meta
 from transferlab.models.model import build_model
 from transferlab.provenance import provenance
 from transferlab.recipes.distill import build_distiller
@@ -34,19 +34,22 @@ from transferlab.recipes.freeze import build_freezer
 from transferlab.recipes.optim import build_optimizer
 from transferlab.recipes.param_groups import build_param_groups
 from transferlab.recipes.schedules import build_schedule
+from transferlab.recipes.stabilisers import build_stabilisers
 from transferlab.recipes.transplant import prepare_transfer
 from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.spec import RunSpec, run_id, spec_hash, to_dict
 from transferlab.store import DEFAULT_STORE, Store
-from transferlab.train.batches import collate, encode
+from transferlab.train.batches import collate, encode, epoch_batches
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
 from transferlab.train.compute import SingleTrainee, StackedTrainee
-from transferlab.train.evaluate import evaluate
+from transferlab.train.evaluate import predict
 from transferlab.train.extra_evals import extra_splits
+from transferlab.train.fast import to_device
 from transferlab.train.stacked import StackedModel
 from transferlab.train.steps import (
     autocast_dtype,
     eval_schedule,
+    loss_fn,
     optimizer_step,
     resolve_device,
     seed_everything,
@@ -170,7 +173,8 @@ class _Group:
         self.steps_per_epoch, self.total = step_plan(len(seeds[0].data["train"]), self.tspec)
         self.freezer = build_freezer(spec.freeze, model, self.steps_per_epoch)  # before the optimizer: LoRA
         distiller = build_distiller(spec, model, seeds[0].task, self.store) if not self.stacked else None
-        self.hooks = (self.freezer, *([distiller] if distiller else []), *self.user_hooks)
+        self.hooks = (self.freezer, *([distiller] if distiller else []), *self.user_hooks,
+                      *self._stabilisers(seeds[0], trainee))
         self.loss_hooks = [h for h in self.hooks if hasattr(h, "on_loss")]
         groups = build_param_groups(model, spec.optim, model.num_layers)
         self.optimizer = build_optimizer(groups, spec.optim, self.device.type)
@@ -179,6 +183,19 @@ class _Group:
         self.counts = trainee.counts()
         for seed in seeds:
             self.store.update_run(seed.uid, n_params=self.counts[0], n_trainable=self.counts[1])
+
+    def _stabilisers(self, seed: SeedRun, trainee) -> list:
+        """spec.stabilisers as hooks (recipes/stabilisers.py); child-tuning D reads epoch 0's batches."""
+        regression = seed.task.problem == "regression"
+
+        def batches():
+            for index in epoch_batches(seed.data["train"], self.tspec.batch_size, seed.spec.seed, 0, False):
+                batch = to_device(collate(seed.data["train"], index, regression), self.device)
+                yield batch, batch.pop("labels")
+
+        return build_stabilisers(self.spec.stabilisers, problem=seed.task.problem, freeze=self.spec.freeze.name,
+                                 seed=self.spec.seed, device=self.device, batches=batches,
+                                 loss=lambda logits, labels: loss_fn(logits, labels, regression))
 
     def _call(self, name: str, *args) -> None:
         for hook in self.hooks:
@@ -235,20 +252,24 @@ class _Group:
             if seed.stopped:
                 continue
             model = trainee.model_for(slot)
+            self._call("on_eval_start", model)  # e.g. a weight average swapped in, until on_eval_end
             metrics = self._evaluate(model, seed, "dev")
             seed.dev_at[step] = metrics
             self.store.log_evals(seed.uid, step, "dev", metrics)
             improved = seed.observe(step, metrics[main], higher_is_better(main), self.tspec.early_stopping_patience)
             if improved and self.tspec.restore_best and step != self.total:
-                seed.best_state = trainee.best_state(slot)
+                seed.best_state = trainee.best_state(slot)  # the weights that were evaluated
+            self._call("on_eval_end", model)
 
-    def _evaluate(self, model, seed: SeedRun, split: str) -> dict[str, float]:
+    def _evaluate(self, model, seed: SeedRun, split: str, keep: bool = False) -> dict[str, float]:
+        """Metrics of ``model`` on ``split``; ``keep``: the predictions are saved with the run (churn)."""
         desc = f"{seed.spec.name} {split}" if self.progress and not self.stacked else None
-        self._call("on_eval_start", model)
-        metrics = evaluate(model, seed.data[split], seed.task, self.tspec.eval_batch_size, self.device, self.amp,
-                           desc)
-        self._call("on_eval_end", model)
-        return metrics
+        task = seed.task
+        preds = predict(model, seed.data[split], task, self.tspec.eval_batch_size, self.device, self.amp, desc)
+        if keep:
+            save_predictions(self.store.artifact_dir(seed.uid), split, preds)
+        return compute(task.metrics, preds, seed.data[split].labels,
+                       task.num_labels if task.problem != "regression" else None)
 
     def _flush(self, active: list[SeedRun]) -> None:
         rows = self.watch.curve()
@@ -280,13 +301,14 @@ class _Group:
         n_params, n_trainable = self.counts
         n_trainable_final = trainee.counts()[1]
         model = trainee.model_for(slot)
+        self._call("on_train_end", model)  # e.g. a weight average put in place
         final_step = step
         if tspec.restore_best and seed.best_step not in (None, step) and seed.best_state is not None:
             model, final_step = trainee.restore(slot, seed.best_state), seed.best_step
         self._call("on_finish", model)  # LoRA: adapters merged into the weights, so the stored model is plain
         finished = seed.status == "finished"
         dev = (seed.dev_at.get(final_step) or self._evaluate(model, seed, "dev")) if finished else {}
-        test = self._evaluate(model, seed, "test") if finished and "test" in seed.data else {}
+        test = self._evaluate(model, seed, "test", keep=True) if finished and "test" in seed.data else {}
         if test:
             self.store.log_evals(seed.uid, step, "test", test)
         extra = {name: self._evaluate(model, seed, name) for name in extra_splits(task)} if finished else {}

@@ -14,6 +14,7 @@ from transferlab.models.backbone import model_type_of
 from transferlab.models.schema import family_of
 from transferlab.recipes.freeze import FREEZERS
 from transferlab.recipes.optim import OPTIMIZERS
+from transferlab.recipes.stabilisers import STABILISERS
 from transferlab.spec import RunSpec, spec_hash
 
 
@@ -38,6 +39,9 @@ def unsupported(specs: list[RunSpec], hooks: list | tuple = ()) -> str | None:
         return f"freeze.name: policy {spec.freeze.name!r} does not declare 'seed_stacked'"
     if spec.distill.kind != "none":
         return f"distill.kind: the {spec.distill.kind} hook changes the loss and does not declare 'seed_stacked'"
+    for stabiliser in spec.stabilisers:
+        if not STABILISERS.supports(stabiliser.name, "seed_stacked"):
+            return f"stabilisers: {stabiliser.name!r} does not declare 'seed_stacked'"
     for hook in hooks:
         if not getattr(hook, "seed_stacked", False):
             return f"hook {type(hook).__name__} does not declare 'seed_stacked'"
