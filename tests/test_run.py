@@ -9,6 +9,7 @@ from transferlab.cli import main
 from transferlab.errors import UserError
 from transferlab.spec import load_spec, run_id
 from transferlab.store import Store
+from transferlab.train.hooks import Hook
 from transferlab.train.loop import run
 
 
@@ -46,15 +47,25 @@ def test_same_spec_twice_gives_identical_metrics_and_both_provenances(toy_task_d
     assert c.status == "skipped" and len(store.runs(run_id=a.run_id)) == 2
 
 
+class _Boom(Hook):
+    def on_train_start(self, model, optimizer, total_steps):
+        raise RuntimeError("boom during training")
+
+
 def test_failed_run_is_stored_and_earlier_runs_survive(toy_task_dir, tmp_path):
     store = Store(tmp_path / "s.db")
     good = run(load_spec(tiny_spec_dict(toy_task_dir, epochs=1)), store, progress=False)
-    bad = load_spec({**tiny_spec_dict(toy_task_dir), "task": {"name": "csv", "path": str(tmp_path / "missing")}})
-    with pytest.raises(UserError, match="missing"):
-        run(bad, store, progress=False)
+    bad = load_spec(tiny_spec_dict(toy_task_dir, epochs=2))
+    with pytest.raises(RuntimeError, match="boom"):
+        run(bad, store, progress=False, hooks=[_Boom()])
     failed = store.runs(run_id=run_id(bad))[-1]
-    assert failed.status == "failed" and "missing" in failed.error
+    assert failed.status == "failed" and "boom during training" in failed.error
     assert store.get(good.uid).status == "finished" and store.get(good.uid).summary["dev"] == good.dev
+    # a mistake in the spec is found before the run is recorded: no row at all
+    missing = load_spec({**tiny_spec_dict(toy_task_dir), "task": {"name": "csv", "path": str(tmp_path / "missing")}})
+    with pytest.raises(UserError, match="missing"):
+        run(missing, store, progress=False)
+    assert store.runs(run_id=run_id(missing)) == []
 
 
 def test_cli_run_runs_export_and_errors(toy_task_dir, tmp_path, capsys):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferlab.checks import check_utf8
 from transferlab.data.build import carve, check_options
 from transferlab.data.metrics import METRICS
 from transferlab.data.task import TASKS, Split, Task
@@ -48,6 +49,7 @@ def read_table(path: Path, fmt: str, quoting: str | None = None) -> tuple[list[s
     quoting = quoting or ("minimal" if fmt == "csv" else "none")
     if quoting not in ("none", "minimal"):
         raise SpecError(f"task.options.quoting: {quoting!r} is not allowed; allowed: 'none', 'minimal'")
+    check_utf8(path, "data file")  # a bad byte is one line naming the file and line, not a traceback
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(
             f,
@@ -71,6 +73,7 @@ def read_table(path: Path, fmt: str, quoting: str | None = None) -> tuple[list[s
 
 def _read_jsonl(path: Path) -> tuple[list[str], list[Row]]:
     rows = []
+    check_utf8(path, "data file")
     with open(path, encoding="utf-8-sig") as f:
         for line, text in enumerate(f, start=1):
             if not text.strip():

@@ -27,6 +27,7 @@ from transferlab.study.executors import EXECUTORS, Job, Outcome
 from transferlab.study.expand import Planned, cell_defs, expand, expand_lr_search
 from transferlab.study.spec import StudySpec, study_hash
 from transferlab.study.tracking import Tracker
+from transferlab.train.validate import validate_runs
 
 INTERRUPTED = "interrupted"  # prefix of the error the loop stores for a run stopped by Ctrl-C
 
@@ -40,6 +41,7 @@ class StudyResult:
     diverged: int = 0
     interrupted: bool = False
     lrs: dict = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # the failed runs' errors, in completion order
 
 
 def state(store: Store, rid: str) -> str:
@@ -108,6 +110,8 @@ def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *
         p = todo[outcome.index]
         result.executed += 1
         result.failed += outcome.status == "failed"
+        if outcome.status == "failed":
+            result.errors.append(outcome.error or "")
         result.diverged += outcome.status == "diverged"
         progress.report(p, outcome)
         if tracker is not None and outcome.uid and outcome.status != "skipped":
@@ -128,6 +132,7 @@ def run_study(study: StudySpec, store: Store, *, executor: str = "inline", worke
     out = out or (lambda line: print(line, flush=True))
     search = expand_lr_search(study)  # expand first: a study that cannot expand is not registered
     main = expand(study)
+    validate_runs([p.spec for p in search + main])  # every value, file and model before a row exists
     tracker = Tracker(study.logging) if study.logging.tensorboard or study.logging.mlflow else None
     store.register_study(study.study, study_hash(study), to_dict(study), new=new)
     result = StudyResult()

@@ -39,6 +39,7 @@ from transferlab.train import resume as ckpt
 from transferlab.train.batches import Encoded, collate, encode, epoch_batches, eval_batches
 from transferlab.train.checkpoint import save_weights, task_meta
 from transferlab.train.fast import compiled, to_device
+from transferlab.train.validate import validate_run
 
 
 class Hook(Protocol):
@@ -162,6 +163,7 @@ def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, 
         s = done.summary
         return RunResult(rid, done.uid, "skipped", s.get("dev", {}), s.get("test", {}), s.get("best_step"),
                          s.get("steps", 0), done.duration_s or 0.0, s)
+    validate_run(spec)  # validate before recording
     uid = store.start_run(rid, spec_hash(spec), spec.seed, to_dict(spec), name=spec.name, study=study,
                           provenance=provenance())
     start = time.time()

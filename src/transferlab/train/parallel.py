@@ -67,6 +67,7 @@ from transferlab.train.loop import (
     step_plan,
 )
 from transferlab.train.stacked import StackedModel
+from transferlab.train.validate import validate_runs
 
 
 class Unsupported(UserError):
@@ -221,6 +222,7 @@ def run_seeds(specs: list[RunSpec], store: Store | None = None, *, study: str | 
         results[i] = RunResult(run_id(spec), done.uid, "skipped", s.get("dev", {}), s.get("test", {}),
                                s.get("best_step"), s.get("steps", 0), done.duration_s or 0.0, s)
     if todo:
+        validate_runs([specs[i] for i in todo])  # validate before recording
         for i, result in zip(todo, _Engine([specs[i] for i in todo], store, study, progress, hooks).run()):
             results[i] = result
     return results  # type: ignore[return-value]
