@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help=(
         "check the spec and print what would run (a run: its resolved spec and run id; a study: its expanded "
         "runs and their state); train nothing"))
+    t = p.add_argument_group("live tracking (the `tracking` extra; a study's `logging:` section does the same)")
+    t.add_argument("--tensorboard", metavar="DIR", help="log the run to TensorBoard under DIR while it trains")
+    t.add_argument("--mlflow", metavar="URI", help="log the run to this MLflow tracking URI (a folder or a server)")
+    t.add_argument("--wandb", metavar="PROJECT", help="log the run to this Weights & Biases project")
+    t.add_argument("--wandb-mode", choices=["offline", "online"], default=None, help="W&B mode (default offline)")
     g = p.add_argument_group("studies (a YAML file with a top-level `study:` key)")
     g.add_argument("--executor", default="inline", help="inline (default), processes or ray")
     g.add_argument("--workers", type=int, default=2, help="worker processes, or local Ray CPUs (default 2)")
@@ -174,7 +179,17 @@ def cmd_run(args) -> int:
     if args.dry_run:
         return dry_run(spec, args.store)
     store = Store(args.store)
-    result = run(spec, store, force=args.rerun, progress=not args.quiet)
+    tracking = tracking_from_args(args)
+    tracker = None
+    if tracking.enabled:
+        from transferlab.train.track import TrackerHook
+
+        tracker = TrackerHook(tracking, spec, store)
+    try:
+        result = run(spec, store, force=args.rerun, progress=not args.quiet, hooks=[tracker] if tracker else [])
+    finally:
+        if tracker is not None:
+            tracker.close()
     if result.status == "skipped":
         print(f"run {result.run_id} already finished (uid {result.uid}); --rerun to run it again")
     print(f"{result.uid}  {result.status}  steps {result.steps}  {result.duration_s:.0f}s")
@@ -187,6 +202,17 @@ def cmd_run(args) -> int:
     if result.status == "diverged":
         print(f"  diverged: {result.summary.get('error')}")
     return 0
+
+
+def tracking_from_args(args, base=None):
+    """The TrackingSpec of ``--tensorboard/--mlflow/--wandb``, over ``base`` (a study's logging section)."""
+    import dataclasses
+
+    from transferlab.train.track import TrackingSpec
+
+    given = {k: v for k, v in (("tensorboard", args.tensorboard), ("mlflow", args.mlflow), ("wandb", args.wandb),
+                               ("wandb_mode", args.wandb_mode)) if v is not None}
+    return dataclasses.replace(base or TrackingSpec(), **given)
 
 
 def dry_run(spec, store_path: str) -> int:
@@ -214,6 +240,7 @@ def cmd_study(args, data: dict) -> int:
     from transferlab.study.spec import load_study
 
     study = load_study(data, args.overrides)
+    study.logging = tracking_from_args(args, study.logging)
     if args.dry_run:
         store = Store(args.store, create=False) if Path(args.store).is_file() else None
         rows = describe_plan(study, store)

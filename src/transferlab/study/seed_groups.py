@@ -35,7 +35,7 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
     job alone when ``mode`` is off, when loop hooks are in play, or the engine cannot run the recipe."""
     if mode not in ("auto", "on", "off"):
         raise UserError(f"--seed-parallel: {mode!r} is not one of auto, on, off")
-    if mode == "off" or has_hooks or len(jobs) < 2:
+    if mode == "off" or has_hooks or len(jobs) < 2 or any(job.tracking for job in jobs):  # live tracking: one by one
         return [[job] for job in jobs]
     from transferlab.spec import spec_from_dict, spec_hash
     from transferlab.train.parallel import unsupported

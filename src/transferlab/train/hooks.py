@@ -10,6 +10,9 @@
     on_before_optimizer_step(model, step)          gradients clipped, before the update (masks, noise)
     on_after_optimizer_step(model, step)           after the update (weight averages)
     on_eval_start(model) / on_eval_end(model)      around every evaluation (swap averaged weights in, out)
+    on_log(step, metrics)                          host numbers as they are logged: train/loss, train/lr,
+                                                   train/grad_norm every log_every steps; dev/* after each
+                                                   evaluation; test/*, final_dev/* at the end (live tracking)
     on_finish(model)                               once, the final weights in place, before they are stored
     state_dict() / load_state_dict(state)          what a resumable checkpoint keeps of the hook
 
@@ -50,8 +53,16 @@ class Hook:
     def on_eval_end(self, model: nn.Module) -> None:
         pass
 
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
     def on_finish(self, model: nn.Module) -> None:
         pass
+
+    @classmethod
+    def logs(cls) -> bool:
+        """Whether the hook overrides ``on_log`` (the loop reads values to the host only for such hooks)."""
+        return any("on_log" in vars(c) for c in cls.__mro__ if c is not Hook)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -39,6 +39,7 @@ from transferlab.train import resume as ckpt
 from transferlab.train.batches import Encoded, collate, encode, epoch_batches, eval_batches
 from transferlab.train.checkpoint import save_weights, task_meta
 from transferlab.train.fast import compiled, to_device
+from transferlab.train.hooks import Hook as HookBase
 from transferlab.train.validate import validate_run
 
 
@@ -206,6 +207,7 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
     distiller = build_distiller(spec, model, task, store)  # None unless spec.distill names a teacher
     hooks = (freezer, *([distiller] if distiller else []), *hooks)
     loss_hooks = [h for h in hooks if hasattr(h, "on_loss")]
+    log_hooks = [h for h in hooks if isinstance(h, HookBase) and h.logs()]  # live tracking (train/track.py)
     groups = build_param_groups(model, spec.optim, model.num_layers)
     optimizer = build_optimizer(groups, spec.optim, device.type)
     scheduler = build_schedule(optimizer, spec.schedule, total)
@@ -292,6 +294,7 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
                 boom = mean_loss > tspec.divergence_factor * first_loss.clamp_min(1e-3)
                 exploded = torch.where(boom & (exploded < 0), torch.full_like(exploded, step), exploded)
             bad_step, boom_step = torch.stack([first_bad, exploded]).tolist()  # one host sync per interval
+            _emit(log_hooks, step, "train", {"loss": mean_loss, "lr": lr, "grad_norm": gnorm})
             if bad_step >= 0 or boom_step >= 0:
                 status, error_step = "diverged", bad_step if bad_step >= 0 else boom_step
                 error = (f"non-finite loss or gradient at step {bad_step}" if bad_step >= 0 else
@@ -304,6 +307,7 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
             metrics = evaluate(model, dev_enc, task, tspec.eval_batch_size, device, amp, eval_desc)
             dev_at[step] = metrics
             store.log_evals(uid, step, "dev", metrics)
+            _emit(log_hooks, step, "dev", metrics)
             value = metrics[main]
             improved = best_value is None or (value > best_value if better else value < best_value)
             if improved:
@@ -340,8 +344,10 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
         test = evaluate(model, data["test"], task, tspec.eval_batch_size, device, amp,
                         f"{spec.name} test" if progress else None)
         store.log_evals(uid, step, "test", test)
+        _emit(log_hooks, step, "test", test)
     if dev:
         store.log_evals(uid, step, "final_dev", dev)
+        _emit(log_hooks, step, "final_dev", dev)
     summary.update(dev=dev, test=test, best_step=best_step if tspec.restore_best else step,
                    baseline=baseline(task, "dev"), baselines=constant_baselines(task), n_params=n_params,
                    n_trainable=n_trainable, trainable_share=n_trainable / max(1, n_params))
@@ -355,6 +361,15 @@ def _train(spec: RunSpec, store: Store, uid: str, *, progress: bool, hooks) -> R
     if status == "finished":
         ckpt.remove_checkpoints(ck_path, resume[1] if resume else None)
     return RunResult("", uid, status, dev, test, summary["best_step"], step, 0.0, summary)
+
+
+def _emit(hooks: list, step: int, prefix: str, metrics: dict) -> None:
+    """``on_log`` of the tracking hooks with ``prefix/name`` keys and host floats (a device value costs one
+    sync, and only when such a hook is present)."""
+    if hooks:
+        points = {f"{prefix}/{k}": float(v) for k, v in metrics.items() if v is not None}
+        for hook in hooks:
+            hook.on_log(step, points)
 
 
 def _flush_curve(store: Store, uid: str, buf: list, bar=None) -> None:
