@@ -234,3 +234,16 @@ def test_closed_pipe_is_quiet(world):
                           capture_output=True, text=True, env=env, timeout=300)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("uid") and proc.stdout.strip().endswith("rc=141")
+
+
+def test_dry_run_of_a_study_checks_every_run(world, tmp_path, capsys):
+    study = tiny_study_dict(world["data"], name="dry", seeds=[0, 1])
+    study["arms"]["bad"] = {"train.batch_size": 0}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    code = main(["run", str(path), "--store", str(world["db"]), "--dry-run"])
+    _one_line_error(code, capsys.readouterr().err, "train.batch_size: must be at least 1")
+    del study["arms"]["bad"]
+    path.write_text(yaml.safe_dump(study))
+    assert main(["run", str(path), "--store", str(world["db"]), "--dry-run"]) == 0
+    assert "dry: 4 of 4 runs to do" in capsys.readouterr().out

@@ -242,6 +242,10 @@ def cmd_study(args, data: dict) -> int:
     study = load_study(data, args.overrides)
     study.logging = tracking_from_args(args, study.logging)
     if args.dry_run:
+        from transferlab.study.expand import expand, expand_lr_search
+        from transferlab.train.validate import validate_runs
+
+        validate_runs([p.spec for p in expand_lr_search(study) + expand(study)])  # what run_study checks first
         store = Store(args.store, create=False) if Path(args.store).is_file() else None
         rows = describe_plan(study, store)
         print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
