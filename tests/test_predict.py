@@ -139,7 +139,7 @@ def test_predict_on_the_tasks_unlabelled_test_split(tmp_path):
 
 def test_predict_and_export_seed_stacked_runs(tmp_path):
     """Runs trained together by the seed-parallel engine predict and export like single runs."""
-    from transferlab.train.parallel import run_seeds
+    from transferlab.train.loop import run_seeds
 
     data = write_sentiment_csv(tmp_path / "d", n_train=64, n_dev=40)
     store = Store(tmp_path / "s.db")

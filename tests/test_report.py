@@ -147,7 +147,8 @@ def test_report_of_plain_runs_and_the_cli(tmp_path, capsys):
     assert (tmp_path / "out" / "seeds.png").stat().st_size > 1000
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| csv | tiny | dev | accuracy | 2 |" in md  # one cell of two seeds
-    assert main(["report", str(tmp_path / "nope.db"), "--study", "x", "-o", str(tmp_path / "o2")]) == 0
+    assert main(["report", str(tmp_path / "nope.db"), "--study", "x", "-o", str(tmp_path / "o2")]) == 2
+    assert not (tmp_path / "nope.db").exists()  # a typo in the store path creates nothing
 
 
 CHECK = """<script>

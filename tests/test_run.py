@@ -66,6 +66,11 @@ def test_failed_run_is_stored_and_earlier_runs_survive(toy_task_dir, tmp_path, m
     failed = store.runs(run_id=run_id(other))[-1]
     assert failed.status == "failed" and "exploded" in failed.error
     assert store.get(good.uid).status == "finished" and store.get(good.uid).summary["dev"] == good.dev
+    # a mistake in the spec is found before the run is recorded: no row at all
+    missing = load_spec({**tiny_spec_dict(toy_task_dir), "task": {"name": "csv", "path": str(tmp_path / "missing")}})
+    with pytest.raises(UserError, match="missing"):
+        run(missing, store, progress=False)
+    assert store.runs(run_id=run_id(missing)) == []
 
 
 def test_cli_run_runs_export_and_errors(toy_task_dir, tmp_path, capsys):

@@ -13,6 +13,7 @@ from transferlab.cli import main
 from transferlab.data.build import build_task
 from transferlab.data.fewshot import balanced_indices
 from transferlab.errors import DataError, SpecError, UserError
+from transferlab.recipes.hooks import Hook
 from transferlab.spec import TaskSpec, load_spec
 from transferlab.store import Store
 from transferlab.study.degenerate import is_degenerate
@@ -344,16 +345,37 @@ def test_tensorboard_and_mlflow_get_one_logged_run_per_stored_run(data, tmp_path
         assert [m.value for m in history] == pytest.approx([c[1] for c in store.curve(row.uid)])
 
 
+class _Boom(Hook):
+    """Fails the run once it has started (a failure that no check before the run can see)."""
+
+    def on_train_start(self, model, optimizer, total_steps):
+        raise RuntimeError("boom: broken arm")
+
+
+def _boom_broken(job):
+    return [_Boom()] if job.spec["optim"]["weight_decay"] == 0.02 else []
+
+
 def test_failed_runs_run_again_unless_skip_failed(data, tmp_path):
     d = tiny_study_dict(data, seeds=[0, 1])
-    d["arms"]["broken"] = {"task.path": str(tmp_path / "missing")}  # fails when its data is read
+    d["arms"]["broken"] = {"optim.weight_decay": 0.02}  # _boom_broken fails these runs during training
     study = load_study(d)
     store = Store(tmp_path / "s.db")
-    first = run_study(study, store, out=lambda _: None)
+    first = run_study(study, store, out=lambda _: None, hooks=_boom_broken)
     assert (first.executed, first.failed) == (6, 2)  # the other arms still ran
-    assert run_study(study, store, skip_failed=True, out=lambda _: None).executed == 0
-    again = run_study(study, store, out=lambda _: None)
+    assert all("boom" in e for e in first.errors)
+    assert run_study(study, store, skip_failed=True, out=lambda _: None, hooks=_boom_broken).executed == 0
+    again = run_study(study, store, out=lambda _: None, hooks=_boom_broken)
     assert (again.executed, again.failed) == (2, 2)  # only the failed ones, as new attempts
     broken = [p.run_id for p in expand(study) if p.arm == "broken"]
     assert all([r.attempt for r in store.runs(run_id=rid)] == [1, 2] for rid in broken)
     assert all(len(store.runs(run_id=p.run_id)) == 1 for p in expand(study) if p.arm != "broken")
+
+
+def test_a_mistake_in_one_arm_stops_the_study_before_any_row(data, tmp_path):
+    d = tiny_study_dict(data, seeds=[0, 1])
+    d["arms"]["broken"] = {"task.path": str(tmp_path / "missing")}
+    store = Store(tmp_path / "s.db")
+    with pytest.raises(DataError, match="missing"):
+        run_study(load_study(d), store, out=lambda _: None)
+    assert store.runs() == [] and store.studies() == []

@@ -14,7 +14,14 @@
     transferlab pretrain SPEC.yaml [--set key=value ...]   (MLM / masked modelling -> a HF folder)
     transferlab bench [--model minilm|bert-base|...] [--batch 32] [--seq 64] [--seeds 1,4,8,20]   (throughput)
 
-A user's mistake (bad spec, missing file, unknown model) prints one line and exits 2.
+Exit codes:
+    0    done (``runs`` listing no runs is an answer, so 0 too)
+    1    the command ran but could not give what was asked: some runs of a study failed, a report of a
+         store that holds no runs
+    2    a mistake in what was given (spec, value, file, folder, model, run, study or store name): one line
+         on stderr naming the field, file or line; nothing trains and no run row is written
+    130  interrupted (Ctrl-C)
+    141  stdout closed early (``transferlab runs | head``): the rest of the output is dropped quietly
 """
 
 from __future__ import annotations
@@ -35,7 +42,10 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from transferlab import __version__
+
     parser = argparse.ArgumentParser(prog="transferlab", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"transferlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="fine-tune and evaluate one run spec (YAML) and store it")
@@ -44,8 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a spec field, e.g. --set optim.lr=3e-5 (repeatable)")
     p.add_argument("--rerun", action="store_true", help="run again even if this run id already finished")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true", help=(
+        "check the spec and print what would run (a run: its resolved spec and run id; a study: its expanded "
+        "runs and their state); train nothing"))
+    t = p.add_argument_group("live tracking (the `tracking` extra; a study's `logging:` section does the same)")
+    t.add_argument("--tensorboard", metavar="DIR", help="log the run to TensorBoard under DIR while it trains")
+    t.add_argument("--mlflow", metavar="URI", help="log the run to this MLflow tracking URI (a folder or a server)")
+    t.add_argument("--wandb", metavar="PROJECT", help="log the run to this Weights & Biases project")
+    t.add_argument("--wandb-mode", choices=["offline", "online"], default=None, help="W&B mode (default offline)")
     g = p.add_argument_group("studies (a YAML file with a top-level `study:` key)")
-    g.add_argument("--dry-run", action="store_true", help="print the expanded runs and their state; run nothing")
     g.add_argument("--executor", default="inline", help="inline (default), processes or ray")
     g.add_argument("--workers", type=int, default=2, help="worker processes, or local Ray CPUs (default 2)")
     g.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
@@ -59,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list stored runs with their metrics")
     p.add_argument("--study", default=None)
     p.add_argument("--all", action="store_true", help="every attempt, not only the newest per run id")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="table (default), csv or json (one object per run, every metric and differing field)")
     _store_arg(p)
 
     p = sub.add_parser("export", help="write a run's fine-tuned model, or dump the store's tables")
@@ -144,13 +163,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     try:
-        return COMMANDS[args.command](args) or 0
+        code = COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
     except UserError as e:
-        print(f"transferlab: error: {e}", file=sys.stderr)
+        print(f"transferlab: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("transferlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`transferlab runs | head`): point stdout at /dev/null so the interpreter's
+        # final flush does not fail again, and exit as a process killed by SIGPIPE would (128 + 13)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def one_line(error: Exception) -> str:
+    """The error's message on one line (a library's multi-line text folded)."""
+    return " ".join(str(error).split())
 
 
 def quiet_libraries() -> None:
@@ -173,8 +205,20 @@ def cmd_run(args) -> int:
     if is_study(data):
         return cmd_study(args, data)
     spec = load_spec(data, args.overrides)
+    if args.dry_run:
+        return dry_run(spec, args.store)
     store = Store(args.store)
-    result = run(spec, store, force=args.rerun, progress=not args.quiet)
+    tracking = tracking_from_args(args)
+    tracker = None
+    if tracking.enabled:
+        from transferlab.train.track import TrackerHook
+
+        tracker = TrackerHook(tracking, spec, store)
+    try:
+        result = run(spec, store, force=args.rerun, progress=not args.quiet, hooks=[tracker] if tracker else [])
+    finally:
+        if tracker is not None:
+            tracker.close()
     if result.status == "skipped":
         print(f"run {result.run_id} already finished (uid {result.uid}); --rerun to run it again")
     print(f"{result.uid}  {result.status}  steps {result.steps}  {result.duration_s:.0f}s")
@@ -189,14 +233,49 @@ def cmd_run(args) -> int:
     return 0
 
 
+def tracking_from_args(args, base=None):
+    """The TrackingSpec of ``--tensorboard/--mlflow/--wandb``, over ``base`` (a study's logging section)."""
+    import dataclasses
+
+    from transferlab.train.track import TrackingSpec
+
+    given = {k: v for k, v in (("tensorboard", args.tensorboard), ("mlflow", args.mlflow), ("wandb", args.wandb),
+                               ("wandb_mode", args.wandb_mode)) if v is not None}
+    return dataclasses.replace(base or TrackingSpec(), **given)
+
+
+def dry_run(spec, store_path: str) -> int:
+    """Check the spec as a run would (values, device, files, model) and print it resolved; train nothing."""
+    import yaml
+
+    from transferlab.spec import run_id, to_dict
+    from transferlab.store import Store
+    from transferlab.train.validate import validate_run
+
+    validate_run(spec)
+    rid = run_id(spec)
+    state = "todo"
+    if Path(store_path).is_file():
+        store = Store(store_path, create=False)
+        state = "done (--rerun to run it again)" if store.finished(rid) else "todo"
+    print(yaml.safe_dump(to_dict(spec), sort_keys=False).rstrip())
+    print(f"# run id {rid}  state {state}  store {store_path}")
+    return 0
+
+
 def cmd_study(args, data: dict) -> int:
     from transferlab.store import Store
     from transferlab.study.runner import describe_plan, run_study
     from transferlab.study.spec import load_study
 
     study = load_study(data, args.overrides)
+    study.logging = tracking_from_args(args, study.logging)
     if args.dry_run:
-        store = Store(args.store) if Path(args.store).is_file() else None
+        from transferlab.study.expand import expand, expand_lr_search
+        from transferlab.train.validate import validate_runs
+
+        validate_runs([p.spec for p in expand_lr_search(study) + expand(study)])  # what run_study checks first
+        store = Store(args.store, create=False) if Path(args.store).is_file() else None
         rows = describe_plan(study, store, args.seed_parallel)
         print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
         runs = [r for r in rows if not r[5].startswith("(")]
@@ -207,38 +286,100 @@ def cmd_study(args, data: dict) -> int:
     result = run_study(study, Store(args.store), executor=args.executor, workers=args.workers,
                        address=args.address, threads=args.threads, skip_failed=args.skip_failed,
                        new=args.new_study, seed_parallel=args.seed_parallel)
-    return 130 if result.interrupted else 0
+    if result.interrupted:
+        return 130
+    if result.failed:
+        first = result.errors[0].splitlines()[0][:200] if result.errors else ""
+        print(f"transferlab: {study.study}: {result.failed} of {result.executed} runs failed (first: {first}); "
+              f"`transferlab runs --study {study.study}` lists them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_runs(args) -> int:
     from transferlab.store import Store
 
-    store = Store(args.store)
-    rows = []
-    for r in store.runs(study=args.study, latest=not args.all):
-        dev = r.summary.get("dev") or {}
-        metrics = "  ".join(f"{k}={v:.4f}" for k, v in dev.items())
-        rows.append([r.uid, r.name or "", r.spec.get("task", {}).get("name", ""), r.spec.get("model", {}).get("name", ""),
-                     r.seed, r.status, f"{r.duration_s:.0f}s" if r.duration_s else "", metrics])
+    store = Store(args.store, create=False)
+    rows = store.runs(study=args.study, latest=not args.all)
+    if args.study is not None and not rows and args.study not in {s for s, _, _ in store.studies()}:
+        raise UserError(f"--study: no study {args.study!r} in {store.path}; studies: "
+                        + (", ".join(s for s, _, _ in store.studies()) or "none"))
     if not rows:
-        print(f"no runs in {store.path}")
+        print(f"no runs in {store.path}" + (f" for study {args.study}" if args.study else ""))
         return 0
-    print(format_table(["uid", "name", "task", "model", "seed", "status", "time", "dev"], rows))
+    header, table = runs_table(rows)
+    if args.format == "json":
+        import json
+
+        print(json.dumps([dict(zip(header, r)) for r in table], indent=1, default=str))
+    elif args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(table)
+    else:
+        print(format_table(*runs_text_table(header, table)))
     return 0
 
 
+RUN_COLUMNS = ["uid", "name", "study", "task", "model", "seed", "status", "steps", "time_s", "error"]
+
+
+def runs_table(rows) -> tuple[list[str], list[list]]:
+    """One row per run: identity, status, error, every dev_/test_ metric, and every spec field whose
+    value differs between the listed runs (seed and name have their own columns)."""
+    from transferlab.study.spec import flatten
+
+    flat = [flatten(r.spec) for r in rows]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    differ = [k for k in keys if k not in ("seed", "name") and len({repr(f.get(k)) for f in flat}) > 1]
+    metrics = [f"{split}_{m}" for split in ("dev", "test")
+               for m in dict.fromkeys(m for r in rows for m in (r.summary.get(split) or {}))]
+    table = []
+    for r, f in zip(rows, flat):
+        error = (r.error or r.summary.get("error") or "").strip().splitlines()
+        values = {f"{split}_{m}": v for split in ("dev", "test") for m, v in (r.summary.get(split) or {}).items()}
+        table.append([r.uid, r.name or "", r.study or "", f.get("task.name", ""), f.get("model.name", ""), r.seed,
+                      r.status, r.summary.get("steps", ""), round(r.duration_s, 1) if r.duration_s else "",
+                      error[-1][:300] if error else "",  # a traceback's last line says what went wrong
+                      *[values.get(m, "") for m in metrics], *[f.get(k, "") for k in differ]])
+    return RUN_COLUMNS + metrics + differ, table
+
+
+def runs_text_table(header: list[str], table: list[list]) -> tuple[list[str], list[list[str]]]:
+    """The terminal view: metrics to 4 decimals, the differing fields as key=value, errors cut short."""
+    n_fixed = len(RUN_COLUMNS)
+    metric_cols = [i for i, h in enumerate(header) if i >= n_fixed and h.startswith(("dev_", "test_"))]
+    differ_cols = [i for i in range(n_fixed, len(header)) if i not in metric_cols]
+    out_header = ["uid", "name", "task", "model", "seed", "status", "time", "dev", "test", "differs", "error"]
+    out = []
+    for r in table:
+        def joined(prefix: str) -> str:
+            return "  ".join(f"{header[i][len(prefix):]}={r[i]:.4f}" for i in metric_cols
+                             if header[i].startswith(prefix) and isinstance(r[i], float))
+        differs = " ".join(f"{header[i]}={r[i]}" for i in differ_cols)
+        out.append([r[0], r[1], r[3], r[4], r[5], r[6], f"{r[8]:.0f}s" if r[8] != "" else "", joined("dev_"),
+                    joined("test_"), differs, r[9][:60]])
+    keep = [j for j, h in enumerate(out_header) if h in ("uid", "status") or any(row[j] != "" for row in out)]
+    return [out_header[j] for j in keep], [[row[j] for j in keep] for row in out]
+
+
 def cmd_export(args) -> int:
+    from transferlab.checks import check_writable_dir
     from transferlab.store import Store
 
-    store = Store(args.store)
+    store = Store(args.store, create=False)
     if args.csv or args.parquet:
         from transferlab.export_tables import export_tables
 
-        for path in export_tables(store, Path(args.csv or args.parquet), "csv" if args.csv else "parquet"):
+        folder = check_writable_dir(args.csv or args.parquet, "--csv" if args.csv else "--parquet")
+        for path in export_tables(store, folder, "csv" if args.csv else "parquet"):
             print(path)
         return 0
     if not args.run or not args.out:
         raise UserError("export needs a RUN and -o DIR (or --csv DIR / --parquet DIR)")
+    check_writable_dir(args.out, "export -o")
     from transferlab.card import export_run
 
     out = export_run(store, args.run, Path(args.out), force=args.force)
@@ -262,10 +403,19 @@ def cmd_predict(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from transferlab.checks import check_writable_dir
     from transferlab.report import write_report
     from transferlab.store import Store
 
-    store = Store(args.store_path or args.store)
+    store = Store(args.store_path or args.store, create=False)
+    known = {s for s, _, _ in store.studies()} | {r.study for r in store.runs() if r.study}
+    if args.study is not None and args.study not in known:
+        raise UserError(f"--study: no study {args.study!r} in {store.path}; studies: {', '.join(sorted(known)) or 'none'}")
+    if not store.runs(study=args.study):
+        print(f"transferlab: {store.path} holds no runs{f' of study {args.study}' if args.study else ''}; "
+              "nothing to report", file=sys.stderr)
+        return 1
+    check_writable_dir(args.out, "report -o")
     for path in write_report(store, Path(args.out), study=args.study, tost_margin=args.tost_margin,
                              include_search_seeds=args.include_search_seeds):
         print(path)
@@ -331,7 +481,7 @@ def cmd_surgery(args) -> int:
     from transferlab.store import Store
     from transferlab.surgery import run_surgery, table
 
-    main, rows = run_surgery(Store(args.store), args.run, args.surgery, split=args.split, task_path=args.task_path,
+    main, rows = run_surgery(Store(args.store, create=False), args.run, args.surgery, split=args.split, task_path=args.task_path,
                              seed=args.seed, batch_size=args.batch_size)
     print(format_table(*table(main, rows)))
     return 0

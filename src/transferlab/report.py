@@ -66,19 +66,31 @@ def cells(store: Store, study: str | None = None, include_search_seeds: bool | N
             done = [r for r in rows if r.status == "finished"]
             if rows:
                 (cell.excluded if seed in left_out else cell.runs).append(done[-1] if done else rows[-1])
-    for r in store.runs(study=study, latest=True):
-        if r.study in planned:
-            continue
+    # runs outside a study plan: seeds of one recipe pool, never runs that differ in anything but the seed
+    adhoc = [r for r in store.runs(study=study, latest=True) if r.study not in planned]
+    recipes: dict[tuple, set] = {}
+    for r in adhoc:
+        recipes.setdefault((r.study or "", r.spec.get("task", {}).get("name", ""), r.name or "run"), set()).add(
+            recipe_of(r))
+    for r in adhoc:
         key = (r.study or "", r.spec.get("task", {}).get("name", ""), r.name or "run")
-        groups.setdefault(key, Cell(*key)).runs.append(r)
+        label = key[2] if len(recipes[key]) == 1 else f"{key[2]} [{recipe_of(r)[:6]}]"  # same name, other recipe
+        groups.setdefault((*key[:2], label), Cell(key[0], key[1], label)).runs.append(r)
     return list(groups.values())
 
 
+def recipe_of(r: RunRow) -> str:
+    """The recipe hash of a run (its spec without seed and name): the run id before ``-s<seed>``."""
+    return r.run_id.rsplit("-s", 1)[0]
+
+
 def mean_std(values: np.ndarray) -> str:
+    """``mean ± std`` over seeds; one seed has no spread, so it shows the value and n = 1."""
     if len(values) == 0:
         return "-"
-    std = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.4f} ± {std:.4f}"
+    if len(values) == 1:
+        return f"{values[0]:.4f} (n=1)"
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
 
 
 def summary_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
@@ -96,6 +108,56 @@ def summary_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
         rows.append([c.study, c.task, c.arm, c.split, str(len(c.finished)), str(failed),
                      *[mean_std(c.values(m)) for m in metrics], f"{np.mean(share):.1%}" if share else "-"])
     return header, rows
+
+
+def seed_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
+    """One row per run: its cell, seed, status, main metric on the cell's split, steps and uid."""
+    header = ["task", "arm", "seed", "status", "metric", "value", "best step", "steps", "uid"]
+    rows = []
+    for c in all_cells:
+        for r in sorted(c.runs, key=lambda r: r.seed):
+            value = (r.summary.get(c.split) or {}).get(c.main_metric)
+            rows.append([c.task, c.arm, str(r.seed), r.status, f"{c.main_metric} ({c.split})",
+                         "-" if value is None else f"{value:.4f}", str(r.summary.get("best_step", "-")),
+                         str(r.summary.get("steps", "-")), r.uid])
+    return header, rows
+
+
+def config_diff_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
+    """The spec fields whose values differ between the cells (one column per cell; seed and name left out)."""
+    from transferlab.train.track import flatten
+
+    shown = [c for c in all_cells if c.runs]
+    if len(shown) < 2:
+        return ["field"], []
+    flat = [flatten(c.runs[0].spec) for c in shown]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    differ = [k for k in keys if k not in ("seed", "name") and len({repr(f.get(k)) for f in flat}) > 1]
+    header = ["field", *[f"{c.task} | {c.arm}" for c in shown]]
+    return header, [[k, *[str(f.get(k, "-")) for f in flat]] for k in differ]
+
+
+def _engine_label(r: RunRow) -> str:
+    """The engine that trained a run: its typed record (``single``, ``stacked x8``); runs of older
+    releases said ``seed_parallel`` in their provenance, or nothing (single)."""
+    old = r.provenance.get("engine")
+    if isinstance(old, dict) or not old:
+        return r.summary.engine.label()
+    return "stacked" if old == "seed_parallel" else str(old)
+
+
+def provenance_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
+    """Distinct software, hardware and engine of the reported runs, with how many runs each."""
+    counts: dict[tuple, int] = {}
+    for c in all_cells:
+        for r in c.runs:
+            p, hw = r.provenance, r.provenance.get("hardware") or {}
+            device = hw.get("gpu") or hw.get("cpu") or "-"
+            key = (p.get("transferlab", "-"), p.get("torch", "-"), p.get("transformers", "-"), p.get("python", "-"),
+                   (p.get("git_commit") or "-")[:12], device, _engine_label(r))
+            counts[key] = counts.get(key, 0) + 1
+    header = ["transferlab", "torch", "transformers", "python", "git commit", "device", "engine", "runs"]
+    return header, [[*map(str, k), str(n)] for k, n in counts.items()]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -208,6 +270,11 @@ def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = N
          "al. 2020; Dodge et al. 2021), unbiased where the estimate above is biased down at small n; ± jackknife sd."),
          analysis.unbiased_max_table(all_cells)),
         ("Paper-style table", "Mean ± std × 100 of each task's main metric.", tables.paper_table(all_cells)),
+        ("Seeds", "Every run of every cell: the main metric on the cell's split.", seed_table(all_cells)),
+        ("Configuration differences", "The spec fields that differ between the cells (seed and name aside).",
+         config_diff_table(all_cells)),
+        ("Provenance", "Versions, device and training engine of the runs (single: one run per process; "
+         "stacked xS: S seeds stacked in one process).", provenance_table(all_cells)),
     ]
     return [s for s in sections if s[2][1]]
 

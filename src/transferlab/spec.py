@@ -392,7 +392,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpecError(f"spec file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SpecError(f"spec file {path} cannot be read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SpecError(f"spec file {path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                        "save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise SpecError(f"spec file {path} is not valid YAML: {e}") from None
     if data is None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transferlab.checks import check_writable_dir
 from transferlab.errors import UserError
 from transferlab.records import RunSummary
 
@@ -109,16 +110,22 @@ class RunRow:
 class Store:
     """A handle on one store file. Cheap to open; safe to use from several processes."""
 
-    def __init__(self, path: str | Path = DEFAULT_STORE):
+    def __init__(self, path: str | Path = DEFAULT_STORE, *, create: bool = True):
+        """``create=False`` (listing, reporting): a missing store is an error, never a new empty file."""
         self.path = Path(path)
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"store {self.path} is a folder; give a file path such as {self.path}/store.db")
+        if not create and not self.path.is_file():
+            raise UserError(f"store {self.path} does not exist (check --store or $TRANSFERLAB_STORE)")
+        check_writable_dir(self.path.parent, f"store {self.path}")  # SQLite's WAL writes beside the file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+        except sqlite3.OperationalError as e:  # read-only file, locked beyond the timeout, disk full
+            raise UserError(f"store {self.path} cannot be opened for writing (SQLite said: {e})") from None
         except sqlite3.DatabaseError as e:
             raise UserError(f"store {self.path} is not a transferlab store (SQLite said: {e})") from None
         self._check_version()

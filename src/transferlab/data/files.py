@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferlab.checks import check_utf8
 from transferlab.data.common import carve, check_options
 from transferlab.data.metrics import METRICS, check_metrics
 from transferlab.data.task import TASKS, Split, Task
@@ -56,6 +57,7 @@ def _read_delimited(path: Path, fmt: str, quoting: str | None) -> tuple[list[str
     quoting = quoting or ("minimal" if fmt == "csv" else "none")
     if quoting not in ("none", "minimal"):
         raise SpecError(f"task.options.quoting: {quoting!r} is not allowed; allowed: 'none', 'minimal'")
+    check_utf8(path, "data file")  # a bad byte is one line naming the file and line, not a traceback
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(
             f,
@@ -80,6 +82,7 @@ def _read_delimited(path: Path, fmt: str, quoting: str | None) -> tuple[list[str
 
 def _read_jsonl(path: Path) -> tuple[list[str], list[Row], list[int]]:
     rows, blanks = [], []
+    check_utf8(path, "data file")
     with open(path, encoding="utf-8-sig") as f:
         for line, text in enumerate(f, start=1):
             if not text.strip():

@@ -11,6 +11,9 @@
     on_after_optimizer_step(model, step)           after the update (weight averages)
     on_eval_start(model) / on_eval_end(model)      around every evaluation (swap averaged weights in, out);
                                                    the best state is taken in between (what was evaluated)
+    on_log(step, metrics)                          host numbers as they are logged: train/loss, train/lr,
+                                                   train/grad_norm every log_every steps; dev/* after each
+                                                   evaluation; test/*, final_dev/* at the end (live tracking)
     on_train_end(model)                            once, training over, before the best state is restored
                                                    (weight averages put their average in place)
     on_finish(model)                               once, the final weights in place (best state restored),
@@ -54,11 +57,19 @@ class Hook:
     def on_eval_end(self, model: nn.Module) -> None:
         pass
 
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
     def on_train_end(self, model: nn.Module) -> None:
         pass
 
     def on_finish(self, model: nn.Module) -> None:
         pass
+
+    @classmethod
+    def logs(cls) -> bool:
+        """Whether the hook overrides ``on_log`` (the loop reads values to the host only for such hooks)."""
+        return any("on_log" in vars(c) for c in cls.__mro__ if c is not Hook)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -9,7 +9,7 @@
     runner.py     run_study: resume, progress and ETA, Ctrl-C
     stats.py      per-cell statistics and tests against a baseline arm
     tables.py     the report's tables; plots.py its figures
-    tracking.py   optional TensorBoard / MLflow logging
+    (live TensorBoard / MLflow / W&B logging of the runs: train/track.py, the study's logging: section)
 
 Kept import-free so that the loop can import ``degenerate`` without pulling in the rest.
 """

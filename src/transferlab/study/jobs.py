@@ -17,6 +17,7 @@ class Job:
     study: str
     store: str  # the store file's path
     threads: int | None = None  # torch CPU threads for the run; None: the executor's default
+    tracking: dict[str, Any] | None = None  # a TrackingSpec as plain data: live TensorBoard/MLflow/W&B logging
 
 
 @dataclass
@@ -44,13 +45,21 @@ def execute(job: Job, hooks: list | tuple = ()) -> Outcome:
         torch.set_num_threads(job.threads)  # results depend on it (summation order): the same everywhere
     spec = spec_from_dict(job.spec)
     store = Store(job.store)
+    tracker = None
     try:
+        if job.tracking:  # built in the worker, so every executor tracks alike (train/track.py)
+            from transferlab.train.track import TrackerHook, TrackingSpec
+
+            tracker = TrackerHook(TrackingSpec(**job.tracking), spec, store, study=job.study)
+            hooks = (*hooks, tracker)
         result = run(spec, store, study=job.study, progress=False, hooks=hooks)
     except _UserError as e:
         return Outcome(job.index, run_id(spec), None, "failed", error=str(e))
     except Exception as e:  # noqa: BLE001 - the loop stored the traceback with the run; the study goes on
         return Outcome(job.index, run_id(spec), None, "failed", error=f"{type(e).__name__}: {e}")
     finally:
+        if tracker is not None:
+            tracker.close()
         store.close()
         torch.set_num_threads(threads)
     return Outcome(job.index, result.run_id, result.uid, result.status, result.summary, result.duration_s,

@@ -2,7 +2,9 @@
 
     seeds_plot          box plot with every seed as a dot, per cell, one panel per task
     dev_curve_plot      validation (dev) main metric against step: mean and ±1 std band across seeds
-    lr_plot             the learning-rate schedule of each cell (from the stored curve)
+                        (with markers, so a single evaluation shows)
+    lr_plot             the learning-rate schedule of each cell at every step (from the spec's schedule),
+                        with the stored (logged) points as dots
     expected_max_plot   expected best score over k seeds (Dodge et al. 2019) against k
 """
 
@@ -91,7 +93,7 @@ def dev_curve_plot(store: Store, cells: list) -> bytes | None:
                 continue
             steps, values = got
             mean, std = values.mean(0), values.std(0)
-            ax.plot(steps, mean, label=c.arm)
+            ax.plot(steps, mean, marker="o", ms=4, label=c.arm)  # markers: one evaluation is still a point
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
             drawn = True
         ax.set_title(task, fontsize=9)
@@ -106,29 +108,54 @@ def dev_curve_plot(store: Store, cells: list) -> bytes | None:
     return _png(fig)
 
 
+def lr_schedule(spec: dict, total: int) -> np.ndarray:
+    """The learning rate of every optimizer step 1..total (the largest group's, as the curve stores it),
+    computed from the spec's schedule, so warmup shows even when only every log_every-th step was logged."""
+    import torch
+
+    from transferlab.recipes.schedules import build_schedule
+    from transferlab.spec import spec_from_dict
+
+    run = spec_from_dict(spec)
+    base = max(run.optim.lr, run.optim.head_lr or 0.0)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    schedule = build_schedule(optimizer, run.schedule, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(schedule.get_last_lr()[0])  # the LR step s trains with, as the loop logs it
+        optimizer.step()
+        schedule.step()
+    return np.array(lrs)
+
+
 def lr_plot(store: Store, cells: list) -> bytes | None:
     fig, axes = _panels(1, width=6.0)
     ax = axes[0]
     drawn = False
     for c in cells:
-        run = next((r for r in c.finished if store.curve(r.uid)), None)
+        run = next((r for r in c.finished if r.summary.get("total_steps")), None)
         if run is None:
             continue
-        curve = np.array([(s, lr) for s, _, lr, _ in store.curve(run.uid)], dtype=float)
-        ax.plot(curve[:, 0], curve[:, 1], label=f"{c.task} | {c.arm}")
+        lrs = lr_schedule(run.spec, int(run.summary["total_steps"]))
+        line, = ax.plot(np.arange(1, len(lrs) + 1), lrs, label=f"{c.task} | {c.arm}")
+        logged = np.array([(s, lr) for s, _, lr, _ in store.curve(run.uid)], dtype=float).reshape(-1, 2)
+        if len(logged):
+            ax.plot(logged[:, 0], logged[:, 1], "o", ms=3, color=line.get_color())  # the stored points
         drawn = True
     if not drawn:
         _plt().close(fig)
         return None
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate (largest group)")
-    ax.set_title("learning-rate schedule", fontsize=10)
+    ax.set_title("learning-rate schedule (line: every step; dots: logged)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)
 
 
 def expected_max_plot(cells: list) -> bytes | None:
+    from matplotlib.ticker import MaxNLocator
+
     tasks = {t: [c for c in cs if len(c.values(c.main_metric)) > 1] for t, cs in _by_task(cells).items()}
     tasks = {t: cs for t, cs in tasks.items() if cs}
     if not tasks:
@@ -142,6 +169,7 @@ def expected_max_plot(cells: list) -> bytes | None:
             ax.plot(ks, [expected_max(v, k, higher) for k in ks], marker="o", ms=3, label=c.arm)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("k (seeds)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # k counts seeds: no 1.5
         ax.set_ylabel(f"expected best {cs[0].main_metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -27,7 +27,7 @@ from transferlab.study.executors import EXECUTORS
 from transferlab.study.expand import Planned, cell_defs, expand, expand_lr_search
 from transferlab.study.jobs import Job, Outcome
 from transferlab.study.spec import StudySpec, study_hash
-from transferlab.study.tracking import Tracker
+from transferlab.train.validate import validate_runs
 
 INTERRUPTED = "interrupted"  # prefix of the error the loop stores for a run stopped by Ctrl-C
 
@@ -41,6 +41,7 @@ class StudyResult:
     diverged: int = 0
     interrupted: bool = False
     lrs: dict = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # the failed runs' errors, in completion order
 
 
 def state(store: Store, rid: str) -> str:
@@ -91,7 +92,7 @@ class Progress:
 
 
 def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *, skip_failed: bool,
-             result: StudyResult, tracker: Tracker | None, out: Callable[[str], None]) -> None:
+             result: StudyResult, out: Callable[[str], None]) -> None:
     states = {p.run_id: state(store, p.run_id) for p in planned}
     todo = [p for p in planned if states[p.run_id] == "todo" or (states[p.run_id] == "failed" and not skip_failed)]
     done = len(planned) - len(todo)
@@ -103,16 +104,17 @@ def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *
     result.skipped += done
     if not todo:
         return
-    jobs = [Job(i, to_dict(p.spec), study.study, str(store.path)) for i, p in enumerate(todo)]
+    tracking = to_dict(study.logging) if study.logging.enabled else None  # live, from inside each run
+    jobs = [Job(i, to_dict(p.spec), study.study, str(store.path), tracking=tracking) for i, p in enumerate(todo)]
     progress = Progress(len(planned), done, executor.parallelism, study.degenerate_margin, out)
     for outcome in executor.map(jobs):
         p = todo[outcome.index]
         result.executed += 1
         result.failed += outcome.status == "failed"
+        if outcome.status == "failed":
+            result.errors.append(outcome.error or "")
         result.diverged += outcome.status == "diverged"
         progress.report(p, outcome)
-        if tracker is not None and outcome.uid and outcome.status != "skipped":
-            tracker.log(store, outcome.uid, study.study, p)
 
 
 def run_study(study: StudySpec, store: Store, *, executor: str = "inline", workers: int = 1,
@@ -129,7 +131,7 @@ def run_study(study: StudySpec, store: Store, *, executor: str = "inline", worke
     out = out or (lambda line: print(line, flush=True))
     search = expand_lr_search(study)  # expand first: a study that cannot expand is not registered
     main = expand(study)
-    tracker = Tracker(study.logging) if study.logging.tensorboard or study.logging.mlflow else None
+    validate_runs([p.spec for p in search + main])  # every value, file and model before a row exists
     store.register_study(study.study, study_hash(study), to_dict(study), new=new)
     result = StudyResult()
     kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,
@@ -139,7 +141,7 @@ def run_study(study: StudySpec, store: Store, *, executor: str = "inline", worke
     try:
         if study.lr_search is not None:
             store.plan_runs(study.study, [p.plan_row() for p in search])
-            _execute(study, store, search, ex, skip_failed=skip_failed, result=result, tracker=tracker, out=out)
+            _execute(study, store, search, ex, skip_failed=skip_failed, result=result, out=out)
             choices = lr_select.choose(store, search, study.lr_search.metric)
             lr_select.record(store, study.study, choices)
             for c in choices.values():
@@ -148,7 +150,7 @@ def run_study(study: StudySpec, store: Store, *, executor: str = "inline", worke
             result.lrs = {k: c.lr for k, c in choices.items()}
             main = expand(study, result.lrs)
         store.plan_runs(study.study, [p.plan_row() for p in main])
-        _execute(study, store, main, ex, skip_failed=skip_failed, result=result, tracker=tracker, out=out)
+        _execute(study, store, main, ex, skip_failed=skip_failed, result=result, out=out)
     except KeyboardInterrupt:
         result.interrupted = True
         ex.close(cancel=True)

@@ -13,7 +13,7 @@
     lr_search: {grid: [1e-5, 2e-5, 5e-5], seeds: [0, 1, 2]}   # per cell, chosen on validation
     degenerate_margin: 0.01          # a run is degenerate unless it beats the constant baseline by this
     threshold: 0.6                   # steps to reach this dev value of the main metric
-    logging: {tensorboard: runs/tb}  # optional: also log every run to TensorBoard / MLflow
+    logging: {tensorboard: runs/tb}  # optional: log every run live to TensorBoard / MLflow / W&B (train/track.py)
     report: {tost_margin: 0.01, exclude_search_seeds: true}   # how the report analyses (not what runs)
 
 ``--set`` reaches any key of the file: ``--set base.task.path=DIR``, ``--set 'seeds=[0, 1]'``,
@@ -37,6 +37,7 @@ from typing import Any
 
 from transferlab.errors import SpecError
 from transferlab.spec import RunSpec, apply_overrides, read_yaml, spec_from_dict, to_dict
+from transferlab.train.track import TrackingSpec
 
 
 @dataclass
@@ -48,11 +49,7 @@ class LRSearch:
     metric: str | None = None  # default: the task's main metric, on the dev (validation) split
 
 
-@dataclass
-class LoggingSpec:
-    tensorboard: str | None = None  # a folder; one subfolder per stored run
-    mlflow: str | None = None  # a tracking URI (a folder or a server URL)
-    mlflow_experiment: str | None = None  # default: the study name
+LoggingSpec = TrackingSpec  # logging: {tensorboard, mlflow, mlflow_experiment, wandb, wandb_mode, wandb_dir}
 
 
 @dataclass

@@ -51,7 +51,8 @@ def stats_table(store: Store, cells: list) -> tuple[list[str], list[list[str]]]:
         flags = [f for f in flags if f is not None]
         degenerate = f"{sum(flags)}/{len(flags)} ({sum(flags) / len(flags):.0%})" if flags else "-"
         diverged = sum(r.status == "diverged" for r in c.runs)
-        mean_std = "-" if d["n"] == 0 else f"{d['mean']:.4f} ± {_f(d['std'])}"
+        mean_std = ("-" if d["n"] == 0 else f"{d['mean']:.4f} (n=1)" if d["n"] == 1
+                    else f"{d['mean']:.4f} ± {_f(d['std'])}")
         ci = "-" if math.isnan(d["ci_low"]) else f"[{d['ci_low']:.4f}, {d['ci_high']:.4f}]"
         ci += f" (t, n < {stats.BCA_MIN_N})" if d["ci_method"] == "t" and ci != "-" else ""
         excluded = getattr(c, "excluded", [])
@@ -146,7 +147,7 @@ def paper_table(cells: list) -> tuple[list[str], list[list[str]]]:
         for t in tasks:
             c = by.get((t, arm))
             v = c.values(metric[t]) * 100 if c is not None and metric[t] else np.array([])
-            row.append("-" if len(v) == 0 else f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}")
+            row.append("-" if len(v) == 0 else f"{v[0]:.1f} (n=1)" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}")
         rows.append(row)
     return header, rows
 

@@ -31,6 +31,7 @@ from transferlab.models.model import build_model
 from transferlab.provenance import provenance
 from transferlab.recipes.distill import build_distiller
 from transferlab.recipes.freeze import build_freezer
+from transferlab.recipes.hooks import Hook
 from transferlab.recipes.optim import build_optimizer
 from transferlab.recipes.param_groups import build_param_groups
 from transferlab.recipes.schedules import build_schedule
@@ -56,6 +57,7 @@ from transferlab.train.steps import (
     step_plan,
 )
 from transferlab.train.support import Unsupported, unsupported
+from transferlab.train.validate import validate_runs
 
 __all__ = ["run", "run_seeds", "run_group", "RunResult", "Unsupported"]
 
@@ -89,6 +91,7 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
             results[i] = RunResult.reused(run_id(spec), done.uid, done.summary, done.duration_s)
     if len(todo) > 1 and (why := unsupported([specs[i] for i in todo], hooks)) is not None:
         raise Unsupported(f"seed-parallel: {why}")
+    validate_runs([specs[i] for i in todo])  # every value, file and model before a run row exists
     if todo:
         for i, result in zip(todo, _Group([specs[i] for i in todo], store, study, progress, hooks).run()):
             results[i] = result
@@ -176,6 +179,7 @@ class _Group:
         self.hooks = (self.freezer, *([distiller] if distiller else []), *self.user_hooks,
                       *self._stabilisers(seeds[0], trainee))
         self.loss_hooks = [h for h in self.hooks if hasattr(h, "on_loss")]
+        self.log_hooks = [h for h in self.hooks if isinstance(h, Hook) and h.logs()]  # train/track.py
         groups = build_param_groups(model, spec.optim, model.num_layers)
         self.optimizer = build_optimizer(groups, spec.optim, self.device.type)
         self.scheduler = build_schedule(self.optimizer, spec.schedule, self.total)
@@ -196,6 +200,13 @@ class _Group:
         return build_stabilisers(self.spec.stabilisers, problem=seed.task.problem, freeze=self.spec.freeze.name,
                                  seed=self.spec.seed, device=self.device, batches=batches,
                                  loss=lambda logits, labels: loss_fn(logits, labels, regression))
+
+    def _emit(self, step: int, prefix: str, metrics: dict) -> None:
+        """``on_log`` of the tracking hooks: ``prefix/name`` keys, host floats."""
+        if self.log_hooks:
+            points = {f"{prefix}/{k}": float(v) for k, v in metrics.items() if v is not None}
+            for hook in self.log_hooks:
+                hook.on_log(step, points)
 
     def _call(self, name: str, *args) -> None:
         for hook in self.hooks:
@@ -243,6 +254,9 @@ class _Group:
             for slot, error_step, error in self.watch.log(step, lr, norms):
                 active[slot].diverge(error_step, error)
                 stopping = True
+            if self.log_hooks:  # one more host read per interval, only with a tracking hook (S = 1)
+                _, loss, _, norm = self.watch.buf[-1]
+                self._emit(step, "train", {"loss": loss[0], "lr": lr, "grad_norm": norm[0]})
         if step in self.eval_steps or stopping:
             self._flush(active)
         if step not in self.eval_steps:
@@ -256,6 +270,7 @@ class _Group:
             metrics = self._evaluate(model, seed, "dev")
             seed.dev_at[step] = metrics
             self.store.log_evals(seed.uid, step, "dev", metrics)
+            self._emit(step, "dev", metrics)
             improved = seed.observe(step, metrics[main], higher_is_better(main), self.tspec.early_stopping_patience)
             if improved and self.tspec.restore_best and step != self.total:
                 seed.best_state = trainee.best_state(slot)  # the weights that were evaluated
@@ -311,11 +326,13 @@ class _Group:
         test = self._evaluate(model, seed, "test", keep=True) if finished and "test" in seed.data else {}
         if test:
             self.store.log_evals(seed.uid, step, "test", test)
+            self._emit(step, "test", test)
         extra = {name: self._evaluate(model, seed, name) for name in extra_splits(task)} if finished else {}
         for name, metrics in extra.items():  # e.g. MNLI's mismatched dev set (train/extra_evals.py)
             self.store.log_evals(seed.uid, step, name, metrics)
         if dev:
             self.store.log_evals(seed.uid, step, "final_dev", dev)
+            self._emit(step, "final_dev", dev)
         self.engine.compiled = bool(trainee.compiled)
         summary = RunSummary(
             steps=step, total_steps=self.total, main_metric=task.main_metric, dev=dev, test=test,

@@ -1,0 +1,86 @@
+"""Does a single run give the same numbers as an older release of transferlab? (issue 12, acceptance 2)
+
+    PYTHONPATH=<old checkout>/src python benchmarks/compare_release.py train OUT_OLD
+    PYTHONPATH=src                python benchmarks/compare_release.py train OUT_NEW
+    python benchmarks/compare_release.py compare OUT_OLD OUT_NEW
+
+``train`` runs a few specs (tiny BERT with dropout, MiniLM-shaped heads, layer decay, BERTAdam,
+gradual unfreezing) on the CPU and writes each run's curve, evaluations and final weights under
+OUT; ``compare`` prints the largest relative difference of each, per spec.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SPECS = {
+    "cls_adamw": {},
+    "mean_bertadam_decay": {"head": {"name": "mean"}, "optim": {"name": "bertadam", "layer_decay": 0.8, "lr": 1e-3}},
+    "gradual_cosine": {"freeze": {"name": "gradual", "options": {"every_steps": 3}},
+                       "schedule": {"name": "cosine", "warmup_ratio": 0.2}},
+}
+
+
+def data_dir(root: Path) -> Path:
+    import random
+
+    folder = root / "toy"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for split, n in (("train", 96), ("dev", 32)):
+        rows = ["text,label"]
+        for i in range(n):
+            label = i % 2
+            words = rng.sample(["the", "movie", "plot", "was", "quite", "a", "story", "film"], 4)
+            words.append(rng.choice(["great", "good", "fine"] if label else ["awful", "bad", "dull"]))
+            rng.shuffle(words)
+            rows.append(f"{' '.join(words)},{label}")
+        (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def train(out: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from transferlab.spec import load_spec
+    from transferlab.store import Store
+    from transferlab.train.loop import run
+
+    torch.set_num_threads(1)
+    data = data_dir(out)
+    for name, over in SPECS.items():
+        d = {"name": name, "model": {"name": "tiny-bert", "max_length": 24}, "task": {"name": "csv", "path": str(data)},
+             "optim": {"lr": 3e-3}, "train": {"epochs": 2, "batch_size": 16, "num_evals": 3, "log_every": 1,
+                                               "device": "cpu"}}
+        for key, value in over.items():
+            d[key] = {**d.get(key, {}), **value}
+        store = Store(out / f"{name}.db")
+        result = run(load_spec(d), store, progress=False)
+        weights = load_file(str(store.artifact_dir(result.uid) / "model.safetensors"))
+        record = {"curve": store.curve(result.uid), "evals": store.evals(result.uid),
+                  "weights": {k: v.double().flatten().tolist() for k, v in weights.items()}}
+        (out / f"{name}.json").write_text(json.dumps(record))
+
+
+def compare(a: Path, b: Path) -> None:
+    import numpy as np
+
+    for name in SPECS:
+        x, y = (json.loads((p / f"{name}.json").read_text()) for p in (a, b))
+        curve = max(abs(u - v) / max(abs(u), 1e-12) for r, s in zip(x["curve"], y["curve"])
+                    for u, v in zip(r[1:], s[1:]) if u is not None)
+        evals = max((abs(r[3] - s[3]) for r, s in zip(sorted(x["evals"]), sorted(y["evals"]))), default=0.0)
+        w = max(float(np.max(np.abs(np.array(x["weights"][k]) - np.array(y["weights"][k])))) for k in x["weights"])
+        same_rows = len(x["curve"]) == len(y["curve"]) and len(x["evals"]) == len(y["evals"])
+        print(f"{name}: rows equal {same_rows}; curve max rel diff {curve:.3g}; eval max abs diff {evals:.3g}; "
+              f"weights max abs diff {w:.3g}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "train":
+        train(Path(sys.argv[2]))
+    else:
+        compare(Path(sys.argv[2]), Path(sys.argv[3]))
