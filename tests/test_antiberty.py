@@ -192,3 +192,25 @@ def test_missing_or_corrupted_weights_one_line_exit_2(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert code == 2 and "pytorch_model.bin" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "cache" / "antiberty-0.1.3").exists()  # nothing half-converted is left behind
+
+
+def test_cross_modal_study_dry_run_lists_its_runs(tmp_path, capsys):
+    """examples/cross_modal_antiberty.yaml as shipped: 4 arms x 3 freeze settings, an LR search of
+    3 LRs x 2 seeds per cell, then 10 seeds per cell at the chosen LR."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "cross_modal_antiberty.yaml"
+    db = tmp_path / "s.db"
+    assert cli.main(["run", str(path), "--store", str(db), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert not db.exists()
+    lines = [line.split() for line in out.splitlines()]
+    search = [w for w in lines if w and w[0] == "lr"]
+    assert len(search) == 72 and len({w[-2] for w in search}) == 72  # 72 distinct run ids
+    cells = {(w[2], w[3]) for w in search}
+    freezes = {"freeze=none", "freeze=backbone_for_steps/300", "freeze=backbone_for_steps/600"}
+    assert cells == {(a, f) for a in ("transplant", "xavier", "normal", "minilm") for f in freezes}
+    assert {w[5] for w in search} == {"2e-05", "5e-05", "0.0001"}
+    main = [w for w in lines if w and w[0] == "main"]
+    assert len(main) == 12 and all(w[4] == "0,1,2,3,4,5,6,7,8,9" for w in main)
+    assert "72 of 72 runs to do; then 12 cells x 10 seeds" in out
