@@ -229,3 +229,15 @@ def test_from_a_stored_runs_checkpoint_and_bad_sources(tmp_path, toy_task_dir):
     (folder / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ModelError, match="cannot be loaded"):
         apply_transplants(target, [TransplantSpec(source=str(folder))])
+
+
+def test_a_width_mismatch_names_both_widths():
+    wide = build(tf.BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                               vocab_size=100), 0)
+    narrow = build(tf.BertConfig(**SAME, num_hidden_layers=1, vocab_size=100), 1)
+    before = {k: v.clone() for k, v in narrow.state_dict().items()}
+    with pytest.raises(ModelError) as err:
+        transplant(narrow, wide, layers=0, source_name="wide-bert")
+    line = str(err.value)
+    assert "\n" not in line and "the source is 64 wide and the target 32 wide" in line and "wide-bert" in line
+    assert all(torch.equal(v, narrow.state_dict()[k]) for k, v in before.items())  # nothing copied

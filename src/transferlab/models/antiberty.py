@@ -107,7 +107,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     """The packaged state dict, loaded safely; a damaged file is one ModelError line."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling raises many types (UnpicklingError, RuntimeError, EOFError...)
+    except Exception as e:  # noqa: BLE001 - unpickling raises many types (UnpicklingError, RuntimeError...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"model.name: antiberty: the packaged weights {path} cannot be read (corrupted? "
                          f"reinstall antiberty=={VERSION}): {first[:200]}") from None
@@ -124,12 +124,14 @@ def convert(files: dict[str, Path], out: Path) -> None:
     except (OSError, ValueError) as e:
         raise ModelError(f"model.name: antiberty: {files['config']} cannot be read: {e}") from None
     config.architectures = ["BertForMaskedLM"]
-    config.tie_word_embeddings = torch.equal(state.get("cls.predictions.decoder.weight", state[_WORDS]), state[_WORDS])
+    words = state[_WORDS]
+    config.tie_word_embeddings = torch.equal(state.get("cls.predictions.decoder.weight", words), words)
     model = tf.BertForMaskedLM(config)
-    keep = {k: v for k, v in state.items() if not k.startswith(("cls.species", "cls.chain", "cls.graft",
-                                                                 "bert.pooler.", "bert.embeddings.position_ids"))}
+    dropped = ("cls.species", "cls.chain", "cls.graft", "bert.pooler.", "bert.embeddings.position_ids")
+    keep = {k: v for k, v in state.items() if not k.startswith(dropped)}
     result = model.load_state_dict(keep, strict=False)
-    missing = [k for k in result.missing_keys if k not in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")]
+    tied = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+    missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
         raise ModelError(f"model.name: antiberty: the packaged weights do not fit a BERT: missing "
                          f"{missing[:3] or 'none'}, unexpected {result.unexpected_keys[:3] or 'none'}")
@@ -198,9 +200,10 @@ class AntibodyTokenizer(tf.PreTrainedTokenizerFast):
         unknown = sum(t == self.unk_token_id for t in seen)
         if unknown:
             self._warned = True
+            rate = unknown / len(seen)
             log.warning("the AntiBERTy tokenizer mapped %d of %d tokens (%.1f%%) to [UNK]: it reads amino-acid "
-                        "sequences (upper-case one-letter residues), not %s", unknown, len(seen),
-                        100 * unknown / len(seen), "English text" if unknown / len(seen) > 0.2 else "other symbols")
+                        "sequences (upper-case one-letter residues), not %s", unknown, len(seen), 100 * rate,
+                        "English text" if rate > 0.2 else "other symbols")
 
     def save_pretrained(self, *args, **kwargs):  # saved as a plain fast tokenizer: it loads without us
         return plain_tokenizer_from(self).save_pretrained(*args, **kwargs)
@@ -216,7 +219,8 @@ def antibody_tokenizer(folder: Path | None = None) -> AntibodyTokenizer:
         return AntibodyTokenizer(tokenizer_object=_backend(packaged_files()["vocab"]), **_SPECIALS)
     from tokenizers import Tokenizer
 
-    return AntibodyTokenizer(tokenizer_object=Tokenizer.from_file(str(folder / "tokenizer.json")), **_SPECIALS)
+    backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return AntibodyTokenizer(tokenizer_object=backend, **_SPECIALS)
 
 
 # ---------------------------------------------------------------- the aliases
