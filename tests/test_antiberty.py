@@ -51,7 +51,7 @@ def antiberty_mlm(antiberty_cache_dir):
     return model.eval(), tokenizer, info
 
 
-def test_loads_through_model_name(antiberty_cache_dir):
+def test_loads_through_model_name(antiberty_cache_dir, tmp_path):
     backbone = load_backbone(ModelSpec(name="antiberty", max_length=160))
     assert (backbone.family, backbone.hidden_size, backbone.num_layers) == ("bert", 512, 8)
     assert backbone.config.num_attention_heads == 8 and backbone.config.intermediate_size == 2048
@@ -60,6 +60,10 @@ def test_loads_through_model_name(antiberty_cache_dir):
     # the package's convention (space-separated residues) and plain sequences give the same ids
     assert tok("EVQLV")["input_ids"] == tok("E V Q L V")["input_ids"] == [2, 8, 22, 18, 14, 22, 3]
     assert (antiberty_cache_dir / "antiberty-0.1.3" / "model.safetensors").is_file()
+    tok.save_pretrained(tmp_path / "tok")  # saved as a plain fast tokenizer: loads without transferlab
+    import transformers as tf
+
+    assert tf.AutoTokenizer.from_pretrained(tmp_path / "tok")("EVQLV")["input_ids"] == [2, 8, 22, 18, 14, 22, 3]
     # the packaged pooler came along (a fresh one would be N(0, 0.02): norm ~ 0.02 * 512 = 10)
     packaged = ab.read_state(ab.packaged_files()["weights"])
     assert torch.equal(backbone.model.pooler.dense.weight, packaged["bert.pooler.dense.weight"])
