@@ -2,10 +2,11 @@
 unchanged and with layer 1 (or head 0 of layer 1) replaced, without retraining; mean ± std over the
 runs (seeds) and Welch / Mann-Whitney tests of each replacement's accuracy against Xavier's.
 
-    python examples/cross_modal_surgery_table.py runs/surgery.db [--split dev]
+    python examples/cross_modal_surgery_table.py runs/surgery.db [--split dev] [--seeds 0,1,2,3,4]
 
-Each surgery is ``transferlab surgery RUN -s ...`` (recipes/surgery.py), with ``--seed`` = the run's
-seed so the random replacements differ between runs; the surgery runs are stored beside the others.
+Each surgery is ``transferlab surgery RUN -s ...`` (recipes/surgery.py) with ``--seed`` = the run's
+seed (or, with ``--seeds``, each of those seeds on every run: the random replacements differ, AntiBERTy's
+do not); the surgery runs are stored beside the others.
 """
 
 import argparse
@@ -34,18 +35,22 @@ def main() -> None:
     parser.add_argument("store")
     parser.add_argument("--study", default="cross-modal-surgery")
     parser.add_argument("--split", default="dev")
+    parser.add_argument("--seeds", default=None, help="surgery seeds per run, e.g. 0,1,2,3,4 (default: the run's)")
     args = parser.parse_args()
     store = Store(args.store)
     base_runs = [r for r in store.runs(study=args.study, latest=True) if r.kind == "train" and r.status == "finished"]
     metrics: dict[str, list[float]] = defaultdict(list)
     changed: dict[str, list[int]] = defaultdict(list)
     names = {text: name for name, text in SURGERIES.items()} | {"none": "unchanged"}
-    for run in base_runs:
-        _, rows = run_surgery(store, run.uid, list(SURGERIES.values()), split=args.split, seed=run.seed)
+    pairs = [(run, seed) for run in base_runs
+             for seed in ([int(s) for s in args.seeds.split(",")] if args.seeds else [run.seed])]
+    for run, seed in pairs:
+        _, rows = run_surgery(store, run.uid, list(SURGERIES.values()), split=args.split, seed=seed)
         for row in rows:
             metrics[names[row["surgery"]]].append(row["metrics"]["accuracy"])
             changed[names[row["surgery"]]].append(row["changed"])
-    print(f"{len(base_runs)} fine-tuned runs, {args.split} accuracy\n")
+    print(f"{len(base_runs)} fine-tuned runs x {len(pairs) // max(1, len(base_runs))} surgery seeds, "
+          f"{args.split} accuracy\n")
     print("| surgery | accuracy | change | predictions changed | vs Xavier (same part) |")
     print("| --- | --- | --- | --- | --- |")
     for name, values in metrics.items():
