@@ -218,3 +218,12 @@ def test_cross_modal_study_dry_run_lists_its_runs(tmp_path, capsys):
     main = [w for w in lines if w and w[0] == "main"]
     assert len(main) == 12 and all(w[4] == "0,1,2,3,4,5,6,7,8,9" for w in main)
     assert "72 of 72 runs to do; then 12 cells x 10 seeds" in out
+
+
+@pytest.mark.parametrize("example, runs", [("fpt_protein.yaml", 30), ("cross_modal_surgery.yaml", 5)])
+def test_the_other_antiberty_examples_dry_run(tmp_path, capsys, example, runs):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / example
+    assert cli.main(["run", str(path), "--store", str(tmp_path / "s.db"), "--dry-run"]) == 0
+    assert f"{runs} of {runs} runs to do" in capsys.readouterr().out
