@@ -26,7 +26,7 @@ def world(tmp_path_factory):
     """A data folder, a spec, a store with one finished run, a damaged model folder, a plain file."""
     import transformers as tf
 
-    from transferlab.models.backbone import minilm_path
+    from transferlab.models.common import minilm_path
 
     tmp = tmp_path_factory.mktemp("contract")
     data = write_sentiment_csv(tmp / "toy", n_train=32, n_dev=16)

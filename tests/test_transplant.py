@@ -270,3 +270,15 @@ def test_the_task_classifier_moves_between_runs_with_the_same_labels(tmp_path, t
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     with pytest.raises(SpecError, match="head moves the task classifier of a stored run; give transplant.run"):
         TransplantSpec(source="tiny-bert", modules=["head"])
+
+
+def test_a_width_mismatch_names_both_widths():
+    wide = build(tf.BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                               vocab_size=100), 0)
+    narrow = build(tf.BertConfig(**SAME, num_hidden_layers=1, vocab_size=100), 1)
+    before = {k: v.clone() for k, v in narrow.state_dict().items()}
+    with pytest.raises(ModelError) as err:
+        transplant(narrow, wide, layers=0, source_name="wide-bert")
+    line = str(err.value)
+    assert "\n" not in line and "the source is 64 wide and the target 32 wide" in line and "wide-bert" in line
+    assert all(torch.equal(v, narrow.state_dict()[k]) for k, v in before.items())  # nothing copied

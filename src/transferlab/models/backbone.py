@@ -8,6 +8,8 @@
   weights are a fixed stand-in checkpoint (always seed ``TINY_PRETRAINED_SEED``), so only
   ``init: random`` depends on the run's seed, as with a real checkpoint. The text ones use
   MiniLM's tokenizer (vocab 30522, ``[PAD]`` = 0);
+* ``antiberty`` (the packaged AntiBERTy, 8 x 512, amino-acid tokenizer) and ``antiberty-text`` (a text
+  BERT of its shape with MiniLM's tokenizer, ``init: random`` only): models/antiberty.py;
 * otherwise a local folder or a Hugging Face hub id (``AutoConfig``/``AutoModel``/``AutoTokenizer``).
 
 ``Backbone.forward`` returns every hidden state (embedding output first) and the attention mask.
@@ -81,7 +83,7 @@ def _not_found(spec: ModelSpec, offline: bool, err: Exception) -> ModelError:
     return ModelError(
         f"model.name: {spec.name!r} was not found locally and {why}. "
         f"Download it where the hub is reachable and pass the local folder instead "
-        f"(model.name: /path/to/folder), or use an alias (minilm, {', '.join(TINY_ALIASES)}). [{first}]"
+        f"(model.name: /path/to/folder), or use an alias (minilm, antiberty, {', '.join(TINY_ALIASES)}). [{first}]"
     )
 
 
@@ -116,10 +118,23 @@ def load_backbone(spec: ModelSpec, seed: int = 0, check_length: bool = True) -> 
         model = seeded(init_seed, lambda: tf.AutoModel.from_config(config))
         tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path()) if text else None
         return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length, check_length)
+    if spec.name == "antiberty-text":
+        from transferlab.models.antiberty import check_init, text_shape_config
+
+        check_init(spec.name, spec.init)
+        config = text_shape_config()
+        _set_dropout(config, spec.dropout)
+        model = seeded(seed, lambda: tf.AutoModel.from_config(config))
+        tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())
+        return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length, check_length)
 
     offline = _offline(spec)
     if spec.name == "minilm":
         source: str | Path = minilm_path()
+    elif spec.name == "antiberty":
+        from transferlab.models.antiberty import antiberty_folder
+
+        source = antiberty_folder()
     elif Path(spec.name).expanduser().is_dir():
         source = Path(spec.name).expanduser()
     elif spec.name.startswith(("/", "./", "../", "~")):
@@ -149,8 +164,13 @@ def load_backbone(spec: ModelSpec, seed: int = 0, check_length: bool = True) -> 
         raise _not_found(spec, offline, e) from None
     except ValueError as e:
         raise ModelError(f"model.name: {spec.name!r} cannot be loaded as a base model: {e}") from None
-    return Backbone(keep_first_layers(model, spec.num_layers), _load_tokenizer(source, spec, offline), spec.max_length,
-                    check_length)
+    if spec.name == "antiberty":
+        from transferlab.models.antiberty import antibody_tokenizer
+
+        tokenizer = antibody_tokenizer(Path(source))
+    else:
+        tokenizer = _load_tokenizer(source, spec, offline)
+    return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length, check_length)
 
 
 def _model_class(config: tf.PretrainedConfig):
@@ -314,7 +334,7 @@ def model_type_of(spec: ModelSpec) -> str:
 
     if is_lstm(spec.name):
         return "lstm"
-    if spec.name == "minilm":
+    if spec.name in ("minilm", "antiberty", "antiberty-text"):
         return "bert"
     if spec.name in TINY_ALIASES:
         return TINY_FAMILIES[spec.name]

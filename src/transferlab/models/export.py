@@ -170,7 +170,7 @@ def export_model(model: TransferModel, task: Task, out_dir: Path, *, force: bool
     if not isinstance(model.backbone.model, tf.PreTrainedModel):
         raise ModelError(f"export: the backbone is a {type(model.backbone.model).__name__} (e.g. the LSTM baseline), "
                          "not a Hugging Face model; export writes save_pretrained folders. The run's weights "
-                         "stay in the store (train/restore.py load_run_model reads them)")
+                         "stay in the store (models/artifacts.py load_run_model reads them)")
     check_out_dir(out_dir, force)
     cfg = _export_config(model, task)
     layout = export_layout(model)

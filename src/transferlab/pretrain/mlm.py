@@ -180,6 +180,10 @@ class MLMBatches:
 def _source(name: str) -> str | Path:
     if name == "minilm":
         return minilm_path()
+    if name == "antiberty":
+        from transferlab.models.antiberty import antiberty_folder
+
+        return antiberty_folder()
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -209,6 +213,10 @@ def load_mlm_model(spec: PretrainSpec) -> tuple[nn.Module, object, dict]:
         try:
             config = tf.AutoConfig.from_pretrained(source, **kw)
             tokenizer = tf.AutoTokenizer.from_pretrained(source, **kw)
+            if ms.name == "antiberty":  # the same tokenizer, warning once when it meets non-residues
+                from transferlab.models.antiberty import antibody_tokenizer
+
+                tokenizer = antibody_tokenizer(Path(source))
         except (OSError, ValueError) as e:
             raise ModelError(f"model.name: {ms.name!r} cannot be loaded: {str(e).splitlines()[0]}") from None
         _set_dropout(config, ms.dropout)

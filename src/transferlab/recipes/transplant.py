@@ -193,8 +193,10 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
             mismatches.append(f"{tk} {tuple(tv.shape)} <- {sk} {tuple(sv.shape)}")
         plan.append((tk, sk, th, sh, tv, sv, mode if tv.shape != sv.shape else None))
     if mismatches:
-        raise ModelError(f"transplant from {source_name or ss.family.name}: {len(mismatches)} shapes do not match "
-                         f"(set on_mismatch: truncate or tile to fit them): " + "; ".join(mismatches[:12])
+        widths = (f"the source is {ss.hidden_size} wide and the target {ts.hidden_size} wide, so "
+                  if ss.hidden_size != ts.hidden_size else "")
+        raise ModelError(f"transplant from {source_name or ss.family.name}: {widths}{len(mismatches)} shapes do not "
+                         f"match (set on_mismatch: truncate or tile to fit them): " + "; ".join(mismatches[:12])
                          + (" ..." if len(mismatches) > 12 else ""))
 
     moved, moved_values = [], 0

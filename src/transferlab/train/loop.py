@@ -80,6 +80,7 @@ def run_seeds(specs: list[RunSpec], store: Store | None = None, *, study: str | 
 def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | None = None, force: bool = False,
               progress: bool = True, hooks: list | tuple = ()) -> list[RunResult]:
     """Finished runs are reused unless ``force``; the rest train together (stacked when more than one)."""
+    clock = Clock()  # the call's wall time is shared out to the runs it trains
     store = store or Store(DEFAULT_STORE)
     results: list[RunResult | None] = [None] * len(specs)
     todo = []
@@ -93,7 +94,8 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
         raise Unsupported(f"seed-parallel: {why}")
     validate_runs([specs[i] for i in todo])  # every value, file and model before a run row exists
     if todo:
-        for i, result in zip(todo, _Group([specs[i] for i in todo], store, study, progress, hooks).run()):
+        group = _Group([specs[i] for i in todo], store, study, progress, hooks, clock)
+        for i, result in zip(todo, group.run()):
             results[i] = result
     return results  # type: ignore[return-value]
 
@@ -101,13 +103,13 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
 class _Group:
     """S runs of one recipe trained together; every store write of a training run happens here."""
 
-    def __init__(self, specs: list[RunSpec], store: Store, study: str | None, progress: bool, hooks):
+    def __init__(self, specs: list[RunSpec], store: Store, study: str | None, progress: bool, hooks, clock: Clock):
         self.specs, self.store, self.study, self.progress, self.user_hooks = specs, store, study, progress, hooks
         self.spec, self.tspec = specs[0], specs[0].train
         self.device = resolve_device(self.tspec.device)
         self.amp = autocast_dtype(self.tspec.precision, self.device)
         self.stacked = len(specs) > 1
-        self.clock = Clock()
+        self.clock = clock
         self.results: dict[str, RunResult] = {}
 
     # ------------------------------------------------------------------ store lifecycle

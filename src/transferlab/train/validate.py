@@ -159,13 +159,18 @@ def check_task(task: TaskSpec, seed: int = 0) -> None:
 
 
 def check_model(spec: ModelSpec) -> None:
-    from transferlab.models.backbone import TINY_ALIASES, minilm_path
+    from transferlab.models.backbone import TINY_ALIASES
+    from transferlab.models.common import minilm_path
     from transferlab.models.lstm import is_lstm
 
     if is_lstm(spec.name) or spec.name in TINY_ALIASES:
         return
     if spec.name == "minilm":
         return _check_folder(minilm_path(), spec)
+    if spec.name in ("antiberty", "antiberty-text"):  # packaged weights: models/antiberty.py checks them
+        from transferlab.models.antiberty import check_init
+
+        return check_init(spec.name, spec.init)
     folder = Path(spec.name).expanduser()
     if folder.is_dir():
         return _check_folder(folder, spec)
