@@ -31,6 +31,7 @@ class Metric:
     fn: Callable[[np.ndarray, np.ndarray], float]
     higher_is_better: bool = True
     regression: bool = False  # takes float predictions; otherwise class ids
+    structured: bool = False  # scored by a task shape from decoded outputs (tags, answer spans), not by compute
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -57,6 +58,19 @@ METRICS.register("pearson")(Metric(_correlation(stats.pearsonr), regression=True
 METRICS.register("spearman")(Metric(_correlation(stats.spearmanr), regression=True))
 METRICS.register("mse")(Metric(lambda p, y: float(skm.mean_squared_error(y, p)), False, True))
 METRICS.register("rmse")(Metric(lambda p, y: float(np.sqrt(skm.mean_squared_error(y, p))), False, True))
+
+
+
+def _structured(name: str) -> Metric:
+    def refuse(preds: np.ndarray, labels: np.ndarray) -> float:
+        raise DataError(f"metric {name} scores tag sequences or answer spans; it is computed by the task's "
+                        "shape (train/shapes.py), not from class ids")
+
+    return Metric(refuse, structured=True)
+
+
+for _name in ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "exact_match", "span_f1"):
+    METRICS.register(_name)(_structured(_name))
 
 
 def higher_is_better(name: str) -> bool:
@@ -90,6 +104,8 @@ def baseline(task, split: str = "dev") -> dict[str, float]:
 
     Pearson/Spearman of a constant prediction are undefined and reported as 0.0.
     """
+    if task.kind != "sequence":
+        return shape_baseline(task, split)
     for name in ("train", split):
         if name not in task.splits:
             raise DataError(f"task {task.name}: no {name!r} split for the baseline")
@@ -102,3 +118,15 @@ def baseline(task, split: str = "dev") -> dict[str, float]:
         counts = np.bincount(train.astype(np.int64).ravel(), minlength=task.num_labels)
         preds = np.full(target.shape, int(counts.argmax()))
     return compute(task.metrics, preds, target)
+
+
+def shape_baseline(task, split: str = "dev") -> dict[str, float]:
+    """The baseline of a token task (every word tagged with the most frequent train tag) or a span
+    task (the first sentence of the context as the answer)."""
+    if task.kind == "token":
+        from transferlab.data.tagging import all_outside_baseline
+
+        return all_outside_baseline(task, split)
+    from transferlab.data.squad import first_sentence_baseline
+
+    return first_sentence_baseline(task.splits[split])

@@ -17,10 +17,14 @@ from transferlab.models.heads import Head, build_head
 from transferlab.spec import RunSpec
 
 
+KIND_HEADS = {"token": "token", "span": "span"}  # the head a task kind needs (sequence tasks: any pooling head)
+
+
 class TransferModel(nn.Module):
     """Holds ``backbone`` (a :class:`Backbone`), ``head`` (a :class:`Head`) and ``input_adapter``
     (None for text tasks). ``forward`` returns logits (B, num_outputs); (B, 1) for regression;
-    (B, L, num_outputs) for tasks with per-token outputs (the bit tasks)."""
+    (B, L, num_outputs) for tasks with per-token outputs (the bit tasks, token tasks); (B, 2, T) start
+    and end scores for span tasks (extractive QA)."""
 
     def __init__(self, backbone: Backbone, head: Head, input_adapter: nn.Module | None = None):
         super().__init__()
@@ -55,6 +59,9 @@ def build_model(spec: RunSpec, task: Task) -> TransferModel:
     ``spec.seed``. A task with per-token outputs (``extra["output_tokens"]``) needs the ``last`` head."""
     backbone = load_backbone(spec.model, seed=spec.seed)
     options = dict(spec.head.options)
+    if task.kind in KIND_HEADS and spec.head.name != KIND_HEADS[task.kind]:
+        raise SpecError(f"head.name: task {task.name} is a {task.kind} task; use head.name: {KIND_HEADS[task.kind]}, "
+                        f"not {spec.head.name!r}")
     if task.extra.get("output_tokens"):
         if spec.head.name not in ("last", "last_token"):
             raise SpecError(f"head.name: task {task.name} predicts every bit from its last tokens; "

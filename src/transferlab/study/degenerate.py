@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from transferlab.data.metrics import compute, higher_is_better
+from transferlab.data.metrics import compute, higher_is_better, shape_baseline
 from transferlab.data.task import Task
 
 
@@ -25,6 +25,9 @@ def constant_baselines(task: Task) -> dict[str, dict[str, float]]:
         if name == "train" or not split.labelled:
             continue
         labels = split.labels
+        if task.kind != "sequence":  # tagging: the most frequent tag everywhere; QA: the first sentence
+            out[name] = shape_baseline(task, name)
+            continue
         if task.problem == "regression":
             out[name] = compute(task.metrics, np.full(len(labels), float(np.mean(labels))), labels)
             continue

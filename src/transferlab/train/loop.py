@@ -39,6 +39,7 @@ from transferlab.train import resume as ckpt
 from transferlab.train.batches import Encoded, collate, encode, epoch_batches, eval_batches
 from transferlab.train.checkpoint import save_weights, task_meta
 from transferlab.train.fast import compiled, to_device
+from transferlab.train.shapes import shape_of
 
 
 class Hook(Protocol):
@@ -143,6 +144,8 @@ def predict(model: TransferModel, enc: Encoded, task: Task, batch_size: int, dev
 
 def evaluate(model, enc: Encoded, task: Task, batch_size: int, device, amp=None,
              desc: str | None = None) -> dict[str, float]:
+    if (shape := shape_of(task)) is not None:  # token and span tasks decode and score their own way
+        return shape.evaluate(model, enc, task, batch_size, device, amp, desc)
     preds = predict(model, enc, task, batch_size, device, amp, desc)
     return compute(task.metrics, preds, enc.labels)
 
