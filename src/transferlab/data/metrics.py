@@ -69,7 +69,8 @@ def _structured(name: str) -> Metric:
     return Metric(refuse, structured=True)
 
 
-for _name in ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "exact_match", "span_f1"):
+for _name in ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "exact_match", "span_f1",
+              "joint"):  # joint: the mean main metric of a multi-task run (train/multitask.py)
     METRICS.register(_name)(_structured(_name))
 
 

@@ -169,7 +169,12 @@ def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, 
                           provenance=provenance())
     start = time.time()
     try:
-        result = _train(spec, store, uid, progress=progress, hooks=hooks)
+        if spec.multitask is not None:  # one shared encoder, a head per task (train/multitask.py)
+            from transferlab.train.multitask import train_multitask
+
+            result = train_multitask(spec, store, uid, progress=progress, hooks=hooks)
+        else:
+            result = _train(spec, store, uid, progress=progress, hooks=hooks)
     except UserError as e:
         store.finish_run(uid, "failed", error=str(e), duration_s=time.time() - start)
         raise
