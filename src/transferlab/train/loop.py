@@ -165,6 +165,10 @@ def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, 
         s = done.summary
         return RunResult(rid, done.uid, "skipped", s.get("dev", {}), s.get("test", {}), s.get("best_step"),
                          s.get("steps", 0), done.duration_s or 0.0, s)
+    if spec.intermediate is not None:  # phase A: a stored run of its own, carried into this one by a hook
+        from transferlab.train.intermediate import intermediate_phase
+
+        hooks = (*hooks, intermediate_phase(spec, store, study=None, progress=progress))
     uid = store.start_run(rid, spec_hash(spec), spec.seed, to_dict(spec), name=spec.name, study=study,
                           provenance=provenance())
     start = time.time()
