@@ -140,13 +140,15 @@ def test_tiny_model_loss_falls_on_conll(tmp_path):
 
 @needs_shared_data
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_minilm_learns_conll_ner(tmp_path):
-    spec = tiny_ner_spec(CONLL, max_steps=300, batch_size=16, num_evals=1)
-    spec["model"] = {"name": "minilm", "max_length": 64}
+    spec = tiny_ner_spec(CONLL, max_steps=150, batch_size=16, num_evals=1)
+    spec["model"] = {"name": "minilm", "max_length": 48}
     spec["optim"] = {"lr": 1e-4}
-    spec["task"].update(max_train_samples=3000, max_eval_samples=500)
+    spec["schedule"] = {"name": "linear", "warmup_ratio": 0.1}
+    spec["task"].update(max_train_samples=2400, max_eval_samples=300)
     result = run(load_spec(spec), Store(tmp_path / "s.db"), progress=False)
-    base = baseline(build_task(TaskSpec(name="conll2003", path=str(CONLL), max_eval_samples=500)))
+    base = baseline(build_task(TaskSpec(name="conll2003", path=str(CONLL), max_eval_samples=300)))
     assert base["entity_f1"] == 0.0
-    assert result.dev["entity_f1"] > 0.5, result.dev  # the all-"O" baseline scores 0
+    assert result.dev["entity_f1"] > 0.4, result.dev  # the all-"O" baseline scores 0
     assert result.dev["token_accuracy"] > base["token_accuracy"]
