@@ -31,7 +31,6 @@ class Metric:
     fn: Callable[[np.ndarray, np.ndarray], float]
     higher_is_better: bool = True
     regression: bool = False  # takes float predictions; otherwise class ids
-    structured: bool = False  # scored by a task shape from decoded outputs (tags, answer spans), not by compute
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -61,21 +60,16 @@ METRICS.register("rmse")(Metric(lambda p, y: float(np.sqrt(skm.mean_squared_erro
 
 
 
-def _structured(name: str) -> Metric:
-    def refuse(preds: np.ndarray, labels: np.ndarray) -> float:
-        raise DataError(f"metric {name} scores tag sequences or answer spans; it is computed by the task's "
-                        "shape (train/shapes.py), not from class ids")
-
-    return Metric(refuse, structured=True)
-
-
-for _name in ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "exact_match", "span_f1",
-              "joint"):  # joint: the mean main metric of a multi-task run (train/multitask.py)
-    METRICS.register(_name)(_structured(_name))
+# Scored by a task shape from decoded outputs (tag sequences, answer texts; train/shapes.py), or the mean
+# main metric of a multi-task run: not functions of class ids, so not in METRICS; all higher-is-better.
+STRUCTURED_METRICS = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "exact_match", "span_f1",
+                      "joint")
 
 
 def higher_is_better(name: str) -> bool:
     """True for scores (accuracy, f1, ...), False for errors (mse, rmse)."""
+    if name in STRUCTURED_METRICS:
+        return True
     return METRICS.get(name, field="metric").higher_is_better
 
 

@@ -10,14 +10,11 @@ from torch import Tensor, nn
 
 from transferlab.data.task import Task
 from transferlab.errors import SpecError
-from transferlab.models import token_heads  # noqa: F401  (registers the ``last`` head)
 from transferlab.models.adapters import build_input, feed_embeds
 from transferlab.models.backbone import Backbone, load_backbone, seeded
 from transferlab.models.heads import Head, build_head
+from transferlab.models.token_heads import KIND_HEADS  # (and registers the ``last`` head)
 from transferlab.spec import RunSpec
-
-
-KIND_HEADS = {"token": "token", "span": "span"}  # the head a task kind needs (sequence tasks: any pooling head)
 
 
 class TransferModel(nn.Module):
@@ -53,24 +50,34 @@ class TransferModel(nn.Module):
         return self.head(hidden, mask)
 
 
+def build_task_head(name: str, task: Task, hidden_size: int, num_layers: int, dropout: float, options: dict,
+                    pooler=None) -> Head:
+    """The head ``name`` for ``task``: a pooling head (HEADS) for sequence tasks; for token and span tasks
+    the kind's own head (KIND_HEADS), which ``head.name`` must then name."""
+    if task.kind in KIND_HEADS or name in KIND_HEADS:
+        if name != task.kind:
+            raise SpecError(f"head.name: task {task.name} is a {task.kind} task; use head.name: "
+                            f"{task.kind if task.kind in KIND_HEADS else 'cls (or another pooling head)'}, not {name!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise SpecError(f"head.dropout: {dropout} is not a probability in [0, 1)")
+        return KIND_HEADS.get(name, field="head.name")(hidden_size, num_layers, task.num_outputs, dropout, **options)
+    return build_head(name, hidden_size, num_layers, task.num_outputs, dropout, options, pooler=pooler)
+
+
 def build_model(spec: RunSpec, task: Task) -> TransferModel:
     """The backbone of ``spec.model``, the head of ``spec.head`` sized for ``task``, and an input
     adapter (``spec.input_adapter``) when ``task.modality`` is not text. New weights are seeded by
     ``spec.seed``. A task with per-token outputs (``extra["output_tokens"]``) needs the ``last`` head."""
     backbone = load_backbone(spec.model, seed=spec.seed)
     options = dict(spec.head.options)
-    if task.kind in KIND_HEADS and spec.head.name != KIND_HEADS[task.kind]:
-        raise SpecError(f"head.name: task {task.name} is a {task.kind} task; use head.name: {KIND_HEADS[task.kind]}, "
-                        f"not {spec.head.name!r}")
     if task.extra.get("output_tokens"):
         if spec.head.name not in ("last", "last_token"):
             raise SpecError(f"head.name: task {task.name} predicts every bit from its last tokens; "
                             f"use head.name: last, not {spec.head.name!r}")
         options = {"tokens": task.extra["output_tokens"], "outputs_per_token": task.extra["outputs_per_token"],
                    **options}
-    head = seeded(spec.seed, lambda: build_head(
-        spec.head.name, backbone.hidden_size, backbone.num_layers, task.num_outputs,
-        spec.head.dropout, options, pooler=backbone.pooler,
+    head = seeded(spec.seed, lambda: build_task_head(
+        spec.head.name, task, backbone.hidden_size, backbone.num_layers, spec.head.dropout, options, backbone.pooler,
     ))
     adapter = None
     if task.modality != "text":

@@ -16,6 +16,11 @@ from torch import Tensor, nn
 
 from transferlab.errors import SpecError
 from transferlab.models.heads import HEADS, Head, init_linear, last_token
+from transferlab.registry import Registry
+
+# Heads of token and span tasks (train/shapes.py): outputs per token, not per example, so they are kept
+# apart from HEADS (whose heads all pool to one vector per example); build_model picks them by task kind.
+KIND_HEADS: Registry = Registry("task-kind head")
 
 
 def last_tokens(x: Tensor, mask: Tensor, k: int) -> Tensor:
@@ -50,20 +55,21 @@ class LastHead(Head):
         return logits
 
 
-@HEADS.register("token")
+@KIND_HEADS.register("token", kind="token")
 class TokenHead(Head):
     """Token classification (Devlin et al. 2019, CoNLL-2003 NER): dropout -> linear on every token of the
     last layer; (B, T, num_labels) logits. Positions without a label carry IGNORE in the batch."""
 
     def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, dropout: float, **options: Any):
         super().__init__(hidden_size, num_layers, num_outputs, dropout, **options)
+        self.name = "token"
         self.build_out(hidden_size)
 
     def forward(self, hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
         return self.out(self.dropout(hidden_states[-1]))
 
 
-@HEADS.register("span")
+@KIND_HEADS.register("span", kind="span")
 class SpanHead(Head):
     """Extractive QA (Devlin et al. 2019, SQuAD): a linear map of every token to a start and an end score.
 
@@ -74,6 +80,7 @@ class SpanHead(Head):
 
     def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, dropout: float, **options: Any):
         super().__init__(hidden_size, num_layers, 2, dropout, **options)
+        self.name = "span"
         self.build_out(hidden_size)
 
     def forward(self, hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:

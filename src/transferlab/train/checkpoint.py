@@ -21,7 +21,7 @@ def task_meta(task: Task) -> dict:
     return {
         "name": task.name, "problem": task.problem, "num_labels": task.num_labels, "metrics": list(task.metrics),
         "main_metric": task.main_metric, "label_names": task.label_names, "modality": task.modality,
-        "vocab_size": task.vocab_size, "input_dim": task.input_dim,
+        "vocab_size": task.vocab_size, "input_dim": task.input_dim, "kind": task.kind,
         "extra": {k: task.extra[k] for k in MODEL_EXTRA if k in task.extra},
     }
 
@@ -32,7 +32,7 @@ def task_from_meta(meta: dict) -> Task:
     return Task(name=meta["name"], splits={"train": empty}, problem=meta["problem"], num_labels=meta["num_labels"],
                 metrics=tuple(meta["metrics"]), main_metric=meta["main_metric"], label_names=meta["label_names"],
                 modality=meta["modality"], vocab_size=meta["vocab_size"], input_dim=meta["input_dim"],
-                extra=dict(meta.get("extra") or {}))
+                kind=meta.get("kind", "sequence"), extra=dict(meta.get("extra") or {}))
 
 
 def save_weights(model: torch.nn.Module, folder: Path, meta: dict) -> Path:

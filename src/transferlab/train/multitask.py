@@ -27,8 +27,8 @@ from transferlab.data.build import build_task
 from transferlab.data.metrics import baseline, higher_is_better
 from transferlab.errors import SpecError
 from transferlab.models.backbone import load_backbone, seeded
-from transferlab.models.heads import build_head
-from transferlab.models.model import KIND_HEADS, TransferModel
+from transferlab.models.model import TransferModel, build_task_head
+from transferlab.models.token_heads import KIND_HEADS
 from transferlab.recipes.freeze import build_freezer
 from transferlab.recipes.optim import build_optimizer
 from transferlab.recipes.param_groups import build_param_groups
@@ -65,10 +65,10 @@ def build_multitask_model(spec, tasks: dict) -> MultiTaskModel:
     backbone = load_backbone(spec.model, seed=spec.seed)
     heads = {}
     for i, (name, task) in enumerate(tasks.items()):
-        head = spec.multitask.heads.get(name) or KIND_HEADS.get(task.kind) or spec.head.name
-        heads[name] = seeded(spec.seed + 101 * (i + 1), lambda h=head, t=task: build_head(
-            h, backbone.hidden_size, backbone.num_layers, t.num_outputs, spec.head.dropout,
-            dict(spec.head.options) if h == spec.head.name else {}, pooler=backbone.pooler))
+        head = spec.multitask.heads.get(name) or (task.kind if task.kind in KIND_HEADS else spec.head.name)
+        heads[name] = seeded(spec.seed + 101 * (i + 1), lambda h=head, t=task: build_task_head(
+            h, t, backbone.hidden_size, backbone.num_layers, spec.head.dropout,
+            dict(spec.head.options) if h == spec.head.name else {}, backbone.pooler))
     return MultiTaskModel(backbone, heads)
 
 
