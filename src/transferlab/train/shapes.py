@@ -3,12 +3,15 @@
 A task declares ``kind`` (data/task.py). The loop stays generic: ``encode`` (train/batches.py) hands
 token and span splits to their shape; the shape's ``loss`` is the loop's per-row cross entropy
 (token logits (B, T, C) against IGNORE-padded (B, T) labels; span scores (B, 2, T) against (B, 2)
-start/end positions); ``evaluate`` runs the model, ``decode``s the outputs into predictions (tags per
-word, answer texts) and scores them with the task's own metrics (data/tagging.py, data/squad.py).
+start/end positions). Evaluation is three steps, so an engine that runs the model its own way
+(several seeds at once) only needs to produce the outputs:
 
-    shape = shape_of(task)                       # None for sequence tasks
+    shape = shape_of(task)                                    # None for sequence tasks
     enc = shape.encode(split, task, tokenizer, max_length)
-    metrics = shape.evaluate(model, enc, task, batch_size, device)
+    outs = outputs(model, enc, batch_size, device)            # (row indices, float outputs) per batch
+    preds = shape.decode(outs, enc, task)                     # tags per word / n-best answers per question
+    scores = shape.metrics(preds, enc, task)                  # data/tagging.py, data/squad.py
+    # shape.evaluate(model, enc, task, batch_size, device) does all three
 """
 
 from __future__ import annotations
@@ -92,18 +95,22 @@ class TokenShape:
         return out
 
     @staticmethod
-    def decode(model, enc: Encoded, task: Task, batch_size: int, device, amp=None) -> list[list[str]]:
+    def decode(outs, enc: Encoded, task: Task) -> list[list[str]]:
         """The predicted tag of every word (read at its first subword); words cut off by max_length get none."""
         pred: list[list[str]] = [[] for _ in range(len(enc))]
-        for index, logits in outputs(model, enc, batch_size, device, amp):
+        for index, logits in outs:
             best = logits.argmax(-1)
             for row, i in enumerate(index):
                 pred[i] = [task.label_names[int(t)] for t in best[row, enc.extra["first"][i]]]
         return pred
 
+    @staticmethod
+    def metrics(pred: list[list[str]], enc: Encoded, task: Task) -> dict[str, float]:
+        return tag_metrics(enc.extra["gold"], pred)
+
     @classmethod
     def evaluate(cls, model, enc: Encoded, task: Task, batch_size: int, device, amp=None, desc=None) -> dict:
-        return tag_metrics(enc.extra["gold"], cls.decode(model, enc, task, batch_size, device, amp))
+        return cls.metrics(cls.decode(outputs(model, enc, batch_size, device, amp), enc, task), enc, task)
 
 
 # ---------------------------------------------------------------- extractive QA
@@ -139,12 +146,12 @@ class SpanShape:
         return out
 
     @staticmethod
-    def decode(model, enc: Encoded, task: Task, batch_size: int, device, amp=None) -> dict[str, list[tuple]]:
+    def decode(outs, enc: Encoded, task: Task) -> dict[str, list[tuple]]:
         """{question id: [(score, answer text), ...]}: the ``n_best`` best spans over all of a question's
         windows, each at most ``max_answer_length`` tokens; best first."""
         n_best, max_len = int(task.extra.get("n_best", 20)), int(task.extra.get("max_answer_length", 30))
         cands: dict[int, list[tuple[float, int, int]]] = {}
-        for index, scores in outputs(model, enc, batch_size, device, amp):
+        for index, scores in outs:
             for row, w in enumerate(index):
                 chars = enc.extra["chars"][w]
                 n = len(chars)
@@ -158,10 +165,13 @@ class SpanShape:
             out[enc.extra["targets"][i]["id"]] = [(s, context[a:b]) for s, a, b in best] or [(0.0, "")]
         return out
 
+    @staticmethod
+    def metrics(nbest: dict[str, list[tuple]], enc: Encoded, task: Task) -> dict[str, float]:
+        return qa_metrics({qid: answers[0][1] for qid, answers in nbest.items()}, enc.extra["targets"])
+
     @classmethod
     def evaluate(cls, model, enc: Encoded, task: Task, batch_size: int, device, amp=None, desc=None) -> dict:
-        nbest = cls.decode(model, enc, task, batch_size, device, amp)
-        return qa_metrics({qid: answers[0][1] for qid, answers in nbest.items()}, enc.extra["targets"])
+        return cls.metrics(cls.decode(outputs(model, enc, batch_size, device, amp), enc, task), enc, task)
 
 
 SHAPES = {"token": TokenShape, "span": SpanShape}
