@@ -122,11 +122,19 @@ class SpanShape:
     @staticmethod
     def encode(split: Split, task: Task, tokenizer, max_length: int) -> Encoded:
         """(question, context) -> windows of ``max_length`` tokens over the context, consecutive windows
-        sharing ``doc_stride`` tokens; labels (windows, 2): the answer's first and last token, or (0, 0)
+        sharing ``doc_stride`` tokens (at most what fits beside the question); labels (windows, 2): the answer's first and last token, or (0, 0)
         (the first token, [CLS]) when the window does not hold the whole answer (Devlin et al. 2019)."""
         _fast(tokenizer, task)
-        stride = task.extra.get("doc_stride") or max_length // 3
-        enc = tokenizer(split.texts, split.text_pairs, truncation="only_second", max_length=max_length,
+        # a question keeps at most half the window (cut at a token end) and the stride fits what is left:
+        # the tokenizer itself panics when the stride does not fit beside the question
+        limit = max(1, (max_length - 3) // 2)
+        spans = tokenizer(split.texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        questions = [q if len(o) <= limit else q[: o[limit - 1][1]] for q, o in zip(split.texts, spans)]
+        room = max_length - 3 - min(limit, max((len(o) for o in spans), default=0))  # context tokens per window
+        if room < 2:
+            raise DataError(f"model.max_length: {max_length} leaves no room for the context beside the question")
+        stride = min(task.extra.get("doc_stride") or max_length // 3, room - 1)
+        enc = tokenizer(questions, split.text_pairs, truncation="only_second", max_length=max_length,
                         stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
                         return_attention_mask=False, return_token_type_ids=True)
         example = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
