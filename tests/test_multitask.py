@@ -80,3 +80,23 @@ def test_two_tasks_of_the_same_name_is_one_line_exit_2(tmp_path, capsys):
     assert main(["run", str(path), "--store", str(tmp_path / "s.db"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "appears 2 times" in err and len(err.splitlines()) == 1
+
+
+def test_multitask_runs_in_a_study_with_a_sampler_axis(tmp_path):
+    from transferlab.study.runner import run_study
+    from transferlab.study.spec import load_study
+    from transferlab.report import cells
+    from transferlab.study.tables import stats_table
+
+    base = two_task_spec(tmp_path)
+    base["train"].update(max_steps=6, num_evals=1, save_model=False)
+    study = load_study({"study": "mt", "base": base, "seeds": [0, 1],
+                        "grid": {"multitask.sampler": ["proportional", "round_robin"]}})
+    store = Store(tmp_path / "s.db")
+    lines = []
+    result = run_study(study, store, out=lines.append)
+    assert result.executed == 4 and result.failed == 0
+    runs = store.runs()
+    assert {r.summary["task_steps"]["tsv"] for r in runs if r.spec["multitask"]["sampler"] == "round_robin"} == {3}
+    _, rows = stats_table(store, cells(store, "mt"))  # the study tables read the joint metric
+    assert len(rows) == 2 and {r[3] for r in rows} == {"joint"} and {r[4] for r in rows} == {"2"}
