@@ -89,3 +89,14 @@ def test_study_axis_none_or_a_task(tmp_path):
     assert all(p.spec.intermediate is None for p in none)
     plain = load_spec({"name": "base", "model": {"name": "tiny-bert"}, "task": {"name": "rte"}})
     assert none[0].run_id == run_id(plain)  # "none" is the run without the axis: same id as before the axis
+
+
+def test_seed_parallel_engine_leaves_intermediate_and_multitask_runs_to_the_loop():
+    from transferlab.train.parallel import unsupported
+
+    base = {"model": {"name": "tiny-bert"}, "task": {"name": "rte"}}
+    inter = [load_spec({**base, "seed": s, "intermediate": {"task": {"name": "mrpc"}, "steps": 5}}) for s in (0, 1)]
+    assert "intermediate" in unsupported(inter)
+    multi = [load_spec({**base, "seed": s, "multitask": {"tasks": [{"name": "rte"}, {"name": "mrpc"}]}}) for s in (0, 1)]
+    assert "multitask" in unsupported(multi)
+    assert unsupported([load_spec({**base, "seed": s}) for s in (0, 1)]) is None

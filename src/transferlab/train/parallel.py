@@ -87,6 +87,10 @@ def unsupported(specs: list[RunSpec], hooks: list | tuple = ()) -> str | None:
     if len(set(seeds)) != len(seeds):
         return f"two runs share a seed ({seeds})"
     spec = specs[0]
+    if spec.multitask is not None:  # issue 16: its own training function (train/multitask.py)
+        return "multitask: multi-task runs train on their own function, not seed-parallel"
+    if spec.intermediate is not None:  # issue 16: phase A runs first (train/intermediate.py)
+        return "intermediate: the intermediate phase is not supported seed-parallel"
     if spec.distill.kind != "none":
         return "distill.kind: distillation is not supported seed-parallel"
     if spec.freeze.name == "lora":
