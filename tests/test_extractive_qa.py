@@ -204,3 +204,24 @@ def test_minilm_beats_the_first_sentence_on_held_out_articles(tmp_path):
     base = result.summary["baseline"]
     assert result.dev["span_f1"] > base["span_f1"] + 0.1, (result.dev, base)
     assert result.dev["exact_match"] > base["exact_match"]
+
+
+def test_hub_squad_style_dataset():
+    datasets = pytest.importorskip("datasets")
+    from transferlab.data.squad import from_hub_dataset
+
+    qas = DATASET[0]["paragraphs"][0]["qas"]
+    context = DATASET[0]["paragraphs"][0]["context"]
+    rows = {"id": [q["id"] for q in qas], "title": ["T"] * len(qas), "context": [context] * len(qas),
+            "question": [q["question"] for q in qas],
+            "answers": [{"text": [a["text"] for a in q["answers"]], "answer_start": [a["answer_start"] for a in q["answers"]]}
+                        for q in qas]}
+    ds = datasets.DatasetDict({s: datasets.Dataset.from_dict(rows) for s in ("train", "validation")})
+    task = from_hub_dataset(ds, "squad")
+    dev = task.splits["dev"]
+    assert task.kind == "span" and dev.targets[0] == {"id": "q1", "answers": ["The Broncos", "Broncos"], "starts": [0, 4]}
+    assert dev.labels[2].tolist() == [39, 52] and context[39:52] == "Super Bowl 50"
+    rows["answers"][1] = {"text": ["24-11"], "answer_start": [30]}
+    bad = datasets.DatasetDict({s: datasets.Dataset.from_dict(rows) for s in ("train", "validation")})
+    with pytest.raises(DataError, match="question q2: answer '24-11' does not match"):
+        from_hub_dataset(bad, "squad")
