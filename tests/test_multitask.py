@@ -83,9 +83,9 @@ def test_two_tasks_of_the_same_name_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_multitask_runs_in_a_study_with_a_sampler_axis(tmp_path):
+    from transferlab.report import cells
     from transferlab.study.runner import run_study
     from transferlab.study.spec import load_study
-    from transferlab.report import cells
     from transferlab.study.tables import stats_table
 
     base = two_task_spec(tmp_path)
