@@ -80,4 +80,9 @@ def read_task_meta(folder: Path) -> dict:
     path = folder / "task.json"
     if not path.is_file():
         raise ModelError(f"no task.json in {folder}")
-    return json.loads(path.read_text())
+    meta = json.loads(path.read_text())
+    if "multitask" in meta:  # train/multitask.py: one head per task
+        names = ", ".join(m["name"] for m in meta["multitask"])
+        raise ModelError(f"{folder} holds a multi-task model (heads for {names}); rebuilding one task's model "
+                         "from it (export, teacher, transplant source) is not supported")
+    return meta
