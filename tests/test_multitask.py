@@ -55,7 +55,7 @@ def two_task_spec(tmp_path, **mt):
             "optim": {"lr": 3e-3}, "train": {"max_steps": 80, "batch_size": 16, "num_evals": 2, "log_every": 5}}
 
 
-def test_multitask_run_is_one_run_with_per_task_metrics(tmp_path):
+def test_multitask_run_is_one_run_with_per_task_metrics(tmp_path, capsys):
     store = Store(tmp_path / "s.db")
     result = run(load_spec(two_task_spec(tmp_path, sampler="proportional")), store, progress=False)
     assert result.status == "finished"
@@ -68,6 +68,10 @@ def test_multitask_run_is_one_run_with_per_task_metrics(tmp_path):
     assert len(store.runs()) == 1
     evals = {(split, m) for _, split, m, _ in store.evals(result.uid)}
     assert ("dev", "joint") in evals and ("dev", "tsv.accuracy") in evals
+    # exporting one task's model from it is refused in one line
+    assert main(["export", result.uid, "-o", str(tmp_path / "x"), "--store", str(tmp_path / "s.db")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "multi-task model (heads for csv, tsv)" in err and len(err.splitlines()) == 1
 
 
 def test_two_tasks_of_the_same_name_is_one_line_exit_2(tmp_path, capsys):
