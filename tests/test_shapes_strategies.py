@@ -42,3 +42,17 @@ def test_strategy_runs_on_task_shape(kind, strategy, folders, tmp_path):
     assert ("entity_f1" if kind == "token" else "span_f1") in result.dev
     curve = store.curve(result.uid)
     assert len(curve) == 3 and all(loss == loss for _, loss, _, _ in curve)  # finite, logged each step
+
+
+@pytest.mark.parametrize("kind", ["token", "span"])
+def test_distillation_on_task_shapes(kind, folders, tmp_path):
+    task = ({"name": "conll2003", "path": str(folders["token"])} if kind == "token" else
+            {"name": "squad", "path": str(folders["span"]), "options": {"dev_articles": 0.5}})
+    spec = {"name": "teacher", "model": {"name": "tiny-bert", "max_length": 48}, "head": {"name": kind}, "task": task,
+            "optim": {"lr": 3e-3}, "train": {"max_steps": 3, "batch_size": 8, "num_evals": 1, "log_every": 1}}
+    store = Store(tmp_path / "s.db")
+    teacher = run(load_spec(spec), store, progress=False)
+    for kd in ("kd", "pkd"):
+        student = run(load_spec({**spec, "name": kd, "distill": {"kind": kd, "teacher": teacher.uid}}), store,
+                      progress=False)
+        assert student.status == "finished" and all(loss == loss for _, loss, _, _ in store.curve(student.uid))
