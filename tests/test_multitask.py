@@ -63,11 +63,12 @@ def test_multitask_run_is_one_run_with_per_task_metrics(tmp_path, capsys):
     assert result.dev["joint"] == pytest.approx((result.dev["csv.accuracy"] + result.dev["tsv.accuracy"]) / 2)
     assert result.dev["joint"] > 0.75  # both toy tasks learnt (chance 0.5) by one encoder with two heads
     s = result.summary
-    assert s["main_metric"] == "joint" and set(s["tasks"]) == {"csv", "tsv"}
+    assert s["main_metric"] == "joint" and set(s["tasks"]) == {"csv", "tsv"} and s["trainable_share"] == 1.0
     assert sum(s["task_steps"].values()) == 80 and s["task_steps"]["csv"] > s["task_steps"]["tsv"]
     assert len(store.runs()) == 1
     evals = {(split, m) for _, split, m, _ in store.evals(result.uid)}
     assert ("dev", "joint") in evals and ("dev", "tsv.accuracy") in evals
+    assert main(["runs", "--store", str(tmp_path / "s.db")]) == 0  # the run lists like any other
     # exporting one task's model from it is refused in one line
     assert main(["export", result.uid, "-o", str(tmp_path / "x"), "--store", str(tmp_path / "s.db")]) == 2
     err = capsys.readouterr().err.strip()

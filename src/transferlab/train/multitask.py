@@ -182,6 +182,7 @@ def train_multitask(spec, store, uid: str, *, progress: bool = True, hooks=()) -
     joint_base = _joint(bases, tasks)
     summary.update(dev=dev, test=test, best_step=final, baseline={"joint": joint_base},
                    baselines={"dev": {"joint": joint_base}}, n_params=n_params, n_trainable=n_trainable,
+                   trainable_share=n_trainable / max(1, n_params),
                    tasks={n: {"dev": dev_tasks[n], "test": test_tasks.get(n, {}), "baseline": bases[n],
                               "main_metric": tasks[n].main_metric} for n in names})
     if tspec.save_model:
