@@ -14,9 +14,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from transferlab.recipes.surgery import run_surgery
 from transferlab.store import Store
 from transferlab.study.stats import compare
+from transferlab.surgery import run_surgery
 
 SURGERIES = {
     "layer 1 <- AntiBERTy": "transplant source=antiberty layers=1",

@@ -220,6 +220,46 @@ class StabiliserSpec:
 
 
 @dataclass
+class MultiTaskSpec:
+    """One shared encoder, a head per task (train/multitask.py). ``tasks`` replace the run's ``task``."""
+
+    tasks: list[TaskSpec] = field(default_factory=list)
+    sampler: Literal["proportional", "temperature", "round_robin", "annealed"] = "proportional"
+    temperature: float = 2.0  # temperature sampler: p_i ~ n_i^(1/T); 2 is square-root sampling
+    anneal_min: float = 0.2  # annealed sampler: the exponent falls from 1 to this over training
+    heads: dict[str, str] = field(default_factory=dict)  # task name -> head name (default: head.name / by kind)
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tasks]
+        for name in names:
+            if names.count(name) > 1:
+                raise SpecError(f"multitask.tasks: task {name!r} appears {names.count(name)} times; "
+                                "each task of a multi-task run must have its own name")
+        if len(names) < 2:
+            raise SpecError(f"multitask.tasks: a multi-task run needs at least two tasks, got {names}")
+        if not self.temperature > 0 or not 0 <= self.anneal_min <= 1:
+            raise SpecError("multitask: temperature must be > 0 and anneal_min in [0, 1]")
+        for name in self.heads:
+            if name not in names:
+                raise SpecError(f"multitask.heads: {name!r} is not one of the tasks {', '.join(names)}")
+
+
+@dataclass
+class IntermediateSpec:
+    """Intermediate-task transfer (STILTs, Phang et al. 2018; train/intermediate.py): first ``steps`` on
+    ``task`` (a stored run of its own), then this run's task from that state."""
+
+    task: TaskSpec = field(default_factory=TaskSpec)
+    steps: int = 1000
+    head: Literal["auto", "carry", "new"] = "auto"  # carry the head when the label sets match (auto), always, never
+    lr: float | None = None  # phase A's learning rate (null: optim.lr)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise SpecError(f"intermediate.steps: must be at least 1, got {self.steps}")
+
+
+@dataclass
 class RunSpec:
     """Everything that defines one run. Its hash (without the seed) names the recipe."""
 
@@ -237,6 +277,15 @@ class RunSpec:
     freeze: FreezeSpec = field(default_factory=FreezeSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
     stabilisers: list[StabiliserSpec] = field(default_factory=list)
+    multitask: MultiTaskSpec | None = None  # null: one task (``task``)
+    intermediate: IntermediateSpec | Literal["none"] | None = None  # null / none: no intermediate task
+
+    def __post_init__(self) -> None:
+        if self.intermediate == "none":  # the value a study axis writes for "no intermediate task"
+            self.intermediate = None
+
+
+OPTIONAL_SECTIONS = ("multitask", "intermediate")  # left out of the recipe hash when unset (old run ids hold)
 
 
 # --------------------------------------------------------------------------- building
@@ -275,6 +324,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except SpecError as e:
                 errors.append(str(e))
+                if isinstance(value, dict) and dataclasses.is_dataclass(arg):
+                    raise  # a section given as a mapping: its own error names the field at fault
         raise SpecError(f"{where}: {value!r} is not {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
@@ -424,7 +475,8 @@ def to_dict(spec: Any) -> dict[str, Any]:
 
 def spec_hash(spec: Any, exclude: tuple[str, ...] = ("seed", "name")) -> str:
     """A stable hash of the resolved spec; by default without seed and name (the recipe's identity)."""
-    data = {k: v for k, v in to_dict(spec).items() if k not in exclude}
+    data = {k: v for k, v in to_dict(spec).items()
+            if k not in exclude and not (k in OPTIONAL_SECTIONS and v is None)}
     if not data.get("stabilisers", True):
         del data["stabilisers"]  # no stabiliser: the recipe keeps the hash it had before the section existed
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))

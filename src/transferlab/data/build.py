@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from transferlab.data.common import stratified_indices
-from transferlab.data.task import TASKS, Task
+from transferlab.data.task import IGNORE, TASKS, Task
 from transferlab.errors import DataError, SpecError
 
 
 def _register_tasks() -> None:
     """Import every task module so that its tasks are registered in TASKS."""
-    from transferlab.data import bits, files, glue, hub, images, imdb, listops, protein  # noqa: F401
+    from transferlab.data import bits, conll, files, glue, hub, images, imdb, listops, protein, squad  # noqa: F401
 
 
 def validate(task: Task) -> Task:
@@ -39,7 +39,7 @@ def validate(task: Task) -> Task:
         n = len(split)
         if n == 0:
             raise DataError(f"{where}: the split is empty")
-        for attr in ("texts", "text_pairs", "inputs"):
+        for attr in ("texts", "text_pairs", "inputs", "words", "targets"):
             value = getattr(split, attr)
             if value is not None and len(value) != n:
                 raise DataError(f"{where}: {len(value)} {attr} for {n} labels")
@@ -51,10 +51,12 @@ def validate(task: Task) -> Task:
             if not np.isfinite(labels).all():
                 i = int(np.flatnonzero(~np.isfinite(labels))[0])
                 raise DataError(f"{where}: regression target {labels[i]} at example {i} is not finite")
+        elif task.kind == "span":
+            continue  # character offsets into the context, checked by the task's reader (data/squad.py)
         else:
             if (labels == -1).all() and name not in ("train", "dev"):
                 continue
-            bad = (labels < 0) | (labels >= task.num_labels)
+            bad = ((labels < 0) & (labels != IGNORE)) | (labels >= task.num_labels)  # IGNORE: word padding
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise DataError(
@@ -74,7 +76,7 @@ def build_task(spec, seed: int = 0) -> Task:
 
         task = apply_protocol(task, spec, seed)
     sample_seed = spec.options.get("sample_seed")
-    stratify = task.problem == "classification" and task.splits["train"].labels.ndim == 1  # not per-token labels
+    stratify = task.problem == "classification" and task.kind == "sequence" and task.splits["train"].labels.ndim == 1
     for field in ("max_train_samples", "max_eval_samples"):
         value = getattr(spec, field)
         if value is not None and value < 1:

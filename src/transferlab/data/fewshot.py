@@ -57,7 +57,7 @@ def half_split(labels: np.ndarray, seed: int, stratify: bool) -> tuple[np.ndarra
 def apply_protocol(task: Task, spec, seed: int) -> Task:
     """Apply ``spec.split_dev`` and ``spec.few_sample`` (a TaskSpec) to a freshly built task."""
     sample_seed = spec.options.get("sample_seed")
-    classification = task.problem == "classification"
+    classification = task.problem == "classification" and task.kind == "sequence"  # tagging, QA: N at random
     if spec.split_dev:
         dev = task.splits["dev"]
         if not dev.labelled:

@@ -97,22 +97,31 @@ def base_name(key: str) -> str:
     """``f1_per_class[2]`` -> ``f1_per_class``; other names unchanged."""
     return re.sub(r"\[\d+\]$", "", key)
 
+# Scored by a task shape from decoded outputs (tag sequences, answer texts; train/shapes.py), or the mean
+# main metric of a multi-task run: not functions of class ids, so not in METRICS; all higher-is-better.
+STRUCTURED_METRICS = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "exact_match", "span_f1",
+                      "joint")
+
 
 def higher_is_better(name: str) -> bool:
     """True for scores (accuracy, f1, ...), False for errors (mse, rmse)."""
+    if name in STRUCTURED_METRICS:
+        return True
     return METRICS.get(base_name(name), field="metric").higher_is_better
 
 
 def check_metrics(metrics: Sequence[str], main: str, problem: str, field: str = "task.options.metrics") -> None:
     """Refuse (SpecError, one line) a metric set that cannot be computed for the task's problem."""
     for name in metrics:
+        if name in STRUCTURED_METRICS:  # scored by a task shape (tags, answer spans)
+            continue
         metric = METRICS.get(name, field=field)
         if problem == "regression" and not metric.regression:
             raise SpecError(f"{field}: {name!r} needs class predictions but the task is a regression task; "
                             "use pearson, spearman, mse or rmse")
     if main not in metrics:
         raise SpecError(f"task.options.main_metric: {main!r} is not one of the metrics {', '.join(metrics)}")
-    if METRICS.get(main, field="task.options.main_metric").per_class:
+    if main not in STRUCTURED_METRICS and METRICS.get(main, field="task.options.main_metric").per_class:
         raise SpecError(f"task.options.main_metric: {main!r} gives one value per class; choose one number "
                         f"(e.g. {main.replace('_per_class', '_macro')})")
 
@@ -153,6 +162,8 @@ def baseline(task, split: str = "dev") -> dict[str, float]:
 
     Pearson/Spearman of a constant prediction are undefined and reported as 0.0.
     """
+    if task.kind != "sequence":
+        return shape_baseline(task, split)
     for name in ("train", split):
         if name not in task.splits:
             raise DataError(f"task {task.name}: no {name!r} split for the baseline")
@@ -174,6 +185,9 @@ def constant_baselines(task: Task) -> dict[str, dict[str, float]]:
         if name == "train" or not split.labelled:
             continue
         labels = split.labels
+        if task.kind != "sequence":  # tagging: the most frequent tag everywhere; QA: the first sentence
+            out[name] = shape_baseline(task, name)
+            continue
         if task.problem == "regression":
             out[name] = compute(task.metrics, np.full(len(labels), float(np.mean(labels))), labels)
             continue
@@ -182,3 +196,15 @@ def constant_baselines(task: Task) -> dict[str, dict[str, float]]:
         keys = list(per_class[0])  # the metric names, per-class ones expanded (f1_per_class[0], ...)
         out[name] = {m: (max if higher_is_better(m) else min)(s[m] for s in per_class) for m in keys}
     return out
+
+
+def shape_baseline(task, split: str = "dev") -> dict[str, float]:
+    """The baseline of a token task (every word tagged with the most frequent train tag) or a span
+    task (the first sentence of the context as the answer)."""
+    if task.kind == "token":
+        from transferlab.data.tagging import all_outside_baseline
+
+        return all_outside_baseline(task, split)
+    from transferlab.data.squad import first_sentence_baseline
+
+    return first_sentence_baseline(task.splits[split])

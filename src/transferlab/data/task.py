@@ -23,6 +23,8 @@ TASKS: Registry = Registry("task")
 
 Problem = Literal["classification", "regression"]
 Modality = Literal["text", "tokens", "vectors"]
+Kind = Literal["sequence", "token", "span"]  # one output per example / per word / a span of the context
+IGNORE = -100  # a label position that is not scored (padding, continuation subwords); torch's ignore_index
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Split:
     texts: list[str] | None = None
     text_pairs: list[str] | None = None
     inputs: np.ndarray | None = None
+    words: list[list[str]] | None = None  # token tasks: the words of each example (labels (N, W), IGNORE-padded)
+    targets: list | None = None  # structured gold per example (span tasks: {"id", "answers", "starts"})
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -41,7 +45,7 @@ class Split:
             return False
         if self.labels.dtype.kind == "f":
             return not np.isnan(self.labels).all()
-        return bool((self.labels >= 0).all())
+        return bool(((self.labels >= 0) | (self.labels == IGNORE)).all())
 
     def subset(self, index: np.ndarray) -> Split:
         return Split(
@@ -49,6 +53,8 @@ class Split:
             texts=None if self.texts is None else [self.texts[i] for i in index],
             text_pairs=None if self.text_pairs is None else [self.text_pairs[i] for i in index],
             inputs=None if self.inputs is None else self.inputs[index],
+            words=None if self.words is None else [self.words[i] for i in index],
+            targets=None if self.targets is None else [self.targets[i] for i in index],
         )
 
 
@@ -65,6 +71,7 @@ class Task:
     vocab_size: int | None = None  # for modality="tokens"
     input_dim: int | None = None  # for modality="vectors"
     extra: dict = field(default_factory=dict)
+    kind: Kind = "sequence"  # how outputs are shaped, trained and scored (train/shapes.py)
 
     @property
     def num_outputs(self) -> int:

@@ -43,7 +43,7 @@ def task_meta(task: Task) -> dict:
     return {
         "name": task.name, "problem": task.problem, "num_labels": task.num_labels, "metrics": list(task.metrics),
         "main_metric": task.main_metric, "label_names": task.label_names, "modality": task.modality,
-        "vocab_size": task.vocab_size, "input_dim": task.input_dim,
+        "vocab_size": task.vocab_size, "input_dim": task.input_dim, "kind": task.kind,
         "extra": {k: task.extra[k] for k in MODEL_EXTRA if k in task.extra},
     }
 
@@ -54,7 +54,7 @@ def task_from_meta(meta: dict) -> Task:
     return Task(name=meta["name"], splits={"train": empty}, problem=meta["problem"], num_labels=meta["num_labels"],
                 metrics=tuple(meta["metrics"]), main_metric=meta["main_metric"], label_names=meta["label_names"],
                 modality=meta["modality"], vocab_size=meta["vocab_size"], input_dim=meta["input_dim"],
-                extra=dict(meta.get("extra") or {}))
+                kind=meta.get("kind", "sequence"), extra=dict(meta.get("extra") or {}))
 
 
 def save_weights(model: torch.nn.Module, folder: Path, meta: dict) -> Path:
@@ -102,7 +102,12 @@ def read_task_meta(folder: Path) -> dict:
     path = folder / "task.json"
     if not path.is_file():
         raise ModelError(f"no task.json in {folder}")
-    return json.loads(path.read_text())
+    meta = json.loads(path.read_text())
+    if "multitask" in meta:  # train/multitask.py: one head per task
+        names = ", ".join(m["name"] for m in meta["multitask"])
+        raise ModelError(f"{folder} holds a multi-task model (heads for {names}); rebuilding one task's model "
+                         "from it (export, teacher, transplant source) is not supported")
+    return meta
 
 
 def load_run_model(store: Store, ref: str) -> tuple[TransferModel, Task]:

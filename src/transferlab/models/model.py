@@ -10,18 +10,19 @@ from torch import Tensor, nn
 
 from transferlab.data.task import Task
 from transferlab.errors import SpecError
-from transferlab.models import token_heads  # noqa: F401  (registers the ``last`` head)
 from transferlab.models.adapters import build_input, feed_embeds
 from transferlab.models.backbone import Backbone, load_backbone
 from transferlab.models.common import seeded
 from transferlab.models.heads import Head, build_head
+from transferlab.models.token_heads import KIND_HEADS  # (and registers the ``last`` head)
 from transferlab.spec import RunSpec
 
 
 class TransferModel(nn.Module):
     """Holds ``backbone`` (a :class:`Backbone`), ``head`` (a :class:`Head`) and ``input_adapter``
     (None for text tasks). ``forward`` returns logits (B, num_outputs); (B, 1) for regression;
-    (B, L, num_outputs) for tasks with per-token outputs (the bit tasks)."""
+    (B, L, num_outputs) for tasks with per-token outputs (the bit tasks, token tasks); (B, 2, T) start
+    and end scores for span tasks (extractive QA)."""
 
     def __init__(self, backbone: Backbone, head: Head, input_adapter: nn.Module | None = None):
         super().__init__()
@@ -51,6 +52,20 @@ class TransferModel(nn.Module):
         return self.head(hidden, mask)
 
 
+def build_task_head(name: str, task: Task, hidden_size: int, num_layers: int, dropout: float, options: dict,
+                    pooler=None) -> Head:
+    """The head ``name`` for ``task``: a pooling head (HEADS) for sequence tasks; for token and span tasks
+    the kind's own head (KIND_HEADS), which ``head.name`` must then name."""
+    if task.kind in KIND_HEADS or name in KIND_HEADS:
+        if name != task.kind:
+            raise SpecError(f"head.name: task {task.name} is a {task.kind} task; use head.name: "
+                            f"{task.kind if task.kind in KIND_HEADS else 'cls (or another pooling head)'}, not {name!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise SpecError(f"head.dropout: {dropout} is not a probability in [0, 1)")
+        return KIND_HEADS.get(name, field="head.name")(hidden_size, num_layers, task.num_outputs, dropout, **options)
+    return build_head(name, hidden_size, num_layers, task.num_outputs, dropout, options, pooler=pooler)
+
+
 def build_model(spec: RunSpec, task: Task) -> TransferModel:
     """The backbone of ``spec.model``, the head of ``spec.head`` sized for ``task``, and an input
     adapter (``spec.input_adapter``) when ``task.modality`` is not text. New weights are seeded by
@@ -64,9 +79,8 @@ def build_model(spec: RunSpec, task: Task) -> TransferModel:
                             f"use head.name: last, not {spec.head.name!r}")
         options = {"tokens": task.extra["output_tokens"], "outputs_per_token": task.extra["outputs_per_token"],
                    **options}
-    head = seeded(spec.seed, lambda: build_head(
-        spec.head.name, backbone.hidden_size, backbone.num_layers, task.num_outputs,
-        spec.head.dropout, options, pooler=backbone.pooler,
+    head = seeded(spec.seed, lambda: build_task_head(
+        spec.head.name, task, backbone.hidden_size, backbone.num_layers, spec.head.dropout, options, backbone.pooler,
     ))
     adapter = None
     if task.modality != "text":

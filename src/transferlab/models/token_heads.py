@@ -16,6 +16,11 @@ from torch import Tensor, nn
 
 from transferlab.errors import SpecError
 from transferlab.models.heads import HEADS, Head, init_linear, last_token
+from transferlab.registry import Registry
+
+# Heads of token and span tasks (train/shapes.py): outputs per token, not per example, so they are kept
+# apart from HEADS (whose heads all pool to one vector per example); build_model picks them by task kind.
+KIND_HEADS: Registry = Registry("task-kind head")
 
 
 def last_tokens(x: Tensor, mask: Tensor, k: int) -> Tensor:
@@ -48,3 +53,37 @@ class LastHead(Head):
         if self.per_token:  # (B, k, p * C) -> (B, k * p, C): one row of logits per predicted label
             return logits.reshape(logits.shape[0], self.k * self.p, self.num_outputs)
         return logits
+
+
+@KIND_HEADS.register("token", kind="token")
+class TokenHead(Head):
+    """Token classification (Devlin et al. 2019, CoNLL-2003 NER): dropout -> linear on every token of the
+    last layer; (B, T, num_labels) logits. Positions without a label carry IGNORE in the batch."""
+
+    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, dropout: float, **options: Any):
+        super().__init__(hidden_size, num_layers, num_outputs, dropout, **options)
+        self.name = "token"
+        self.build_out(hidden_size)
+
+    def forward(self, hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
+        return self.out(self.dropout(hidden_states[-1]))
+
+
+@KIND_HEADS.register("span", kind="span")
+class SpanHead(Head):
+    """Extractive QA (Devlin et al. 2019, SQuAD): a linear map of every token to a start and an end score.
+
+    Returns (B, 2, T): row 0 the start scores, row 1 the end scores, padded positions at the dtype's
+    minimum. Labels are (B, 2) token positions, so the loop's per-row cross entropy over (B*2, T) is
+    the usual mean of the start and end losses.
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, dropout: float, **options: Any):
+        super().__init__(hidden_size, num_layers, 2, dropout, **options)
+        self.name = "span"
+        self.build_out(hidden_size)
+
+    def forward(self, hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
+        scores = self.out(self.dropout(hidden_states[-1])).transpose(1, 2)  # (B, 2, T)
+        pad = ~mask.to(scores.device).bool()[:, None, :]
+        return scores.masked_fill(pad, torch.finfo(scores.dtype).min)

@@ -180,6 +180,7 @@ class Distiller:
     def __init__(self, spec, teacher: Teacher, student, task):
         self.spec, self.teacher = spec, teacher
         self.regression = task.problem == "regression"
+        self.per_token = getattr(task, "kind", "sequence") == "token"  # soft targets on labelled words only
         if teacher.num_outputs != task.num_outputs or (teacher.problem == "regression") != self.regression:
             raise ModelError(f"distill.teacher: {teacher.name} has {teacher.num_outputs} outputs ({teacher.problem}); "
                              f"the task {task.name} needs {task.num_outputs} ({task.problem})")
@@ -204,6 +205,9 @@ class Distiller:
 
     def on_loss(self, batch: dict[str, Tensor], labels: Tensor, logits: Tensor, loss: Tensor) -> Tensor:
         t_logits, t_hidden = self.teacher(batch)
+        if self.per_token:  # token tasks: (B, T, C) -> the (N, C) positions that carry a label
+            keep = labels != -100
+            logits, t_logits = logits[keep], t_logits[keep]
         return distill_loss(self.spec, loss, logits, t_logits.float(), self.regression,
                             self._take_hidden(), t_hidden, self.pairs)
 

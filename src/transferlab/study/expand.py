@@ -77,6 +77,8 @@ def cell_defs(study: StudySpec) -> list[CellDef]:
     keys = list(study.grid)
     axis_names = _axis_names(keys)
     base_task = study.base.get("task", {}).get("name", RunSpec().task.name)
+    if isinstance(study.base.get("multitask"), dict):  # a multi-task run: named by its tasks
+        base_task = "+".join(str(t.get("name")) for t in study.base["multitask"].get("tasks", []))
     out = []
     for label, task_overrides in _task_entries(study):
         name = label or task_overrides.get("task.name", base_task)

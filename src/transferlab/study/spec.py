@@ -193,6 +193,9 @@ def _field_type(cls: type, name: str) -> Any:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
         return args[0]
+    sections = [a for a in args if dataclasses.is_dataclass(a)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(sections) == 1:
+        return sections[0]  # e.g. intermediate: a section, or "none"
     return tp
 
 

@@ -1,0 +1,4 @@
+"""Training: the one loop (loop.py), how the model computes (compute.py), per-run bookkeeping,
+evaluation and the task shapes (shapes.py registers the token and span encoders with batches.py)."""
+
+from transferlab.train import shapes  # noqa: F401  (registers the token and span encoders)

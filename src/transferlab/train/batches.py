@@ -6,7 +6,7 @@ pad, with no per-example Python work beyond the batch's own rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,9 +27,15 @@ class Encoded:
     inputs: np.ndarray | None = None  # (N, T) token ids or (N, T, D) vectors
     pad_id: int = 0
     padded_inputs: bool = False  # token inputs right-padded with pad_id (ListOps, proteins): cropped per batch
+    token_labels: bool = False  # labels (N, T) per token, IGNORE-padded (token tasks): cropped per batch
+    extra: dict = field(default_factory=dict)  # what a task shape needs to decode (train/shapes.py)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+# task kind -> encode function of its shape; filled by train/shapes.py (imported by train/__init__.py)
+SHAPE_ENCODERS: dict = {}
 
 
 def encode(split: Split, task: Task, tokenizer, max_length: int) -> Encoded:
@@ -44,26 +50,33 @@ def encode(split: Split, task: Task, tokenizer, max_length: int) -> Encoded:
         return Encoded(labels=split.labels, lengths=np.full(n, t), inputs=split.inputs)
     if tokenizer is None:
         raise DataError(f"task {task.name} is a text task but the backbone has no tokenizer")
+    if task.kind != "sequence":  # tagging, extractive QA: words and windows (train/shapes.py registers them)
+        return SHAPE_ENCODERS[task.kind](split, task, tokenizer, max_length)
     enc = tokenizer(
         split.texts, split.text_pairs, truncation=True, max_length=max_length,
         return_attention_mask=False, return_token_type_ids=True,
     )
-    ids = enc["input_ids"]
+    return pack(enc["input_ids"], enc.get("token_type_ids"), split.labels, tokenizer)
+
+
+def pack(ids: list[list[int]], types: list[list[int]] | None, labels: np.ndarray, tokenizer) -> Encoded:
+    """Ragged token ids (and segment ids) of a tokenizer's output as one flat array plus offsets."""
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(offsets[-1]))
-    types = enc.get("token_type_ids")
     flat_types = None if types is None else np.fromiter((t for x in types for t in x), dtype=np.int64,
                                                         count=int(offsets[-1]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return Encoded(labels=split.labels, lengths=lengths, ids=flat, types=flat_types, offsets=offsets, pad_id=pad)
+    return Encoded(labels=labels, lengths=lengths, ids=flat, types=flat_types, offsets=offsets, pad_id=pad)
 
 
 def collate(enc: Encoded, index: np.ndarray, regression: bool) -> dict[str, torch.Tensor]:
     """The batch of rows ``index``, padded to its longest row."""
     dtype = torch.float32 if regression else torch.long
     labels = torch.as_tensor(enc.labels[index], dtype=dtype)
+    if enc.token_labels:
+        labels = labels[:, : int(enc.lengths[index].max())]
     if enc.inputs is not None:
         if enc.padded_inputs:
             x = torch.as_tensor(enc.inputs[index, : int(enc.lengths[index].max())])

@@ -14,6 +14,7 @@ from transferlab.data.metrics import compute
 from transferlab.data.task import Task
 from transferlab.train.batches import Encoded, collate, eval_batches
 from transferlab.train.fast import to_device
+from transferlab.train.shapes import shape_of
 
 
 @torch.no_grad()
@@ -38,5 +39,7 @@ def predict(model, enc: Encoded, task: Task, batch_size: int, device: torch.devi
 
 def evaluate(model, enc: Encoded, task: Task, batch_size: int, device, amp=None,
              desc: str | None = None) -> dict[str, float]:
+    if (shape := shape_of(task)) is not None:  # token and span tasks decode and score their own way
+        return shape.evaluate(model, enc, task, batch_size, device, amp, desc)
     preds = predict(model, enc, task, batch_size, device, amp, desc)
     return compute(task.metrics, preds, enc.labels, task.num_labels if task.problem != "regression" else None)

@@ -46,6 +46,8 @@ from transferlab.train.compute import SingleTrainee, StackedTrainee
 from transferlab.train.evaluate import predict
 from transferlab.train.extra_evals import extra_splits
 from transferlab.train.fast import to_device
+from transferlab.train.intermediate import intermediate_phase
+from transferlab.train.shapes import shape_of
 from transferlab.train.stacked import StackedModel
 from transferlab.train.steps import (
     autocast_dtype,
@@ -65,6 +67,9 @@ __all__ = ["run", "run_seeds", "run_group", "RunResult", "Unsupported"]
 def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, force: bool = False,
         progress: bool = True, hooks: list | tuple = ()) -> RunResult:
     """Train and evaluate one run and store it. A finished run with the same id is reused unless ``force``."""
+    if spec.intermediate is not None and (force or (store or Store(DEFAULT_STORE)).finished(run_id(spec)) is None):
+        store = store or Store(DEFAULT_STORE)  # phase A: a stored run of its own, carried in by a hook
+        hooks = (*hooks, intermediate_phase(spec, store, run, study=study, progress=progress))
     return run_group([spec], store, study=study, force=force, progress=progress, hooks=hooks)[0]
 
 
@@ -116,6 +121,8 @@ class _Group:
     def run(self) -> list[RunResult]:
         seeds: list[SeedRun] = []
         try:
+            if self.spec.multitask is not None:  # one shared encoder, a head per task: its own function
+                return self._multitask(seeds)
             trainee = self._prepare(seeds)
             self._train(seeds, trainee)
         except BaseException as e:
@@ -127,6 +134,21 @@ class _Group:
                     self.store.finish_run(seed.uid, "failed", error=error, duration_s=seed.duration_s)
             raise
         return [self.results[s.uid] for s in seeds]
+
+    def _multitask(self, seeds: list[SeedRun]) -> list[RunResult]:
+        """train/multitask.py trains; the run row is started and finished here like every other."""
+        from transferlab.train.multitask import train_multitask
+
+        self.provenance = {**provenance(), "engine": EngineInfo("single", 1, False, self.device.type).__dict__}
+        seed = SeedRun(self.spec, task=None)
+        seeds.append(seed)
+        self._start(seed)
+        result = train_multitask(self.spec, self.store, seed.uid, progress=self.progress, hooks=self.user_hooks)
+        self.clock.charge(seeds)
+        summary = RunSummary.from_dict(result.summary)
+        seed.status, seed.error, seed.error_step = result.status, summary.error, summary.error_step
+        self._record(seed, summary)
+        return [self.results[seed.uid]]
 
     def _start(self, seed: SeedRun) -> None:
         seed.uid = self.store.start_run(run_id(seed.spec), spec_hash(seed.spec), seed.spec.seed,
@@ -282,6 +304,9 @@ class _Group:
         """Metrics of ``model`` on ``split``; ``keep``: the predictions are saved with the run (churn)."""
         desc = f"{seed.spec.name} {split}" if self.progress and not self.stacked else None
         task = seed.task
+        if (shape := shape_of(task)) is not None:  # token and span tasks decode and score their own way
+            return shape.evaluate(model, seed.data[split], task, self.tspec.eval_batch_size, self.device, self.amp,
+                                  desc)
         preds = predict(model, seed.data[split], task, self.tspec.eval_batch_size, self.device, self.amp, desc)
         if keep:
             save_predictions(self.store.artifact_dir(seed.uid), split, preds)

@@ -32,6 +32,10 @@ def unsupported(specs: list[RunSpec], hooks: list | tuple = ()) -> str | None:
     if len(set(seeds)) != len(seeds):
         return f"two runs share a seed ({seeds})"
     spec = specs[0]
+    if spec.multitask is not None:  # one shared encoder, a head per task: its own training function
+        return "multitask: multi-task runs train on their own function (train/multitask.py), not seed-stacked"
+    if spec.intermediate is not None:  # phase A runs first (train/intermediate.py)
+        return "intermediate: the intermediate phase is not supported seed-stacked"
     if not OPTIMIZERS.supports(spec.optim.name, "elementwise"):
         return (f"optim.name: optimizer {spec.optim.name!r} does not declare 'elementwise'; a seed-stacked update "
                 "must be S independent updates")
