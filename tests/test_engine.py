@@ -164,3 +164,19 @@ def test_seed_parallel_on_with_an_unsupported_part_is_one_line_exit_2(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lora" in err[0] and "seed_stacked" in err[0]
     assert not (tmp_path / "s.db").is_file() or Store(tmp_path / "s.db").runs() == []
+
+
+def test_runs_lists_the_engine_device_and_speed(data, tmp_path, capsys):
+    """Each run records which engine ran it; `transferlab runs` shows it."""
+    import json
+
+    from transferlab.cli import main
+
+    store = Store(tmp_path / "s.db")
+    run_seeds(seeds_of(data, (0, 1)), store, progress=False)
+    run(seeds_of(data, (5,))[0], store, progress=False)
+    capsys.readouterr()
+    assert main(["runs", "--store", str(tmp_path / "s.db"), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["engine"] for r in rows) == ["single", "stacked x2", "stacked x2"]
+    assert {r["device"] for r in rows} == {"cpu"} and all(r["samples_s"] > 0 for r in rows)

@@ -323,7 +323,8 @@ def cmd_runs(args) -> int:
     return 0
 
 
-RUN_COLUMNS = ["uid", "name", "study", "task", "model", "seed", "status", "steps", "time_s", "error"]
+RUN_COLUMNS = ["uid", "name", "study", "task", "model", "seed", "status", "steps", "time_s", "engine", "device",
+               "samples_s", "error"]
 
 
 def runs_table(rows) -> tuple[list[str], list[list]]:
@@ -342,6 +343,8 @@ def runs_table(rows) -> tuple[list[str], list[list]]:
         values = {f"{split}_{m}": v for split in ("dev", "test") for m, v in (r.summary.get(split) or {}).items()}
         table.append([r.uid, r.name or "", r.study or "", f.get("task.name", ""), f.get("model.name", ""), r.seed,
                       r.status, r.summary.get("steps", ""), round(r.duration_s, 1) if r.duration_s else "",
+                      r.summary.engine.label() if r.summary.steps else "", r.summary.engine.device if r.summary.steps
+                      else "", round(r.summary.samples_per_s, 1) if r.summary.samples_per_s else "",
                       error[-1][:300] if error else "",  # a traceback's last line says what went wrong
                       *[values.get(m, "") for m in metrics], *[f.get(k, "") for k in differ]])
     return RUN_COLUMNS + metrics + differ, table
