@@ -355,15 +355,18 @@ def runs_text_table(header: list[str], table: list[list]) -> tuple[list[str], li
     n_fixed = len(RUN_COLUMNS)
     metric_cols = [i for i, h in enumerate(header) if i >= n_fixed and h.startswith(("dev_", "test_"))]
     differ_cols = [i for i in range(n_fixed, len(header)) if i not in metric_cols]
-    out_header = ["uid", "name", "task", "model", "seed", "status", "time", "dev", "test", "differs", "error"]
+    out_header = ["uid", "name", "task", "model", "seed", "status", "time", "engine", "dev", "test", "differs",
+                  "error"]
+    col = {h: i for i, h in enumerate(header)}
     out = []
     for r in table:
         def joined(prefix: str) -> str:
             return "  ".join(f"{header[i][len(prefix):]}={r[i]:.4f}" for i in metric_cols
                              if header[i].startswith(prefix) and isinstance(r[i], float))
         differs = " ".join(f"{header[i]}={r[i]}" for i in differ_cols)
-        out.append([r[0], r[1], r[3], r[4], r[5], r[6], f"{r[8]:.0f}s" if r[8] != "" else "", joined("dev_"),
-                    joined("test_"), differs, r[9][:60]])
+        time_s = r[col["time_s"]]
+        out.append([r[0], r[1], r[3], r[4], r[5], r[6], f"{time_s:.0f}s" if time_s != "" else "", r[col["engine"]],
+                    joined("dev_"), joined("test_"), differs, r[col["error"]][:60]])
     keep = [j for j, h in enumerate(out_header) if h in ("uid", "status") or any(row[j] != "" for row in out)]
     return [out_header[j] for j in keep], [[row[j] for j in keep] for row in out]
 
