@@ -136,18 +136,25 @@ def _sorted_labels(keys: set[str]) -> list[str]:
 
 def _labels(path, rows, spec, problem, names, labelled_required) -> np.ndarray:
     """Label ids (or float targets) of ``rows``; empty values are allowed only where labels are optional."""
+    return label_ids([(f"{path}, line {line}", row.get(spec.label_column)) for line, row in rows], problem, names,
+                     optional=not labelled_required)
+
+
+def label_ids(values: list[tuple[str, object]], problem: str, names: list[str], optional: bool) -> np.ndarray:
+    """(where, raw value) pairs -> label ids, or float targets for regression; an empty value is an
+    unlabelled row (-1 / nan) where labels are ``optional``, else a DataError naming ``where``."""
     out = []
-    for line, row in rows:
-        key = _key(row.get(spec.label_column))
-        if key == "" and not labelled_required:
+    for where, value in values:
+        key = _key(value)
+        if key == "" and optional:
             out.append(np.nan if problem == "regression" else -1)
         elif problem == "regression":
-            value = _number(key)
-            if value is None:
-                raise DataError(f"{path}, line {line}: regression target {key!r} is not a finite number")
-            out.append(value)
+            number = _number(key)
+            if number is None:
+                raise DataError(f"{where}: regression target {key!r} is not a finite number")
+            out.append(number)
         elif key not in names:
-            raise DataError(f"{path}, line {line}: label {key!r} is not one of the labels {', '.join(names)}")
+            raise DataError(f"{where}: label {key!r} is not one of the labels {', '.join(names)}")
         else:
             out.append(names.index(key))
     return np.asarray(out, dtype=np.float32 if problem == "regression" else np.int64)

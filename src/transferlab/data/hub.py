@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.common import HUB_OPTIONS, carve, check_options, load_hub
-from transferlab.data.files import _key, _metrics, _number, _problem
+from transferlab.data.files import _key, _metrics, _problem, label_ids
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import DataError, SpecError
 
@@ -148,18 +148,5 @@ def _labels(ds, column: str, problem: str, names: list[str], class_label: bool, 
     values = ds[column]
     if class_label:
         return np.asarray([-1 if v is None else v for v in values], dtype=np.int64)
-    out = []
-    for i, value in enumerate(values):
-        key = _key(value)
-        if key == "" and split == "test":
-            out.append(np.nan if problem == "regression" else -1)
-        elif problem == "regression":
-            number = _number(key)
-            if number is None:
-                raise DataError(f"task hub: {split} row {i}: regression target {key!r} is not a finite number")
-            out.append(number)
-        elif key not in names:
-            raise DataError(f"task hub: {split} row {i}: label {key!r} is not one of the labels {', '.join(names)}")
-        else:
-            out.append(names.index(key))
-    return np.asarray(out, dtype=dtype)
+    return label_ids([(f"task hub: {split} row {i}", v) for i, v in enumerate(values)], problem, names,
+                     optional=split == "test")
