@@ -139,8 +139,9 @@ class TrainSpec:
     compile: bool = False  # torch.compile the training forward (falls back to eager when it fails; train/fast.py)
     # which implementation trains seed-stacked runs (train/support.py: choose_engine): auto picks the fused
     # encoder (train/fused.py) when every part declares support, else the general stacked one (reason logged);
-    # fused: required (an unsupported part is an error; S = 1 takes it too); general: never the fused one
-    engine: Literal["auto", "general", "fused"] = "auto"
+    # fused: required (an unsupported part is an error; S = 1 takes it too); fused-padded: the fused encoder
+    # without unpadding (for measurements); general: never the fused one
+    engine: Literal["auto", "general", "fused", "fused-padded"] = "auto"
 
 
 @dataclass

@@ -36,7 +36,7 @@ class SingleTrainee:
         if compile and hasattr(model.backbone, "use_layer_loop"):  # not the LSTM baseline
             model.backbone.use_layer_loop()  # BERT family: one unbroken graph (models/backbone.layer_loop)
         self.forward = compiled(model, compile)  # torch.compile with an eager fallback (train/fast.py)
-        self.tokens = [0, 0]  # (real tokens, token positions computed) so far
+        self.tokens = model.token_counts = [0, 0]  # (real tokens, token positions computed); bench reads them
 
     @property
     def compiled(self) -> bool:
@@ -88,7 +88,7 @@ class StackedTrainee:
                  pad_ids: list[int]):
         self.module, self.device, self.amp, self.regression = stack, device, amp, regression
         self.compile, self.pad_ids, self.probed = compile, pad_ids, False
-        self.tokens = [0, 0]  # (real tokens, token positions computed) so far
+        self.tokens = stack.token_counts = [0, 0]  # (real tokens, token positions computed); bench reads them
 
     @property
     def seeds(self) -> int:

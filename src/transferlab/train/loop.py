@@ -166,9 +166,11 @@ class _Group:
         if not self.stacked:
             scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
             return SingleTrainee(first, self.device, self.amp, regression, self.tspec.compile, scaler)
-        trainee = FusedTrainee if self.engine.kind == "fused" else StackedTrainee
-        return trainee(stack, self.device, self.amp, regression, self.tspec.compile,
-                       [s.data["train"].pad_id for s in seeds])
+        pads = [s.data["train"].pad_id for s in seeds]
+        if self.engine.kind == "fused":
+            return FusedTrainee(stack, self.device, self.amp, regression, self.tspec.compile, pads,
+                                unpad=self.tspec.engine != "fused-padded")
+        return StackedTrainee(stack, self.device, self.amp, regression, self.tspec.compile, pads)
 
     def _choose(self, modality: str) -> None:
         """The engine (train/support.py: choose_engine); auto's reason for not fusing is logged once."""

@@ -80,16 +80,16 @@ def fused_unsupported(specs: list[RunSpec], hooks: list | tuple = (), modality: 
 
 
 def choose_engine(specs: list[RunSpec], hooks: list | tuple = (), modality: str = "text") -> tuple[str, str | None]:
-    """(kind, reason): ``single``, ``stacked`` or ``fused`` for ``train.engine`` (auto|general|fused);
+    """(kind, reason): ``single``, ``stacked`` or ``fused`` for ``train.engine`` (auto|general|fused|fused-padded);
     ``reason`` says why auto did not take the fused encoder. ``fused`` with an unsupported part:
     Unsupported naming the part. Under auto a single run (S = 1) keeps the plain model."""
     engine, stacked = specs[0].train.engine, len(specs) > 1
     if engine == "general":
         return ("stacked" if stacked else "single"), None
     why = fused_unsupported(specs, hooks, modality)
-    if engine == "fused":
+    if engine in ("fused", "fused-padded"):
         if why is not None:
-            raise Unsupported(f"train.engine: fused: {why}")
+            raise Unsupported(f"train.engine: {engine}: {why}")
         return "fused", None
     if not stacked:
         return "single", None
