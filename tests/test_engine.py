@@ -97,7 +97,7 @@ def test_per_seed_durations_sum_to_the_group_wall_time(data, tmp_path):
     stored = [store.get(r.uid).duration_s for r in results]
     assert all(d > 0 for d in stored)
     assert 0.8 * wall <= sum(stored) <= wall * 1.01, (stored, wall)
-    assert all(r.summary.engine.kind == "stacked" and r.summary.engine.seeds == 3 for r in results)
+    assert all(r.summary.engine.kind == "fused" and r.summary.engine.seeds == 3 for r in results)
     assert all(r.summary.samples_per_s and r.summary.samples_per_s > 0 for r in results)
 
 

@@ -172,3 +172,22 @@ def test_single_run_takes_the_fused_path_when_asked(data, tmp_path, float64):
     fused = run(_specs(data, seeds=(0,), **{"train.engine": "fused"})[0], Store(tmp_path / "f.db"), progress=False)
     assert plain.summary.engine.kind == "single" and fused.summary.engine.kind == "fused"
     close(plain.dev, fused.dev, "dev")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_fused_on_device_matches_the_library_model(unpad):
+    """On CUDA: fp32 (TF32 off) close to each seed's library model; bf16 autocast close at bf16's precision."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    models = [_model("tiny-bert", seed, "mean") for seed in (0, 1)]
+    reference = [copy.deepcopy(m).cuda().eval() for m in models]
+    fused = FusedModel(models[0], seeds=2, device="cuda")
+    fused.load_slot(1, models[1])
+    fused.eval()
+    batch = {k: v.cuda() for k, v in _batch(2, unpad).items()}
+    for dtype, tol in ((None, 1e-4), (torch.bfloat16, 5e-2)):
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = fused(batch).float()
+            for s, ref in enumerate(reference):
+                out = ref(batch["input_ids"][s], batch["attention_mask"][s], batch["token_type_ids"][s]).float()
+                torch.testing.assert_close(logits[s], out, rtol=tol, atol=tol)
