@@ -191,3 +191,13 @@ def test_fused_on_device_matches_the_library_model(unpad):
             for s, ref in enumerate(reference):
                 out = ref(batch["input_ids"][s], batch["attention_mask"][s], batch["token_type_ids"][s]).float()
                 torch.testing.assert_close(logits[s], out, rtol=tol, atol=tol)
+
+
+def test_flash_attn_fallback_is_announced_once(data, tmp_path, recwarn):
+    from transferlab.train import fused
+
+    fused._SAID.clear()
+    for i in range(2):
+        run_seeds(_specs(data, seeds=(0, 1), **{"train.max_steps": 1}), Store(tmp_path / f"{i}.db"), progress=False)
+    said = [w for w in recwarn if "unpadded attention runs block by block" in str(w.message)]
+    assert len(said) == 1 and "flash-attn" in str(said[0].message)

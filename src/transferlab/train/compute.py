@@ -177,8 +177,13 @@ class FusedTrainee(StackedTrainee):
 
     def __init__(self, fused, device: torch.device, amp, regression: bool, compile: bool, pad_ids: list[int],
                  unpad: bool = True):
+        from transferlab.train.fused import flash_varlen_available, say_once
+
         super().__init__(fused, device, amp, regression, compile, pad_ids)
         self.unpad = unpad
+        if unpad:  # the varlen kernel is not wired (no GPU to test it): the portable fallback always runs
+            why = "is installed but its varlen kernel is not wired here" if flash_varlen_available() else "is absent"
+            say_once(f"flash-attn {why}: unpadded attention runs block by block (one padded row per sequence)")
 
     @property
     def compiled(self) -> bool:
