@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import SHARED_DATA, needs_shared_data
 
 from transferlab.bench import Row, Timer, flops_per_sample, format_rows, matmul_peak

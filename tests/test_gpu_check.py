@@ -19,7 +19,7 @@ def test_gpu_check_cpu_mode_writes_every_figure(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT / "src")}
     argv = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu"] + (["--rte", str(rte)] if rte.is_dir() else [])
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     text = (tmp_path / "gpu_check.md").read_text()
     for section in ("1. environment", "2. tests", "3. bench rows", "4. profile", "5. real-data study",

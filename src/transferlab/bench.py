@@ -426,8 +426,8 @@ def _device_name(dev: torch.device) -> str:
 def format_rows(rows: list[Row], header: bool = True) -> str:
     lines = []
     if header:
-        lines += ["| row | seeds | samples/s | range | per seed | x Trainer | tokens/s | padded | MFU | memory/seed "
-                  "| timed |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [("| row | seeds | samples/s | range | per seed | x Trainer | tokens/s | padded | MFU | memory/seed "
+                   "| timed |"), "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         mem = "n/a" if r.mem_per_seed_mb is None else (f"{r.mem_per_seed_mb / 1024:.2f} GiB" if r.mem_per_seed_mb > 1024
                                                           else f"{r.mem_per_seed_mb:.0f} MiB")
