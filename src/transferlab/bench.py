@@ -390,7 +390,7 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
         tmp = Path(tmp)
         name = resolve_model(model, tmp)
         backbone = load_backbone(ModelSpec(name=name, init="random", max_length=seq))
-        task_spec = ({"name": task, "path": str(data)} if task else
+        task_spec = ({"name": task, "path": str(data), "max_eval_samples": 16} if task else  # evaluation is untimed
                      {"name": "csv", "path": str(make_data(tmp / "data", backbone.tokenizer, batch * total, seq))})
         probe = _spec(name, task_spec, batch, seq, total, device, precision, compile_)
         reference = TransferModel(backbone, build_head("cls", backbone.hidden_size, backbone.num_layers, 2, 0.1))
