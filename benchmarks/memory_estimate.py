@@ -56,6 +56,9 @@ def main() -> None:
     mask = torch.ones_like(ids)
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     padded = saved_bytes(fused, batch) / s
+    fused.checkpoint = True
+    kept = saved_bytes(fused, batch) / s
+    fused.checkpoint = False
     mask[:, :, args.seq // 2:] = 0  # half the tokens padding: what unpadding saves
     unpadded = saved_bytes(fused, {**batch, "pack_index": pack_index(mask)}) / s
     scale = args.gpu_batch / args.batch
@@ -70,6 +73,12 @@ def main() -> None:
           f"+ {padded * scale / gib:.2f} GiB activations = {per_seed / gib:.2f} GiB")
     print(f"ESTIMATE for {args.seeds} seeds: {args.seeds * per_seed / gib:.1f} GiB (80 GB = 74.5 GiB; "
           f"fits: {args.seeds * per_seed < 80e9})")
+    layer = (padded - kept) / config.num_hidden_layers * scale  # one layer's activations, recomputed in backward
+    ckpt = static + kept * scale
+    print(f"with checkpoint = True: {kept / gib:.3f} GiB saved per seed at {args.batch} x {args.seq}; ESTIMATE "
+          f"{args.seeds} seeds: {args.seeds * ckpt / gib:.1f} GiB + one layer recomputed for all seeds "
+          f"{args.seeds * layer / gib:.1f} GiB = {args.seeds * (ckpt + layer) / gib:.1f} GiB "
+          f"(fits: {args.seeds * (ckpt + layer) < 80e9})")
 
 
 if __name__ == "__main__":

@@ -201,3 +201,24 @@ def test_flash_attn_fallback_is_announced_once(data, tmp_path, recwarn):
         run_seeds(_specs(data, seeds=(0, 1), **{"train.max_steps": 1}), Store(tmp_path / f"{i}.db"), progress=False)
     said = [w for w in recwarn if "unpadded attention runs block by block" in str(w.message)]
     assert len(said) == 1 and "flash-attn" in str(said[0].message)
+
+
+@pytest.mark.xfail(reason="open bug: with dropout > 0 the fused forward gives NaNs now and then (float64, CPU); "
+                   "cause not found yet", strict=False)
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_checkpointed_layers_give_the_same_gradients_with_dropout(unpad, float64):
+    """Activation checkpointing recomputes each layer in the backward with the same dropout masks."""
+    grads = []
+    for checkpoint in (False, True):
+        bb = load_backbone(ModelSpec(name="tiny-bert", init="random", max_length=16, dropout=0.2), seed=0)
+        torch.manual_seed(0)
+        fused = FusedModel(TransferModel(bb, build_head("mean", bb.hidden_size, bb.num_layers, 3, 0.0)), seeds=2)
+        fused.checkpoint = checkpoint
+        fused.train()
+        torch.manual_seed(1)
+        fused(_batch(2, unpad)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in fused.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.isfinite(grads[0][n]).all(), n  # dropout with padding: no NaN
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-10, atol=1e-12, msg=n)

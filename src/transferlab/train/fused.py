@@ -15,7 +15,9 @@ layer is one plain function over (S, N, H) activations: q, k and v in one batche
 (no vmap), output projection, dropout, residual and LayerNorm (post-LN), GELU feed-forward. Dropout
 draws its masks over the whole (S, ...) tensor, so each seed gets its own. On CUDA the activations
 are bf16 under autocast. ``compile()`` compiles that one layer function (regional compilation: the
-same graph for every layer, so compile time does not grow with depth or S).
+same graph for every layer, so compile time does not grow with depth or S). ``checkpoint = True``
+recomputes each layer in the backward (activation checkpointing; torch.utils.checkpoint keeps the
+dropout masks): only layer inputs are kept, for many seeds at large batches.
 
 Unpadding (written by hand: no library unpads a seed-stacked batch): with ``pack_index`` (built on
 the host by :func:`pack_index`), the embeddings, projections, LayerNorms, GELU and dropout run only
@@ -31,6 +33,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
@@ -102,6 +105,8 @@ def _attend(qkv: Tensor, index: Tensor | None, keys: Tensor | None, b: int, t: i
     if index is not None:
         qkv = _unpack(qkv, index, b * t)
     q, k, v = qkv.reshape(s * b, t, 3, heads, h // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    if keys is not None:  # additive, as the library's eager path: a boolean mask gave NaNs on CPU with dropout
+        keys = torch.zeros(keys.shape, dtype=q.dtype, device=q.device).masked_fill(~keys, torch.finfo(q.dtype).min)
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)
     ctx = ctx.transpose(1, 2).reshape(s, b * t, h)
     return _pack(ctx, index) if index is not None else ctx
@@ -149,6 +154,9 @@ class FusedModel(StackedModel):
         project = getattr(hf, "embeddings_project", None)  # ELECTRA: embedding width -> hidden width
         self.project = None if project is None else (project.weight, project.bias)
         self.layer_fn = fused_layer
+        # keep only each layer's input for the backward and recompute the layer (about a third more compute;
+        # the saved activations of 20 BERT-base seeds at batch 32 x 128 would not fit in 80 GB otherwise)
+        self.checkpoint = False
 
     def compile(self) -> None:
         """Regional compilation: the one layer function, reused by every layer (eager when it fails)."""
@@ -192,8 +200,11 @@ class FusedModel(StackedModel):
         x = self._embed(*flat)
         hidden = [x]
         for w in self.layer_weights:
-            x = self.layer_fn(x, w, index, keys, b, t, self.heads, self.eps, self.p_hidden, self.p_attn, self.act,
-                              self.training)
+            args = (x, w, index, keys, b, t, self.heads, self.eps, self.p_hidden, self.p_attn, self.act, self.training)
+            if self.checkpoint and self.training and torch.is_grad_enabled():  # recomputed in backward, same dropout
+                x = torch.utils.checkpoint.checkpoint(self.layer_fn, *args, use_reentrant=False)
+            else:
+                x = self.layer_fn(*args)
             hidden.append(x)
         return hidden
 
