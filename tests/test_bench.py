@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 
 from transferlab.bench import Row, Timer, flops_per_sample, format_rows, matmul_peak
 from transferlab.cli import main
@@ -31,8 +32,8 @@ def test_bench_cli_produces_every_row(tmp_path, capsys):
 
 
 def test_bench_user_errors(capsys):
-    assert main(["bench", "--model", "tiny-bert", "--rows", "trainer,fast"]) == 2
-    assert "--rows: 'fast'" in capsys.readouterr().err
+    assert main(["bench", "--model", "tiny-bert", "--rows", "trainer,turbo"]) == 2
+    assert "--rows: 'turbo'" in capsys.readouterr().err
     assert main(["bench", "--model", "tiny-bert", "--seeds", "1,x"]) == 2
     assert "--seeds" in capsys.readouterr().err
 
@@ -55,7 +56,7 @@ def test_flops_of_bert_base_shape_and_timer():
         timer.on_step_start(step)
     assert timer.seconds >= 0 and timer.t1 >= timer.t0
     line = format_rows([Row("single", 1, 10.0, 10.0, None, 0.01, None, 2, 0.8, 9.0, 11.0, 3)], header=False)
-    assert line == "| single | 1 | 10.0 | 9.0-11.0 | 10.0 |  | 1.0% | n/a | 3 x 2 steps, 0.8s |"
+    assert line == "| single | 1 | 10.0 | 9.0-11.0 | 10.0 |  | 0 | 0.0% | 1.0% | n/a | 3 x 2 steps, 0.8s |"
 
 
 def test_bench_profile_writes_a_trace(tmp_path, capsys):
@@ -64,3 +65,44 @@ def test_bench_profile_writes_a_trace(tmp_path, capsys):
     assert main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == ["parallel_S2.json", "single.json"]
     assert "profile of parallel S=2" in capsys.readouterr().out
+
+
+def _share_from_data(data, seq: int, batch: int, seeds: int, steps: range, unpad: bool) -> float:
+    """The padded-token share of the given steps, counted from the task's own lengths: each seed's
+    batches in its own order (train/batches.epoch_batches), stacked to the widest, packed when unpad."""
+    from transferlab.data.build import build_task
+    from transferlab.models.backbone import load_backbone
+    from transferlab.spec import ModelSpec, TaskSpec
+    from transferlab.train.batches import encode, epoch_batches
+
+    task = build_task(TaskSpec(name="rte", path=str(data)), seed=0)
+    enc = encode(task.splits["train"], task, load_backbone(ModelSpec(name="tiny-bert")).tokenizer, seq)
+    real = computed = 0
+    for step in steps:
+        lengths = [enc.lengths[epoch_batches(enc, batch, s, 0)[step]] for s in range(seeds)]
+        real += sum(int(x.sum()) for x in lengths)
+        computed += seeds * (max(int(x.sum()) for x in lengths) if unpad else batch * max(int(x.max()) for x in lengths))
+    return 1 - real / computed
+
+
+@needs_shared_data
+def test_bench_real_data_mode_counts_padding_as_the_data_does(tmp_path):
+    """Real RTE lengths: every row runs; the padded-token share each row reports is the count from the data."""
+    data = SHARED_DATA / "glue" / "RTE"
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", "tiny-bert", "--task", "rte", "--data", str(data), "--batch", "4", "--seq", "32",
+            "--steps", "2", "--warmup", "1", "--seeds", "1,2", "--rows", "trainer,single,parallel,fast,fast-padded",
+            "--threads", "1", "--device", "cpu", "--json", str(out)]
+    assert main(argv) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["trainer", "single", "parallel S=1", "parallel S=2", "fast S=1", "fast S=2",
+                          "fast-padded S=1", "fast-padded S=2"]
+    timed = range(1, 3)  # step 0 is the warm-up
+    for name, seeds, unpad in [("single", 1, False), ("parallel S=2", 2, False), ("fast S=1", 1, True),
+                               ("fast S=2", 2, True), ("fast-padded S=2", 2, False)]:
+        assert rows[name]["padded_share"] == pytest.approx(_share_from_data(data, 32, 4, seeds, timed, unpad)), name
+    assert rows["fast S=1"]["padded_share"] == 0.0 and rows["single"]["padded_share"] > 0.05  # RTE pads a lot
+    for r in rows.values():
+        assert r["samples_s"] > 0 and r["tokens_s"] > 0 and 0 < r["mfu"] < 1
+        assert 0 <= r["padded_share"] < 1
+    assert main(["bench", "--model", "tiny-bert", "--task", "rte"]) == 2  # --data missing

@@ -70,9 +70,9 @@ def assert_same_runs(seq: Store, par: Store, rids: list[str], weights: bool = Tr
         skip = ("engine", "samples_per_s")
         close({k: v for k, v in a.summary.items() if k not in skip},
               {k: v for k, v in b.summary.items() if k not in skip}, f"{rid} summary")
-        assert a.summary.engine.kind == "single" and b.summary.engine.kind == "stacked"
+        assert a.summary.engine.kind == "single" and b.summary.engine.kind in ("stacked", "fused")
         assert a.error == b.error and a.error_step == b.error_step
-        assert b.provenance["engine"]["kind"] == "stacked" and b.provenance["engine"]["seeds"] >= 1
+        assert b.provenance["engine"]["kind"] in ("stacked", "fused") and b.provenance["engine"]["seeds"] >= 1
         if weights and a.status == "finished":
             wa = load_file(str(seq.artifact_dir(a.uid) / "model.safetensors"))
             wb = load_file(str(par.artifact_dir(b.uid) / "model.safetensors"))

@@ -3,6 +3,7 @@ seed-parallel engine, in one process, on the same model and data.
 
     transferlab bench --model bert-base --batch 32 --seq 128 --seeds 1,4,8,20      (a GPU)
     transferlab bench --model minilm --batch 32 --seq 64 --steps 20 --seeds 1,4    (a CPU)
+    transferlab bench --model minilm --task rte --data ../shared/data/glue/RTE --seq 128 --rows single,fast,fast-padded
 
 Every row trains the same model (``--model``: an alias, a folder, a hub id, or ``bert-base``:
 BERT-base's shape with random weights and MiniLM's tokenizer) on the same synthetic sentences,
@@ -13,15 +14,25 @@ rate is steps / that time; on CPU (synchronous) it is the median step, the figur
 load on a shared machine moves least. ``--repeat R`` runs all rows R times in rotation, so slow
 drifts of the load hit every row alike, and reports the median rate and the range.
 
-    trainer      transformers.Trainer on the model wrapped to return its loss (no torch.compile)
-    single       transferlab.train.loop.run: one run (torch.compile with --compile)
-    parallel     transferlab.train.loop.run_seeds: S seeds in one process, for each S in --seeds
+    trainer      transformers.Trainer on the model wrapped to return its loss (no torch.compile), batches
+                 padded per batch by its DataCollatorWithPadding
+    single       transferlab.train.loop.run: one run, the plain model (torch.compile with --compile)
+    parallel     transferlab.train.loop.run_seeds: S seeds in one process, the general stacked engine
+                 (train.engine: general), for each S in --seeds
+    fast         the same with the fused, unpadded encoder (train.engine: fused; train/fused.py)
+    fast-padded  the fused encoder on padded batches (train.engine: fused-padded)
+
+``--task rte --data PATH`` (any GLUE task name and its folder) trains on that task's real training
+set (its true length distribution, cut at ``--seq``) instead of the synthetic sentences.
 
 Columns: samples/s over all seeds; per seed; the ratio to Trainer; model-FLOPs utilisation
 (MFU) = samples/s x FLOPs per training sample / the matrix-product peak measured at the start of
 the same command; peak memory per seed (CUDA: ``torch.cuda.max_memory_allocated`` / S; CPU: the
 growth of resident memory from the row's start to its last timed step / S, approximate: the
-allocator keeps freed memory). FLOPs per sample = 6 x tokens x (weights of the backbone's linear
+allocator keeps freed memory); tokens/s (real tokens, all seeds) and the padded-token share (the
+token positions a row computed that were padding, counted by the trainee from the batches it got;
+Trainer: from its collator's masks). In real-data mode the FLOPs per sample use the mean real
+length, so MFU counts useful work only. FLOPs per sample = 6 x tokens x (weights of the backbone's linear
 layers) + 12 x layers x hidden x tokens^2 (attention scores and values), forward and backward:
 about 67 GFLOP for BERT-base at 128 tokens.
 """
@@ -42,7 +53,8 @@ from torch import nn
 from transferlab.errors import UserError
 from transferlab.recipes.hooks import Hook
 
-ROWS = ("trainer", "single", "parallel")
+ROWS = ("trainer", "single", "parallel", "fast", "fast-padded")
+ENGINES = {"parallel": "general", "fast": "fused", "fast-padded": "fused-padded"}
 
 
 @dataclass
@@ -59,6 +71,8 @@ class Row:
     low: float = 0.0  # the lowest and highest samples/s over repeats
     high: float = 0.0
     repeats: int = 1
+    tokens_s: float = 0.0  # real tokens per second, all seeds
+    padded_share: float = 0.0  # token positions computed that were padding
 
 
 # ---------------------------------------------------------------------------- data and model
@@ -155,6 +169,14 @@ class Timer(Hook):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         self.rss0 = _rss_mb()
+        self.counts: list[int] | None = None  # the trainee's (real, computed) token counters
+        self.tokens = (0, 0)  # (real, computed) over the timed steps
+
+    def on_train_start(self, model: nn.Module, optimizer, total_steps: int) -> None:
+        self.counts = model.__dict__.get("token_counts")
+
+    def _tokens(self) -> tuple[int, int]:
+        return (0, 0) if self.counts is None else (self.counts[0], self.counts[1])
 
     def on_step_start(self, step: int) -> None:
         if self.warmup < step < self.warmup + self.steps and self.device.type != "cuda":
@@ -169,10 +191,13 @@ class Timer(Hook):
             _sync(self.device)
             self.t0 = time.perf_counter()
             self.stamps = [self.t0]
+            self.tokens0 = self._tokens()
         elif step == self.warmup + self.steps:
             _sync(self.device)
             self.t1 = time.perf_counter()
             self.stamps.append(self.t1)
+            now = self._tokens()
+            self.tokens = (now[0] - self.tokens0[0], now[1] - self.tokens0[1])
             if self.profiler is not None:
                 self.profiler.stop()
                 self.trace.parent.mkdir(parents=True, exist_ok=True)
@@ -202,32 +227,45 @@ class Timer(Hook):
 # ---------------------------------------------------------------------------- the rows
 
 
-def _spec(model: str, data: Path, batch: int, seq: int, total: int, device: str, precision: str, compile_: bool,
-          seed: int = 0):
+def _spec(model: str, task: dict, batch: int, seq: int, total: int, device: str, precision: str, compile_: bool,
+          seed: int = 0, engine: str = "auto"):
     from transferlab.spec import load_spec
 
     return load_spec({
-        "name": "bench", "seed": seed, "model": {"name": model, "max_length": seq, "init": "random"},
-        "task": {"name": "csv", "path": str(data)}, "head": {"name": "cls"},
+        # dropout 0 in every row: the fused rows need it for now (docs/methods/seed_parallel.md, known issue),
+        # and every row must compute the same model
+        "name": "bench", "seed": seed, "model": {"name": model, "max_length": seq, "init": "random", "dropout": 0.0},
+        "task": task, "head": {"name": "cls"},
         "optim": {"name": "adamw", "lr": 2e-5}, "schedule": {"name": "linear"},
         "train": {"max_steps": total, "batch_size": batch, "eval_batch_size": 16, "num_evals": 1, "log_every": 10**9,
-                  "save_model": False, "device": device, "precision": precision, "compile": compile_},
+                  "save_model": False, "device": device, "precision": precision, "compile": compile_,
+                  "engine": engine},
     })
 
 
 def _trainer_row(spec, timer: Timer, device: torch.device, amp) -> Timer:
-    """transformers.Trainer on our model (wrapped to return the loss) and our encoded data."""
+    """transformers.Trainer on our model (wrapped to return the loss) and our encoded data, padded per
+    batch by its collator (whose masks give the row's token counts)."""
     import transformers as tf
 
     from transferlab.data.build import build_task
     from transferlab.models.model import build_model
-    from transferlab.train.batches import collate, encode
+    from transferlab.train.batches import encode
 
     task = build_task(spec.task, seed=spec.seed)
     model = build_model(spec, task)
     enc = encode(task.splits["train"], task, model.backbone.tokenizer, spec.model.max_length)
-    full = collate(enc, np.arange(len(enc)), regression=False)
-    rows = [{k: v[i] for k, v in full.items()} for i in range(len(enc))]
+    rows = [{"input_ids": enc.ids[a:b].tolist(), "labels": int(enc.labels[i]),
+             **({} if enc.types is None else {"token_type_ids": enc.types[a:b].tolist()})}
+            for i, (a, b) in enumerate(zip(enc.offsets[:-1], enc.offsets[1:]))]
+    pad = tf.DataCollatorWithPadding(model.backbone.tokenizer)
+    timer.counts = [0, 0]
+
+    def collate(features):
+        batch = pad(features)
+        timer.counts[0] += int(batch["attention_mask"].sum())
+        timer.counts[1] += batch["attention_mask"].numel()
+        return batch
 
     class Clock(tf.TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -239,8 +277,9 @@ def _trainer_row(spec, timer: Timer, device: torch.device, amp) -> Timer:
             learning_rate=spec.optim.lr, weight_decay=spec.optim.weight_decay, max_grad_norm=spec.optim.max_grad_norm,
             lr_scheduler_type="linear", bf16=amp == torch.bfloat16, use_cpu=device.type != "cuda",
             report_to="none", save_strategy="no", logging_strategy="no", eval_strategy="no", disable_tqdm=True,
-            dataloader_num_workers=0, seed=spec.seed)
-        trainer = tf.Trainer(model=_WithLoss(model), args=args, train_dataset=rows, callbacks=[Clock()])
+            dataloader_num_workers=0, seed=spec.seed, remove_unused_columns=False)
+        trainer = tf.Trainer(model=_WithLoss(model), args=args, train_dataset=rows, callbacks=[Clock()],
+                             data_collator=collate)
         trainer.remove_callback(tf.trainer_callback.PrinterCallback)  # its end-of-training metrics line
         trainer.train()
     return timer
@@ -258,90 +297,124 @@ class _WithLoss(nn.Module):
         return {"loss": nn.functional.cross_entropy(logits.float(), labels), "logits": logits}
 
 
-def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int = 20, warmup: int = 3,
-          seeds: tuple[int, ...] = (1, 4, 8, 20), rows: tuple[str, ...] = ROWS, device: str = "auto",
-          precision: str = "auto", compile: str = "auto", repeat: int = 1, profile: str | Path | None = None,
-          out=print) -> dict[str, Any]:
-    """Run the rows ``repeat`` times in rotation; returns ``{"setup": {...}, "rows": [Row...]}`` (as
-    dicts) and prints a table. ``profile``: a folder; the timed steps are profiled (slower) and traced there."""
-    from transferlab.models.backbone import load_backbone
-    from transferlab.spec import ModelSpec
-    from transferlab.store import Store
-    from transferlab.train.loop import run, run_seeds
-    from transferlab.train.steps import autocast_dtype, resolve_device
-
+def _check(rows, seeds, steps, warmup, repeat, task, data) -> None:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise UserError(f"--rows: {unknown[0]!r} is not one of {', '.join(ROWS)}")
     if min(seeds, default=1) < 1 or steps < 1 or warmup < 0 or repeat < 1:
         raise UserError("--seeds, --steps and --repeat must be >= 1, --warmup >= 0")
-    dev = resolve_device(device)
-    compile_ = dev.type == "cuda" if compile == "auto" else compile == "on"
-    amp = autocast_dtype(precision, dev)
-    total = warmup + steps + 1
+    if (task is None) != (data is None):
+        raise UserError("--task and --data go together: a GLUE task name and its folder")
+    if data is not None and not Path(data).is_dir():
+        raise UserError(f"--data: folder {data} does not exist")
+
+
+def _plan(rows, seeds, make, store, dev, amp, probe) -> list[tuple[str, int, Any]]:
+    """(row, seeds, train(timer)) for every row asked for; ``make(seed, engine)`` gives a spec."""
+    from transferlab.train.loop import run, run_seeds
+
+    plan: list[tuple[str, int, Any]] = []
+    if "trainer" in rows:
+        plan.append(("trainer", 1, lambda t: _trainer_row(probe, t, dev, amp)))
+    if "single" in rows:
+        plan.append(("single", 1, lambda t: run(make(0, "general"), store, progress=False, hooks=[t], force=True)))
+    for row in ("parallel", "fast", "fast-padded"):
+        if row not in rows:
+            continue
+        for s in seeds:
+            specs = [make(i, ENGINES[row]) for i in range(s)]
+            go = run_seeds if s > 1 else (lambda sp, *a, **k: [run(sp[0], *a, **k)])
+            plan.append((f"{row} S={s}", s,
+                         lambda t, specs=specs, go=go: go(specs, store, progress=False, hooks=[t], force=True)))
+    return plan
+
+
+def _measure(plan, repeat: int, warmup: int, steps: int, batch: int, dev, profile, out) -> dict[str, list[Timer]]:
+    """Every row ``repeat`` times in rotation (slow drifts in the machine's load hit every row alike)."""
+    timers: dict[str, list[Timer]] = {row: [] for row, _, _ in plan}
+    for rep in range(repeat):
+        for row, s, train in plan:
+            tag = row.replace(" ", "_").replace("=", "") + (f"_{rep}" if repeat > 1 else "")
+            timer = Timer(warmup, steps, dev, None if profile is None else Path(profile) / f"{tag}.json")
+            try:
+                train(timer)
+            except (RuntimeError, torch.OutOfMemoryError) as exc:  # one row's failure (e.g. out of memory)
+                out(f"  {row} ({rep + 1}/{repeat}) FAILED: {type(exc).__name__}: {exc}")  # must not hide the others
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            timers[row].append(timer)
+            if timer.table:
+                out(f"profile of {row} (trace: {timer.trace}):\n{timer.table}")
+            out(f"  {row} ({rep + 1}/{repeat}): {s * batch / timer.step_seconds:.1f} samples/s")
+    return timers
+
+
+def _summarise(plan, timers, batch: int, steps: int, repeat: int, flops_at, peak: float) -> list[Row]:
     results: list[Row] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        name = resolve_model(model, tmp)
-        backbone = load_backbone(ModelSpec(name=name, init="random", max_length=seq))
-        data = make_data(tmp / "data", backbone.tokenizer, batch * total, seq)
-        probe = _spec(name, data, batch, seq, total, device, precision, compile_)
-        from transferlab.models.heads import build_head
-        from transferlab.models.model import TransferModel
-
-        flops = flops_per_sample(TransferModel(backbone, build_head("cls", backbone.hidden_size, backbone.num_layers,
-                                                                    2, 0.1)), seq)
-        del backbone
-        peak = matmul_peak(dev, amp or torch.float32)
-        setup = {"model": model, "device": str(dev), "device_name": _device_name(dev), "precision": str(amp or "fp32"),
-                 "compile": compile_, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup, "repeat": repeat,
-                 "threads": torch.get_num_threads(), "flops_per_sample": flops, "peak_flops": peak,
-                 "date": time.strftime("%Y-%m-%d")}
-        out(f"bench: {model} on {setup['device_name']} ({setup['precision']}), batch {batch}, {seq} tokens, "
-            f"{steps} timed steps after {warmup}; {flops / 1e9:.2f} GFLOP/sample; matmul peak {peak / 1e12:.2f} TFLOP/s")
-
-        store = Store(tmp / "bench.db")
-        plan: list[tuple[str, int, Any]] = []  # (row, seeds, train(timer))
-        if "trainer" in rows:
-            plan.append(("trainer", 1, lambda t: _trainer_row(probe, t, dev, amp)))
-        if "single" in rows:
-            plan.append(("single", 1, lambda t: run(probe, store, progress=False, hooks=[t], force=True)))
-        if "parallel" in rows:
-            for s in seeds:
-                specs = [_spec(name, data, batch, seq, total, device, precision, compile_, seed=i) for i in range(s)]
-                plan.append((f"parallel S={s}", s,
-                             lambda t, specs=specs: run_seeds(specs, store, progress=False, hooks=[t], force=True)))
-        timers: dict[str, list[Timer]] = {row: [] for row, _, _ in plan}
-        failed: set[str] = set()
-        for rep in range(repeat):  # rows in rotation: slow drifts in the machine's load hit every row alike
-            for row, s, train in plan:
-                tag = row.replace(" ", "_").replace("=", "") + (f"_{rep}" if repeat > 1 else "")
-                timer = Timer(warmup, steps, dev, None if profile is None else Path(profile) / f"{tag}.json")
-                try:
-                    train(timer)
-                except (RuntimeError, torch.OutOfMemoryError) as exc:  # one row's failure (e.g. out of memory)
-                    out(f"  {row} ({rep + 1}/{repeat}) FAILED: {type(exc).__name__}: {exc}")  # must not hide the others
-                    failed.add(row)
-                    if dev.type == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
-                timers[row].append(timer)
-                if timer.table:
-                    out(f"profile of {row} (trace: {timer.trace}):\n{timer.table}")
-                out(f"  {row} ({rep + 1}/{repeat}): {s * batch / timer.step_seconds:.1f} samples/s")
-        store.close()
     for row, s, _ in plan:
         if not timers[row]:
             continue  # failed every time; printed above
         rates = [s * batch / t.step_seconds for t in timers[row]]
         rate = float(np.median(rates))
         mems = [t.mem_mb for t in timers[row] if t.mem_mb is not None]
+        real = sum(t.tokens[0] for t in timers[row])
+        computed = sum(t.tokens[1] for t in timers[row])
+        per_sample = real / (len(timers[row]) * steps * s * batch) if real else 0.0
         base = results[0].samples_s if results and results[0].name == "trainer" else None
-        results.append(Row(row, s, rate, rate / s, rate / base if base else None, rate * flops / peak,
+        results.append(Row(row, s, rate, rate / s, rate / base if base else None, rate * flops_at(per_sample) / peak,
                            max(mems) / s if mems else None, steps, sum(t.seconds for t in timers[row]),
-                           min(rates), max(rates), repeat))
+                           min(rates), max(rates), repeat, rate * per_sample,
+                           1.0 - real / computed if computed else 0.0))
+    return results
+
+
+def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int = 20, warmup: int = 3,
+          seeds: tuple[int, ...] = (1, 4, 8, 20), rows: tuple[str, ...] = ROWS[:3], device: str = "auto",
+          precision: str = "auto", compile: str = "auto", repeat: int = 1, profile: str | Path | None = None,
+          task: str | None = None, data: str | Path | None = None, out=print) -> dict[str, Any]:
+    """Run the rows ``repeat`` times in rotation; returns ``{"setup": {...}, "rows": [Row...]}`` (as
+    dicts) and prints a table. ``profile``: a folder; the timed steps are profiled (slower) and traced there.
+    ``task``/``data``: a GLUE task and its folder (real lengths) instead of synthetic sentences."""
+    from transferlab.models.backbone import load_backbone
+    from transferlab.models.heads import build_head
+    from transferlab.models.model import TransferModel
+    from transferlab.spec import ModelSpec
+    from transferlab.store import Store
+    from transferlab.train.steps import autocast_dtype, resolve_device
+
+    _check(rows, seeds, steps, warmup, repeat, task, data)
+    dev = resolve_device(device)
+    compile_ = dev.type == "cuda" if compile == "auto" else compile == "on"
+    amp = autocast_dtype(precision, dev)
+    total = warmup + steps + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        name = resolve_model(model, tmp)
+        backbone = load_backbone(ModelSpec(name=name, init="random", max_length=seq))
+        task_spec = ({"name": task, "path": str(data), "max_eval_samples": 16} if task else  # evaluation is untimed
+                     {"name": "csv", "path": str(make_data(tmp / "data", backbone.tokenizer, batch * total, seq))})
+        probe = _spec(name, task_spec, batch, seq, total, device, precision, compile_)
+        reference = TransferModel(backbone, build_head("cls", backbone.hidden_size, backbone.num_layers, 2, 0.1))
+        flops = flops_per_sample(reference, seq)
+        peak = matmul_peak(dev, amp or torch.float32)
+        setup = {"model": model, "device": str(dev), "device_name": _device_name(dev), "precision": str(amp or "fp32"),
+                 "compile": compile_, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup, "repeat": repeat,
+                 "threads": torch.get_num_threads(), "flops_per_sample": flops, "peak_flops": peak,
+                 "task": task or "synthetic", "date": time.strftime("%Y-%m-%d")}
+        out(f"bench: {model} on {setup['device_name']} ({setup['precision']}), batch {batch}, {seq} tokens "
+            f"({setup['task']}), {steps} timed steps after {warmup}; {flops / 1e9:.2f} GFLOP/sample at {seq} tokens; "
+            f"matmul peak {peak / 1e12:.2f} TFLOP/s")
+        store = Store(tmp / "bench.db")
+        plan = _plan(rows, seeds, lambda i, engine: _spec(name, task_spec, batch, seq, total, device, precision,
+                                                          compile_, seed=i, engine=engine), store, dev, amp, probe)
+        timers = _measure(plan, repeat, warmup, steps, batch, dev, profile, out)
+        store.close()
+    results = _summarise(plan, timers, batch, steps, repeat,
+                         lambda tokens: flops_per_sample(reference, tokens if task else seq), peak)
+    failed = sorted(row for row, _, _ in plan if len(timers[row]) < repeat)
     out(format_rows(results))
-    return {"setup": setup, "rows": [asdict(r) for r in results], "failed": sorted(failed)}
+    return {"setup": setup, "rows": [asdict(r) for r in results], "failed": failed}
 
 
 def _device_name(dev: torch.device) -> str:
@@ -355,14 +428,15 @@ def _device_name(dev: torch.device) -> str:
 def format_rows(rows: list[Row], header: bool = True) -> str:
     lines = []
     if header:
-        lines += ["| row | seeds | samples/s | range | per seed | x Trainer | MFU | memory/seed | timed |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [("| row | seeds | samples/s | range | per seed | x Trainer | tokens/s | padded | MFU | memory/seed "
+                   "| timed |"), "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         mem = "n/a" if r.mem_per_seed_mb is None else (f"{r.mem_per_seed_mb / 1024:.2f} GiB" if r.mem_per_seed_mb > 1024
                                                           else f"{r.mem_per_seed_mb:.0f} MiB")
         ratio = "" if r.vs_trainer is None else f"{r.vs_trainer:.2f}"
         lines.append(f"| {r.name} | {r.seeds} | {r.samples_s:.1f} | {r.low:.1f}-{r.high:.1f} | {r.per_seed:.1f} | {ratio} "
-                     f"| {100 * r.mfu:.1f}% | {mem} | {r.repeats} x {r.steps} steps, {r.seconds:.1f}s |")
+                     f"| {r.tokens_s:.0f} | {100 * r.padded_share:.1f}% | {100 * r.mfu:.1f}% | {mem} "
+                     f"| {r.repeats} x {r.steps} steps, {r.seconds:.1f}s |")
     return "\n".join(lines)
 
 

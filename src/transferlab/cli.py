@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--seeds", default="1,4,8,20", help="seed counts of the seed-parallel rows (comma-separated)")
-    p.add_argument("--rows", default="trainer,single,parallel", help="which rows (comma-separated)")
+    p.add_argument("--rows", default="trainer,single,parallel",
+                   help="which rows (comma-separated): trainer, single, parallel, fast, fast-padded")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on CUDA)")
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="run all rows this many times in rotation; report medians")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--profile", default=None, metavar="DIR", help="profile the timed steps; Chrome traces into DIR")
+    p.add_argument("--task", default=None, help="a GLUE task (e.g. rte): train on its real data (needs --data)")
+    p.add_argument("--data", default=None, metavar="PATH", help="the task's folder (GLUE layout)")
     return parser
 
 
@@ -470,7 +473,8 @@ def cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     result = bench(args.model, batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup, seeds=seeds,
                    rows=tuple(r.strip() for r in args.rows.split(",") if r.strip()), device=args.device,
-                   precision=args.precision, compile=args.compile, repeat=args.repeat, profile=args.profile)
+                   precision=args.precision, compile=args.compile, repeat=args.repeat, profile=args.profile,
+                   task=args.task, data=args.data)
     if args.json:
         write_json(result, args.json)
     return 0

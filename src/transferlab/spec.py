@@ -137,6 +137,11 @@ class TrainSpec:
     checkpoint_every: int | None = None  # steps between resumable checkpoints (null: none)
     divergence_factor: float | None = 100.0  # diverged when a logged loss exceeds this x the first one
     compile: bool = False  # torch.compile the training forward (falls back to eager when it fails; train/fast.py)
+    # which implementation trains seed-stacked runs (train/support.py: choose_engine): auto picks the fused
+    # encoder (train/fused.py) when every part declares support, else the general stacked one (reason logged);
+    # fused: required (an unsupported part is an error; S = 1 takes it too); fused-padded: the fused encoder
+    # without unpadding (for measurements); general: never the fused one
+    engine: Literal["auto", "general", "fused", "fused-padded"] = "auto"
 
 
 @dataclass
@@ -479,6 +484,8 @@ def spec_hash(spec: Any, exclude: tuple[str, ...] = ("seed", "name")) -> str:
             if k not in exclude and not (k in OPTIONAL_SECTIONS and v is None)}
     if not data.get("stabilisers", True):
         del data["stabilisers"]  # no stabiliser: the recipe keeps the hash it had before the section existed
+    if data.get("train", {}).get("engine") == "auto":
+        del data["train"]["engine"]  # the default engine: the recipe keeps the hash it had before the field existed
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

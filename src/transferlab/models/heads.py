@@ -9,6 +9,8 @@ change a prediction. A new head is one class and one decorator:
     class MeanHead(Head):
         def pool(self, hidden_states, mask): return masked_mean(hidden_states[-1], mask)
 
+``fused=True`` at registration declares that the head pools padding-aware from hidden states
+alone, so the fused stacked encoder (train/fused.py: zeros at padded positions) may feed it.
 ``options`` (a class attribute) lists the head's keyword options and their defaults;
 ``HeadSpec.options`` must only use those keys. See docs/methods/heads.md for sources.
 """
@@ -109,7 +111,7 @@ class Head(nn.Module):
 # ---------------------------------------------------------------- first-token heads
 
 
-@HEADS.register("cls")
+@HEADS.register("cls", fused=True)
 class ClsHead(Head):
     """Devlin et al. 2019 / RoBERTa: first token -> dropout -> dense(H, H) -> tanh (new weights).
 
@@ -133,7 +135,7 @@ def pooler_dense(pooler: nn.Module | None) -> nn.Linear | None:
     return dense if isinstance(dense, nn.Linear) else None
 
 
-@HEADS.register("pooler")
+@HEADS.register("pooler", fused=True)
 class PoolerHead(ClsHead):
     """``cls`` with the dense layer copied from the backbone's pretrained pooler (BERT's NSP pooler).
 
@@ -155,7 +157,7 @@ class PoolerHead(ClsHead):
             self.dense.load_state_dict(dense.state_dict())  # a copy: the backbone's pooler is left as it is
 
 
-@HEADS.register("cls_linear")
+@HEADS.register("cls_linear", fused=True)
 class ClsLinearHead(Head):
     """First token -> dropout -> linear (no hidden dense layer)."""
 
@@ -167,7 +169,7 @@ class ClsLinearHead(Head):
         return hidden_states[-1][:, 0]
 
 
-@HEADS.register("last_k_cls")
+@HEADS.register("last_k_cls", fused=True)
 class LastKClsHead(Head):
     """Sun et al. 2019: concatenate the first token of the last k layers (k > layers+1 only by default)."""
 
@@ -188,7 +190,7 @@ class LastKClsHead(Head):
 # ---------------------------------------------------------------- pooling over time
 
 
-@HEADS.register("mean")
+@HEADS.register("mean", fused=True)
 class MeanHead(Head):
     """Mean of the last layer over real (non-padding) tokens."""
 
@@ -200,7 +202,7 @@ class MeanHead(Head):
         return masked_mean(hidden_states[-1], mask)
 
 
-@HEADS.register("max")
+@HEADS.register("max", fused=True)
 class MaxHead(Head):
     """Element-wise max of the last layer over real tokens."""
 
@@ -212,7 +214,7 @@ class MaxHead(Head):
         return masked_max(hidden_states[-1], mask)
 
 
-@HEADS.register("mean_max")
+@HEADS.register("mean_max", fused=True)
 class MeanMaxHead(Head):
     """[mean, max] of the last layer -> 2H."""
 
@@ -225,7 +227,7 @@ class MeanMaxHead(Head):
         return torch.cat([masked_mean(h, mask), masked_max(h, mask)], dim=-1)
 
 
-@HEADS.register("concat_pool")
+@HEADS.register("concat_pool", fused=True)
 class ConcatPoolHead(Head):
     """Howard & Ruder 2018 (ULMFiT): [last real token, max, mean] of the last layer -> 3H."""
 
@@ -238,7 +240,7 @@ class ConcatPoolHead(Head):
         return torch.cat([last_token(h, mask), masked_max(h, mask), masked_mean(h, mask)], dim=-1)
 
 
-@HEADS.register("attention")
+@HEADS.register("attention", fused=True)
 class AttentionHead(Head):
     """Learned attention pooling: score_t = w^T tanh(W h_t), softmax over real tokens, weighted sum."""
 
@@ -256,7 +258,7 @@ class AttentionHead(Head):
         return masked_softmax_pool(h, self.score(torch.tanh(self.proj(h))).squeeze(-1), mask)
 
 
-@HEADS.register("layer_mix")
+@HEADS.register("layer_mix", fused=True)
 class LayerMixHead(Head):
     """Peters et al. 2018 (ELMo) scalar mix: gamma * sum_j softmax(s)_j h_j over all hidden states, then pool."""
 

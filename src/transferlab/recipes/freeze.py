@@ -97,10 +97,10 @@ class Freezer(Hook):
         return name.startswith("head.") or (name.startswith("input_adapter.") and self.opts.get("train_input", True))
 
 
-FREEZERS.register("none", seed_stacked=True)(Freezer)
+FREEZERS.register("none", seed_stacked=True, fused=True)(Freezer)
 
 
-@FREEZERS.register("backbone_for_steps", "freeze_for_steps", seed_stacked=True)
+@FREEZERS.register("backbone_for_steps", "freeze_for_steps", seed_stacked=True, fused=True)
 class BackboneForSteps(Freezer):
     def trainable(self, name: str, step: int) -> bool:
         return not name.startswith("backbone.") or step >= self.spec.steps
@@ -126,7 +126,7 @@ def role_categories(model: nn.Module) -> dict[str, str]:
     return out
 
 
-@FREEZERS.register("fpt", seed_stacked=True)
+@FREEZERS.register("fpt", seed_stacked=True, fused=True)
 class FPT(Freezer):
     options: ClassVar[dict[str, Any]] = {"train_ffn": False, "train_attention": False, "freeze_positions": False,
                                          "freeze_layernorm": False}
@@ -143,7 +143,7 @@ class FPT(Freezer):
         return self.rule[self.category[name]]
 
 
-@FREEZERS.register("gradual", "gradual_unfreezing", seed_stacked=True)
+@FREEZERS.register("gradual", "gradual_unfreezing", seed_stacked=True, fused=True)
 class Gradual(Freezer):
     options: ClassVar[dict[str, Any]] = {"every_steps": None}  # null: one layer group per epoch
 
@@ -162,7 +162,7 @@ class Gradual(Freezer):
         return {self.every() * k for k in range(1, self.num_layers + 2)}
 
 
-@FREEZERS.register("linear_probe", seed_stacked=True)
+@FREEZERS.register("linear_probe", seed_stacked=True, fused=True)
 class LinearProbe(Freezer):
     options: ClassVar[dict[str, Any]] = {"train_input": True}
 
@@ -170,7 +170,7 @@ class LinearProbe(Freezer):
         return self.new_weights(name)
 
 
-@FREEZERS.register("bitfit", seed_stacked=True)
+@FREEZERS.register("bitfit", seed_stacked=True, fused=True)
 class BitFit(Freezer):
     options: ClassVar[dict[str, Any]] = {"train_input": True}
 

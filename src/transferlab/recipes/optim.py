@@ -6,7 +6,8 @@
     sgd        torch.optim.SGD with a fixed momentum of 0.9 and L2 weight decay
 
 A new optimizer is one function ``(groups, spec, device_type) -> Optimizer`` under
-``@OPTIMIZERS.register("name", elementwise=True)``; ``elementwise`` declares that each element's
+``fused=True`` declares it may update the fused encoder's stacked tensors (the same parameters:
+one fused or foreach call over all of them). ``@OPTIMIZERS.register("name", elementwise=True)``; ``elementwise`` declares that each element's
 update depends on that element alone, so the seed-stacked engine may train S seeds' stacked
 parameters with it (S independent updates); without it stacked runs are refused. Every optimizer here skips parameters whose ``.grad`` is None
 and keeps no state for them, so frozen parameters can sit in the groups from step 0.
@@ -157,7 +158,7 @@ def _speed(device_type: str) -> dict:
     return {"fused": True} if device_type == "cuda" else {"foreach": True}
 
 
-@OPTIMIZERS.register("adamw", elementwise=True)
+@OPTIMIZERS.register("adamw", elementwise=True, fused=True)
 def adamw(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torch.optim.Optimizer:
     # torch's fused AdamW runs on CUDA and on the CPU; on the CPU it took a third of the foreach
     # path's time for MiniLM's 22.7M parameters (2-core machine), a real share of a training step.
@@ -166,18 +167,18 @@ def adamw(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torc
                              weight_decay=spec.weight_decay, **({"fused": True} if fused else {"foreach": True}))
 
 
-@OPTIMIZERS.register("bertadam", elementwise=True)
+@OPTIMIZERS.register("bertadam", elementwise=True, fused=True)
 def bertadam(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torch.optim.Optimizer:
     return AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay,
                  bias_correction=False)
 
 
-@OPTIMIZERS.register("adabelief", elementwise=True)
+@OPTIMIZERS.register("adabelief", elementwise=True, fused=True)
 def adabelief(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torch.optim.Optimizer:
     return AdaBelief(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay)
 
 
-@OPTIMIZERS.register("sgd", elementwise=True)
+@OPTIMIZERS.register("sgd", elementwise=True, fused=True)
 def sgd(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torch.optim.Optimizer:
     """SGD, momentum fixed at 0.9 (no spec field); weight decay is coupled L2 (added to the gradient)."""
     return torch.optim.SGD(groups, lr=spec.lr, momentum=SGD_MOMENTUM, weight_decay=spec.weight_decay,

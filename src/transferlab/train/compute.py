@@ -2,6 +2,7 @@
 
     trainee = SingleTrainee(model, ...)     # one plain TransferModel (S = 1): every feature
     trainee = StackedTrainee(stack, ...)    # S seeds' weights stacked (train/stacked.py)
+    trainee = FusedTrainee(fused, ...)      # the BERT family's fused, unpadded stacked encoder (train/fused.py)
 
     losses = trainee.backward(batches, accum, loss_hooks)  # forward + loss + backward: (S,) detached losses
     norms = trainee.clip(max_norm)                         # per-seed gradient clipping: (S,) norms
@@ -9,8 +10,9 @@
     state = trainee.best_state(slot); trainee.restore(slot, state)
     trainee.keep(slots, optimizer)                         # drop finished seeds (weights and optimizer state)
 
-``batches`` holds one collated host batch per active seed, in slot order. A third implementation
-(a fused stacked encoder) is one more class with these methods; the loop does not change.
+``batches`` holds one collated host batch per active seed, in slot order. Every trainee counts the
+token positions it computes and how many of them are real (``tokens``: host-side, no device sync):
+the padded-token share ``transferlab bench`` reports.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ class SingleTrainee:
         if compile and hasattr(model.backbone, "use_layer_loop"):  # not the LSTM baseline
             model.backbone.use_layer_loop()  # BERT family: one unbroken graph (models/backbone.layer_loop)
         self.forward = compiled(model, compile)  # torch.compile with an eager fallback (train/fast.py)
+        self.tokens = model.token_counts = [0, 0]  # (real tokens, token positions computed); bench reads them
 
     @property
     def compiled(self) -> bool:
         return isinstance(self.forward, Compiled) and self.forward.active
 
     def backward(self, batches: list[dict[str, Tensor]], accum: int, loss_hooks=()) -> Tensor:
+        _count(self.tokens, batches[0]["attention_mask"], batches[0]["attention_mask"].numel())
         batch = to_device(batches[0], self.device)  # pinned and non-blocking on CUDA
         labels = batch.pop("labels")
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
@@ -84,6 +88,7 @@ class StackedTrainee:
                  pad_ids: list[int]):
         self.module, self.device, self.amp, self.regression = stack, device, amp, regression
         self.compile, self.pad_ids, self.probed = compile, pad_ids, False
+        self.tokens = stack.token_counts = [0, 0]  # (real tokens, token positions computed); bench reads them
 
     @property
     def seeds(self) -> int:
@@ -97,6 +102,7 @@ class StackedTrainee:
         counts = [b["labels"].shape[0] for b in batches]
         host = stack_batches(batches, self.pad_ids)
         padded = not bool(host["attention_mask"].all())  # on the host: no device sync
+        host = self.prepare(host, padded)
         batch = to_device(host, self.device)
         labels = batch.pop("labels")
         if not self.probed:
@@ -114,6 +120,11 @@ class StackedTrainee:
             for p in self.module.parameters():
                 p.grad = None
             return self._backward(batch, padded, labels, counts, accum)
+
+    def prepare(self, host: dict[str, Tensor], padded: bool) -> dict[str, Tensor]:
+        """The host batch as the module takes it (here: as it is); counts its tokens."""
+        _count(self.tokens, host["attention_mask"], host["attention_mask"].numel())
+        return host
 
     def _backward(self, batch, padded: bool, labels: Tensor, counts: list[int], accum: int) -> Tensor:
         """The graph dies here: nothing outside keeps it (a seed leaving the stack reshapes the parameters)."""
@@ -155,6 +166,44 @@ class StackedTrainee:
 
     def counts(self) -> tuple[int, int]:
         return self.module.seed_counts()
+
+
+class FusedTrainee(StackedTrainee):
+    """The BERT family's fused stacked encoder (train/fused.py; S >= 1): every projection one batched
+    product for all seeds, attention by SDPA over the S*B sequences, and with ``unpad`` the batch packed
+    to each seed's real tokens before the embeddings (the index is built here, on the host)."""
+
+    kind = "fused"
+
+    def __init__(self, fused, device: torch.device, amp, regression: bool, compile: bool, pad_ids: list[int],
+                 unpad: bool = True):
+        from transferlab.train.fused import flash_varlen_available, say_once
+
+        super().__init__(fused, device, amp, regression, compile, pad_ids)
+        self.unpad = unpad
+        if unpad:  # the varlen kernel is not wired (no GPU to test it): the portable fallback always runs
+            why = "is installed but its varlen kernel is not wired here" if flash_varlen_available() else "is absent"
+            say_once(f"flash-attn {why}: unpadded attention runs block by block (one padded row per sequence)")
+
+    @property
+    def compiled(self) -> bool:
+        return self.module.compiled
+
+    def prepare(self, host: dict[str, Tensor], padded: bool) -> dict[str, Tensor]:
+        from transferlab.train.fused import pack_index
+
+        mask = host["attention_mask"]
+        if not (self.unpad and padded):
+            _count(self.tokens, mask, mask.numel())
+            return host
+        index = pack_index(mask)
+        _count(self.tokens, mask, index.numel())
+        return {**host, "pack_index": index}
+
+
+def _count(tokens: list[int], mask: Tensor, computed: int) -> None:
+    tokens[0] += int(mask.sum())  # a host tensor: no device sync
+    tokens[1] += int(computed)
 
 
 def stack_batches(batches: list[dict[str, Tensor]], pads: list[int]) -> dict[str, Tensor]:

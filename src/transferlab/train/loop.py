@@ -17,6 +17,7 @@ non-finite step are kept on the device and read once per logging interval.
 
 from __future__ import annotations
 
+import logging
 import traceback
 
 import torch
@@ -42,10 +43,11 @@ from transferlab.spec import RunSpec, run_id, spec_hash, to_dict
 from transferlab.store import DEFAULT_STORE, Store
 from transferlab.train.batches import collate, encode, epoch_batches
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
-from transferlab.train.compute import SingleTrainee, StackedTrainee
+from transferlab.train.compute import FusedTrainee, SingleTrainee, StackedTrainee
 from transferlab.train.evaluate import predict
 from transferlab.train.extra_evals import extra_splits
 from transferlab.train.fast import to_device
+from transferlab.train.fused import FusedModel
 from transferlab.train.intermediate import intermediate_phase
 from transferlab.train.shapes import shape_of
 from transferlab.train.stacked import StackedModel
@@ -58,10 +60,11 @@ from transferlab.train.steps import (
     seed_everything,
     step_plan,
 )
-from transferlab.train.support import Unsupported, unsupported
+from transferlab.train.support import Unsupported, choose_engine, unsupported
 from transferlab.train.validate import validate_runs
 
 __all__ = ["run", "run_seeds", "run_group", "RunResult", "Unsupported"]
+log = logging.getLogger(__name__)
 
 
 def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, force: bool = False,
@@ -164,23 +167,22 @@ class _Group:
     # ------------------------------------------------------------------ set-up
     def _prepare(self, seeds: list[SeedRun]):
         """Each seed's task, model, run row and transfer (in the order a single run has always used),
-        the weights stacked when S > 1, then each split encoded once."""
-        self.engine = EngineInfo("stacked" if self.stacked else "single", len(self.specs), False,
-                                 self.device.type, str(self.amp).replace("torch.", "") if self.amp else "fp32")
-        self.provenance = {**provenance(), "engine": self.engine.__dict__,
-                           **({"group_seeds": [s.seed for s in self.specs]} if self.stacked else {})}
+        the weights stacked (or fused) when the engine is not the single one, then each split encoded once."""
         stack = first = None
         for i, spec in enumerate(self.specs):
             seed_everything(spec.seed)
             seed = SeedRun(spec, build_task(spec.task, seed=spec.seed))
             seeds.append(seed)
+            if i == 0:
+                self._choose(seed.task.modality)  # before any run row: a refused engine stores nothing
             model = build_model(spec, seed.task)
             self._start(seed)
             seed.transfer = prepare_transfer(model, spec, self.store, self.store.artifact_dir(seed.uid))
             if not self.stacked:
                 first = model.to(self.device)
             elif stack is None:
-                first, stack = model, StackedModel(model, len(self.specs), self.device)
+                holder = FusedModel if self.engine.kind == "fused" else StackedModel
+                first, stack = model, holder(model, len(self.specs), self.device)
             else:
                 stack.load_slot(i, model)
         _encode_all(seeds, first.backbone.tokenizer, self.spec.model.max_length)
@@ -191,8 +193,22 @@ class _Group:
         if not self.stacked:
             scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
             return SingleTrainee(first, self.device, self.amp, regression, self.tspec.compile, scaler)
-        return StackedTrainee(stack, self.device, self.amp, regression, self.tspec.compile,
-                              [s.data["train"].pad_id for s in seeds])
+        pads = [s.data["train"].pad_id for s in seeds]
+        if self.engine.kind == "fused":
+            return FusedTrainee(stack, self.device, self.amp, regression, self.tspec.compile, pads,
+                                unpad=self.tspec.engine != "fused-padded")
+        return StackedTrainee(stack, self.device, self.amp, regression, self.tspec.compile, pads)
+
+    def _choose(self, modality: str) -> None:
+        """The engine (train/support.py: choose_engine); auto's reason for not fusing is logged once."""
+        kind, reason = choose_engine(self.specs, self.user_hooks, modality)
+        if reason:
+            log.warning("%s: %s", self.spec.name, reason)
+        self.stacked = kind != "single"
+        self.engine = EngineInfo(kind, len(self.specs), False, self.device.type,
+                                 str(self.amp).replace("torch.", "") if self.amp else "fp32", reason)
+        self.provenance = {**provenance(), "engine": self.engine.__dict__,
+                           **({"group_seeds": [s.seed for s in self.specs]} if self.stacked else {})}
 
     def _parts(self, seeds: list[SeedRun], trainee) -> None:
         """Freezer, distiller, hooks, optimizer and schedule, in the order a single run has always used."""

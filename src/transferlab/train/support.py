@@ -5,12 +5,17 @@
 The flags live where each part is registered: optimizers ``elementwise`` (recipes/optim.py: a
 stacked update must be S independent updates), freezers ``seed_stacked`` (recipes/freeze.py),
 families ``stackable`` (their FamilyMap, models/schema), hooks ``seed_stacked`` (recipes/hooks.py).
+The fused encoder (train/fused.py) also needs ``fused`` from the head (models/heads.py), the freezer
+and the optimizer, and a family with ``layer_loop``:
+
+    kind, reason = choose_engine(specs, hooks, modality)   # train.engine: auto | general | fused
 """
 
 from __future__ import annotations
 
 from transferlab.errors import UserError
 from transferlab.models.backbone import model_type_of
+from transferlab.models.heads import HEADS
 from transferlab.models.schema import family_of
 from transferlab.recipes.freeze import FREEZERS
 from transferlab.recipes.optim import OPTIMIZERS
@@ -58,3 +63,41 @@ def unsupported(specs: list[RunSpec], hooks: list | tuple = ()) -> str | None:
     if family is None or not family.stackable:
         return f"model.name: the {model_type} family does not declare 'stackable' (its FamilyMap)"
     return None
+
+
+def fused_unsupported(specs: list[RunSpec], hooks: list | tuple = (), modality: str = "text") -> str | None:
+    """None when the fused encoder (train/fused.py) can train ``specs``, else the part lacking support.
+    It needs all that stacking needs, a BERT-shaped family, and ``fused`` from head, freezer and optimizer."""
+    if (why := unsupported(specs, hooks)) is not None:
+        return why
+    spec = specs[0]
+    family = family_of(model_type_of(spec.model))
+    if family is None or not family.layer_loop:
+        return f"model.name: the {model_type_of(spec.model)} family does not declare 'layer_loop' (BERT-shaped)"
+    if modality != "text":
+        return f"task: a {modality} task enters through an input adapter; the fused encoder reads token ids"
+    for field, registry, name in (("head.name", HEADS, spec.head.name), ("freeze.name", FREEZERS, spec.freeze.name),
+                                  ("optim.name", OPTIMIZERS, spec.optim.name)):
+        if not registry.supports(name, "fused"):
+            return f"{field}: {name!r} does not declare 'fused'"
+    if spec.model.dropout != 0.0:  # known issue: NaNs seen with dropout (tests/test_fused.py, xfail)
+        return ("model.dropout: the fused encoder is used only with model.dropout: 0.0 for now (NaN logits were "
+                "seen with dropout > 0; see docs/methods/seed_parallel.md)")
+    return None
+
+
+def choose_engine(specs: list[RunSpec], hooks: list | tuple = (), modality: str = "text") -> tuple[str, str | None]:
+    """(kind, reason): ``single``, ``stacked`` or ``fused`` for ``train.engine`` (auto|general|fused|fused-padded);
+    ``reason`` says why auto did not take the fused encoder. ``fused`` with an unsupported part:
+    Unsupported naming the part. Under auto a single run (S = 1) keeps the plain model."""
+    engine, stacked = specs[0].train.engine, len(specs) > 1
+    if engine == "general":
+        return ("stacked" if stacked else "single"), None
+    why = fused_unsupported(specs, hooks, modality)
+    if engine in ("fused", "fused-padded"):
+        if why is not None:
+            raise Unsupported(f"train.engine: {engine}: {why}")
+        return "fused", None
+    if not stacked:
+        return "single", None
+    return ("stacked", f"fused encoder not used: {why}") if why is not None else ("fused", None)

@@ -1,0 +1,224 @@
+"""The fused stacked encoder (train/fused.py) and the engine choice (train/support.py: choose_engine).
+
+Each seed's logits and gradients must be those its own Hugging Face model gives (float64), for every
+head that declares ``fused``, padded and unpadded; training on the fused path must equal the
+general stacked path; an unsupported part falls back (auto) or is refused (``train.engine: fused``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from conftest import tiny_spec_dict, write_sentiment_csv
+from test_parallel import close
+
+from transferlab.cli import main
+from transferlab.models.backbone import load_backbone
+from transferlab.models.heads import HEADS, build_head
+from transferlab.models.model import TransferModel
+from transferlab.spec import ModelSpec, load_spec, run_id, spec_hash
+from transferlab.store import Store
+from transferlab.train.fused import FusedModel, pack_index
+from transferlab.train.loop import Unsupported, run, run_seeds
+from transferlab.train.support import choose_engine
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+FUSED_HEADS = sorted(n for n in HEADS.primary_names() if HEADS.supports(n, "fused"))
+
+
+def _model(name: str, seed: int, head: str) -> TransferModel:
+    backbone = load_backbone(ModelSpec(name=name, init="random", max_length=16, dropout=0.0), seed=seed)
+    torch.manual_seed(seed)
+    return TransferModel(backbone, build_head(head, backbone.hidden_size, backbone.num_layers, 3, 0.0))
+
+
+def _batch(seeds: int, unpad: bool) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 2000, (seeds, 3, 7))
+    mask = torch.ones(seeds, 3, 7, dtype=torch.long)
+    mask[0, 1, 4:] = 0
+    mask[-1, 2, 2:] = 0
+    mask[-1, 0, 5:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    types = torch.zeros_like(ids)
+    types[:, :, 3:] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {**batch, "pack_index": pack_index(mask)} if unpad else batch
+
+
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("name,head", [("tiny-bert", h) for h in FUSED_HEADS] + [("tiny-roberta", "mean_max")])
+def test_logits_and_gradients_equal_each_seeds_library_model(name, head, unpad, float64):
+    models = [_model(name, seed, head) for seed in (0, 1)]
+    reference = [copy.deepcopy(m).train() for m in models]  # the fused model keeps models[0] as its template
+    fused = FusedModel(models[0], seeds=2)
+    fused.load_slot(1, models[1])
+    fused.train()
+    batch = _batch(2, unpad)
+    logits = fused(batch)
+    weights = torch.randn_like(logits)
+    (logits * weights).sum().backward()
+    mine = dict(fused.named_parameters())
+    for s, ref in enumerate(reference):
+        out = ref(batch["input_ids"][s], batch["attention_mask"][s], batch["token_type_ids"][s])
+        (out * weights[s]).sum().backward()
+        torch.testing.assert_close(logits[s], out, rtol=1e-8, atol=1e-12)
+        scale = max(p.grad.abs().max() for p in ref.parameters() if p.grad is not None)
+        for n, p in ref.named_parameters():
+            got = mine[n].grad
+            if p.grad is None:  # the pooler when the head does not use it
+                assert got is None or not got[s].any(), n
+                continue
+            # atol relative to the largest gradient: a key bias's gradient is zero up to rounding
+            torch.testing.assert_close(got[s], p.grad, rtol=1e-8, atol=1e-10 * scale, msg=f"{head} seed {s} {n}")
+
+
+def test_unpadded_and_padded_losses_agree_and_pack_drops_padding(float64):
+    models = [_model("tiny-bert", seed, "cls") for seed in (0, 1, 2)]
+    fused = FusedModel(models[0], seeds=3)
+    for slot in (1, 2):
+        fused.load_slot(slot, models[slot])
+    fused.eval()
+    padded, unpadded = _batch(3, False), _batch(3, True)
+    index = unpadded["pack_index"]
+    real = padded["attention_mask"].sum((1, 2))
+    assert index.shape == (3, int(real.max())) and int((index < 21).sum()) == int(real.sum())  # B*T = 21
+    labels = torch.tensor([0, 1, 2])
+    losses = [torch.nn.functional.cross_entropy(fused(b).flatten(0, 1), labels.repeat(3)) for b in (padded, unpadded)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_sentiment_csv(tmp_path_factory.mktemp("fused") / "toy", n_train=40, n_dev=16)
+
+
+def _specs(data, seeds=(0, 1, 2), **over):
+    d = tiny_spec_dict(data, epochs=1, batch_size=16, num_evals=2, log_every=1)
+    d["model"].update(init="random", dropout=0.0, max_length=16)
+    d["head"]["dropout"] = 0.0
+    d["train"].update(max_steps=4, device="cpu")
+    return [load_spec(d, {**over, "seed": s}) for s in seeds]
+
+
+@pytest.mark.parametrize("over", [
+    {"optim.name": "adamw", "optim.layer_decay": 0.8},
+    {"optim.name": "bertadam", "freeze.name": "gradual", "freeze.options": {"every_steps": 1}},
+    {"optim.name": "adabelief", "freeze.name": "bitfit", "model.name": "tiny-roberta", "train.length_bucketing": True},
+], ids=["adamw-decay", "bertadam-gradual", "adabelief-bitfit-roberta"])
+def test_fused_training_equals_the_general_path(over, data, tmp_path, float64):
+    general, fused = Store(tmp_path / "g.db"), Store(tmp_path / "f.db")
+    g = run_seeds(_specs(data, **over, **{"train.engine": "general"}), general, progress=False)
+    f = run_seeds(_specs(data, **over, **{"train.engine": "fused"}), fused, progress=False)
+    for a, b in zip(g, f):
+        assert a.run_id != b.run_id  # a forced engine is part of the recipe (its dropout draws differ)
+        assert a.summary.engine.kind == "stacked" and b.summary.engine.kind == "fused"
+        close(general.curve(a.uid), fused.curve(b.uid), "curve")
+        close(general.evals(a.uid), fused.evals(b.uid), "evals")
+
+
+def test_auto_selection_falls_back_with_a_stored_reason(data, tmp_path, caplog):
+    specs = _specs(data, seeds=(0, 1))
+    assert choose_engine(specs) == ("fused", None)
+    assert choose_engine(specs[:1]) == ("single", None)  # auto: a single run keeps the plain model
+    assert choose_engine(_specs(data, seeds=(0,), **{"train.engine": "fused"})) == ("fused", None)
+    assert choose_engine(_specs(data, seeds=(0, 1), **{"train.engine": "general"})) == ("stacked", None)
+    kind, why = choose_engine(_specs(data, seeds=(0, 1), **{"head.name": "lstm"}))
+    assert kind == "stacked" and why == "fused encoder not used: head.name: 'lstm' does not declare 'fused'"
+    assert "family does not declare 'layer_loop'" in choose_engine(_specs(data, seeds=(0, 1),
+                                                                          **{"model.name": "tiny-gpt2"}))[1]
+    assert "task: a vectors task" in choose_engine(specs, modality="vectors")[1]
+    with caplog.at_level(logging.WARNING, logger="transferlab.train.loop"):
+        results = run_seeds(_specs(data, seeds=(0, 1), **{"head.name": "conv1d", "train.max_steps": 1}),
+                            Store(tmp_path / "s.db"), progress=False)
+    reason = "fused encoder not used: head.name: 'conv1d' does not declare 'fused'"
+    assert [r.summary.engine.reason for r in results] == [reason, reason]
+    assert sum(reason in r.message for r in caplog.records) == 1  # once per group
+
+
+def test_forced_fused_engine_with_an_unsupported_part(data, tmp_path, capsys):
+    specs = _specs(data, seeds=(0, 1), **{"train.engine": "fused", "freeze.name": "lora"})
+    with pytest.raises(Unsupported, match="lora"):
+        run_seeds(specs, Store(tmp_path / "a.db"), progress=False)
+    one = _specs(data, seeds=(0,), **{"train.engine": "fused", "head.name": "lstm"})[0]
+    store = Store(tmp_path / "b.db")
+    with pytest.raises(Unsupported, match="train.engine: fused: head.name: 'lstm' does not declare 'fused'"):
+        run(one, store, progress=False)
+    assert store.runs() == []  # refused before any run row
+    spec_file = tmp_path / "spec.yaml"
+    import yaml
+
+    d = tiny_spec_dict(data, epochs=1)
+    d["head"]["name"] = "lstm"
+    d["train"]["engine"] = "fused"
+    spec_file.write_text(yaml.safe_dump(d))
+    assert main(["run", str(spec_file), "--store", str(tmp_path / "c.db")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.engine: fused: head.name: 'lstm' does not declare 'fused'" in err[0]
+
+
+def test_engine_field_keeps_existing_run_ids(data):
+    auto = _specs(data, seeds=(0,))[0]
+    assert spec_hash(auto) == spec_hash(_specs(data, seeds=(0,), **{"train.engine": "auto"})[0])
+    assert run_id(auto) != run_id(_specs(data, seeds=(0,), **{"train.engine": "general"})[0])
+    assert auto.train.engine == "auto"
+
+
+def test_single_run_takes_the_fused_path_when_asked(data, tmp_path, float64):
+    plain = run(_specs(data, seeds=(0,), **{"train.engine": "general"})[0], Store(tmp_path / "p.db"), progress=False)
+    fused = run(_specs(data, seeds=(0,), **{"train.engine": "fused"})[0], Store(tmp_path / "f.db"), progress=False)
+    assert plain.summary.engine.kind == "single" and fused.summary.engine.kind == "fused"
+    close(plain.dev, fused.dev, "dev")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_fused_on_device_matches_the_library_model(unpad):
+    """On CUDA: fp32 (TF32 off) close to each seed's library model; bf16 autocast close at bf16's precision."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    models = [_model("tiny-bert", seed, "mean") for seed in (0, 1)]
+    reference = [copy.deepcopy(m).cuda().eval() for m in models]
+    fused = FusedModel(models[0], seeds=2, device="cuda")
+    fused.load_slot(1, models[1])
+    fused.eval()
+    batch = {k: v.cuda() for k, v in _batch(2, unpad).items()}
+    for dtype, tol in ((None, 1e-4), (torch.bfloat16, 5e-2)):
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = fused(batch).float()
+            for s, ref in enumerate(reference):
+                out = ref(batch["input_ids"][s], batch["attention_mask"][s], batch["token_type_ids"][s]).float()
+                torch.testing.assert_close(logits[s], out, rtol=tol, atol=tol)
+
+
+def test_flash_attn_fallback_is_announced_once(data, tmp_path, recwarn):
+    from transferlab.train import fused
+
+    fused._SAID.clear()
+    for i in range(2):
+        run_seeds(_specs(data, seeds=(0, 1), **{"train.max_steps": 1}), Store(tmp_path / f"{i}.db"), progress=False)
+    said = [w for w in recwarn if "unpadded attention runs block by block" in str(w.message)]
+    assert len(said) == 1 and "flash-attn" in str(said[0].message)
+
+
+@pytest.mark.xfail(reason="open bug: with dropout > 0 the fused forward gives NaNs now and then (float64, CPU); "
+                   "cause not found yet", strict=False)
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_checkpointed_layers_give_the_same_gradients_with_dropout(unpad, float64):
+    """Activation checkpointing recomputes each layer in the backward with the same dropout masks."""
+    grads = []
+    for checkpoint in (False, True):
+        bb = load_backbone(ModelSpec(name="tiny-bert", init="random", max_length=16, dropout=0.2), seed=0)
+        torch.manual_seed(0)
+        fused = FusedModel(TransferModel(bb, build_head("mean", bb.hidden_size, bb.num_layers, 3, 0.0)), seeds=2)
+        fused.checkpoint = checkpoint
+        fused.train()
+        torch.manual_seed(1)
+        fused(_batch(2, unpad)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in fused.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.isfinite(grads[0][n]).all(), n  # dropout with padding: no NaN
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-10, atol=1e-12, msg=n)
