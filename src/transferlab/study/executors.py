@@ -216,8 +216,4 @@ def _cuda_count() -> int:
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
-
-# ---------------------------------------------------------------------- Ray
-from transferlab.study.ray_executor import RayExecutor  # noqa: E402  (registers "ray")
-
-__all__ = ["EXECUTORS", "Executor", "InlineExecutor", "ProcessExecutor", "RayExecutor", "die_with_parent"]
+# the ``ray`` executor registers itself in study/ray_executor.py (imported by study/runner.py)

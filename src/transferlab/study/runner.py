@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from transferlab.fingerprint import fingerprint
 from transferlab.spec import spec_hash, to_dict
 from transferlab.store import LEASE_S, Store
-from transferlab.study import lr_select
+from transferlab.study import lr_select, ray_executor  # noqa: F401  (ray_executor registers "ray")
 from transferlab.study.degenerate import is_degenerate
 from transferlab.study.executors import EXECUTORS
 from transferlab.study.expand import Planned, cell_defs, expand, expand_lr_search
