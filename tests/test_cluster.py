@@ -47,3 +47,84 @@ def test_a_worker_never_opens_the_store_and_the_driver_writes_its_record_at_once
     assert row.status == "finished" and row.summary["dev"] == outcome.summary["dev"]
     assert len(store.evals(uid)) == len(record.evals) and len(store.curve(uid)) == len(record.curve)
     assert (store.artifact_dir(uid) / "model.safetensors").is_file()  # written by the driver
+
+
+# ------------------------------------------------------------------ processes: dead workers, dead parents, SIGTERM
+def _cli(args: list[str]):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "transferlab.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _workers(pid: int) -> list:
+    import psutil
+
+    return [c for c in psutil.Process(pid).children(recursive=True) if "spawn" in " ".join(c.cmdline())]
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    pytest.fail(what)
+
+
+def _study_file(data, tmp_path, **kw) -> tuple:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tiny_study_dict(data, **kw)))
+    return path, tmp_path / "s.db"
+
+
+def test_sigkill_of_a_processes_worker_fails_its_run_only_and_a_rerun_completes(data, tmp_path):
+    import signal
+
+    path, db = _study_file(data, tmp_path, seeds=[0, 1], epochs=4)
+    proc = _cli(["run", str(path), "--store", str(db), "--executor", "processes", "--workers", "2", "--threads", "1"])
+    try:
+        _wait(lambda: db.exists() and sum(r.status == "running" for r in Store(db).runs()) == 2 and len(
+            _workers(proc.pid)) == 2, 120, "two runs did not start")
+        time.sleep(1.0)
+        victim = _workers(proc.pid)[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out  # a run failed: exit 1 with a summary line
+    assert "died of SIGKILL" in out and "1 of 4 runs failed" in out and "Traceback" not in out
+    rows = Store(db).runs()
+    assert sorted(r.status for r in rows) == ["failed", "finished", "finished", "finished"]  # never lost
+    assert "died of SIGKILL" in next(r for r in rows if r.status == "failed").error
+    assert main(["run", str(path), "--store", str(db), "--threads", "1"]) == 0  # the rerun completes it
+    latest = Store(db).runs(latest=True)
+    assert len(latest) == 4 and all(r.status == "finished" for r in latest)
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_workers_die_with_their_parent_and_sigterm_is_like_ctrl_c(data, tmp_path, sig):
+    import signal
+
+    import psutil
+
+    path, db = _study_file(data, tmp_path, seeds=[0, 1], epochs=20)
+    proc = _cli(["run", str(path), "--store", str(db), "--executor", "processes", "--workers", "2", "--threads", "1"])
+    try:
+        _wait(lambda: db.exists() and any(r.status == "running" for r in Store(db).runs()) and len(
+            _workers(proc.pid)) == 2, 120, "the workers did not start")
+        pids = [w.pid for w in _workers(proc.pid)]
+        proc.send_signal(getattr(signal, sig))
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+    def gone() -> bool:
+        return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
+
+    _wait(gone, 15, f"workers {pids} outlived their parent")
+    if sig == "SIGTERM":
+        assert proc.returncode == 130 and "Run the same command again to resume" in out
+    rows = Store(db).runs()
+    assert rows and all(r.status in ("finished", "unfinished") for r in rows)  # nothing left "running"

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from transferlab.errors import UserError
@@ -52,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: per executor)")
     g.add_argument("--seed-parallel", choices=["auto", "on", "off"], default="auto",
                    help="train runs that differ only in seed together in one process (auto: on CUDA only)")
+    g.add_argument("--gpus-per-task", type=float, default=None,
+                   help="Ray: GPUs per seed group (fractional, e.g. 0.25: four groups share a GPU)")
+    g.add_argument("--ray-retries", type=int, default=1, help="Ray: retries of a task whose worker or node died")
+    g.add_argument("--ray-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                   help="Ray: a custom resource every task asks for (repeatable), e.g. trainer=1")
+    g.add_argument("--artifacts", default=os.environ.get("TRANSFERLAB_ARTIFACTS"), metavar="FOLDER|URL",
+                   help="where runs keep weights and checkpoints: a folder, or an fsspec URL (s3://, gs://, "
+                        "file://); default: a folder next to the store ($TRANSFERLAB_ARTIFACTS)")
     g.add_argument("--skip-failed", action="store_true", help="do not run failed runs again")
     g.add_argument("--new-study", action="store_true", help="replace a stored study of this name and another spec")
     _store_arg(p)
@@ -140,9 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (timeout, Slurm, kill) stops like Ctrl-C: cleanly, resumable
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
     try:
         return COMMANDS[args.command](args) or 0
     except UserError as e:
@@ -173,7 +189,7 @@ def cmd_run(args) -> int:
     if is_study(data):
         return cmd_study(args, data)
     spec = load_spec(data, args.overrides)
-    store = Store(args.store)
+    store = Store(args.store, artifacts=args.artifacts)
     result = run(spec, store, force=args.rerun, progress=not args.quiet)
     if result.status == "skipped":
         print(f"run {result.run_id} already finished (uid {result.uid}); --rerun to run it again")
@@ -204,10 +220,23 @@ def cmd_study(args, data: dict) -> int:
         print(f"{study.study}: {sum(r[-1] != 'done' for r in runs)} of {len(runs)} runs to do"
               + (f"; then {waiting} cells x {len(study.seeds)} seeds at the LRs chosen on validation" if waiting else ""))
         return 0
-    result = run_study(study, Store(args.store), executor=args.executor, workers=args.workers,
-                       address=args.address, threads=args.threads, skip_failed=args.skip_failed,
-                       new=args.new_study, seed_parallel=args.seed_parallel)
-    return 130 if result.interrupted else 0
+    resources = {}
+    for item in args.ray_resource:
+        name, _, amount = item.partition("=")
+        try:
+            resources[name] = float(amount or 1)
+        except ValueError:
+            raise UserError(f"--ray-resource: {item!r} is not NAME=AMOUNT, e.g. trainer=1") from None
+    options = {"gpus_per_task": args.gpus_per_task, "retries": args.ray_retries, "resources": resources}
+    result = run_study(study, Store(args.store, artifacts=args.artifacts), executor=args.executor,
+                       workers=args.workers, address=args.address, threads=args.threads,
+                       skip_failed=args.skip_failed, new=args.new_study, seed_parallel=args.seed_parallel, **options)
+    if result.interrupted:
+        return 130
+    if result.failed:  # 0: every run finished or diverged; 1: some failed (listed above)
+        print(f"{study.study}: {result.failed} of {result.executed} runs failed", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_runs(args) -> int:

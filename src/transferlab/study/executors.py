@@ -51,6 +51,9 @@ class Executor:
     def map(self, groups: Iterable[list[Job]]) -> Iterator[Outcome]:
         raise NotImplementedError
 
+    def check(self, jobs: list[Job]) -> None:
+        """Before anything is written: can the workers run these jobs (UserError naming what and where)."""
+
     def close(self, cancel: bool = False) -> None:
         """Release workers; ``cancel`` stops running ones (after Ctrl-C)."""
 

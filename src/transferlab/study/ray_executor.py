@@ -102,7 +102,7 @@ class RayExecutor(Executor):
     def parallelism(self) -> int:
         return self.workers
 
-    def check_nodes(self, jobs: list[Job]) -> None:
+    def check(self, jobs: list[Job]) -> None:
         """Every node that can run our tasks sees the jobs' data paths; else one line naming node and path."""
         paths = [p for p in job_paths(jobs) if p not in self.checked]
         if not paths:
@@ -126,7 +126,7 @@ class RayExecutor(Executor):
     def _submit(self, group: list[Job]):
         for job in group:
             job.threads = job.threads or self.threads
-        self.check_nodes(group)
+        self.check(group)
         ref = self.remote.remote(group)
         self.refs[ref] = (group, 0)
         return ref

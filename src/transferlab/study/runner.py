@@ -204,12 +204,17 @@ def run_study(study: StudySpec, store: Store, *, executor: str = "inline", worke
     search = expand_lr_search(study)  # expand first: a study that cannot expand is not registered
     main = expand(study)
     tracker = Tracker(study.logging) if study.logging.tensorboard or study.logging.mlflow else None
-    store.register_study(study.study, study_hash(study), to_dict(study), new=new)
-    result = StudyResult()
     kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,
               "seed_parallel": seed_parallel, **executor_options}
-    ex = EXECUTORS.get(executor, field="--executor")(**kwargs)
-    ex.log = out
+    ex = EXECUTORS.get(executor, field="--executor")(**kwargs)  # before anything is written: a bad
+    ex.log = out  # cluster address or a node without the data leaves the store as it was
+    try:
+        ex.check([Job(i, to_dict(p.spec), study.study, str(store.path)) for i, p in enumerate(search + main)])
+    except BaseException:
+        ex.close(cancel=True)
+        raise
+    store.register_study(study.study, study_hash(study), to_dict(study), new=new)
+    result = StudyResult()
     start = time.time()
     try:
         if study.lr_search is not None:
