@@ -128,3 +128,72 @@ def test_workers_die_with_their_parent_and_sigterm_is_like_ctrl_c(data, tmp_path
         assert proc.returncode == 130 and "Run the same command again to resume" in out
     rows = Store(db).runs()
     assert rows and all(r.status in ("finished", "unfinished") for r in rows)  # nothing left "running"
+
+
+# ------------------------------------------------------------------ run identity: data and model
+def test_one_changed_label_changes_the_run_id_and_reruns_only_the_affected_runs(tmp_path):
+    a = write_sentiment_csv(tmp_path / "a", n_train=64, n_dev=32)
+    b = write_sentiment_csv(tmp_path / "b", n_train=64, n_dev=32, seed=1)
+    d = tiny_study_dict(a, seeds=[0, 1])
+    d["arms"]["other_data"] = {"task.path": str(b)}
+    study = load_study(d)
+    store = Store(tmp_path / "s.db")
+    assert run_study(study, store, out=lambda _: None).executed == 6
+    before = {p.arm: p.run_id for p in expand(study) if p.seed == 0}
+    lines = (b / "dev.csv").read_text().splitlines()
+    text, label = lines[1].rsplit(",", 1)
+    lines[1] = f"{text},{1 - int(label)}"  # one label flipped
+    (b / "dev.csv").write_text("\n".join(lines) + "\n")
+    after = {p.arm: p.run_id for p in expand(study) if p.seed == 0}
+    assert after["other_data"] != before["other_data"] and after["adamw"] == before["adamw"]
+    again = run_study(study, store, out=lambda _: None)
+    assert (again.executed, again.skipped) == (2, 4)  # the runs on the changed file, and only those
+    row = store.runs(run_id=after["other_data"])[0]
+    assert row.status == "finished" and row.fingerprint["data"] and row.fingerprint["model"] == "tiny-bert"
+
+
+def test_an_older_store_is_migrated(tmp_path):
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript("""CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE runs (uid TEXT PRIMARY KEY, run_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+        recipe_hash TEXT NOT NULL, seed INTEGER NOT NULL, name TEXT, study TEXT, kind TEXT NOT NULL DEFAULT 'train',
+        status TEXT NOT NULL, spec TEXT NOT NULL, provenance TEXT, summary TEXT, error TEXT, error_step INTEGER,
+        n_params INTEGER, n_trainable INTEGER, host TEXT, pid INTEGER, created_at REAL NOT NULL, finished_at REAL,
+        heartbeat_at REAL, duration_s REAL, UNIQUE (run_id, attempt));
+        INSERT INTO runs (uid, run_id, attempt, recipe_hash, seed, status, spec, created_at)
+        VALUES ('old-s0/1', 'old-s0', 1, 'h', 0, 'finished', '{}', 1.0);""")
+    con.commit()
+    con.close()
+    store = Store(db)
+    (row,) = store.runs()
+    assert row.status == "finished" and row.fingerprint is None  # kept, with no fingerprint
+    assert store._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+
+
+# ------------------------------------------------------------------ leases and two drivers
+def test_two_drivers_of_one_study_run_every_run_exactly_once(data, tmp_path):
+    path, db = _study_file(data, tmp_path, seeds=[0, 1, 2])
+    Store(db).close()  # both drivers open an existing store
+    procs = [_cli(["run", str(path), "--store", str(db), "--threads", "1"]) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rows = Store(db).runs()
+    assert len(rows) == 6 and len({r.run_id for r in rows}) == 6 and all(r.status == "finished" for r in rows)
+    drivers = {r.provenance["worker"]["pid"] for r in rows}
+    assert len(drivers) == 2, "both drivers ran some of the runs"  # the runs were shared, none twice
+
+
+def test_a_run_whose_lease_expired_is_rerun_and_a_live_lease_is_left_alone(data, tmp_path):
+    study = load_study(tiny_study_dict(data, seeds=[0]))
+    store = Store(tmp_path / "s.db")
+    dead, alive = expand(study)
+    for p, lease in ((dead, time.time() - 1), (alive, time.time() + 3600)):
+        uid, _ = store.claim(p.run_id, spec_hash(p.spec), p.seed, to_dict(p.spec), study=study.study)
+        store._db.execute("UPDATE runs SET host='another-host', lease_until=? WHERE uid=?", (lease, uid))
+    assert [r.status for r in store.runs()] == ["unfinished", "running"]  # the host with the first died
+    result = run_study(study, store, out=lambda _: None)
+    assert (result.executed, result.skipped) == (1, 1)  # the live one is left to its driver
+    assert [r.status for r in store.runs(run_id=dead.run_id)] == ["unfinished", "finished"]
+    assert [r.status for r in store.runs(run_id=alive.run_id)] == ["running"]  # its host is alive: not rerun

@@ -10,19 +10,22 @@ Face hub (``path: null``) is identified by its name and options, which are in th
 Model: an alias (``tiny-bert``, ``minilm``... built-in or random) is a constant, its name; a local
 folder is fingerprinted like data (its weight and config files); a hub id by the revision resolved
 in the local Hugging Face cache (``refs/<revision>``), or the requested revision when not cached.
-Results are cached per process by (path, size, mtime), so repeated run ids cost one ``stat`` each.
+File hashes are cached per process by (path, size, mtime), so repeated run ids cost a ``stat`` per file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 FULL_HASH_MAX = 256 * 2**20
 EDGE = 2**20
+TREE_TTL_S = 2.0
 _CACHE: dict[tuple[str, int, int], str] = {}
+_TREES: dict[str, tuple[float, list[Path]]] = {}
 
 
 def file_fingerprint(path: Path) -> str:
@@ -47,17 +50,28 @@ def tree_fingerprint(paths: list[Path]) -> str | None:
     """One hash over every file under ``paths`` (names relative to each root, then contents)."""
     h, seen = hashlib.sha256(), False
     for root in paths:
-        if root.is_file():
-            files = [root]
-        elif root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-        else:
+        files = _listing(root)
+        if files is None:
             h.update(f"missing:{root}".encode())
             continue
         for f in files:
             seen = True
             h.update(f"{f.relative_to(root) if f != root else f.name}:{file_fingerprint(f)}\n".encode())
     return h.hexdigest() if seen else None
+
+
+def _listing(root: Path) -> list[Path] | None:
+    """The files under ``root``; a folder's listing is reused for ``TREE_TTL_S`` seconds (expanding a
+    study asks once per run); every file is still stat-ed, so a changed file is always seen."""
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        return None
+    hit = _TREES.get(str(root))
+    if hit is None or time.monotonic() - hit[0] > TREE_TTL_S:
+        hit = _TREES[str(root)] = (time.monotonic(), sorted(
+            p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")))
+    return [p for p in hit[1] if p.exists()]
 
 
 def data_fingerprint(task) -> str | None:
