@@ -197,3 +197,34 @@ def test_a_run_whose_lease_expired_is_rerun_and_a_live_lease_is_left_alone(data,
     assert (result.executed, result.skipped) == (1, 1)  # the live one is left to its driver
     assert [r.status for r in store.runs(run_id=dead.run_id)] == ["unfinished", "finished"]
     assert [r.status for r in store.runs(run_id=alive.run_id)] == ["running"]  # its host is alive: not rerun
+
+
+# ------------------------------------------------------------------ artifacts at an fsspec URL
+@pytest.mark.parametrize("executor", ["inline", "processes"])
+def test_artifacts_at_a_url_round_trip_export_and_a_kd_teacher(data, tmp_path, executor):
+    import shutil
+
+    from transferlab.card import export_run
+    from transferlab.models.artifacts import load_run_model
+
+    url = "memory://transferlab-test/" + executor if executor == "inline" else (tmp_path / "remote").as_uri()
+    store = Store(tmp_path / "s.db", artifacts=url)
+    teacher = load_study({**tiny_study_dict(data, name="teacher", seeds=[0], save_model=True),
+                          "arms": {"adamw": {"optim.name": "adamw"}}, "baseline": "adamw"})
+    assert run_study(teacher, store, executor=executor, workers=1, threads=1, out=lambda _: None).failed == 0
+    (row,) = store.runs(study="teacher")
+    assert row.artifacts == url and not (tmp_path / "s_artifacts" / row.uid.replace("/", "_")).exists()
+    shutil.rmtree(tmp_path / "s_artifacts", ignore_errors=True)  # no local copy: everything comes from the URL
+    fresh = Store(tmp_path / "s.db", artifacts=url)
+    model, _ = load_run_model(fresh, row.uid)
+    assert model is not None
+    out = export_run(fresh, row.uid, tmp_path / "export")
+    assert (out / "config.json").is_file()
+    student = tiny_study_dict(data, name="student", seeds=[0])
+    student["base"]["distill"] = {"kind": "kd", "teacher": row.uid}
+    student["arms"] = {"kd": {"distill.alpha": 0.5}}
+    student["baseline"] = "kd"
+    result = run_study(load_study(student), fresh, executor=executor, workers=1, threads=1, out=lambda _: None)
+    assert result.failed == 0 and result.executed == 1
+    (kd,) = fresh.runs(study="student")
+    assert kd.status == "finished" and kd.summary["dev"]

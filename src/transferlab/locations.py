@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transferlab.errors import UserError
 
-_PULLED: set[tuple[str, str]] = set()  # (url, uid) pulled by this process
+_PULLED: set[tuple[str, str]] = set()  # (cache folder, uid) pulled by this process
 
 
 def safe_name(uid: str) -> str:
@@ -45,8 +45,8 @@ class ArtifactLocation:
 
     def local(self, uid: str) -> Path:
         folder = self.root_path() / safe_name(uid)
-        if self.remote and (self.url, uid) not in _PULLED:
-            _PULLED.add((self.url, uid))
+        if self.remote and ((str(folder), uid) not in _PULLED or not folder.is_dir()):
+            _PULLED.add((str(folder), uid))
             self.pull(uid, folder)
         return folder
 
@@ -69,7 +69,9 @@ class ArtifactLocation:
         for name in there - here:
             self.fs.rm(dst + "/" + name)
         for name in sorted(here):
-            self.fs.put(str(folder / name), dst + "/" + name)
+            target = dst + "/" + name
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.put(str(folder / name), target)
 
     def write_files(self, uid: str, files: dict[str, bytes]) -> None:
         """Files a worker sent back with its record (no shared artifact location): into ``uid``'s folder."""

@@ -24,6 +24,7 @@ from typing import Any
 from transferlab.errors import UserError
 from transferlab.locations import ArtifactLocation, read_files, safe_name
 from transferlab.records import RunRecord, RunSummary
+from transferlab.store import RunRow
 
 
 @dataclass
@@ -94,14 +95,23 @@ class Recorder:
     def curve(self, uid: str) -> list[tuple]:
         return list(self._records[uid].curve) if uid in self._records else []
 
-    def get(self, ref: str):
+    def get(self, ref: str) -> RunRow:
+        """A stored run the spec names (a KD teacher), as the driver resolved it before sending the job."""
         if ref in self.refs:
-            return self.refs[ref]
+            row = self.refs[ref]
+            return RunRow(**{**row, "summary": RunSummary.from_dict(row["summary"])})
         raise UserError(f"run {ref!r}: a worker cannot read the driver's store; give the run's store file "
                         "(distill.teacher_store / transplant.store) or an exported folder")
 
     def artifact_dir(self, uid: str) -> Path:
+        if uid not in self._records and self.location is not None:  # another run's (a teacher): at its location
+            row = next((r for r in self.refs.values() if r["uid"] == uid), None)
+            if row is not None and row.get("artifacts") and row["artifacts"] != self.location.url:
+                return ArtifactLocation(row["artifacts"], cache=self.location.cache).local(uid)
         if self.location is None:
+            if uid not in self._records:
+                raise UserError(f"run {uid}: its weights are not reachable from this worker; name an artifact "
+                                "location every node can read (--artifacts s3://... or a shared folder)")
             return self._staging / safe_name(uid)
         return self.location.local(uid)
 

@@ -119,6 +119,7 @@ class RunRow:
     finished_at: float | None
     duration_s: float | None
     fingerprint: dict[str, Any] | None = None
+    artifacts: str | None = None  # the run's artifact location (None: the store's default folder)
 
 
 class Store:
@@ -319,7 +320,7 @@ class Store:
             provenance=json.loads(r["provenance"] or "{}"), summary=RunSummary.from_dict(json.loads(r["summary"] or "{}")),
             error=r["error"], error_step=r["error_step"], n_params=r["n_params"], n_trainable=r["n_trainable"],
             created_at=r["created_at"], finished_at=r["finished_at"], duration_s=r["duration_s"],
-            fingerprint=json.loads(r["fingerprint"]) if r["fingerprint"] else None,
+            fingerprint=json.loads(r["fingerprint"]) if r["fingerprint"] else None, artifacts=r["artifacts"],
         )
 
     @staticmethod

@@ -28,6 +28,7 @@ class Job:
     run_id: str = ""  # the driver's run id
     earlier: list[tuple[str, str]] = field(default_factory=list)  # earlier attempts: (uid, status)
     artifacts: str | None = None  # the artifact location the worker writes to; None: files travel back
+    refs: dict[str, dict] = field(default_factory=dict)  # stored runs the spec names (a KD teacher): ref -> row
 
 
 @dataclass
@@ -53,7 +54,8 @@ def recorder_for(jobs: list[Job]):
         claims[(spec_hash(spec), spec.seed)] = Claim(job.uid or "", list(job.earlier), job.run_id)
     url = jobs[0].artifacts
     cache = Path(tempfile.gettempdir()) / "transferlab-artifact-cache"
-    return Recorder(claims, ArtifactLocation(url, cache=cache) if url else None)
+    refs = {ref: row for job in jobs for ref, row in job.refs.items()}
+    return Recorder(claims, ArtifactLocation(url, cache=cache) if url else None, refs)
 
 
 def execute(job: Job, hooks: list | tuple = ()) -> Outcome:

@@ -131,11 +131,22 @@ def _claimed(groups, planned: list[Planned], store: Store, study: str, *, skip_f
                 elsewhere.append(job)
                 continue
             job.uid, job.earlier = claim
-            job.run_id, job.artifacts = p.run_id, artifacts
+            job.run_id, job.artifacts, job.refs = p.run_id, artifacts, _refs(store, p.spec)
             beat.uids.add(job.uid)
             live.append(job)
         if live:
             yield live
+
+
+def _refs(store: Store, spec) -> dict[str, dict]:
+    """Runs of this store that a spec names (a KD teacher without teacher_store): their rows, for the worker."""
+    from pathlib import Path
+
+    teacher = spec.distill.teacher
+    if spec.distill.kind == "none" or not teacher or spec.distill.teacher_store or Path(teacher).is_dir():
+        return {}
+    row = store.get(teacher)
+    return {teacher: {**row.__dict__, "summary": row.summary.to_dict(), "artifacts": row.artifacts or store.location.url}}
 
 
 def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *, skip_failed: bool,
