@@ -6,6 +6,7 @@ import sqlite3
 import time
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_spec_dict, tiny_study_dict, write_sentiment_csv
 
@@ -228,3 +229,49 @@ def test_artifacts_at_a_url_round_trip_export_and_a_kd_teacher(data, tmp_path, e
     assert result.failed == 0 and result.executed == 1
     (kd,) = fresh.runs(study="student")
     assert kd.status == "finished" and kd.summary["dev"]
+
+
+def test_a_worker_resumes_from_a_checkpoint_at_the_url(tmp_path):
+    """A run that failed half-way on one worker resumes on another from the checkpoint at the artifact
+    URL (no local copy, no store access) and ends as an uninterrupted run does."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    data = write_sentiment_csv(tmp_path / "data", n_train=40, n_dev=16)
+    spec = spec_from_dict(tiny_spec_dict(data, max_steps=8, num_evals=4, checkpoint_every=3))
+
+    class Crash:
+        def on_step_start(self, step):
+            if step == 5:
+                raise RuntimeError("the node went away")
+
+    def attempt(store: Store, hooks=()):
+        uid, earlier = store.claim("rid-s0", spec_hash(spec), spec.seed, to_dict(spec))
+        job = Job(0, to_dict(spec), "s", str(store.path), uid=uid, run_id="rid-s0", earlier=earlier,
+                  artifacts=store.location.url)
+        (outcome,) = execute_jobs([job], hooks)
+        store.write_record(outcome.record)
+        shutil.rmtree(tempfile_cache(), ignore_errors=True)  # the next worker starts with nothing local
+        return outcome
+
+    url = (tmp_path / "bucket").as_uri()
+    whole = Store(tmp_path / "a.db", artifacts=url + "/a")
+    done = attempt(whole)
+    halves = Store(tmp_path / "b.db", artifacts=url + "/b")
+    first = attempt(halves, [Crash()])
+    assert first.status == "failed" and (tmp_path / "bucket" / "b" / "rid-s0_1" / "checkpoint.pt").is_file()
+    resumed = attempt(halves)
+    assert resumed.status == "finished" and resumed.uid == "rid-s0/2"
+    a = load_file(str(whole.artifact_dir(done.uid) / "model.safetensors"))
+    b = load_file(str(halves.artifact_dir(resumed.uid) / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert halves.curve(resumed.uid) == whole.curve(done.uid)  # history carried from the checkpoint
+    assert not (tmp_path / "bucket" / "b" / "rid-s0_2" / "checkpoint.pt").exists()
+
+
+def tempfile_cache():
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.gettempdir()) / "transferlab-artifact-cache"
