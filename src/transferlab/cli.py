@@ -207,7 +207,7 @@ def cmd_run(args) -> int:
 
 def cmd_study(args, data: dict) -> int:
     from transferlab.store import Store
-    from transferlab.study.runner import describe_plan, run_study
+    from transferlab.study.runner import check_workers, describe_plan, run_study
     from transferlab.study.spec import load_study
 
     study = load_study(data, args.overrides)
@@ -227,10 +227,21 @@ def cmd_study(args, data: dict) -> int:
             resources[name] = float(amount or 1)
         except ValueError:
             raise UserError(f"--ray-resource: {item!r} is not NAME=AMOUNT, e.g. trainer=1") from None
-    options = {"gpus_per_task": args.gpus_per_task, "retries": args.ray_retries, "resources": resources}
-    result = run_study(study, Store(args.store, artifacts=args.artifacts), executor=args.executor,
-                       workers=args.workers, address=args.address, threads=args.threads,
-                       skip_failed=args.skip_failed, new=args.new_study, seed_parallel=args.seed_parallel, **options)
+    from transferlab.locations import ArtifactLocation
+    from transferlab.study.executors import EXECUTORS
+
+    if args.artifacts:
+        ArtifactLocation(args.artifacts)  # a missing fsspec backend: one line before anything is written
+    executor = EXECUTORS.get(args.executor, field="--executor")(
+        workers=args.workers, address=args.address, threads=args.threads, seed_parallel=args.seed_parallel,
+        gpus_per_task=args.gpus_per_task, retries=args.ray_retries, resources=resources)
+    check_workers(study, executor)
+    try:
+        store = Store(args.store, artifacts=args.artifacts)
+    except BaseException:
+        executor.close(cancel=True)
+        raise
+    result = run_study(study, store, executor=executor, skip_failed=args.skip_failed, new=args.new_study)
     if result.interrupted:
         return 130
     if result.failed:  # 0: every run finished or diverged; 1: some failed (listed above)

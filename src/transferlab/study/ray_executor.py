@@ -52,6 +52,18 @@ def job_paths(jobs: list[Job]) -> list[str]:
     return sorted(paths)
 
 
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on an address nobody listens at (``ray.init`` would retry for minutes)."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"--executor ray: cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
+
+
 @EXECUTORS.register("ray")
 class RayExecutor(Executor):
     """Ray tasks on a cluster at ``address``, or on a local cluster started here with ``workers`` CPUs."""
@@ -86,6 +98,8 @@ class RayExecutor(Executor):
         self.refs: dict = {}
 
     def _init(self, workers: int, address: str | None) -> None:
+        if address:
+            _probe(address)
         prefixes = ("HF_", "TRANSFORMERS_", "TRANSFERLAB_", "RAY_AUTH", "OMP_NUM_THREADS")
         env = {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
         try:

@@ -25,7 +25,7 @@ from transferlab.spec import spec_hash, to_dict
 from transferlab.store import LEASE_S, Store
 from transferlab.study import lr_select, ray_executor  # noqa: F401  (ray_executor registers "ray")
 from transferlab.study.degenerate import is_degenerate
-from transferlab.study.executors import EXECUTORS
+from transferlab.study.executors import EXECUTORS, Executor
 from transferlab.study.expand import Planned, cell_defs, expand, expand_lr_search
 from transferlab.study.jobs import Job, Outcome
 from transferlab.study.spec import StudySpec, study_hash
@@ -199,7 +199,7 @@ def _report(p: Planned, outcome: Outcome, store: Store, study: StudySpec, result
         tracker.log(store, outcome.uid, study.study, p)
 
 
-def run_study(study: StudySpec, store: Store, *, executor: str = "inline", workers: int = 1,
+def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inline", workers: int = 1,
               address: str | None = None, threads: int | None = None, skip_failed: bool = False, new: bool = False,
               hooks: Callable[[Job], list] | None = None, out: Callable[[str], None] | None = None,
               seed_parallel: str = "auto", **executor_options) -> StudyResult:
@@ -215,15 +215,13 @@ def run_study(study: StudySpec, store: Store, *, executor: str = "inline", worke
     search = expand_lr_search(study)  # expand first: a study that cannot expand is not registered
     main = expand(study)
     tracker = Tracker(study.logging) if study.logging.tensorboard or study.logging.mlflow else None
-    kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,
-              "seed_parallel": seed_parallel, **executor_options}
-    ex = EXECUTORS.get(executor, field="--executor")(**kwargs)  # before anything is written: a bad
-    ex.log = out  # cluster address or a node without the data leaves the store as it was
-    try:
-        ex.check([Job(i, to_dict(p.spec), study.study, str(store.path)) for i, p in enumerate(search + main)])
-    except BaseException:
-        ex.close(cancel=True)
-        raise
+    if isinstance(executor, str):  # before anything is written: a bad cluster address leaves the store as it was
+        kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,
+                  "seed_parallel": seed_parallel, **executor_options}
+        executor = EXECUTORS.get(executor, field="--executor")(**kwargs)
+    ex = executor
+    ex.log = out
+    check_workers(study, ex)
     store.register_study(study.study, study_hash(study), to_dict(study), new=new)
     result = StudyResult()
     start = time.time()
@@ -252,6 +250,17 @@ def run_study(study: StudySpec, store: Store, *, executor: str = "inline", worke
     for line in result.failures:
         out(f"{study.study}: failed: {line}")
     return result
+
+
+def check_workers(study: StudySpec, ex: Executor) -> None:
+    """Can the executor's workers read what the study's runs read (a Ray node without the data: one line,
+    before anything is written)? The executor is closed when not."""
+    runs = expand_lr_search(study) + expand(study)
+    try:
+        ex.check([Job(i, to_dict(p.spec), study.study, "") for i, p in enumerate(runs)])
+    except BaseException:
+        ex.close(cancel=True)
+        raise
 
 
 def describe_plan(study: StudySpec, store: Store | None, seed_parallel: str = "auto") -> list[list[str]]:
