@@ -275,3 +275,53 @@ def tempfile_cache():
     from pathlib import Path
 
     return Path(tempfile.gettempdir()) / "transferlab-artifact-cache"
+
+
+# ------------------------------------------------------------------ kill scenarios on the processes executor
+def test_sigkill_of_the_driver_after_three_runs_then_resume_on_processes(data, tmp_path):
+    from conftest import sigkill_when
+
+    path, db = _study_file(data, tmp_path)
+    args = ["--executor", "processes", "--workers", "2", "--threads", "1"]
+    sigkill_when(["run", str(path), "--store", str(db), *args],
+                 lambda: db.exists() and sum(r.status == "finished" for r in Store(db).runs()) >= 3,
+                 300, "the study did not get 3 runs done")
+    before = {r.run_id: r.uid for r in Store(db).runs() if r.status == "finished"}
+    assert main(["run", str(path), "--store", str(db), *args]) == 0
+    rows = Store(db).runs()
+    finished = [r for r in rows if r.status == "finished"]
+    assert len(finished) == len({r.run_id for r in finished}) == 10  # 0 lost, 0 duplicated
+    assert all(Store(db).finished(rid).uid == uid for rid, uid in before.items())  # not repeated
+    assert all(r.status == "unfinished" for r in rows if r.status != "finished")
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
+def test_an_artifact_url_without_its_fsspec_backend_is_one_line(data, tmp_path, capsys):
+    import fsspec
+
+    missing = next(p for p in ("s3", "gs", "abfs", "oci") if not _importable(fsspec, p))
+    path, db = _study_file(data, tmp_path)
+    assert main(["run", str(path), "--store", str(db), "--artifacts", f"{missing}://bucket/runs"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"artifact location {missing}://bucket/runs" in err[0] and "not installed" in err[0]
+    assert not db.exists()
+
+
+def _importable(fsspec, protocol: str) -> bool:
+    try:
+        fsspec.get_filesystem_class(protocol)
+        return True
+    except ImportError:
+        return False
+
+
+def test_a_store_of_a_newer_schema_is_one_line_and_left_as_it_was(data, tmp_path, capsys):
+    path, db = _study_file(data, tmp_path)
+    store = Store(db)
+    store._db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    store.close()
+    before = db.read_bytes()
+    assert main(["run", str(path), "--store", str(db)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"store {db} was written by a newer transferlab (schema 99" in err[0]
+    assert db.read_bytes() == before
