@@ -98,7 +98,7 @@ def test_two_node_cluster_stores_every_run_in_the_drivers_store_as_inline_does(c
 
 
 def test_a_data_path_missing_on_a_worker_node_is_one_line_and_nothing_is_written(cluster, tmp_path):
-    address, home = cluster
+    address, _ = cluster
     driver = tmp_path / "driver"
     write_sentiment_csv(driver / "data", n_train=16, n_dev=8)
     study = tiny_study_dict(Path("data"), seeds=[0])  # relative: the worker node's working dir lacks it

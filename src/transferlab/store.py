@@ -130,7 +130,9 @@ class Store:
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"store {self.path} is a folder; give a file path such as {self.path}/store.db")
         default = self.path.parent / (self.path.stem + "_artifacts")
-        self.location = ArtifactLocation(artifacts or str(default), cache=default / ".cache")
+        # the default folder moves with the store (rows say NULL); a named location is stored with each run
+        self.default_location = ArtifactLocation(str(default.absolute()), cache=default / ".cache")
+        self.location = ArtifactLocation(artifacts, cache=default / ".cache") if artifacts else self.default_location
         self.location_named = artifacts is not None  # the user named it: every worker can reach it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -176,14 +178,23 @@ class Store:
     def artifact_dir(self, uid: str) -> Path:
         """A local folder with ``uid``'s artifacts: the folder itself at a local location, else a cache
         (filled from the URL once per process; write there, then ``sync_artifacts``)."""
+        return self.location_of(uid).local(uid)
+
+    def location_of(self, uid: str) -> ArtifactLocation:
+        """Where ``uid``'s artifacts live: the location stored with its row (NULL: next to the store)."""
         row = self._db.execute("SELECT artifacts FROM runs WHERE uid=?", (uid,)).fetchone()
-        location = self.location if not row or not row[0] or row[0] == self.location.url else \
-            ArtifactLocation(row[0], cache=self.location.cache)
-        return location.local(uid)
+        if row is None:
+            return self.location
+        if not row[0]:
+            return self.default_location
+        return self.location if row[0] == self.location.url else ArtifactLocation(row[0], cache=self.location.cache)
+
+    def _named(self) -> str | None:
+        return self.location.url if self.location_named else None
 
     def sync_artifacts(self, uid: str) -> None:
         """Copy what was written into ``artifact_dir(uid)`` to a remote location (a no-op for a folder)."""
-        self.location.push(uid)
+        self.location_of(uid).push(uid)
 
     def close(self) -> None:
         self._db.close()
@@ -212,7 +223,7 @@ class Store:
                 "INSERT INTO runs (uid, run_id, attempt, recipe_hash, seed, name, study, kind, status, spec,"
                 " provenance, host, pid, created_at, heartbeat_at, artifacts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (uid, run_id, last + 1, recipe_hash, seed, name, study, kind, "running", json.dumps(spec),
-                 json.dumps(provenance or {}), socket.gethostname(), os.getpid(), now, now, self.location.url),
+                 json.dumps(provenance or {}), socket.gethostname(), os.getpid(), now, now, self._named()),
             )
         return uid
 
@@ -272,7 +283,7 @@ class Store:
                     " host, pid, created_at, heartbeat_at, lease_until, artifacts, fingerprint)"
                     " VALUES (?,?,?,?,?,?,?,'train','running',?,?,?,?,?,?,?,?)",
                     (uid, run_id, attempt, recipe_hash, seed, name, study, json.dumps(spec), socket.gethostname(),
-                     os.getpid(), now, now, now + lease_s, self.location.url, json.dumps(fingerprint or {})))
+                     os.getpid(), now, now, now + lease_s, self._named(), json.dumps(fingerprint or {})))
         finally:
             self._db.row_factory = None
         return uid, earlier
@@ -288,7 +299,7 @@ class Store:
     def write_record(self, record: RunRecord) -> None:
         """A worker's complete record of a claimed run, in one transaction (its files first)."""
         if record.files:
-            self.location.write_files(record.uid, record.files)
+            self.location_of(record.uid).write_files(record.uid, record.files)
         row = dict(record.row)
         for key in ("summary", "provenance", "spec", "fingerprint"):
             if key in row and not isinstance(row[key], str):

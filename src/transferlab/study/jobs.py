@@ -10,6 +10,7 @@ carries the run's complete record, and the driver writes it (``Store.write_recor
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def outcome_of(job: Job, record: RunRecord | None, error: str | None) -> Outcome
     if record is None or record.status == "running":
         error = error or "the run did not start"
         record = record or RunRecord(job.uid or "", job.run_id)
-        record.row.update(status="failed", error=error)
+        record.row.update(status="failed", error=error, finished_at=time.time())
     from transferlab.records import RunSummary
 
     row = record.row

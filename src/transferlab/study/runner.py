@@ -146,7 +146,7 @@ def _refs(store: Store, spec) -> dict[str, dict]:
     if spec.distill.kind == "none" or not teacher or spec.distill.teacher_store or Path(teacher).is_dir():
         return {}
     row = store.get(teacher)
-    return {teacher: {**row.__dict__, "summary": row.summary.to_dict(), "artifacts": row.artifacts or store.location.url}}
+    return {teacher: {**row.__dict__, "summary": row.summary.to_dict(), "artifacts": store.location_of(row.uid).url}}
 
 
 def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *, skip_failed: bool,
