@@ -325,3 +325,12 @@ def test_a_store_of_a_newer_schema_is_one_line_and_left_as_it_was(data, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"store {db} was written by a newer transferlab (schema 99" in err[0]
     assert db.read_bytes() == before
+
+
+def test_without_a_shared_location_a_rerun_starts_at_step_0(data, tmp_path):
+    """Ray without --artifacts: an earlier attempt's checkpoint stayed on its node; the new attempt
+    trains from the start instead of failing."""
+    spec = spec_from_dict(tiny_spec_dict(data, max_steps=6, checkpoint_every=2))
+    job = Job(0, to_dict(spec), "s", "", uid="rid-s0/2", run_id="rid-s0", earlier=[("rid-s0/1", "unfinished")])
+    (outcome,) = execute_jobs([job])
+    assert outcome.status == "finished" and [c[0] for c in outcome.record.curve] == [2, 4, 6]  # the whole curve

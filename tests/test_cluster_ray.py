@@ -149,3 +149,36 @@ def test_an_unreachable_address_is_one_line_and_nothing_is_written(tmp_path):
     errors = [line for line in out.splitlines() if line.startswith("transferlab: error:")]
     assert len(errors) == 1 and "cannot reach a Ray cluster at 127.0.0.1:1" in errors[0]
     assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.slow  # ~60 s: ten runs on the worker node, twice
+def test_sigkill_then_ctrl_c_of_a_ray_driver_lose_and_duplicate_nothing(cluster, tmp_path):
+    address, _ = cluster
+    data = write_sentiment_csv(tmp_path / "toy", n_train=32, n_dev=16)
+    path, db = tmp_path / "study.yaml", tmp_path / "s.db"
+    path.write_text(yaml.safe_dump(tiny_study_dict(data)))
+    args = ["run", str(path), "--store", str(db), "--executor", "ray", "--address", address,
+            "--ray-resource", "trainer=1", "--threads", "1"]
+
+    def finished() -> int:
+        return sum(r.status == "finished" for r in Store(db).runs()) if db.exists() else 0
+
+    for sig, wanted in ((signal.SIGKILL, 2), (signal.SIGINT, 5)):
+        proc = _cli(args, tmp_path)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and finished() < wanted:
+                time.sleep(0.1)
+            proc.send_signal(sig)
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130 and "Run the same command again to resume" in out, out
+        assert all(r.status in ("finished", "unfinished") for r in Store(db).runs()), [(r.status, r.error) for r in Store(db).runs()]
+    proc = _cli(args, tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    rows = Store(db).runs()
+    done = [r for r in rows if r.status == "finished"]
+    assert len(done) == len({r.run_id for r in done}) == 10  # 0 lost, 0 duplicated

@@ -108,8 +108,8 @@ class Recorder:
             row = next((r for r in self.refs.values() if r["uid"] == uid), None)
             if row is not None and row.get("artifacts") and row["artifacts"] != self.location.url:
                 return ArtifactLocation(row["artifacts"], cache=self.location.cache).local(uid)
-        if self.location is None:
-            if uid not in self._records:
+        if self.location is None:  # an earlier attempt's checkpoint stayed on its node: none here, start at 0
+            if uid not in self._records and any(r["uid"] == uid for r in self.refs.values()):
                 raise UserError(f"run {uid}: its weights are not reachable from this worker; name an artifact "
                                 "location every node can read (--artifacts s3://... or a shared folder)")
             return self._staging / safe_name(uid)
