@@ -175,7 +175,7 @@ def test_an_older_store_is_migrated(tmp_path):
 
 # ------------------------------------------------------------------ leases and two drivers
 def test_two_drivers_of_one_study_run_every_run_exactly_once(data, tmp_path):
-    path, db = _study_file(data, tmp_path, seeds=[0, 1, 2])
+    path, db = _study_file(data, tmp_path, seeds=[0, 1, 2], epochs=3)  # long enough for the drivers to overlap
     Store(db).close()  # both drivers open an existing store
     procs = [_cli(["run", str(path), "--store", str(db), "--threads", "1"]) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
@@ -334,3 +334,18 @@ def test_without_a_shared_location_a_rerun_starts_at_step_0(data, tmp_path):
     job = Job(0, to_dict(spec), "s", "", uid="rid-s0/2", run_id="rid-s0", earlier=[("rid-s0/1", "unfinished")])
     (outcome,) = execute_jobs([job])
     assert outcome.status == "finished" and [c[0] for c in outcome.record.curve] == [2, 4, 6]  # the whole curve
+
+
+def test_a_recorder_answers_for_its_own_runs_like_a_store(data, tmp_path):
+    """What a hook inside the worker reads (its run's uid and final status) comes from the recorder."""
+    from transferlab.study.jobs import recorder_for
+
+    spec = spec_from_dict(tiny_spec_dict(data, max_steps=2))
+    job = Job(0, to_dict(spec), "s", "", uid="rid-s0/3", run_id="rid-s0", earlier=[("rid-s0/2", "failed")])
+    recorder = recorder_for([job])
+    from transferlab.train.loop import run
+
+    result = run(spec, recorder, progress=False, force=True)
+    assert result.uid == "rid-s0/3"
+    assert [a.uid for a in recorder.runs(run_id=result.run_id)] == ["rid-s0/2", "rid-s0/3"]
+    assert recorder.get("rid-s0/3").status == "finished" and recorder.get("rid-s0/3").summary["dev"] == result.dev

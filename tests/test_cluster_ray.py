@@ -182,3 +182,16 @@ def test_sigkill_then_ctrl_c_of_a_ray_driver_lose_and_duplicate_nothing(cluster,
     rows = Store(db).runs()
     done = [r for r in rows if r.status == "finished"]
     assert len(done) == len({r.run_id for r in done}) == 10  # 0 lost, 0 duplicated
+
+
+def test_gpus_per_task_on_a_cluster_without_gpus_is_one_line(cluster, tmp_path):
+    address, _ = cluster
+    data = write_sentiment_csv(tmp_path / "toy", n_train=16, n_dev=8)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(tiny_study_dict(data, seeds=[0])))
+    proc = _cli(["run", "study.yaml", "--store", "s.db", "--executor", "ray", "--address", address,
+                 "--gpus-per-task", "0.5"], tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out
+    errors = [line for line in out.splitlines() if line.startswith("transferlab: error:")]
+    assert len(errors) == 1 and f"--gpus-per-task 0.5: the Ray cluster at {address} has no GPU" in errors[0]
+    assert not (tmp_path / "s.db").exists()

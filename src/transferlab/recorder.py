@@ -100,6 +100,15 @@ class Recorder:
         if ref in self.refs:
             row = self.refs[ref]
             return RunRow(**{**row, "summary": RunSummary.from_dict(row["summary"])})
+        if ref in self._records:  # a run recorded here (a live tracking hook reads its status at the end)
+            rec, row = self._records[ref], self._records[ref].row
+            return RunRow(uid=rec.uid, run_id=rec.run_id, attempt=int(rec.uid.rsplit("/", 1)[-1]), seed=-1,
+                          name=row.get("name"), study=None, kind=row.get("kind", "train"), status=rec.status,
+                          spec={}, provenance=row.get("provenance") or {},
+                          summary=RunSummary.from_dict(row.get("summary") or {}), error=row.get("error"),
+                          error_step=row.get("error_step"), n_params=row.get("n_params"),
+                          n_trainable=row.get("n_trainable"), created_at=0.0, finished_at=row.get("finished_at"),
+                          duration_s=row.get("duration_s"))
         raise UserError(f"run {ref!r}: a worker cannot read the driver's store; give the run's store file "
                         "(distill.teacher_store / transplant.store) or an exported folder")
 
