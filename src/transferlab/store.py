@@ -163,8 +163,10 @@ class Store:
     def _migrate(self) -> None:
         """Schema 1 -> 2: the lease, artifact location and data/model fingerprint columns (NULL for old rows)."""
         version = self._version()
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
+        if version == SCHEMA_VERSION and {"lease_until", "artifacts", "fingerprint"} <= have:
+            return  # nothing to do: opening a current store writes nothing
         with self._tx() as db:
-            have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
             for col in ("lease_until REAL", "artifacts TEXT", "fingerprint TEXT"):
                 if col.split()[0] not in have:
                     db.execute(f"ALTER TABLE runs ADD COLUMN {col}")
