@@ -125,13 +125,14 @@ def _claimed(groups, planned: list[Planned], store: Store, study: str, *, skip_f
         live = []
         for job in group:
             p = planned[job.index]
+            refs = _refs(store, p.spec)  # a teacher that is not there fails before a claim exists
             claim = store.claim(p.run_id, spec_hash(p.spec), p.seed, job.spec, name=p.spec.name, study=study,
                                 fingerprint=fingerprint(p.spec), retry_failed=not skip_failed)
             if claim is None:
                 elsewhere.append(job)
                 continue
             job.uid, job.earlier = claim
-            job.run_id, job.artifacts, job.refs = p.run_id, artifacts, _refs(store, p.spec)
+            job.run_id, job.artifacts, job.refs = p.run_id, artifacts, refs
             beat.uids.add(job.uid)
             live.append(job)
         if live:
