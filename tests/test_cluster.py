@@ -349,3 +349,17 @@ def test_a_recorder_answers_for_its_own_runs_like_a_store(data, tmp_path):
     assert result.uid == "rid-s0/3"
     assert [a.uid for a in recorder.runs(run_id=result.run_id)] == ["rid-s0/2", "rid-s0/3"]
     assert recorder.get("rid-s0/3").status == "finished" and recorder.get("rid-s0/3").summary["dev"] == result.dev
+
+
+def test_a_changed_teacher_folder_changes_the_run_id(data, tmp_path):
+    from transferlab.spec import run_id
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.safetensors").write_bytes(b"weights v1")
+    d = tiny_spec_dict(data)
+    spec = spec_from_dict({**d, "distill": {"kind": "kd", "teacher": str(teacher)}})
+    before = run_id(spec)
+    assert run_id(spec_from_dict(d)) != before
+    (teacher / "model.safetensors").write_bytes(b"weights v2")
+    assert run_id(spec) != before

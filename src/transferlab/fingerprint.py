@@ -10,6 +10,8 @@ Face hub (``path: null``) is identified by its name and options, which are in th
 Model: an alias (``tiny-bert``, ``minilm``... built-in or random) is a constant, its name; a local
 folder is fingerprinted like data (its weight and config files); a hub id by the revision resolved
 in the local Hugging Face cache (``refs/<revision>``), or the requested revision when not cached.
+Other local weight folders the run reads (``input_adapter.from``, a KD teacher folder, transplant
+sources) are fingerprinted like data (a teacher or source named by run id is identified by its id).
 File hashes are cached per process by (path, size, mtime), so repeated run ids cost a ``stat`` per file.
 """
 
@@ -101,5 +103,15 @@ def _cached_revision(repo: str, revision: str) -> str:
         return revision
 
 
+def other_folders(spec) -> list[Path]:
+    """Local folders besides the model that a run reads weights from: a masked-input layer
+    (``input_adapter.from``), a KD teacher folder, transplant sources."""
+    names = [spec.input_adapter.from_, spec.distill.teacher, *(t.source for t in spec.transplant)]
+    return [Path(n).expanduser() for n in names if n and Path(n).expanduser().is_dir()]
+
+
 def fingerprint(spec) -> dict[str, Any]:
-    return {"data": data_fingerprint(spec.task), "model": model_fingerprint(spec.model)}
+    out = {"data": data_fingerprint(spec.task), "model": model_fingerprint(spec.model)}
+    if folders := other_folders(spec):  # only when there are any: other run ids stay as they were
+        out["weights"] = tree_fingerprint(folders)
+    return out
