@@ -5,6 +5,7 @@ there if it opened it (issue 14). Nodes are stopped by the ids of the processes 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def cluster():
         yield address, home
     finally:
         _stop(str(root))
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
