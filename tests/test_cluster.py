@@ -363,3 +363,19 @@ def test_a_changed_teacher_folder_changes_the_run_id(data, tmp_path):
     assert run_id(spec_from_dict(d)) != before
     (teacher / "model.safetensors").write_bytes(b"weights v2")
     assert run_id(spec) != before
+
+
+def test_the_heartbeat_keeps_a_lease_alive(data, tmp_path):
+    from transferlab.study.runner import Heartbeat
+
+    store = Store(tmp_path / "s.db")
+    spec = spec_from_dict(tiny_spec_dict(data))
+    uid, _ = store.claim("rid-s0", spec_hash(spec), 0, to_dict(spec), lease_s=0.4)
+    store._db.execute("UPDATE runs SET host='another-host' WHERE uid=?", (uid,))  # only the lease speaks
+    beat = Heartbeat(store.path, lease_s=0.4)
+    beat.uids.add(uid)
+    time.sleep(1.2)  # three leases long
+    assert store.get(uid).status == "running"
+    beat.close(store)
+    time.sleep(0.6)
+    assert store.get(uid).status == "unfinished"  # no heartbeat: the lease ran out

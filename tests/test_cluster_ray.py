@@ -197,3 +197,21 @@ def test_gpus_per_task_on_a_cluster_without_gpus_is_one_line(cluster, tmp_path):
     errors = [line for line in out.splitlines() if line.startswith("transferlab: error:")]
     assert len(errors) == 1 and f"--gpus-per-task 0.5: the Ray cluster at {address} has no GPU" in errors[0]
     assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.slow  # ~20 s on top of the cluster
+def test_seed_groups_run_as_one_ray_task_each(cluster, tmp_path):
+    address, _ = cluster
+    data = write_sentiment_csv(tmp_path / "toy", n_train=32, n_dev=16)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(tiny_study_dict(data, seeds=[0, 1, 2])))
+    proc = _cli(["run", "study.yaml", "--store", "s.db", "--executor", "ray", "--address", address,
+                 "--ray-resource", "trainer=1", "--seed-parallel", "on", "--threads", "1"], tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    rows = Store(tmp_path / "s.db").runs()
+    assert len(rows) == 6 and all(r.status == "finished" for r in rows)
+    assert {r.summary.engine.label() for r in rows} == {"stacked x3"}
+    workers = {}
+    for r in rows:
+        workers.setdefault(r.spec["optim"]["name"], set()).add(r.provenance["worker"]["pid"])
+    assert all(len(pids) == 1 for pids in workers.values())  # each arm's three seeds: one task, one process
