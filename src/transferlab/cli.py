@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from transferlab.errors import UserError
@@ -69,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: per executor)")
     g.add_argument("--seed-parallel", choices=["auto", "on", "off"], default="auto",
                    help="train runs that differ only in seed together in one process (auto: on CUDA only)")
+    g.add_argument("--gpus-per-task", type=float, default=None,
+                   help="Ray: GPUs per seed group (fractional, e.g. 0.25: four groups share a GPU)")
+    g.add_argument("--ray-retries", type=int, default=1, help="Ray: retries of a task whose worker or node died")
+    g.add_argument("--ray-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                   help="Ray: a custom resource every task asks for (repeatable), e.g. trainer=1")
+    g.add_argument("--artifacts", default=os.environ.get("TRANSFERLAB_ARTIFACTS"), metavar="FOLDER|URL",
+                   help="where runs keep weights and checkpoints: a folder, or an fsspec URL (s3://, gs://, "
+                        "file://); default: a folder next to the store ($TRANSFERLAB_ARTIFACTS)")
     g.add_argument("--skip-failed", action="store_true", help="do not run failed runs again")
     g.add_argument("--new-study", action="store_true", help="replace a stored study of this name and another spec")
     _store_arg(p)
@@ -162,9 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (timeout, Slurm, kill) stops like Ctrl-C: cleanly, resumable
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
     try:
         code = COMMANDS[args.command](args) or 0
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
@@ -210,7 +226,7 @@ def cmd_run(args) -> int:
     spec = load_spec(data, args.overrides)
     if args.dry_run:
         return dry_run(spec, args.store)
-    store = Store(args.store)
+    store = Store(args.store, artifacts=args.artifacts)
     tracking = tracking_from_args(args)
     tracker = None
     if tracking.enabled:
@@ -268,7 +284,7 @@ def dry_run(spec, store_path: str) -> int:
 
 def cmd_study(args, data: dict) -> int:
     from transferlab.store import Store
-    from transferlab.study.runner import describe_plan, run_study
+    from transferlab.study.runner import check_workers, describe_plan, run_study
     from transferlab.study.spec import load_study
 
     study = load_study(data, args.overrides)
@@ -286,13 +302,33 @@ def cmd_study(args, data: dict) -> int:
         print(f"{study.study}: {sum(r[-1] != 'done' for r in runs)} of {len(runs)} runs to do"
               + (f"; then {waiting} cells x {len(study.seeds)} seeds at the LRs chosen on validation" if waiting else ""))
         return 0
-    result = run_study(study, Store(args.store), executor=args.executor, workers=args.workers,
-                       address=args.address, threads=args.threads, skip_failed=args.skip_failed,
-                       new=args.new_study, seed_parallel=args.seed_parallel)
+    resources = {}
+    for item in args.ray_resource:
+        name, _, amount = item.partition("=")
+        try:
+            resources[name] = float(amount or 1)
+        except ValueError:
+            raise UserError(f"--ray-resource: {item!r} is not NAME=AMOUNT, e.g. trainer=1") from None
+    from transferlab.locations import ArtifactLocation
+    from transferlab.study.executors import EXECUTORS
+
+    if args.artifacts:
+        ArtifactLocation(args.artifacts)  # a missing fsspec backend: one line before anything is written
+    executor = EXECUTORS.get(args.executor, field="--executor")(
+        workers=args.workers, address=args.address, threads=args.threads, seed_parallel=args.seed_parallel,
+        gpus_per_task=args.gpus_per_task, retries=args.ray_retries, resources=resources)
+    check_workers(study, executor)
+    try:
+        store = Store(args.store, artifacts=args.artifacts)
+    except BaseException:
+        executor.close(cancel=True)
+        raise
+    result = run_study(study, store, executor=executor, skip_failed=args.skip_failed, new=args.new_study)
     if result.interrupted:
         return 130
-    if result.failed:
-        first = result.errors[0].splitlines()[0][:200] if result.errors else ""
+    if result.failed:  # 0: every run finished or diverged; 1: some failed (listed above); one line on stderr
+        lines = result.errors[0].strip().splitlines() if result.errors else []
+        first = lines[-1][:200] if lines else ""  # a traceback's last line says what went wrong
         print(f"transferlab: {study.study}: {result.failed} of {result.executed} runs failed (first: {first}); "
               f"`transferlab runs --study {study.study}` lists them", file=sys.stderr)
         return 1

@@ -117,3 +117,21 @@ class RunResult:
     def reused(cls, run_id: str, uid: str, summary: RunSummary, duration_s: float | None) -> RunResult:
         return cls(run_id, uid, "skipped", summary.dev, summary.test, summary.best_step, summary.steps,
                    duration_s or 0.0, summary)
+
+
+@dataclass
+class RunRecord:
+    """A run's complete record as a worker made it (``transferlab.recorder.Recorder``), written by the
+    driver in one transaction (``Store.write_record``): the run row's fields, every evaluation, the
+    curve, and (when the worker shares no artifact location with the driver) its files."""
+
+    uid: str
+    run_id: str
+    row: dict[str, Any] = field(default_factory=dict)  # column -> value (summary/provenance/spec as data)
+    evals: list[tuple[int, str, str, float]] = field(default_factory=list)  # step, split, metric, value
+    curve: list[tuple[int, float, float, float | None]] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # name -> content, for the driver's artifact location
+
+    @property
+    def status(self) -> str:
+        return self.row.get("status", "running")

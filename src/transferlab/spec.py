@@ -491,5 +491,9 @@ def spec_hash(spec: Any, exclude: tuple[str, ...] = ("seed", "name")) -> str:
 
 
 def run_id(spec: RunSpec) -> str:
-    """A run's identity: the recipe hash and the seed."""
-    return f"{spec_hash(spec)[:12]}-s{spec.seed}"
+    """A run's identity: the recipe hash, the fingerprints of its data files and model (fingerprint.py:
+    changed data or weights make a new run), and the seed."""
+    from transferlab.fingerprint import fingerprint
+
+    text = spec_hash(spec) + json.dumps(fingerprint(spec), sort_keys=True)
+    return f"{hashlib.sha256(text.encode()).hexdigest()[:12]}-s{spec.seed}"

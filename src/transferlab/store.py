@@ -12,6 +12,15 @@ Tables:
 
 Every write is its own short transaction, so a process killed at any moment leaves the
 file readable; a run whose process died shows as ``unfinished``.
+
+Only the driver writes (schema 2). A study's driver ``claim``s each run in one transaction (a new
+attempt row, ``running``, holding a lease until ``lease_until``) and refreshes the leases of its
+runs in flight (``heartbeat``); a worker, here or on another host, runs against a
+``transferlab.recorder.Recorder`` and sends back the run's complete record, which the driver
+writes in one transaction (``write_record``). A running row whose lease expired (its driver's host
+died) reads as ``unfinished`` and is claimed again; a live lease is never claimed twice, so two
+drivers of one study share its runs. Artifacts (weights, checkpoints) live at the store's artifact
+location (``transferlab.locations``): a folder next to the store by default, or a URL.
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ from typing import Any
 
 from transferlab.checks import check_writable_dir
 from transferlab.errors import UserError
-from transferlab.records import RunSummary
+from transferlab.locations import ArtifactLocation
+from transferlab.records import RunRecord, RunSummary
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+LEASE_S = float(os.environ.get("TRANSFERLAB_LEASE_S", "120"))  # a claim lives this long unrefreshed
 DEFAULT_STORE = "runs/transferlab.db"
 
 _SCHEMA = """
@@ -59,6 +70,9 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at REAL,
     heartbeat_at REAL,
     duration_s REAL,
+    lease_until REAL,
+    artifacts TEXT,
+    fingerprint TEXT,
     UNIQUE (run_id, attempt)
 );
 CREATE INDEX IF NOT EXISTS runs_by_study ON runs(study);
@@ -105,12 +119,14 @@ class RunRow:
     created_at: float
     finished_at: float | None
     duration_s: float | None
+    fingerprint: dict[str, Any] | None = None
+    artifacts: str | None = None  # the run's artifact location (None: the store's default folder)
 
 
 class Store:
     """A handle on one store file. Cheap to open; safe to use from several processes."""
 
-    def __init__(self, path: str | Path = DEFAULT_STORE, *, create: bool = True):
+    def __init__(self, path: str | Path = DEFAULT_STORE, *, create: bool = True, artifacts: str | None = None):
         """``create=False`` (listing, reporting): a missing store is an error, never a new empty file."""
         self.path = Path(path)
         if self.path.exists() and self.path.is_dir():
@@ -118,34 +134,76 @@ class Store:
         if not create and not self.path.is_file():
             raise UserError(f"store {self.path} does not exist (check --store or $TRANSFERLAB_STORE)")
         check_writable_dir(self.path.parent, f"store {self.path}")  # SQLite's WAL writes beside the file
+        default = self.path.parent / (self.path.stem + "_artifacts")
+        # the default folder moves with the store (rows say NULL); a named location is stored with each run
+        self.default_location = ArtifactLocation(str(default.absolute()), cache=default / ".cache")
+        self.location = ArtifactLocation(artifacts, cache=default / ".cache") if artifacts else self.default_location
+        self.location_named = artifacts is not None  # the user named it: every worker can reach it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._check_version()  # before anything is written
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.OperationalError as e:  # read-only file, locked beyond the timeout, disk full
             raise UserError(f"store {self.path} cannot be opened for writing (SQLite said: {e})") from None
         except sqlite3.DatabaseError as e:
             raise UserError(f"store {self.path} is not a transferlab store (SQLite said: {e})") from None
-        self._check_version()
+
+    def _version(self) -> int | None:
+        if not self._db.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone():
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else None
 
     def _check_version(self) -> None:
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+        version = self._version()
+        if version is not None and version > SCHEMA_VERSION:
+            self._db.close()
             raise UserError(
-                f"store {self.path} was written by a newer transferlab (schema {row[0]}, this one reads "
+                f"store {self.path} was written by a newer transferlab (schema {version}, this one reads "
                 f"up to {SCHEMA_VERSION}); upgrade transferlab or use another store"
             )
 
+    def _migrate(self) -> None:
+        """Schema 1 -> 2: the lease, artifact location and data/model fingerprint columns (NULL for old rows)."""
+        version = self._version()
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
+        if version == SCHEMA_VERSION and {"lease_until", "artifacts", "fingerprint"} <= have:
+            return  # nothing to do: opening a current store writes nothing
+        with self._tx() as db:
+            for col in ("lease_until REAL", "artifacts TEXT", "fingerprint TEXT"):
+                if col.split()[0] not in have:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {col}")
+            if version != SCHEMA_VERSION:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
     @property
     def artifacts(self) -> Path:
-        return self.path.parent / (self.path.stem + "_artifacts")
+        return self.location.root_path()
 
     def artifact_dir(self, uid: str) -> Path:
-        return self.artifacts / uid.replace("/", "_")
+        """A local folder with ``uid``'s artifacts: the folder itself at a local location, else a cache
+        (filled from the URL once per process; write there, then ``sync_artifacts``)."""
+        return self.location_of(uid).local(uid)
+
+    def location_of(self, uid: str) -> ArtifactLocation:
+        """Where ``uid``'s artifacts live: the location stored with its row (NULL: next to the store)."""
+        row = self._db.execute("SELECT artifacts FROM runs WHERE uid=?", (uid,)).fetchone()
+        if row is None:
+            return self.location
+        if not row[0]:
+            return self.default_location
+        return self.location if row[0] == self.location.url else ArtifactLocation(row[0], cache=self.location.cache)
+
+    def _named(self) -> str | None:
+        return self.location.url if self.location_named else None
+
+    def sync_artifacts(self, uid: str) -> None:
+        """Copy what was written into ``artifact_dir(uid)`` to a remote location (a no-op for a folder)."""
+        self.location_of(uid).push(uid)
 
     def close(self) -> None:
         self._db.close()
@@ -172,9 +230,9 @@ class Store:
             uid = f"{run_id}/{last + 1}"
             db.execute(
                 "INSERT INTO runs (uid, run_id, attempt, recipe_hash, seed, name, study, kind, status, spec,"
-                " provenance, host, pid, created_at, heartbeat_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " provenance, host, pid, created_at, heartbeat_at, artifacts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (uid, run_id, last + 1, recipe_hash, seed, name, study, kind, "running", json.dumps(spec),
-                 json.dumps(provenance or {}), socket.gethostname(), os.getpid(), now, now),
+                 json.dumps(provenance or {}), socket.gethostname(), os.getpid(), now, now, self._named()),
             )
         return uid
 
@@ -209,17 +267,80 @@ class Store:
         with self._tx() as db:
             db.executemany("INSERT OR REPLACE INTO curve VALUES (?,?,?,?,?)", [(uid, *r) for r in rows])
 
+    # ------------------------------------------------------------------ the driver: claims, leases, records
+    def claim(self, run_id: str, recipe_hash: str, seed: int, spec: dict, *, name: str | None = None,
+              study: str | None = None, fingerprint: dict | None = None, retry_failed: bool = True,
+              lease_s: float = LEASE_S) -> tuple[str, list[tuple[str, str]]] | None:
+        """In one transaction: a new ``running`` attempt of ``run_id`` holding a lease, unless the run is
+        done, failed (and not ``retry_failed``) or held by a live lease. Returns (uid, earlier attempts
+        as (uid, status)) or None."""
+        now = time.time()
+        self._db.row_factory = sqlite3.Row
+        try:
+            with self._tx() as db:
+                rows = db.execute("SELECT * FROM runs WHERE run_id=? ORDER BY attempt", (run_id,)).fetchall()
+                earlier = [(r["uid"], self._status(r, now)) for r in rows]
+                last = earlier[-1][1] if earlier else None
+                last_error = rows[-1]["error"] or "" if rows else ""
+                if last in ("finished", "diverged", "running") or (
+                        last == "failed" and not retry_failed and not last_error.startswith("interrupted")):
+                    return None
+                attempt = rows[-1]["attempt"] + 1 if rows else 1
+                uid = f"{run_id}/{attempt}"
+                db.execute(
+                    "INSERT INTO runs (uid, run_id, attempt, recipe_hash, seed, name, study, kind, status, spec,"
+                    " host, pid, created_at, heartbeat_at, lease_until, artifacts, fingerprint)"
+                    " VALUES (?,?,?,?,?,?,?,'train','running',?,?,?,?,?,?,?,?)",
+                    (uid, run_id, attempt, recipe_hash, seed, name, study, json.dumps(spec), socket.gethostname(),
+                     os.getpid(), now, now, now + lease_s, self._named(), json.dumps(fingerprint or {})))
+        finally:
+            self._db.row_factory = None
+        return uid, earlier
+
+    def heartbeat(self, uids: list[str], lease_s: float = LEASE_S) -> None:
+        """Refresh the leases of runs in flight."""
+        if uids:
+            now = time.time()
+            with self._tx() as db:
+                db.executemany("UPDATE runs SET heartbeat_at=?, lease_until=? WHERE uid=? AND status='running'",
+                               [(now, now + lease_s, uid) for uid in uids])
+
+    def write_record(self, record: RunRecord) -> None:
+        """A worker's complete record of a claimed run, in one transaction (its files first)."""
+        if record.files:
+            self.location_of(record.uid).write_files(record.uid, record.files)
+        row = dict(record.row)
+        for key in ("summary", "provenance", "spec", "fingerprint"):
+            if key in row and not isinstance(row[key], str):
+                row[key] = json.dumps(row[key].to_dict() if isinstance(row[key], RunSummary) else row[key])
+        row.update(heartbeat_at=time.time(), lease_until=None)
+        cols = ", ".join(f"{k}=?" for k in row)
+        with self._tx() as db:
+            db.execute(f"UPDATE runs SET {cols} WHERE uid=?", (*row.values(), record.uid))
+            db.executemany("INSERT OR REPLACE INTO evals VALUES (?,?,?,?,?)",
+                           [(record.uid, s, split, m, float(v)) for s, split, m, v in record.evals])
+            db.executemany("INSERT OR REPLACE INTO curve VALUES (?,?,?,?,?)", [(record.uid, *c) for c in record.curve])
+
+    def _status(self, r: sqlite3.Row, now: float | None = None) -> str:
+        """A row's status; ``running`` reads ``unfinished`` once its process or its lease is gone."""
+        status = r["status"]
+        if status != "running":
+            return status
+        lease = r["lease_until"]
+        if lease is not None and lease < (now or time.time()):
+            return "unfinished"
+        return status if self._alive(r["host"], r["pid"]) else "unfinished"
+
     # ------------------------------------------------------------------ reading
     def _row(self, r: sqlite3.Row) -> RunRow:
-        status = r["status"]
-        if status == "running" and not self._alive(r["host"], r["pid"]):
-            status = "unfinished"
+        status = self._status(r)
         return RunRow(
             uid=r["uid"], run_id=r["run_id"], attempt=r["attempt"], seed=r["seed"], name=r["name"],
             study=r["study"], kind=r["kind"], status=status, spec=json.loads(r["spec"]),
             provenance=json.loads(r["provenance"] or "{}"), summary=RunSummary.from_dict(json.loads(r["summary"] or "{}")),
             error=r["error"], error_step=r["error_step"], n_params=r["n_params"], n_trainable=r["n_trainable"],
             created_at=r["created_at"], finished_at=r["finished_at"], duration_s=r["duration_s"],
+            fingerprint=json.loads(r["fingerprint"]) if r["fingerprint"] else None, artifacts=r["artifacts"],
         )
 
     @staticmethod

@@ -181,15 +181,18 @@ def find_resume(store: Store, run_id: str, uid: str) -> tuple[str, Path] | None:
     return (earlier[-1].uid, path) if path.is_file() else None
 
 
-def carry_history(store: Store, old_uid: str, new_uid: str, step: int) -> None:
-    """Copy the old attempt's evaluations and curve up to ``step`` to the resumed attempt."""
+def carry_history(store: Store, old_uid: str, new_uid: str, step: int, history: dict | None = None) -> None:
+    """Copy the old attempt's evaluations and curve up to ``step`` to the resumed attempt: from the
+    checkpoint (``history``, which a worker that never wrote the store saved there), else from the store."""
+    evals = history["evals"] if history else store.evals(old_uid)
+    curve = history["curve"] if history else store.curve(old_uid)
     by_split: dict[tuple[int, str], dict[str, float]] = {}
-    for s, split, metric, value in store.evals(old_uid):
+    for s, split, metric, value in evals:
         if s <= step:
             by_split.setdefault((s, split), {})[metric] = value
     for (s, split), metrics in by_split.items():
         store.log_evals(new_uid, s, split, metrics)
-    store.log_curve(new_uid, [row for row in store.curve(old_uid) if row[0] <= step])
+    store.log_curve(new_uid, [tuple(row) for row in curve if row[0] <= step])
 
 
 def remove_checkpoints(*paths: Path | None) -> None:

@@ -5,7 +5,8 @@
     fewshot.py    class-balanced downsampling of train; dev split into validation and test halves
     degenerate.py constant-prediction baselines and the degenerate-run flag
     lr_select.py  per-cell learning rate chosen on validation
-    executors.py  inline, processes, ray (EXECUTORS registry)
+    executors.py  inline, processes (EXECUTORS registry); ray_executor.py: ray
+    jobs.py       a claimed run as plain data, run against a recorder; its outcome carries the record
     runner.py     run_study: resume, progress and ETA, Ctrl-C
     stats.py      per-cell statistics and tests against a baseline arm
     tables.py     the report's tables; plots.py its figures

@@ -1,47 +1,61 @@
 """Where a study's runs execute: ``inline`` (this process), ``processes`` (N local workers) or ``ray``.
 
     executor = EXECUTORS.get("processes")(workers=2)
-    for outcome in executor.map(jobs): ...
-    executor.close(cancel=True)   # after Ctrl-C: queued jobs are dropped, running ones stopped
+    for outcome in executor.map(groups): ...     # groups: an iterable of claimed seed groups (lists of jobs)
+    executor.close(cancel=True)                  # after Ctrl-C: running work is stopped
 
-Every worker opens its own connection to the same SQLite store (WAL mode) and writes its
-run there through ``transferlab.train.loop.run``: the store is the one point of truth, and
-a worker that dies leaves its run ``unfinished`` for the next attempt. Results come back
-only as small summaries for the progress display.
+Executors pull groups lazily (at most ``parallelism`` in flight), so the driver claims a run in the
+store only when a worker is free to run it. A worker runs its group against a recorder and sends
+back each run's complete record; the driver alone writes the store (study/runner.py).
 
-``processes`` spawns fresh interpreters (no fork: CUDA and fork do not mix). On a CUDA
-machine worker i sees GPU ``i % n`` alone (``CUDA_VISIBLE_DEVICES``), so N workers on one
-GPU share it. ``ray`` (the ``ray`` extra) uses a running cluster (``--address``), or starts a
-local one with ``workers`` CPUs; each task asks for one CPU, and one GPU when the cluster has
-any. Ray workers open the store at the same path, so on a multi-node cluster every node must
-see that path on a file system with working locks (SQLite's WAL needs all writers on one host).
+``processes`` spawns fresh interpreters (no fork: CUDA and fork do not mix), each with a pipe of its
+own, so a worker that dies (SIGKILL, the OOM killer) fails only the runs it held: the study goes on
+with a new worker in its place. Workers die with their parent, also when the parent is SIGKILLed
+(Linux: ``PR_SET_PDEATHSIG``; elsewhere a thread watches the parent). On a CUDA machine worker i sees
+GPU ``i % n`` alone (``CUDA_VISIBLE_DEVICES``). ``ray`` (the ``ray`` extra) uses a running cluster
+(``--address``) or starts a local one; each seed group is one Ray task (``--gpus-per-task`` may be
+fractional, so several groups share a GPU); a task whose worker or node died is retried
+(``--ray-retries``, default 1) and then failed; the data paths are checked on every node first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import pickle
 import signal
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.connection import wait
 from typing import Any
 
 from transferlab.errors import UserError
 from transferlab.registry import Registry
-from transferlab.study.jobs import Job, Outcome, execute, job_run_id
+from transferlab.study.jobs import Job, Outcome, execute, outcome_of
 
 EXECUTORS: Registry = Registry("executor")
 
 
 class Executor:
-    """Runs jobs and yields their outcomes as they complete."""
+    """Runs groups of jobs and yields their outcomes as they complete."""
 
-    def map(self, jobs: list[Job]) -> Iterator[Outcome]:
+    shares_files = True  # the workers see this machine's files (the artifact folder)
+    seed_parallel = "auto"
+    hooks = None
+    log: Callable[[str], None] = staticmethod(lambda line: None)
+
+    def map(self, groups: Iterable[list[Job]]) -> Iterator[Outcome]:
         raise NotImplementedError
 
+    def check(self, jobs: list[Job]) -> None:
+        """Before anything is written: can the workers run these jobs (UserError naming what and where)."""
+
     def close(self, cancel: bool = False) -> None:
-        """Release workers; ``cancel`` drops queued jobs and stops running ones (after Ctrl-C)."""
+        """Release workers; ``cancel`` stops running ones (after Ctrl-C)."""
 
     @property
     def parallelism(self) -> int:
@@ -50,16 +64,16 @@ class Executor:
 
 @EXECUTORS.register("inline")
 class InlineExecutor(Executor):
-    """One run after the other in this process (the default). ``hooks(job)`` may add loop hooks."""
+    """One group after the other in this process (the default). ``hooks(job)`` may add loop hooks."""
 
     def __init__(self, workers: int = 1, threads: int | None = None, hooks: Callable[[Job], list] | None = None,
                  seed_parallel: str = "auto", **_: Any):
         self.hooks, self.threads, self.seed_parallel = hooks, threads, seed_parallel
 
-    def map(self, jobs: list[Job]) -> Iterator[Outcome]:
-        from transferlab.study.seed_groups import execute_group, seed_groups
+    def map(self, groups: Iterable[list[Job]]) -> Iterator[Outcome]:
+        from transferlab.study.seed_groups import execute_group
 
-        for group in seed_groups(jobs, self.seed_parallel, has_hooks=self.hooks is not None):  # seed-parallel
+        for group in groups:
             for job in group:
                 job.threads = job.threads or self.threads
             if len(group) > 1:
@@ -68,56 +82,136 @@ class InlineExecutor(Executor):
                 yield execute(group[0], self.hooks(group[0]) if self.hooks else ())
 
 
-def _init_worker(threads: int, gpus: Any) -> None:
+# ---------------------------------------------------------------------- processes
+def die_with_parent(parent: int) -> None:
+    """This process ends when ``parent`` does, even under SIGKILL: the kernel's parent-death signal on
+    Linux (prctl PR_SET_PDEATHSIG, by hand through ctypes: no library wraps it), and a thread that
+    polls the parent id everywhere."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the prctl
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="transferlab-parent-watch").start()
+
+
+def _worker_main(conn, parent: int, threads: int, gpu: int | None) -> None:
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if gpus is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     import torch
 
+    from transferlab.study.seed_groups import execute_group
+
     torch.set_num_threads(threads)
+    while True:
+        try:
+            group = conn.recv()
+        except EOFError:
+            return
+        if group is None:
+            return
+        conn.send(execute_group(group))
+
+
+def _died(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (killed: out of memory?)" if name == "SIGKILL" else ""
+        return f"the worker process died of {name}{hint}"
+    return f"the worker process exited with code {exitcode}"
+
+
+class _Worker:
+    def __init__(self, ctx, threads: int, gpu: int | None):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), threads, gpu), daemon=True)
+        self.proc.start()
+        child.close()
+        self.group: list[Job] | None = None
 
 
 @EXECUTORS.register("processes")
 class ProcessExecutor(Executor):
-    """N spawned worker processes on this machine."""
+    """N spawned worker processes on this machine; a dead worker fails only its own runs."""
 
     def __init__(self, workers: int = 2, threads: int | None = None, seed_parallel: str = "auto", **_: Any):
         if workers < 1:
             raise UserError(f"--workers: must be at least 1, got {workers}")
         self.workers, self.seed_parallel = workers, seed_parallel
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        ctx = multiprocessing.get_context("spawn")
-        gpus = None
-        n_gpus = _cuda_count()
-        if n_gpus:
-            gpus = ctx.Queue()
-            for i in range(workers):
-                gpus.put(i % n_gpus)
-        self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(self.threads, gpus))
+        self.ctx = multiprocessing.get_context("spawn")
+        self.n_gpus = _cuda_count()
+        self.pool: list[_Worker] = []
 
     @property
     def parallelism(self) -> int:
         return self.workers
 
-    def map(self, jobs: list[Job]) -> Iterator[Outcome]:
-        from transferlab.study.seed_groups import execute_group, seed_groups
+    def _spawn(self, slot: int) -> _Worker:
+        return _Worker(self.ctx, self.threads, slot % self.n_gpus if self.n_gpus else None)
 
-        pending = {self.pool.submit(execute_group, group) for group in seed_groups(jobs, self.seed_parallel)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield from future.result()
+    def map(self, groups: Iterable[list[Job]]) -> Iterator[Outcome]:
+        todo = iter(groups)
+        while len(self.pool) < self.workers:
+            self.pool.append(self._spawn(len(self.pool)))
+        exhausted = False
+        while True:
+            for slot, worker in enumerate(self.pool):
+                if worker.group is None and not exhausted:
+                    if not worker.proc.is_alive():  # died between groups
+                        worker = self.pool[slot] = self._spawn(slot)
+                    worker.group = next(todo, None)
+                    exhausted = worker.group is None
+                    if worker.group is not None:
+                        worker.conn.send(worker.group)
+            busy = [w for w in self.pool if w.group is not None]
+            if not busy:
+                return
+            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy])
+            for slot, worker in enumerate(self.pool):
+                if worker.group is None or not (worker.conn in ready or worker.proc.sentinel in ready):
+                    continue
+                yield from self._collect(slot, worker)
+
+    def _collect(self, slot: int, worker: _Worker) -> Iterator[Outcome]:
+        try:
+            if worker.conn.poll():
+                outcomes, worker.group = worker.conn.recv(), None
+                yield from outcomes
+                return
+        except (EOFError, OSError, pickle.UnpicklingError):
+            pass  # died while sending
+        worker.proc.join(timeout=5)
+        if worker.proc.is_alive():
+            return  # woken by the pipe but nothing to read yet
+        group, worker.group = worker.group, None
+        error = _died(worker.proc.exitcode)
+        self.log(f"{error}; its {len(group)} run(s) are marked failed and the study goes on with a new worker")
+        self.pool[slot] = self._spawn(slot)
+        for job in group:
+            yield outcome_of(job, None, f"{error} while running this run")
 
     def close(self, cancel: bool = False) -> None:
-        if cancel:  # stop the workers now: their runs stay "unfinished" in the store and rerun on resume
-            stop = getattr(self.pool, "terminate_workers", None)  # Python 3.14+
-            if stop is not None:
-                stop()
-            else:  # shutdown() forgets the processes, so terminate them first
-                for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
-                    proc.terminate()
-        self.pool.shutdown(wait=True, cancel_futures=cancel)
+        for worker in self.pool:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                if cancel:
+                    worker.proc.terminate()  # running runs stay "unfinished" in the store and rerun on resume
+                else:
+                    worker.conn.send(None)
+        for worker in self.pool:
+            worker.proc.join(timeout=10)
+            if worker.proc.is_alive():
+                worker.proc.kill()
+                worker.proc.join()
+        self.pool = []
 
 
 def _cuda_count() -> int:
@@ -125,57 +219,4 @@ def _cuda_count() -> int:
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
-
-@EXECUTORS.register("ray")
-class RayExecutor(Executor):
-    """Ray tasks on a cluster at ``address``, or on a local cluster started here with ``workers`` CPUs."""
-
-    def __init__(self, workers: int = 2, address: str | None = None, threads: int | None = None, **_: Any):
-        try:
-            import ray
-        except ImportError:
-            raise UserError("--executor ray needs Ray: pip install 'transferlab[ray]'") from None
-        self.ray = ray
-        self.started = not ray.is_initialized()
-        if self.started:
-            env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "TRANSFERLAB_"))}
-            try:
-                if address:
-                    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
-                else:
-                    ray.init(num_cpus=workers, runtime_env={"env_vars": env}, log_to_driver=False,
-                             include_dashboard=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise UserError(f"--executor ray: cannot start or reach a Ray cluster "
-                                f"(address {address or 'local'}): {e}") from None
-        resources = ray.cluster_resources()
-        self.workers = int(resources.get("CPU", workers))
-        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-        self.threads = threads or 1
-        self.remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(execute)
-        self.refs: list = []
-
-    @property
-    def parallelism(self) -> int:
-        return self.workers
-
-    def map(self, jobs: list[Job]) -> Iterator[Outcome]:
-        for job in jobs:
-            job.threads = job.threads or self.threads
-        self.refs = [self.remote.remote(job) for job in jobs]
-        pending = list(self.refs)
-        while pending:
-            done, pending = self.ray.wait(pending, num_returns=1)
-            try:
-                yield self.ray.get(done[0])
-            except self.ray.exceptions.RayError as e:  # a worker died: its run stays unfinished in the store
-                job = jobs[self.refs.index(done[0])]
-                yield Outcome(job.index, job_run_id(job), None, "failed", error=f"Ray: {e}".splitlines()[0])
-
-    def close(self, cancel: bool = False) -> None:
-        if cancel:
-            for ref in self.refs:
-                with contextlib.suppress(Exception):  # already finished or gone: nothing to cancel
-                    self.ray.cancel(ref, force=True)
-        if self.started:
-            self.ray.shutdown()
+# the ``ray`` executor registers itself in study/ray_executor.py (imported by study/runner.py)

@@ -1,13 +1,21 @@
-"""A study's unit of work and its result: a ``Job`` (one run's spec as plain data, cheap to send to
-another process) and its ``Outcome``; ``execute`` runs one job in this process.
+"""A study's unit of work and its result: a ``Job`` (one claimed run's spec as plain data, cheap to
+send to another process or host) and its ``Outcome``; ``execute`` runs jobs in this process.
 
-    outcome = execute(Job(0, to_dict(spec), "my-study", "runs/transferlab.db"))
+    outcomes = execute_jobs([Job(0, to_dict(spec), "my-study", "runs/transferlab.db", uid="ab12-s0/1")])
+
+A job runs against a ``Recorder`` (transferlab/recorder.py), never against the store: its outcome
+carries the run's complete record, and the driver writes it (``Store.write_record``).
 """
 
 from __future__ import annotations
 
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from transferlab.records import RunRecord
 
 
 @dataclass
@@ -15,8 +23,13 @@ class Job:
     index: int  # position in the study's list of jobs
     spec: dict[str, Any]  # the RunSpec as plain data (cheap to send to another process)
     study: str
-    store: str  # the store file's path
+    store: str  # the driver's store file (for display; a worker never opens it)
     threads: int | None = None  # torch CPU threads for the run; None: the executor's default
+    uid: str | None = None  # the attempt the driver claimed
+    run_id: str = ""  # the driver's run id
+    earlier: list[tuple[str, str]] = field(default_factory=list)  # earlier attempts: (uid, status)
+    artifacts: str | None = None  # the artifact location the worker writes to; None: files travel back
+    refs: dict[str, dict] = field(default_factory=dict)  # stored runs the spec names (a KD teacher): ref -> row
     tracking: dict[str, Any] | None = None  # a TrackingSpec as plain data: live TensorBoard/MLflow/W&B logging
 
 
@@ -29,44 +42,88 @@ class Outcome:
     summary: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
     error: str | None = None
+    record: RunRecord | None = None  # the run's complete record, for the driver to write
+
+
+def recorder_for(jobs: list[Job]):
+    from transferlab.locations import ArtifactLocation
+    from transferlab.recorder import Claim, Recorder
+    from transferlab.spec import spec_from_dict, spec_hash
+
+    claims = {}
+    for job in jobs:
+        spec = spec_from_dict(job.spec)
+        claims[(spec_hash(spec), spec.seed)] = Claim(job.uid or "", list(job.earlier), job.run_id)
+    url = jobs[0].artifacts
+    cache = Path(tempfile.gettempdir()) / "transferlab-artifact-cache"
+    refs = {ref: row for job in jobs for ref, row in job.refs.items()}
+    return Recorder(claims, ArtifactLocation(url, cache=cache) if url else None, refs)
 
 
 def execute(job: Job, hooks: list | tuple = ()) -> Outcome:
-    """Run one job in this process and store it; a failing run becomes a ``failed`` outcome."""
+    """Run one job in this process; a failing run becomes a ``failed`` outcome."""
+    return execute_jobs([job], hooks)[0]
+
+
+def execute_jobs(jobs: list[Job], hooks: list | tuple = ()) -> list[Outcome]:
+    """Run jobs of one recipe that differ in seed (stacked when more than one; one by one when the
+    engine refuses) against a recorder; each outcome carries its run's record."""
     import torch
 
-    from transferlab.errors import UserError as _UserError
-    from transferlab.spec import run_id, spec_from_dict
-    from transferlab.store import Store
-    from transferlab.train.loop import run
+    from transferlab.errors import UserError
+    from transferlab.spec import spec_from_dict
+    from transferlab.train.loop import Unsupported, run, run_seeds
 
     threads = torch.get_num_threads()
-    if job.threads:
-        torch.set_num_threads(job.threads)  # results depend on it (summation order): the same everywhere
-    spec = spec_from_dict(job.spec)
-    store = Store(job.store)
-    tracker = None
+    if jobs[0].threads:
+        torch.set_num_threads(jobs[0].threads)  # results depend on it (summation order): the same everywhere
+    recorder = recorder_for(jobs)
+    specs = [spec_from_dict(job.spec) for job in jobs]
+    error, tracker = None, None
     try:
-        if job.tracking:  # built in the worker, so every executor tracks alike (train/track.py)
+        if len(jobs) == 1 and jobs[0].tracking:  # built in the worker, so every executor tracks alike
             from transferlab.train.track import TrackerHook, TrackingSpec
 
-            tracker = TrackerHook(TrackingSpec(**job.tracking), spec, store, study=job.study)
+            tracker = TrackerHook(TrackingSpec(**jobs[0].tracking), specs[0], recorder, study=jobs[0].study)
             hooks = (*hooks, tracker)
-        result = run(spec, store, study=job.study, progress=False, hooks=hooks)
-    except _UserError as e:
-        return Outcome(job.index, run_id(spec), None, "failed", error=str(e))
-    except Exception as e:  # noqa: BLE001 - the loop stored the traceback with the run; the study goes on
-        return Outcome(job.index, run_id(spec), None, "failed", error=f"{type(e).__name__}: {e}")
+        if len(jobs) == 1:
+            run(specs[0], recorder, study=jobs[0].study, progress=False, hooks=hooks, force=True)
+        else:
+            try:
+                run_seeds(specs, recorder, study=jobs[0].study, progress=False, force=True)
+            except Unsupported:  # refused before anything was recorded: one by one
+                for spec in specs:
+                    run(spec, recorder, study=jobs[0].study, progress=False, force=True)
+    except UserError as e:
+        error = str(e)
+    except Exception as e:  # noqa: BLE001 - the loop recorded the traceback with the run; the study goes on
+        error = f"{type(e).__name__}: {e}"
     finally:
         if tracker is not None:
             tracker.close()
-        store.close()
         torch.set_num_threads(threads)
-    return Outcome(job.index, result.run_id, result.uid, result.status, result.summary, result.duration_s,
-                   result.summary.get("error"))
+    records = {r.uid: r for r in recorder.records()}
+    return [outcome_of(job, records.get(job.uid), error) for job in jobs]
+
+
+def outcome_of(job: Job, record: RunRecord | None, error: str | None) -> Outcome:
+    """A job's outcome from its record; a run that never started (it failed before) is failed here."""
+    if record is None or record.status == "running":
+        error = error or "the run did not start"
+        record = record or RunRecord(job.uid or "", job.run_id)
+        record.row.update(status="failed", error=error, finished_at=time.time())
+    from transferlab.records import RunSummary
+
+    row = record.row
+    summary = RunSummary.from_dict(row.get("summary") or {})
+    status = row["status"]
+    return Outcome(job.index, job.run_id, job.uid, status, summary, row.get("duration_s") or 0.0,
+                   row.get("error") or summary.get("error") or (error if status == "failed" else None), record)
 
 
 def job_run_id(job: Job) -> str:
+    if job.run_id:
+        return job.run_id
     from transferlab.spec import run_id, spec_from_dict
 
     return run_id(spec_from_dict(job.spec))

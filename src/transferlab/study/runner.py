@@ -15,15 +15,17 @@ and an ETA from the mean duration of the runs this session has executed.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from transferlab.spec import to_dict
-from transferlab.store import Store
-from transferlab.study import lr_select
+from transferlab.fingerprint import fingerprint
+from transferlab.spec import spec_hash, to_dict
+from transferlab.store import LEASE_S, Store
+from transferlab.study import lr_select, ray_executor  # noqa: F401  (ray_executor registers "ray")
 from transferlab.study.degenerate import is_degenerate
-from transferlab.study.executors import EXECUTORS
+from transferlab.study.executors import EXECUTORS, Executor
 from transferlab.study.expand import Planned, cell_defs, expand, expand_lr_search
 from transferlab.study.jobs import Job, Outcome
 from transferlab.study.spec import StudySpec, study_hash
@@ -40,7 +42,9 @@ class StudyResult:
     failed: int = 0
     diverged: int = 0
     interrupted: bool = False
+    elsewhere: int = 0  # claimed by another driver of the same study meanwhile
     lrs: dict = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # one line per failed run
     errors: list[str] = field(default_factory=list)  # the failed runs' errors, in completion order
 
 
@@ -91,8 +95,66 @@ class Progress:
                  f"{f' | lr {p.lr:g}' if p.lr else ''}: {o.status}  {what}  ({o.duration_s:.0f}s){flag}{eta}")
 
 
+class Heartbeat:
+    """Refreshes the leases of this driver's runs in flight (its own store connection, in a thread)."""
+
+    def __init__(self, path, lease_s: float = LEASE_S):
+        self.path, self.lease_s, self.uids, self.stop = path, lease_s, set(), threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="transferlab-heartbeat")
+        self.thread.start()
+
+    def _beat(self) -> None:
+        store = Store(self.path)
+        try:
+            while not self.stop.wait(self.lease_s / 4):
+                store.heartbeat(sorted(self.uids), self.lease_s)
+        finally:
+            store.close()
+
+    def close(self, store: Store, release: bool = False) -> None:
+        self.stop.set()
+        self.thread.join()
+        if release:  # Ctrl-C: the runs in flight read ``unfinished`` now and rerun on resume
+            store.heartbeat(sorted(self.uids), lease_s=-1)
+
+
+def _claimed(groups, planned: list[Planned], store: Store, study: str, *, skip_failed: bool, artifacts: str | None,
+             beat: Heartbeat, elsewhere: list[Job]):
+    """The groups' jobs, each claimed in the store just before it is handed to the executor; a job
+    another driver holds or finished meanwhile is left out (listed in ``elsewhere``)."""
+    for group in groups:
+        live = []
+        for job in group:
+            p = planned[job.index]
+            refs = _refs(store, p.spec)  # a teacher that is not there fails before a claim exists
+            claim = store.claim(p.run_id, spec_hash(p.spec), p.seed, job.spec, name=p.spec.name, study=study,
+                                fingerprint=fingerprint(p.spec), retry_failed=not skip_failed)
+            if claim is None:
+                elsewhere.append(job)
+                continue
+            job.uid, job.earlier = claim
+            job.run_id, job.artifacts, job.refs = p.run_id, artifacts, refs
+            beat.uids.add(job.uid)
+            live.append(job)
+        if live:
+            yield live
+
+
+def _refs(store: Store, spec) -> dict[str, dict]:
+    """Runs of this store that a spec names (a KD teacher without teacher_store): their rows, for the worker."""
+    from pathlib import Path
+
+    teacher = spec.distill.teacher
+    if spec.distill.kind == "none" or not teacher or spec.distill.teacher_store or Path(teacher).is_dir():
+        return {}
+    row = store.get(teacher)
+    return {teacher: {**row.__dict__, "summary": row.summary.to_dict(), "artifacts": store.location_of(row.uid).url}}
+
+
 def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *, skip_failed: bool,
              result: StudyResult, out: Callable[[str], None]) -> None:
+    from transferlab.study.seed_groups import seed_groups
+
     states = {p.run_id: state(store, p.run_id) for p in planned}
     todo = [p for p in planned if states[p.run_id] == "todo" or (states[p.run_id] == "failed" and not skip_failed)]
     done = len(planned) - len(todo)
@@ -106,37 +168,63 @@ def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *
         return
     tracking = to_dict(study.logging) if study.logging.enabled else None  # live, from inside each run
     jobs = [Job(i, to_dict(p.spec), study.study, str(store.path), tracking=tracking) for i, p in enumerate(todo)]
+    groups = seed_groups(jobs, executor.seed_parallel, has_hooks=getattr(executor, "hooks", None) is not None)
+    artifacts = store.location.url if executor.shares_files or store.location_named else None
     progress = Progress(len(planned), done, executor.parallelism, study.degenerate_margin, out)
-    for outcome in executor.map(jobs):
-        p = todo[outcome.index]
-        result.executed += 1
-        result.failed += outcome.status == "failed"
-        if outcome.status == "failed":
-            result.errors.append(outcome.error or "")
-        result.diverged += outcome.status == "diverged"
-        progress.report(p, outcome)
+    beat, elsewhere = Heartbeat(store.path), []
+    try:
+        claimed = _claimed(groups, todo, store, study.study, skip_failed=skip_failed, artifacts=artifacts,
+                           beat=beat, elsewhere=elsewhere)
+        for outcome in executor.map(claimed):
+            store.write_record(outcome.record)  # the driver is the only writer
+            beat.uids.discard(outcome.uid)
+            _report(todo[outcome.index], outcome, result, progress)
+    except BaseException:
+        beat.close(store, release=True)
+        raise
+    beat.close(store)
+    result.skipped += len(elsewhere)
+    result.elsewhere += len(elsewhere)
+    if elsewhere:
+        out(f"{study.study}: {len(elsewhere)} runs were claimed by another driver meanwhile; left to it")
 
 
-def run_study(study: StudySpec, store: Store, *, executor: str = "inline", workers: int = 1,
+def _report(p: Planned, outcome: Outcome, result: StudyResult, progress: Progress) -> None:
+    result.executed += 1
+    result.failed += outcome.status == "failed"
+    result.diverged += outcome.status == "diverged"
+    if outcome.status == "failed":
+        last = ((outcome.error or "failed").strip().splitlines() or ["failed"])[-1][:200]
+        result.failures.append(f"{p.task} | {p.cell} | seed {p.seed}: {last}")
+        result.errors.append(outcome.error or "")
+    progress.report(p, outcome)
+
+
+def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inline", workers: int = 1,
               address: str | None = None, threads: int | None = None, skip_failed: bool = False, new: bool = False,
               hooks: Callable[[Job], list] | None = None, out: Callable[[str], None] | None = None,
-              seed_parallel: str = "auto") -> StudyResult:
+              seed_parallel: str = "auto", **executor_options) -> StudyResult:
     """Run every planned run of ``study`` that is not done yet; returns counts. Ctrl-C stops cleanly.
 
     ``threads``: torch CPU threads per run (default: torch's own inline, cores / workers in
     processes, 1 on Ray). CPU results depend on it, so give the same number to compare executors.
     ``seed_parallel`` (auto, on, off): train runs that differ only in seed together (study/seed_groups.py);
-    auto does so on CUDA only.
+    auto does so on CUDA only. ``executor_options``: the Ray executor's ``gpus_per_task``, ``retries``
+    and ``resources`` (study/ray_executor.py).
     """
     out = out or (lambda line: print(line, flush=True))
     search = expand_lr_search(study)  # expand first: a study that cannot expand is not registered
     main = expand(study)
     validate_runs([p.spec for p in search + main])  # every value, file and model before a row exists
+    if isinstance(executor, str):  # before anything is written: a bad cluster address leaves the store as it was
+        kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,
+                  "seed_parallel": seed_parallel, **executor_options}
+        executor = EXECUTORS.get(executor, field="--executor")(**kwargs)
+    ex = executor
+    ex.log = out
+    check_workers(study, ex)
     store.register_study(study.study, study_hash(study), to_dict(study), new=new)
     result = StudyResult()
-    kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,
-              "seed_parallel": seed_parallel}
-    ex = EXECUTORS.get(executor, field="--executor")(**kwargs)
     start = time.time()
     try:
         if study.lr_search is not None:
@@ -160,7 +248,20 @@ def run_study(study: StudySpec, store: Store, *, executor: str = "inline", worke
     ex.close()
     out(f"{study.study}: {result.executed} runs executed ({result.failed} failed, {result.diverged} diverged), "
         f"{result.skipped} already done, in {_fmt_time(time.time() - start)}")
+    for line in result.failures:
+        out(f"{study.study}: failed: {line}")
     return result
+
+
+def check_workers(study: StudySpec, ex: Executor) -> None:
+    """Can the executor's workers read what the study's runs read (a Ray node without the data: one line,
+    before anything is written)? The executor is closed when not."""
+    runs = expand_lr_search(study) + expand(study)
+    try:
+        ex.check([Job(i, to_dict(p.spec), study.study, "") for i, p in enumerate(runs)])
+    except BaseException:
+        ex.close(cancel=True)
+        raise
 
 
 def describe_plan(study: StudySpec, store: Store | None, seed_parallel: str = "auto") -> list[list[str]]:

@@ -18,7 +18,7 @@ import logging
 from typing import Literal
 
 from transferlab.errors import UserError
-from transferlab.study.jobs import Job, Outcome, execute
+from transferlab.study.jobs import Job, Outcome, execute_jobs
 
 log = logging.getLogger(__name__)
 MAX_SEEDS = 20  # 20 BERT-base seeds fit in 80 GB at batch 32, length 128 (issue 6)
@@ -73,29 +73,5 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
 
 
 def execute_group(jobs: list[Job]) -> list[Outcome]:
-    """Run a group through the engine in this process (one job: ``execute``); failures become outcomes."""
-    if len(jobs) == 1:
-        return [execute(jobs[0])]
-    import torch
-
-    from transferlab.spec import run_id, spec_from_dict
-    from transferlab.store import Store
-    from transferlab.train.loop import Unsupported, run_seeds
-
-    threads = torch.get_num_threads()
-    if jobs[0].threads:
-        torch.set_num_threads(jobs[0].threads)
-    specs = [spec_from_dict(job.spec) for job in jobs]
-    store = Store(jobs[0].store)
-    try:
-        results = run_seeds(specs, store, study=jobs[0].study, progress=False)
-    except Unsupported:  # refused before anything was stored: one by one
-        return [execute(job) for job in jobs]
-    except Exception as e:  # noqa: BLE001 - the engine stored each unfinished run as failed; the study goes on
-        error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-        return [Outcome(job.index, run_id(spec), None, "failed", error=error) for job, spec in zip(jobs, specs)]
-    finally:
-        store.close()
-        torch.set_num_threads(threads)
-    return [Outcome(job.index, r.run_id, r.uid, r.status, r.summary, r.duration_s, r.summary.get("error"))
-            for job, r in zip(jobs, results)]
+    """Run a group through the engine in this process (study/jobs.py); failures become outcomes."""
+    return execute_jobs(jobs)

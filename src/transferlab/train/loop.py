@@ -392,6 +392,7 @@ class _Group:
             save_weights(model, self.store.artifact_dir(seed.uid), task_meta(task))
         if finished and not self.stacked:
             ckpt.remove_checkpoints(ckpt.checkpoint_path(self.store, seed.uid), self.resumed)
+        self.store.sync_artifacts(seed.uid)  # to the artifact location, when it is a URL
         seed.best_state = None  # free its memory now
         self._record(seed, summary)
 
@@ -409,7 +410,9 @@ class _Group:
         ckpt.save_checkpoint(ckpt.checkpoint_path(self.store, seed.uid), **self._ck_parts(trainee), loop={
             "step": step, "epoch": seed.epoch, "pos": seed.pos, "best_value": seed.best_value,
             "best_step": seed.best_step, "since_best": seed.since_best, "best_state": seed.best_state,
+            "history": {"evals": self.store.evals(seed.uid), "curve": self.store.curve(seed.uid)},
             **self.watch.state()})
+        self.store.sync_artifacts(seed.uid)
 
     def _resume(self, seeds: list[SeedRun], trainee) -> int:
         """The step to start at: 0, or that of the previous failed attempt's checkpoint."""
@@ -424,7 +427,7 @@ class _Group:
             st[k] for k in ("epoch", "pos", "best_value", "best_step", "since_best", "best_state"))
         self.watch.load(st)
         seed.resume_batches(self.tspec.batch_size, self.tspec.length_bucketing)
-        ckpt.carry_history(self.store, found[0], seed.uid, st["step"])
+        ckpt.carry_history(self.store, found[0], seed.uid, st["step"], st.get("history"))
         self.resumed = found[1]
         self.bar.update(st["step"])
         return st["step"]
