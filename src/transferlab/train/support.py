@@ -78,7 +78,7 @@ def fused_unsupported(specs: list[RunSpec], hooks: list | tuple = (), modality: 
         return f"task: a {modality} task enters through an input adapter; the fused encoder reads token ids"
     for field, registry, name in (("head.name", HEADS, spec.head.name), ("freeze.name", FREEZERS, spec.freeze.name),
                                   ("optim.name", OPTIMIZERS, spec.optim.name)):
-        if not registry.supports(name, "fused"):
+        if name not in registry or not registry.supports(name, "fused"):  # task-kind heads: not in HEADS
             return f"{field}: {name!r} does not declare 'fused'"
     if spec.model.dropout != 0.0:  # known issue: NaNs seen with dropout (tests/test_fused.py, xfail)
         return ("model.dropout: the fused encoder is used only with model.dropout: 0.0 for now (NaN logits were "
