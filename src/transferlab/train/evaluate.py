@@ -39,7 +39,14 @@ def predict(model, enc: Encoded, task: Task, batch_size: int, device: torch.devi
 
 def evaluate(model, enc: Encoded, task: Task, batch_size: int, device, amp=None,
              desc: str | None = None) -> dict[str, float]:
-    if (shape := shape_of(task)) is not None:  # token and span tasks decode and score their own way
-        return shape.evaluate(model, enc, task, batch_size, device, amp, desc)
+    return evaluate_with_predictions(model, enc, task, batch_size, device, amp, desc)[0]
+
+
+def evaluate_with_predictions(model, enc: Encoded, task: Task, batch_size: int, device, amp=None,
+                              desc: str | None = None) -> tuple[dict[str, float], np.ndarray | None]:
+    """Metrics and the row-order predictions (None for token and span tasks, which decode and score
+    their own way)."""
+    if (shape := shape_of(task)) is not None:
+        return shape.evaluate(model, enc, task, batch_size, device, amp, desc), None
     preds = predict(model, enc, task, batch_size, device, amp, desc)
-    return compute(task.metrics, preds, enc.labels, task.num_labels if task.problem != "regression" else None)
+    return compute(task.metrics, preds, enc.labels, task.num_labels if task.problem != "regression" else None), preds

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from transferlab.data.build import build_task
-from transferlab.data.metrics import baseline, compute, constant_baselines, higher_is_better
+from transferlab.data.metrics import baseline, constant_baselines, higher_is_better
 from transferlab.errors import UserError
 from transferlab.models import artifacts as ckpt
 from transferlab.models.artifacts import save_predictions, save_weights, task_meta
@@ -44,12 +44,11 @@ from transferlab.store import DEFAULT_STORE, Store
 from transferlab.train.batches import collate, encode, epoch_batches
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
 from transferlab.train.compute import FusedTrainee, SingleTrainee, StackedTrainee
-from transferlab.train.evaluate import predict
+from transferlab.train.evaluate import evaluate_with_predictions
 from transferlab.train.extra_evals import extra_splits
 from transferlab.train.fast import to_device
 from transferlab.train.fused import FusedModel
 from transferlab.train.intermediate import intermediate_phase
-from transferlab.train.shapes import shape_of
 from transferlab.train.stacked import StackedModel
 from transferlab.train.steps import (
     autocast_dtype,
@@ -319,15 +318,11 @@ class _Group:
     def _evaluate(self, model, seed: SeedRun, split: str, keep: bool = False) -> dict[str, float]:
         """Metrics of ``model`` on ``split``; ``keep``: the predictions are saved with the run (churn)."""
         desc = f"{seed.spec.name} {split}" if self.progress and not self.stacked else None
-        task = seed.task
-        if (shape := shape_of(task)) is not None:  # token and span tasks decode and score their own way
-            return shape.evaluate(model, seed.data[split], task, self.tspec.eval_batch_size, self.device, self.amp,
-                                  desc)
-        preds = predict(model, seed.data[split], task, self.tspec.eval_batch_size, self.device, self.amp, desc)
-        if keep:
+        metrics, preds = evaluate_with_predictions(model, seed.data[split], seed.task, self.tspec.eval_batch_size,
+                                                   self.device, self.amp, desc)
+        if keep and preds is not None:
             save_predictions(self.store.artifact_dir(seed.uid), split, preds)
-        return compute(task.metrics, preds, seed.data[split].labels,
-                       task.num_labels if task.problem != "regression" else None)
+        return metrics
 
     def _flush(self, active: list[SeedRun]) -> None:
         rows = self.watch.curve()
