@@ -75,23 +75,29 @@ def float64():
     torch.set_default_dtype(old)
 
 
+def wait_until(cond, timeout: float, what: str) -> None:
+    """Poll ``cond()`` every 50 ms; fail the test with ``what`` if it does not hold within ``timeout`` s."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    pytest.fail(what)
+
+
 def sigkill_when(args: list[str], ready, timeout: float, what: str) -> None:
     """Run ``python -m transferlab.cli *args`` and SIGKILL it as soon as ``ready()`` holds (polled);
     fail the test with ``what`` if that takes longer than ``timeout`` seconds."""
     import signal
     import subprocess
     import sys
-    import time
 
     proc = subprocess.Popen([sys.executable, "-m", "transferlab.cli", *args],
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if ready():
-                return
-            time.sleep(0.05)
-        pytest.fail(what)
+        wait_until(ready, timeout, what)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

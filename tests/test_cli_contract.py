@@ -56,23 +56,52 @@ def world(tmp_path_factory):
             "model": model, "uid": Store(db).runs()[0].uid}
 
 
-@pytest.fixture
-def readonly_dir(tmp_path):
-    """A folder this process cannot write into: immutable for root (chattr +i), mode 555 otherwise."""
-    folder = tmp_path / "readonly"
-    folder.mkdir()
-    immutable = os.geteuid() == 0 and shutil.which("chattr") and subprocess.run(
-        ["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+def _make_readonly(folder: Path) -> bool:
+    """Make ``folder`` unwritable for this process: immutable for root (chattr +i), mode 555 otherwise;
+    returns whether chattr was used."""
+    immutable = bool(os.geteuid() == 0 and shutil.which("chattr") and subprocess.run(
+        ["chattr", "+i", str(folder)], capture_output=True).returncode == 0)
     if not immutable:
         folder.chmod(0o555)
+    return immutable
+
+
+def _undo_readonly(folder: Path, immutable: bool) -> None:
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+def _can_make_readonly() -> bool:
+    """Whether this user on this file system can make a folder it cannot write to (root without chattr
+    support cannot)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "probe"
+        folder.mkdir()
+        immutable = _make_readonly(folder)
+        try:
+            return not os.access(folder, os.W_OK)
+        finally:
+            _undo_readonly(folder, immutable)
+
+
+needs_readonly = pytest.mark.skipif(not _can_make_readonly(),
+                                    reason="this user cannot make a read-only folder on this file system")
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder this process cannot write into (tests using it carry ``needs_readonly``)."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    immutable = _make_readonly(folder)
     try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("cannot make a read-only folder on this file system as this user")
+        assert not os.access(folder, os.W_OK)
         yield folder
     finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        folder.chmod(0o755)
+        _undo_readonly(folder, immutable)
 
 
 def _rows(db: Path) -> int:
@@ -134,6 +163,7 @@ def test_damaged_safetensors_model_is_one_line(world, capsys):
     assert _rows(world["db"]) == before
 
 
+@needs_readonly
 def test_read_only_store_folder(world, readonly_dir, capsys):
     code = main(["run", str(world["spec"]), "--store", str(readonly_dir / "s.db")])
     _one_line_error(code, capsys.readouterr().err, f"the folder {readonly_dir} is not writable")
@@ -147,6 +177,7 @@ def test_export_onto_a_file(world, capsys):
     assert target.read_text() == "not a folder\n"
 
 
+@needs_readonly
 def test_export_into_a_read_only_folder(world, readonly_dir, capsys):
     code = main(["export", world["uid"], "-o", str(readonly_dir / "model"), "--store", str(world["db"])])
     _one_line_error(code, capsys.readouterr().err, f"the folder {readonly_dir} is not writable")

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import tiny_spec_dict, tiny_study_dict, write_sentiment_csv
+from conftest import tiny_spec_dict, tiny_study_dict, wait_until, write_sentiment_csv
 
 from transferlab.cli import main
 from transferlab.spec import spec_from_dict, spec_hash, to_dict
@@ -65,15 +65,6 @@ def _workers(pid: int) -> list:
     return [c for c in psutil.Process(pid).children(recursive=True) if "spawn" in " ".join(c.cmdline())]
 
 
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    pytest.fail(what)
-
-
 def _study_file(data, tmp_path, **kw) -> tuple:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(tiny_study_dict(data, **kw)))
@@ -86,7 +77,7 @@ def test_sigkill_of_a_processes_worker_fails_its_run_only_and_a_rerun_completes(
     path, db = _study_file(data, tmp_path, seeds=[0, 1], epochs=4)
     proc = _cli(["run", str(path), "--store", str(db), "--executor", "processes", "--workers", "2", "--threads", "1"])
     try:
-        _wait(lambda: db.exists() and sum(r.status == "running" for r in Store(db).runs()) == 2 and len(
+        wait_until(lambda: db.exists() and sum(r.status == "running" for r in Store(db).runs()) == 2 and len(
             _workers(proc.pid)) == 2, 120, "two runs did not start")
         time.sleep(1.0)
         victim = _workers(proc.pid)[0]
@@ -113,7 +104,7 @@ def test_workers_die_with_their_parent_and_sigterm_is_like_ctrl_c(data, tmp_path
     path, db = _study_file(data, tmp_path, seeds=[0, 1], epochs=20)
     proc = _cli(["run", str(path), "--store", str(db), "--executor", "processes", "--workers", "2", "--threads", "1"])
     try:
-        _wait(lambda: db.exists() and any(r.status == "running" for r in Store(db).runs()) and len(
+        wait_until(lambda: db.exists() and any(r.status == "running" for r in Store(db).runs()) and len(
             _workers(proc.pid)) == 2, 120, "the workers did not start")
         pids = [w.pid for w in _workers(proc.pid)]
         proc.send_signal(getattr(signal, sig))
@@ -124,7 +115,7 @@ def test_workers_die_with_their_parent_and_sigterm_is_like_ctrl_c(data, tmp_path
     def gone() -> bool:
         return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
 
-    _wait(gone, 15, f"workers {pids} outlived their parent")
+    wait_until(gone, 15, f"workers {pids} outlived their parent")
     if sig == "SIGTERM":
         assert proc.returncode == 130 and "Run the same command again to resume" in out
     rows = Store(db).runs()
