@@ -69,9 +69,10 @@ log = logging.getLogger(__name__)
 def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, force: bool = False,
         progress: bool = True, hooks: list | tuple = ()) -> RunResult:
     """Train and evaluate one run and store it. A finished run with the same id is reused unless ``force``."""
-    if spec.intermediate is not None and (force or (store or Store(DEFAULT_STORE)).finished(run_id(spec)) is None):
-        store = store or Store(DEFAULT_STORE)  # phase A: a stored run of its own, carried in by a hook
-        hooks = (*hooks, intermediate_phase(spec, store, run, study=study, progress=progress))
+    if spec.intermediate is not None:
+        store = store or Store(DEFAULT_STORE)
+        if force or store.finished(run_id(spec)) is None:  # phase A: a stored run of its own, carried in by a hook
+            hooks = (*hooks, intermediate_phase(spec, store, run, study=study, progress=progress))
     return run_group([spec], store, study=study, force=force, progress=progress, hooks=hooks)[0]
 
 
