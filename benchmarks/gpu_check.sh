@@ -67,6 +67,10 @@ BENCH=(-m transferlab.cli bench --model "$MODEL" --batch "$BATCH" --seq "$SEQ" -
        --device "$DEVICE")
 timeout $((LIMIT + 60)) $PY "${BENCH[@]}" --compile off --seeds "$SEEDS" --rows trainer,single,parallel,fast \
   --json "$DEST/bench.json" 2>&1 | grep -E '^\||bench:|FAILED' | tee -a "$FIG"
+note ""
+note "fused S=$BIG with train.checkpoint_layers (each layer recomputed in the backward: the memory row):"
+timeout $LIMIT $PY "${BENCH[@]}" --compile off --seeds "$BIG" --rows fast --checkpoint-layers \
+  --json "$DEST/bench_ckpt.json" 2>&1 | grep -E '^\| fast|FAILED' | tee -a "$FIG"
 if [[ "$MODE" == gpu ]]; then  # on the CPU a compile takes minutes: the CPU mode skips this row
   note ""
   note "compiled fused S=$BIG (regional compile of one layer function):"
@@ -107,18 +111,21 @@ else
 fi
 
 step "6. peak memory per seed"
-$PY - "$DEST/bench.json" "$BIG" <<'EOF' 2>&1 | tee -a "$FIG"
-import json, sys
-rows = json.load(open(sys.argv[1]))["rows"]
-big = int(sys.argv[2])
-for r in rows:
-    if r["mem_per_seed_mb"] is not None:
-        print(f"{r['name']}: {r['mem_per_seed_mb']:.0f} MiB per seed")
-fast = [r for r in rows if r["name"].startswith("fast S=") and r["mem_per_seed_mb"]]
-if fast:
-    top = max(fast, key=lambda r: r["seeds"])
-    need = 20 * top["mem_per_seed_mb"] / 1024
-    print(f"20 seeds at {top['name']}'s per-seed peak: {need:.1f} GiB (fits 80 GB: {need < 74.5})")
+$PY - "$DEST/bench.json" "$DEST/bench_ckpt.json" <<'EOF' 2>&1 | tee -a "$FIG"
+import json, os, sys
+for path, how in ((sys.argv[1], "all activations kept"), (sys.argv[2], "train.checkpoint_layers")):
+    if not os.path.exists(path):
+        print(f"{how}: no figures ({os.path.basename(path)} missing)")
+        continue
+    rows = json.load(open(path))["rows"]
+    for r in rows:
+        if r["mem_per_seed_mb"] is not None:
+            print(f"{how}, {r['name']}: {r['mem_per_seed_mb']:.0f} MiB per seed")
+    fast = [r for r in rows if r["name"].startswith("fast S=") and r["mem_per_seed_mb"]]
+    if fast:
+        top = max(fast, key=lambda r: r["seeds"])
+        need = 20 * top["mem_per_seed_mb"] / 1024
+        print(f"{how}: 20 seeds at {top['name']}'s per-seed peak: {need:.1f} GiB (fits 80 GB: {need < 74.5})")
 EOF
 note ""
 note "total: $(( $(date +%s) - START )) s"

@@ -106,3 +106,24 @@ def test_bench_real_data_mode_counts_padding_as_the_data_does(tmp_path):
         assert r["samples_s"] > 0 and r["tokens_s"] > 0 and 0 < r["mfu"] < 1
         assert 0 <= r["padded_share"] < 1
     assert main(["bench", "--model", "tiny-bert", "--task", "rte"]) == 2  # --data missing
+
+
+def test_bench_checkpoint_layers_recomputes_in_every_row_but_trainer(tmp_path, monkeypatch):
+    import torch.utils.checkpoint as tuc
+
+    calls, inner = [0], tuc._checkpoint_without_reentrant_generator
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(tuc, "_checkpoint_without_reentrant_generator", counted)
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", "tiny-bert", "--batch", "4", "--seq", "16", "--steps", "2", "--warmup", "1",
+            "--seeds", "2", "--rows", "single,parallel,fast", "--threads", "1", "--device", "cpu",
+            "--checkpoint-layers", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["setup"]["checkpoint_layers"] is True
+    assert [r["name"] for r in result["rows"]] == ["single", "parallel S=2", "fast S=2"]
+    assert calls[0] >= 3 * 3 * 2  # 3 rows x (1 warm-up + 2 timed steps) x tiny-bert's 2 layers

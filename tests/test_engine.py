@@ -97,7 +97,7 @@ def test_per_seed_durations_sum_to_the_group_wall_time(data, tmp_path):
     stored = [store.get(r.uid).duration_s for r in results]
     assert all(d > 0 for d in stored)
     assert 0.8 * wall <= sum(stored) <= wall * 1.01, (stored, wall)
-    assert all(r.summary.engine.kind == "stacked" and r.summary.engine.seeds == 3 for r in results)
+    assert all(r.summary.engine.kind in ("stacked", "fused") and r.summary.engine.seeds == 3 for r in results)
     assert all(r.summary.samples_per_s and r.summary.samples_per_s > 0 for r in results)
 
 
@@ -178,5 +178,5 @@ def test_runs_lists_the_engine_device_and_speed(data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["runs", "--store", str(tmp_path / "s.db"), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert sorted(r["engine"] for r in rows) == ["single", "stacked x2", "stacked x2"]
+    assert sorted(r["engine"] for r in rows) == ["fused x2", "fused x2", "single"]  # auto: BERT, cls, AdamW fuse
     assert {r["device"] for r in rows} == {"cpu"} and all(r["samples_s"] > 0 for r in rows)

@@ -31,6 +31,8 @@ def test_gpu_check_cpu_mode_writes_every_figure(tmp_path):
     for row in ("| trainer |", "| single |", "| parallel S=2 |", "| fast S=2 |"):
         assert row in text, row
     assert "aten::" in text  # the profiler table
-    assert "20 seeds at fast S=2's per-seed peak" in text
+    assert "all activations kept: 20 seeds at fast S=2's per-seed peak" in text
+    assert "train.checkpoint_layers: 20 seeds at fast S=2's per-seed peak" in text
+    assert text.count("| fast S=2 |") >= 2  # the eager row and the checkpointed one
     if rte.is_dir():
         assert "study + report: exit 0" in text

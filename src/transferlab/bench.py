@@ -228,18 +228,17 @@ class Timer(Hook):
 
 
 def _spec(model: str, task: dict, batch: int, seq: int, total: int, device: str, precision: str, compile_: bool,
-          seed: int = 0, engine: str = "auto"):
+          seed: int = 0, engine: str = "auto", checkpoint_layers: bool = False):
     from transferlab.spec import load_spec
 
     return load_spec({
-        # dropout 0 in every row: the fused rows need it for now (docs/methods/seed_parallel.md, known issue),
-        # and every row must compute the same model
-        "name": "bench", "seed": seed, "model": {"name": model, "max_length": seq, "init": "random", "dropout": 0.0},
+        # every row computes the same model, with BERT's dropout 0.1 as a fine-tuning has it
+        "name": "bench", "seed": seed, "model": {"name": model, "max_length": seq, "init": "random", "dropout": 0.1},
         "task": task, "head": {"name": "cls"},
         "optim": {"name": "adamw", "lr": 2e-5}, "schedule": {"name": "linear"},
         "train": {"max_steps": total, "batch_size": batch, "eval_batch_size": 16, "num_evals": 1, "log_every": 10**9,
                   "save_model": False, "device": device, "precision": precision, "compile": compile_,
-                  "engine": engine},
+                  "engine": engine, "checkpoint_layers": checkpoint_layers},
     })
 
 
@@ -372,10 +371,12 @@ def _summarise(plan, timers, batch: int, steps: int, repeat: int, flops_at, peak
 def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int = 20, warmup: int = 3,
           seeds: tuple[int, ...] = (1, 4, 8, 20), rows: tuple[str, ...] = ROWS[:3], device: str = "auto",
           precision: str = "auto", compile: str = "auto", repeat: int = 1, profile: str | Path | None = None,
-          task: str | None = None, data: str | Path | None = None, out=print) -> dict[str, Any]:
+          task: str | None = None, data: str | Path | None = None, checkpoint_layers: bool = False,
+          out=print) -> dict[str, Any]:
     """Run the rows ``repeat`` times in rotation; returns ``{"setup": {...}, "rows": [Row...]}`` (as
     dicts) and prints a table. ``profile``: a folder; the timed steps are profiled (slower) and traced there.
-    ``task``/``data``: a GLUE task and its folder (real lengths) instead of synthetic sentences."""
+    ``task``/``data``: a GLUE task and its folder (real lengths) instead of synthetic sentences.
+    ``checkpoint_layers``: every row but Trainer recomputes its layers in the backward (train.checkpoint_layers)."""
     from transferlab.models.backbone import load_backbone
     from transferlab.models.heads import build_head
     from transferlab.models.model import TransferModel
@@ -401,13 +402,14 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
         setup = {"model": model, "device": str(dev), "device_name": _device_name(dev), "precision": str(amp or "fp32"),
                  "compile": compile_, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup, "repeat": repeat,
                  "threads": torch.get_num_threads(), "flops_per_sample": flops, "peak_flops": peak,
-                 "task": task or "synthetic", "date": time.strftime("%Y-%m-%d")}
+                 "task": task or "synthetic", "checkpoint_layers": checkpoint_layers, "date": time.strftime("%Y-%m-%d")}
         out(f"bench: {model} on {setup['device_name']} ({setup['precision']}), batch {batch}, {seq} tokens "
             f"({setup['task']}), {steps} timed steps after {warmup}; {flops / 1e9:.2f} GFLOP/sample at {seq} tokens; "
             f"matmul peak {peak / 1e12:.2f} TFLOP/s")
         store = Store(tmp / "bench.db")
         plan = _plan(rows, seeds, lambda i, engine: _spec(name, task_spec, batch, seq, total, device, precision,
-                                                          compile_, seed=i, engine=engine), store, dev, amp, probe)
+                                                          compile_, seed=i, engine=engine,
+                                                          checkpoint_layers=checkpoint_layers), store, dev, amp, probe)
         timers = _measure(plan, repeat, warmup, steps, batch, dev, profile, out)
         store.close()
     results = _summarise(plan, timers, batch, steps, repeat,

@@ -240,6 +240,14 @@ class Backbone(nn.Module):
         self.__dict__["layer_loop"] = True
         return True
 
+    def checkpoint_layers(self) -> None:
+        """Recompute each layer in the backward (Hugging Face's activation checkpointing, RNG state kept,
+        so dropout masks and results are unchanged)."""
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise ModelError(f"train.checkpoint_layers: the {self.family} model ({type(self.model).__name__}) "
+                             "does not support activation checkpointing; set it to false")
+        self.model.activation_checkpointing_enable({"use_reentrant": False})
+
     def padding_mask(self, mask: Tensor) -> Tensor:
         """The (B, 1, 1, T) padding mask the layers take: boolean for SDPA, additive otherwise."""
         m = mask[:, None, None, :]

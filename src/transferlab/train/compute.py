@@ -64,6 +64,10 @@ class SingleTrainee:
     def model_for(self, slot: int) -> nn.Module:
         return self.module
 
+    def checkpoint_layers(self) -> None:
+        """train.checkpoint_layers: Hugging Face's activation checkpointing on the model's layers."""
+        self.module.backbone.checkpoint_layers()
+
     def best_state(self, slot: int) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
 
@@ -151,6 +155,10 @@ class StackedTrainee:
     def model_for(self, slot: int) -> nn.Module:
         return self.module.copy_slot_to(self.module.model, slot)
 
+    def checkpoint_layers(self) -> None:
+        """train.checkpoint_layers: the stacked copy's layers (the library's modules) recompute in the backward."""
+        self.module.backbone.checkpoint_layers()
+
     def best_state(self, slot: int) -> dict[str, Tensor]:
         model = self.model_for(slot)  # on the host: S best states would crowd the GPU
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -188,6 +196,10 @@ class FusedTrainee(StackedTrainee):
     @property
     def compiled(self) -> bool:
         return self.module.compiled
+
+    def checkpoint_layers(self) -> None:
+        """train.checkpoint_layers: each fused layer recomputed in the backward (train/fused.py)."""
+        self.module.checkpoint = True
 
     def prepare(self, host: dict[str, Tensor], padded: bool) -> dict[str, Tensor]:
         from transferlab.train.fused import pack_index

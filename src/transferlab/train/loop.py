@@ -189,6 +189,12 @@ class _Group:
         totals = {step_plan(len(s.data["train"]), self.tspec)[1] for s in seeds}
         if len(totals) > 1:
             raise Unsupported(f"seed-parallel: the seeds' training sets give different step counts {sorted(totals)}")
+        trainee = self._trainee(seeds, first, stack)
+        if self.tspec.checkpoint_layers:
+            trainee.checkpoint_layers()
+        return trainee
+
+    def _trainee(self, seeds: list[SeedRun], first, stack):
         regression = seeds[0].task.problem == "regression"
         if not self.stacked:
             scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None

@@ -186,6 +186,9 @@ class StackedModel(nn.Module):
         self.own_loop = self.backbone.use_layer_loop()
         self.__dict__["encoder"] = self._encode  # the call with the FLOPs (compile()); not a submodule
         self.load_slot(0, model)
+        with torch.no_grad():  # every slot starts as seed 0 (not uninitialised memory) until its own load_slot
+            for p in self.parameters():
+                p[1:] = p[:1]
 
     # ------------------------------------------------------------------ weights in and out
     @property

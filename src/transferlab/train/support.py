@@ -80,9 +80,6 @@ def fused_unsupported(specs: list[RunSpec], hooks: list | tuple = (), modality: 
                                   ("optim.name", OPTIMIZERS, spec.optim.name)):
         if name not in registry or not registry.supports(name, "fused"):  # task-kind heads: not in HEADS
             return f"{field}: {name!r} does not declare 'fused'"
-    if spec.model.dropout != 0.0:  # known issue: NaNs seen with dropout (tests/test_fused.py, xfail)
-        return ("model.dropout: the fused encoder is used only with model.dropout: 0.0 for now (NaN logits were "
-                "seen with dropout > 0; see docs/methods/seed_parallel.md)")
     return None
 
 

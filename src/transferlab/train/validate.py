@@ -41,6 +41,7 @@ def validate_run(spec: RunSpec, *, data: bool = True, model: bool = True) -> Non
         check_task(spec.task, spec.seed)
     if model:
         check_model(spec.model)
+        check_checkpointing(spec)
 
 
 def validate_runs(specs: list[RunSpec]) -> None:
@@ -93,6 +94,24 @@ def check_values(spec: RunSpec) -> None:
         _at_least(f"task.{name}", getattr(spec.task, name))
     if not 0 <= spec.head.dropout < 1:
         raise SpecError(f"head.dropout: must be in [0, 1), got {spec.head.dropout}")
+
+
+def check_checkpointing(spec: RunSpec) -> None:
+    """train.checkpoint_layers needs a model whose layers can be recomputed (Hugging Face's
+    ``supports_gradient_checkpointing``; the LSTM baseline has no layers to recompute)."""
+    if not spec.train.checkpoint_layers:
+        return
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    from transferlab.models.backbone import model_type_of
+
+    kind = model_type_of(spec.model)
+    name = MODEL_MAPPING_NAMES.get(kind)
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    if kind == "lstm" or (cls is not None and not cls.supports_gradient_checkpointing):
+        raise SpecError(f"train.checkpoint_layers: the {kind} model ({spec.model.name}) cannot recompute its layers "
+                        "(no activation checkpointing); set it to false")
 
 
 # --------------------------------------------------------------------------- device
