@@ -21,7 +21,7 @@ from transferlab.models.heads import HEADS, build_head
 from transferlab.models.model import TransferModel
 from transferlab.spec import ModelSpec, load_spec, run_id, spec_hash
 from transferlab.store import Store
-from transferlab.train.fused import FusedModel, pack_index
+from transferlab.train.fused import FusedModel, pack_index, pack_offsets
 from transferlab.train.loop import Unsupported, run, run_seeds
 from transferlab.train.support import choose_engine
 
@@ -35,7 +35,9 @@ def _model(name: str, seed: int, head: str) -> TransferModel:
     return TransferModel(backbone, build_head(head, backbone.hidden_size, backbone.num_layers, 3, 0.0))
 
 
-def _batch(seeds: int, unpad: bool) -> dict[str, torch.Tensor]:
+def _batch(seeds: int, unpad: bool | str) -> dict[str, torch.Tensor]:
+    """unpad: False (padded rows), True (packed; attention block by block) or "jagged" (packed; attention
+    over a jagged nested tensor)."""
     torch.manual_seed(0)
     ids = torch.randint(1000, 2000, (seeds, 3, 7))
     mask = torch.ones(seeds, 3, 7, dtype=torch.long)
@@ -46,10 +48,14 @@ def _batch(seeds: int, unpad: bool) -> dict[str, torch.Tensor]:
     types = torch.zeros_like(ids)
     types[:, :, 3:] = 1
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    return {**batch, "pack_index": pack_index(mask)} if unpad else batch
+    if not unpad:
+        return batch
+    index = pack_index(mask)
+    jagged = {"pack_offsets": pack_offsets(mask, index.shape[1])} if unpad == "jagged" else {}
+    return {**batch, "pack_index": index, **jagged}
 
 
-@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("unpad", [False, True, "jagged"], ids=["padded", "unpadded", "jagged"])
 @pytest.mark.parametrize("name,head", [("tiny-bert", h) for h in FUSED_HEADS] + [("tiny-roberta", "mean_max")])
 def test_logits_and_gradients_equal_each_seeds_library_model(name, head, unpad, float64):
     models = [_model(name, seed, head) for seed in (0, 1)]
@@ -93,7 +99,19 @@ def test_unpadded_and_padded_losses_agree_and_pack_drops_padding(float64):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_sentiment_csv(tmp_path_factory.mktemp("fused") / "toy", n_train=40, n_dev=16)
+    """The toy sentiment task with sentences of 2 to 11 words, so batches carry padding and the fused
+    engine trains on packed (unpadded) batches."""
+    import random
+
+    folder = write_sentiment_csv(tmp_path_factory.mktemp("fused") / "toy", n_train=40, n_dev=16)
+    rng = random.Random(1)
+    for split in ("train", "dev"):
+        path = folder / f"{split}.csv"
+        head, *lines = path.read_text().splitlines()
+        lines = [" ".join(t.split()[:rng.randint(1, 6)] + ["and"] * rng.randint(0, 5)) + "," + y
+                 for t, y in (line.rsplit(",", 1) for line in lines)]
+        path.write_text("\n".join([head, *lines]) + "\n")
+    return folder
 
 
 def _specs(data, seeds=(0, 1, 2), **over):
@@ -175,7 +193,7 @@ def test_single_run_takes_the_fused_path_when_asked(data, tmp_path, float64):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
-@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("unpad", [False, True, "jagged"], ids=["padded", "unpadded", "jagged"])
 def test_fused_on_device_matches_the_library_model(unpad):
     """On CUDA: fp32 (TF32 off) close to each seed's library model; bf16 autocast close at bf16's precision."""
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -203,7 +221,7 @@ def test_flash_attn_fallback_is_announced_once(data, tmp_path, recwarn):
     assert len(said) == 1 and "flash-attn" in str(said[0].message)
 
 
-@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("unpad", [False, True, "jagged"], ids=["padded", "unpadded", "jagged"])
 def test_checkpointed_layers_give_the_same_gradients_with_dropout(unpad, float64):
     """Activation checkpointing recomputes each layer in the backward with the same dropout masks."""
     grads = []
@@ -299,3 +317,33 @@ def test_checkpoint_layers_on_a_model_without_layers_is_refused(data, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.checkpoint_layers" in err[0] and "lstm" in err[0]
     assert Store(tmp_path / "c.db").runs() == []
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["jagged", "device-refuses-jagged"])
+def test_jagged_attention_trains_as_block_attention(refuse, data, tmp_path, float64, monkeypatch, recwarn):
+    """The CUDA default (jagged nested-tensor attention) forced on the CPU trains exactly as the block path;
+    a device without a kernel for it falls back to blocks after saying so once, and the run is the same."""
+    from transferlab.train import compute, fused
+
+    over = {"train.engine": "fused", "model.dropout": 0.0}
+    block = run_seeds(_specs(data, (0, 1), **over), Store(tmp_path / "b.db"), progress=False)
+    monkeypatch.setattr(compute.FusedTrainee, "jagged_on", ("cuda", "cpu"))
+    used = []
+    real = fused._attend_jagged
+
+    def jagged(*args):
+        used.append(1)
+        if refuse:
+            raise RuntimeError("No viable backend for scaled_dot_product_attention was found.")
+        return real(*args)
+
+    monkeypatch.setattr(fused, "_attend_jagged", jagged)
+    fused._SAID.clear()
+    store = Store(tmp_path / "j.db")
+    other = run_seeds(_specs(data, (0, 1), **over), store, progress=False)
+    assert (1 <= len(used) <= 3) if refuse else len(used) >= 4 * 2  # refused: the first step only (its vmap probe tries 3 times)
+    said = [w for w in recwarn if "jagged attention failed" in str(w.message)]
+    assert len(said) == (1 if refuse else 0)
+    for a, b in zip(block, other):
+        close(Store(tmp_path / "b.db").curve(a.uid), store.curve(b.uid), "curve")
+        close(Store(tmp_path / "b.db").evals(a.uid), store.evals(b.uid), "evals")

@@ -179,9 +179,15 @@ class StackedTrainee:
 class FusedTrainee(StackedTrainee):
     """The BERT family's fused stacked encoder (train/fused.py; S >= 1): every projection one batched
     product for all seeds, attention by SDPA over the S*B sequences, and with ``unpad`` the batch packed
-    to each seed's real tokens before the embeddings (the index is built here, on the host)."""
+    to each seed's real tokens before the embeddings (the index is built here, on the host).
+
+    Unpadded attention: on CUDA over jagged nested tensors (``pack_offsets``: torch's varlen flash /
+    memory-efficient kernels, no flash-attn package needed), falling back to block by block if the
+    device refuses them; on the CPU block by block, which measured faster there than torch.nested's
+    per-sequence math (docs/benchmarks.md)."""
 
     kind = "fused"
+    jagged_on = ("cuda",)  # device types whose unpadded attention runs jagged
 
     def __init__(self, fused, device: torch.device, amp, regression: bool, compile: bool, pad_ids: list[int],
                  unpad: bool = True):
@@ -189,9 +195,12 @@ class FusedTrainee(StackedTrainee):
 
         super().__init__(fused, device, amp, regression, compile, pad_ids)
         self.unpad = unpad
-        if unpad:  # the varlen kernel is not wired (no GPU to test it): the portable fallback always runs
-            why = "is installed but its varlen kernel is not wired here" if flash_varlen_available() else "is absent"
-            say_once(f"flash-attn {why}: unpadded attention runs block by block (one padded row per sequence)")
+        self.jagged = unpad and device.type in self.jagged_on
+        self.jagged_ok = False  # set after the first step that ran jagged
+        if unpad and not self.jagged:
+            why = "is installed (not needed)" if flash_varlen_available() else "is absent"
+            say_once(f"flash-attn {why}: on the CPU unpadded attention runs block by block (one padded row per "
+                     "sequence)")
 
     @property
     def compiled(self) -> bool:
@@ -202,7 +211,7 @@ class FusedTrainee(StackedTrainee):
         self.module.checkpoint = True
 
     def prepare(self, host: dict[str, Tensor], padded: bool) -> dict[str, Tensor]:
-        from transferlab.train.fused import pack_index
+        from transferlab.train.fused import pack_index, pack_offsets
 
         mask = host["attention_mask"]
         if not (self.unpad and padded):
@@ -210,7 +219,29 @@ class FusedTrainee(StackedTrainee):
             return host
         index = pack_index(mask)
         _count(self.tokens, mask, index.numel())
+        if self.jagged:
+            return {**host, "pack_index": index, "pack_offsets": pack_offsets(mask, index.shape[1])}
         return {**host, "pack_index": index}
+
+    def backward(self, batches: list[dict[str, Tensor]], accum: int, loss_hooks=()) -> Tensor:
+        """The first jagged step may find the device without a nested-tensor attention kernel: block by block
+        from then on (said once), the step redone from scratch (the vmap probe too)."""
+        if self.jagged_ok or not self.jagged:
+            return super().backward(batches, accum, loss_hooks)
+        from transferlab.train.fused import say_once
+
+        try:
+            out = super().backward(batches, accum, loss_hooks)
+        except RuntimeError as e:
+            say_once(f"jagged attention failed on {self.device} ({str(e).splitlines()[0][:120]}): unpadded attention "
+                     "runs block by block")
+            self.jagged, self.probed = False, False
+            self.module.vmap_head = self.module.vmap_adapter = True  # the probe blamed vmap for it
+            for p in self.module.parameters():
+                p.grad = None
+            return super().backward(batches, accum, loss_hooks)
+        self.jagged_ok = True
+        return out
 
 
 def _count(tokens: list[int], mask: Tensor, computed: int) -> None:

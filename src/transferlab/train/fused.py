@@ -73,6 +73,23 @@ def pack_index(mask: Tensor) -> Tensor:
     return order.masked_fill(torch.arange(n) >= counts[:, None], b * t)
 
 
+def pack_offsets(mask: Tensor, n: int) -> Tensor:
+    """(S, B, T) 0/1 host mask, N packed slots per seed -> the offsets of the sequences in the flattened
+    (S*N) packed tokens: each seed's B sequences in order, then its filler slots cut into pieces of at most
+    T (so no segment is longer than T and filler attends only to filler). Empty segments are left out."""
+    s, b, t = mask.shape
+    lengths = mask.sum(-1)  # (S, B)
+    segments = []
+    for seed in range(s):
+        segments.append(lengths[seed])
+        filler = n - int(lengths[seed].sum())
+        segments.append(torch.full((filler // t,), t, dtype=lengths.dtype))
+        segments.append(torch.tensor([filler % t], dtype=lengths.dtype))
+    seg = torch.cat(segments)
+    seg = seg[seg > 0]
+    return torch.cat([seg.new_zeros(1), seg.cumsum(0)])
+
+
 def _pack(x: Tensor, index: Tensor) -> Tensor:
     """(S, B*T, ...) -> (S, N, ...): the packed tokens (scratch slots read a zero row)."""
     x = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)
@@ -98,10 +115,24 @@ def _norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
     return torch.addcmul(b.unsqueeze(1), F.layer_norm(x, x.shape[-1:], eps=eps), w.unsqueeze(1))
 
 
+def _attend_jagged(qkv: Tensor, offsets: Tensor, t: int, heads: int, p: float) -> Tensor:
+    """SDPA over the packed tokens as a jagged nested tensor (torch.nested, offsets from
+    :func:`pack_offsets`): each sequence attends to itself only, at its real length. On CUDA this is the
+    varlen flash / memory-efficient kernel (no flash-attn package needed); on the CPU, per-sequence math."""
+    s, n, h = qkv.shape[0], qkv.shape[1], qkv.shape[-1] // 3
+    q, k, v = (torch.nested.nested_tensor_from_jagged(x.contiguous(), offsets, max_seqlen=t).transpose(1, 2)
+               for x in qkv.reshape(s * n, 3, heads, h // heads).unbind(1))
+    ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+    return ctx.transpose(1, 2).values().reshape(s, n, h)
+
+
 def _attend(qkv: Tensor, index: Tensor | None, keys: Tensor | None, b: int, t: int, heads: int,
-            p: float) -> Tensor:
-    """SDPA over the S*B sequences; packed tokens are put in their rows for it and taken back after."""
+            p: float, offsets: Tensor | None = None) -> Tensor:
+    """SDPA over the S*B sequences; packed tokens are put in their rows for it and taken back after
+    (or, with ``offsets``, attend as a jagged batch without re-padding)."""
     s, h = qkv.shape[0], qkv.shape[-1] // 3
+    if offsets is not None:
+        return _attend_jagged(qkv, offsets, t, heads, p)
     if index is not None:
         qkv = _unpack(qkv, index, b * t)
     q, k, v = qkv.reshape(s * b, t, 3, heads, h // heads).permute(2, 0, 3, 1, 4).unbind(0)
@@ -113,12 +144,13 @@ def _attend(qkv: Tensor, index: Tensor | None, keys: Tensor | None, b: int, t: i
 
 
 def fused_layer(x: Tensor, w: list[Tensor], index: Tensor | None, keys: Tensor | None, b: int, t: int,
-                heads: int, eps: float, p_hidden: float, p_attn: float, act: nn.Module, training: bool) -> Tensor:
+                heads: int, eps: float, p_hidden: float, p_attn: float, act: nn.Module, training: bool,
+                offsets: Tensor | None = None) -> Tensor:
     """One post-LN BERT layer for S seeds. ``w``: q, k, v, o, attn_ln, ffn_in, ffn_out, ffn_ln as
     (weight, bias) pairs, flattened, each with a leading seed dimension."""
     (qw, qb, kw, kb, vw, vb, ow, ob, aw, ab, iw, ib, fw, fb, nw, nb) = w
     qkv = _linear(x, torch.cat([qw, kw, vw], 1), torch.cat([qb, kb, vb], 1))
-    ctx = _attend(qkv, index, keys, b, t, heads, p_attn if training else 0.0)
+    ctx = _attend(qkv, index, keys, b, t, heads, p_attn if training else 0.0, offsets)
     x = _norm(F.dropout(_linear(ctx, ow, ob), p_hidden, training) + x, aw, ab, eps)
     f = _linear(act(_linear(x, iw, ib)), fw, fb)
     return _norm(F.dropout(f, p_hidden, training) + x, nw, nb, eps)
@@ -175,9 +207,9 @@ class FusedModel(StackedModel):
         if self.model.training != self.training:  # the template runs the head: same dropout mode
             self.model.train(self.training)
         self.rows.per_seed = b
-        index = batch.get("pack_index")
-        keys = mask.reshape(s * b, 1, 1, t).bool() if padded else None
-        hidden = self.encode(batch["input_ids"], batch.get("token_type_ids"), index, keys)
+        index, offsets = batch.get("pack_index"), batch.get("pack_offsets")
+        keys = mask.reshape(s * b, 1, 1, t).bool() if padded and offsets is None else None
+        hidden = self.encode(batch["input_ids"], batch.get("token_type_ids"), index, keys, offsets)
         rows = tuple((_unpack(h, index, b * t) if index is not None else h).reshape(s, b, t, h.shape[-1])
                      for h in hidden)
         return self._per_seed(self.model.head, self.vmap_head, rows, mask)
@@ -189,7 +221,8 @@ class FusedModel(StackedModel):
         real = ids.ne(self.pad).long()
         return torch.cumsum(real, -1) * real + self.pad
 
-    def encode(self, ids: Tensor, types: Tensor | None, index: Tensor | None, keys: Tensor | None) -> list[Tensor]:
+    def encode(self, ids: Tensor, types: Tensor | None, index: Tensor | None, keys: Tensor | None,
+               offsets: Tensor | None = None) -> list[Tensor]:
         """All hidden states (S, N, H) of the (S, B, T) ids: embedding output first."""
         s, b, t = ids.shape
         if types is None or not self.backbone._use_token_types:
@@ -200,9 +233,11 @@ class FusedModel(StackedModel):
         x = self._embed(*flat)
         hidden = [x]
         for w in self.layer_weights:
-            args = (x, w, index, keys, b, t, self.heads, self.eps, self.p_hidden, self.p_attn, self.act, self.training)
+            args = (x, w, index, keys, b, t, self.heads, self.eps, self.p_hidden, self.p_attn, self.act, self.training,
+                    offsets)
             if self.checkpoint and self.training and torch.is_grad_enabled():  # recomputed in backward, same dropout
-                x = torch.utils.checkpoint.checkpoint(self.layer_fn, *args, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(self.layer_fn, *args, use_reentrant=False,
+                                                      determinism_check="none")  # nested tensors have no sizes
             else:
                 x = self.layer_fn(*args)
             hidden.append(x)
