@@ -347,3 +347,14 @@ def test_jagged_attention_trains_as_block_attention(refuse, data, tmp_path, floa
     for a, b in zip(block, other):
         close(Store(tmp_path / "b.db").curve(a.uid), store.curve(b.uid), "curve")
         close(Store(tmp_path / "b.db").evals(a.uid), store.evals(b.uid), "evals")
+
+
+@pytest.mark.parametrize("over", [{"freeze.name": "lora"}, {"freeze.name": "fpt"}, {"freeze.name": "linear_probe"},
+                                  {"model.name": "tiny-gpt2"}], ids=["lora", "fpt", "linear_probe", "gpt2"])
+def test_checkpoint_layers_with_frozen_parts_and_other_families(over, data, tmp_path):
+    """Recomputing layers whose weights (or inputs) need no gradient, and a causal family: runs finish."""
+    plain = run(_specs(data, (0,), **over)[0], Store(tmp_path / "p.db"), progress=False)
+    ckpt = run(_specs(data, (0,), **over, **{"train.checkpoint_layers": True})[0], Store(tmp_path / "c.db"),
+               progress=False)
+    assert ckpt.status == "finished" and ckpt.run_id == plain.run_id
+    assert ckpt.dev == pytest.approx(plain.dev, abs=1e-6)  # dropout 0 in _specs: the same run
