@@ -75,6 +75,30 @@ def test_multitask_run_is_one_run_with_per_task_metrics(tmp_path, capsys):
     assert "multi-task model (heads for csv, tsv)" in err and len(err.splitlines()) == 1
 
 
+def test_multitask_curve_is_one_point_per_interval_and_divergence_names_the_task(tmp_path, monkeypatch):
+    """The loss stays on the device between log points (one curve point per log_every steps, the mean of
+    the interval); a non-finite loss is caught at the next log point and names the task of its step."""
+    store = Store(tmp_path / "s.db")
+    result = run(load_spec(two_task_spec(tmp_path, sampler="round_robin")), store, progress=False)
+    steps = [row[0] for row in store.curve(result.uid)]
+    assert steps == list(range(5, 81, 5))  # 80 steps, log_every 5 (the evaluations at 40 and 80 fall on it)
+    from transferlab.train import multitask
+
+    real = multitask.loss_fn
+    calls = [0]
+
+    def poisoned(logits, labels, regression):
+        calls[0] += 1
+        loss = real(logits, labels, regression)
+        return loss * float("nan") if calls[0] == 7 else loss
+
+    monkeypatch.setattr(multitask, "loss_fn", poisoned)
+    bad = run(load_spec(two_task_spec(tmp_path, sampler="round_robin"), {"name": "mt-bad"}), Store(tmp_path / "b.db"),
+              progress=False)
+    assert bad.status == "diverged"
+    assert "non-finite loss or gradient at step 7 (task csv)" in bad.summary["error"]  # round robin: step 7 is csv
+
+
 def test_two_tasks_of_the_same_name_is_one_line_exit_2(tmp_path, capsys):
     spec = two_task_spec(tmp_path)
     spec["multitask"]["tasks"][1]["name"] = "csv"

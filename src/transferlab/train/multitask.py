@@ -37,6 +37,7 @@ from transferlab.recipes.param_groups import build_param_groups
 from transferlab.recipes.schedules import build_schedule
 from transferlab.records import RunResult
 from transferlab.train.batches import collate, encode, epoch_batches
+from transferlab.train.bookkeeping import Watch
 from transferlab.train.evaluate import evaluate
 from transferlab.train.fast import to_device
 from transferlab.train.samplers import task_sequence
@@ -155,35 +156,41 @@ class _MultiTaskRun:
         self.counts = count_parameters(model)
         store.update_run(uid, n_params=self.counts[0], n_trainable=self.counts[1])
         batches, epochs = {n: iter(()) for n in self.names}, dict.fromkeys(self.names, 0)
-        eval_steps, curve = set(eval_schedule(self.total, tspec.num_evals)), []
+        eval_steps = set(eval_schedule(self.total, tspec.num_evals))
+        watch = Watch(1, self.device, tspec.divergence_factor)  # losses and norms stay on the device
         model.train()
         for step in tqdm(range(1, self.total + 1), desc=spec.name, disable=not progress, leave=False):
             self.step = step
             for hook in hooks:
                 if hasattr(hook, "on_step_start"):
                     hook.on_step_start(step - 1)
-            name = self.names[self.order[step - 1]]
-            batch, labels = self._batch(name, batches, epochs)
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                logits = self.views[name].train()(**batch)
-            loss = loss_fn(logits, labels, self.tasks[name].problem == "regression")
-            loss.backward()
-            params = [p for p in model.parameters() if p.grad is not None]
-            max_norm = spec.optim.max_grad_norm
-            gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-            lr = max(scheduler.get_last_lr())
-            optimizer_step(optimizer, scheduler, None)
-            if not (torch.isfinite(loss) and torch.isfinite(gnorm)):
-                self.status, self.error = "diverged", f"non-finite loss or gradient at step {step} (task {name})"
-                break
-            curve.append((step, float(loss.detach()), lr, float(gnorm)))
-            if step % tspec.log_every == 0 or step in eval_steps:
-                store.log_curve(uid, curve)
-                curve = []
+            loss, gnorm, lr = self._step(self.names[self.order[step - 1]], batches, epochs, optimizer, scheduler)
+            watch.add(loss)
+            watch.step(step - 1, loss, gnorm)
+            if step % tspec.log_every == 0 or step in eval_steps or step == self.total:
+                bad = watch.log(step, lr, gnorm)  # the one host sync of the interval
+                for points in watch.curve():
+                    store.log_curve(uid, points)
+                if bad:
+                    _, bad_step, error = bad[0]
+                    self.status, self.error = "diverged", f"{error} (task {self.names[self.order[bad_step - 1]]})"
+                    break
             if step in eval_steps:
                 self._observe(step)
-        if curve:
-            store.log_curve(uid, curve)
+
+    def _step(self, name: str, batches: dict, epochs: dict, optimizer, scheduler):
+        """One optimizer step on one task's batch: the (1,) loss and gradient norm (on the device), the LR."""
+        batch, labels = self._batch(name, batches, epochs)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits = self.views[name].train()(**batch)
+        loss = loss_fn(logits, labels, self.tasks[name].problem == "regression")
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.spec.optim.max_grad_norm
+        gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        lr = max(scheduler.get_last_lr())
+        optimizer_step(optimizer, scheduler, None)
+        return loss.detach().reshape(1), gnorm.reshape(1), lr
 
     def _observe(self, step: int) -> None:
         per_task = self._evaluate("dev")
