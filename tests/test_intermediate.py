@@ -100,3 +100,36 @@ def test_seed_parallel_engine_leaves_intermediate_and_multitask_runs_to_the_loop
     multi = [load_spec({**base, "seed": s, "multitask": {"tasks": [{"name": "rte"}, {"name": "mrpc"}]}}) for s in (0, 1)]
     assert "multitask" in unsupported(multi)
     assert unsupported([load_spec({**base, "seed": s}) for s in (0, 1)]) is None
+
+
+@pytest.mark.parametrize("executor", ["inline", "processes"])
+def test_a_study_with_an_intermediate_axis_runs_both_phases_in_its_workers(executor, tmp_path):
+    """Workers record to the driver's claims: phase A is claimed with phase B, trained once per seed,
+    stored as a run of its own and reused when only phase B is left; phase B equals a direct run."""
+    import sqlite3
+
+    a = write_sentiment_csv(tmp_path / "a", n_train=64, n_dev=32)
+    base = {"model": {"name": "tiny-bert", "max_length": 16}, "head": {"name": "cls"},
+            "task": {"name": "csv", "path": str(a)}, "optim": {"lr": 3e-3},
+            "train": {"max_steps": 3, "batch_size": 16, "num_evals": 1, "log_every": 1, "save_model": False}}
+    inter = {"task": {"name": "csv", "path": str(a)}, "steps": 4}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"study": "st", "base": base, "seeds": [0, 1],
+                                    "grid": {"intermediate": ["none", inter]}}))
+    db = tmp_path / "s.db"
+    argv = ["run", str(path), "--store", str(db), "--executor", executor, "--workers", "2", "--threads", "1",
+            "--quiet"]
+    assert main(argv) == 0
+    runs = Store(db).runs()
+    phase_a = [r for r in runs if r.name.endswith("[intermediate csv]")]
+    assert len(runs) == 6 and all(r.status == "finished" for r in runs)
+    assert sorted(r.seed for r in phase_a) == [0, 1] and all(r.summary["steps"] == 4 for r in phase_a)
+    b = next(r for r in runs if r.seed == 0 and r.spec.get("intermediate") and not r.name.endswith("]"))
+    direct = run(load_spec({**base, "name": b.name, "seed": 0, "intermediate": inter}), Store(tmp_path / "d.db"),
+                 progress=False)
+    assert direct.dev == pytest.approx(b.summary["dev"], abs=1e-6)
+    with sqlite3.connect(db) as con:  # phase B gone: the rerun trains it again from the stored phase A
+        con.execute("DELETE FROM runs WHERE uid=?", (b.uid,))
+    assert main(argv) == 0
+    again = Store(db).runs()
+    assert len(again) == 6 and sorted(r.uid for r in again if r.name.endswith("]")) == sorted(r.uid for r in phase_a)

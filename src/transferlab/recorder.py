@@ -80,8 +80,11 @@ class Recorder:
         self._records[uid].curve.extend(tuple(r) for r in rows)
 
     # ------------------------------------------------------------------ what the loop reads
-    def finished(self, run_id: str) -> None:
-        return None  # the driver claimed only runs that are not done
+    def finished(self, run_id: str) -> RunRow | None:
+        """A run the driver found finished and sent along (an intermediate-task run's phase A), else None:
+        the driver claimed only runs that are not done."""
+        row = self.refs.get(run_id)
+        return self.get(run_id) if row is not None and row.get("status") == "finished" else None
 
     def runs(self, *, run_id: str | None = None, **_: Any) -> list[Attempt]:
         claim = self._by_run_id.get(run_id or "")

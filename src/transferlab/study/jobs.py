@@ -31,6 +31,8 @@ class Job:
     artifacts: str | None = None  # the artifact location the worker writes to; None: files travel back
     refs: dict[str, dict] = field(default_factory=dict)  # stored runs the spec names (a KD teacher): ref -> row
     tracking: dict[str, Any] | None = None  # a TrackingSpec as plain data: live TensorBoard/MLflow/W&B logging
+    # an intermediate-task run's phase A, claimed by the driver with it: uid, earlier, run_id, recipe_hash, seed
+    phase_a: dict[str, Any] | None = None
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Outcome:
     duration_s: float = 0.0
     error: str | None = None
     record: RunRecord | None = None  # the run's complete record, for the driver to write
+    extra: list[RunRecord] = field(default_factory=list)  # records of runs it trained first (phase A)
 
 
 def recorder_for(jobs: list[Job]):
@@ -54,6 +57,9 @@ def recorder_for(jobs: list[Job]):
     for job in jobs:
         spec = spec_from_dict(job.spec)
         claims[(spec_hash(spec), spec.seed)] = Claim(job.uid or "", list(job.earlier), job.run_id)
+        if job.phase_a:
+            a = job.phase_a
+            claims[(a["recipe_hash"], a["seed"])] = Claim(a["uid"], [tuple(e) for e in a["earlier"]], a["run_id"])
     url = jobs[0].artifacts
     cache = Path(tempfile.gettempdir()) / "transferlab-artifact-cache"
     refs = {ref: row for job in jobs for ref, row in job.refs.items()}
@@ -103,7 +109,13 @@ def execute_jobs(jobs: list[Job], hooks: list | tuple = ()) -> list[Outcome]:
             tracker.close()
         torch.set_num_threads(threads)
     records = {r.uid: r for r in recorder.records()}
-    return [outcome_of(job, records.get(job.uid), error) for job in jobs]
+    outcomes = [outcome_of(job, records.get(job.uid), error) for job in jobs]
+    for job, outcome in zip(jobs, outcomes):
+        if job.phase_a:
+            a = job.phase_a
+            outcome.extra.append(outcome_of(Job(job.index, {}, job.study, job.store, uid=a["uid"], run_id=a["run_id"]),
+                                            records.get(a["uid"]), error or "phase B ended before phase A ran").record)
+    return outcomes
 
 
 def outcome_of(job: Job, record: RunRecord | None, error: str | None) -> Outcome:

@@ -127,17 +127,42 @@ def _claimed(groups, planned: list[Planned], store: Store, study: str, *, skip_f
         for job in group:
             p = planned[job.index]
             refs = _refs(store, p.spec)  # a teacher that is not there fails before a claim exists
+            phase_a = _phase_a(store, p.spec, study, refs) if p.spec.intermediate is not None else None
+            if phase_a is False:  # another job of a driver trains this phase A now: left to it
+                elsewhere.append(job)
+                continue
             claim = store.claim(p.run_id, spec_hash(p.spec), p.seed, job.spec, name=p.spec.name, study=study,
                                 fingerprint=fingerprint(p.spec), retry_failed=not skip_failed)
             if claim is None:
+                if phase_a:
+                    store.heartbeat([phase_a["uid"]], lease_s=-1)  # released: reads unfinished, reruns later
                 elsewhere.append(job)
                 continue
             job.uid, job.earlier = claim
-            job.run_id, job.artifacts, job.refs = p.run_id, artifacts, refs
-            beat.uids.add(job.uid)
+            job.run_id, job.artifacts, job.refs, job.phase_a = p.run_id, artifacts, refs, phase_a
+            beat.uids.update([job.uid] + ([phase_a["uid"]] if phase_a else []))
             live.append(job)
         if live:
             yield live
+
+
+def _phase_a(store: Store, spec, study: str, refs: dict[str, dict]) -> dict | bool | None:
+    """An intermediate-task run's phase A (train/intermediate.py), a run of its own: when it finished
+    already, its row goes to the worker in ``refs`` (None); else it is claimed with phase B and the
+    claim travels in the job (a dict); False when another job holds it now."""
+    from transferlab.spec import run_id
+    from transferlab.train.intermediate import phase_a_spec
+
+    a = phase_a_spec(spec)
+    a_id = run_id(a)
+    row = store.finished(a_id)
+    if row is not None:
+        refs[a_id] = {**row.__dict__, "summary": row.summary.to_dict(), "artifacts": store.location_of(row.uid).url}
+        return None
+    claim = store.claim(a_id, spec_hash(a), a.seed, to_dict(a), name=a.name, study=study, fingerprint=fingerprint(a))
+    if claim is None:
+        return False
+    return {"uid": claim[0], "earlier": claim[1], "run_id": a_id, "recipe_hash": spec_hash(a), "seed": a.seed}
 
 
 def _refs(store: Store, spec) -> dict[str, dict]:
@@ -176,6 +201,9 @@ def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *
         claimed = _claimed(groups, todo, store, study.study, skip_failed=skip_failed, artifacts=artifacts,
                            beat=beat, elsewhere=elsewhere)
         for outcome in executor.map(claimed):
+            for record in outcome.extra:  # phase A of an intermediate-task run, trained first
+                store.write_record(record)
+                beat.uids.discard(record.uid)
             store.write_record(outcome.record)  # the driver is the only writer
             beat.uids.discard(outcome.uid)
             _report(todo[outcome.index], outcome, result, progress)
