@@ -180,3 +180,21 @@ def test_runs_lists_the_engine_device_and_speed(data, tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert sorted(r["engine"] for r in rows) == ["fused x2", "fused x2", "single"]  # auto: BERT, cls, AdamW fuse
     assert {r["device"] for r in rows} == {"cpu"} and all(r["samples_s"] > 0 for r in rows)
+
+
+def test_out_of_memory_names_the_ways_out(data, tmp_path, monkeypatch):
+    """A run that runs out of device memory is stored failed with the settings that lower memory."""
+    import torch
+
+    from transferlab.train import compute
+
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(compute.StackedTrainee, "backward", oom)
+    store = Store(tmp_path / "s.db")
+    with pytest.raises(torch.OutOfMemoryError):
+        run_seeds(seeds_of(data, (0, 1)), store, progress=False)
+    runs = store.runs()
+    assert len(runs) == 2 and all(r.status == "failed" for r in runs)
+    assert all("train.checkpoint_layers: true" in r.error and "2 seed(s) at batch" in r.error for r in runs)

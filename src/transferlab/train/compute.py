@@ -233,6 +233,8 @@ class FusedTrainee(StackedTrainee):
         try:
             out = super().backward(batches, accum, loss_hooks)
         except RuntimeError as e:
+            if isinstance(e, torch.OutOfMemoryError):  # memory, not the kernel: the loop names the ways out
+                raise
             say_once(f"jagged attention failed on {self.device} ({str(e).splitlines()[0][:120]}): unpadded attention "
                      "runs block by block")
             self.jagged, self.probed = False, False

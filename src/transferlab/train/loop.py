@@ -131,6 +131,10 @@ class _Group:
         except BaseException as e:
             error = ("interrupted (KeyboardInterrupt)" if isinstance(e, KeyboardInterrupt) else
                      str(e) if isinstance(e, UserError) else traceback.format_exc(limit=8))
+            if isinstance(e, torch.OutOfMemoryError):  # the two ways out, named with the run
+                error += (f"\nout of memory with {len(self.specs)} seed(s) at batch {self.tspec.batch_size}: set "
+                          "train.checkpoint_layers: true (each layer recomputed in the backward), or train fewer "
+                          "seeds together (--seed-parallel off) or smaller batches (train.grad_accum)")
             self.clock.charge([s for s in seeds if s.uid not in self.results])
             for seed in seeds:
                 if seed.uid and seed.uid not in self.results:
