@@ -93,8 +93,13 @@ def test_unpadded_and_padded_losses_agree_and_pack_drops_padding(float64):
     real = padded["attention_mask"].sum((1, 2))
     assert index.shape == (3, int(real.max())) and int((index < 21).sum()) == int(real.sum())  # B*T = 21
     labels = torch.tensor([0, 1, 2])
-    losses = [torch.nn.functional.cross_entropy(fused(b).flatten(0, 1), labels.repeat(3)) for b in (padded, unpadded)]
+    jagged = _batch(3, "jagged")
+    offsets = jagged["pack_offsets"]  # each seed's 3 sequences, then its filler: segments cover all 3 x N slots
+    assert int(offsets[-1]) == 3 * index.shape[1] and bool((offsets.diff() > 0).all())
+    losses = [torch.nn.functional.cross_entropy(fused(b).flatten(0, 1), labels.repeat(3))
+              for b in (padded, unpadded, jagged)]
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=0)
+    torch.testing.assert_close(losses[0], losses[2], rtol=1e-12, atol=0)
 
 
 @pytest.fixture(scope="module")
