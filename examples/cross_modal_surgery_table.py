@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--split", default="dev")
     parser.add_argument("--seeds", default=None, help="surgery seeds per run, e.g. 0,1,2,3,4 (default: the run's)")
     parser.add_argument("--arm", default=None, help="only the runs of this arm (run names start with it)")
+    parser.add_argument("--run-seeds", default=None, help="only the fine-tuned runs of these seeds, e.g. 1,2,3,4,5")
     args = parser.parse_args()
     store = Store(args.store)
     base_runs = [r for r in store.runs(study=args.study, latest=True) if r.kind == "train" and r.status == "finished"]
@@ -54,6 +55,9 @@ def main() -> None:
             by_seed = {r.seed: r for r in base_runs if r.spec["optim"]["lr"] == lr}
             base_runs = [by_seed[s] for s in sorted(by_seed)]
             print(f"arm {args.arm}: lr {lr}, seeds {sorted(by_seed)}")
+    if args.run_seeds is not None:
+        keep = {int(x) for x in args.run_seeds.split(",")}
+        base_runs = [r for r in base_runs if r.seed in keep]
     if not base_runs:
         raise SystemExit(f"no finished training run of study {args.study!r}" + (f", arm {args.arm!r}" if args.arm else ""))
     metrics: dict[str, list[float]] = defaultdict(list)
