@@ -1,8 +1,14 @@
 """The surgery table of examples/cross_modal_surgery.yaml: every finished run of the study, evaluated
 unchanged and with layer 1 (or head 0 of layer 1) replaced, without retraining; mean ± std over the
-runs (seeds) and Welch / Mann-Whitney tests of each replacement's accuracy against Xavier's.
+runs (seeds) of the task's main metric (accuracy on MRPC, Spearman on STS-B) and Welch / Mann-Whitney
+tests of each replacement's score against Xavier's.
 
     python examples/cross_modal_surgery_table.py runs/surgery.db [--split dev] [--seeds 0,1,2,3,4]
+    python examples/cross_modal_surgery_table.py runs/text.db --study cross-modal-antiberty --arm normal
+
+``--arm`` keeps the runs of one arm of a larger study (run names start with the arm's name), at the
+learning rate most of that arm's finished runs used (the main phase's, not the LR search's others);
+one run per seed.
 
 Each surgery is ``transferlab surgery RUN -s ...`` (recipes/surgery.py) with ``--seed`` = the run's
 seed (or, with ``--seeds``, each of those seeds on every run: the random replacements differ, AntiBERTy's
@@ -10,7 +16,7 @@ do not); the surgery runs are stored beside the others.
 """
 
 import argparse
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -36,22 +42,38 @@ def main() -> None:
     parser.add_argument("--study", default="cross-modal-surgery")
     parser.add_argument("--split", default="dev")
     parser.add_argument("--seeds", default=None, help="surgery seeds per run, e.g. 0,1,2,3,4 (default: the run's)")
+    parser.add_argument("--arm", default=None, help="only the runs of this arm (run names start with it)")
+    parser.add_argument("--run-seeds", default=None, help="only the fine-tuned runs of these seeds, e.g. 1,2,3,4,5")
     args = parser.parse_args()
     store = Store(args.store)
     base_runs = [r for r in store.runs(study=args.study, latest=True) if r.kind == "train" and r.status == "finished"]
+    if args.arm is not None:
+        base_runs = [r for r in base_runs if r.name.split(" ")[0] == args.arm]
+        lrs = Counter(r.spec["optim"]["lr"] for r in base_runs)
+        if lrs:
+            lr = lrs.most_common(1)[0][0]
+            by_seed = {r.seed: r for r in base_runs if r.spec["optim"]["lr"] == lr}
+            base_runs = [by_seed[s] for s in sorted(by_seed)]
+            print(f"arm {args.arm}: lr {lr}, seeds {sorted(by_seed)}")
+    if args.run_seeds is not None:
+        keep = {int(x) for x in args.run_seeds.split(",")}
+        base_runs = [r for r in base_runs if r.seed in keep]
+    if not base_runs:
+        raise SystemExit(f"no finished training run of study {args.study!r}" + (f", arm {args.arm!r}" if args.arm else ""))
     metrics: dict[str, list[float]] = defaultdict(list)
+    main_metric = "accuracy"
     changed: dict[str, list[int]] = defaultdict(list)
     names = {text: name for name, text in SURGERIES.items()} | {"none": "unchanged"}
     pairs = [(run, seed) for run in base_runs
              for seed in ([int(s) for s in args.seeds.split(",")] if args.seeds else [run.seed])]
     for run, seed in pairs:
-        _, rows = run_surgery(store, run.uid, list(SURGERIES.values()), split=args.split, seed=seed)
+        main_metric, rows = run_surgery(store, run.uid, list(SURGERIES.values()), split=args.split, seed=seed)
         for row in rows:
-            metrics[names[row["surgery"]]].append(row["metrics"]["accuracy"])
+            metrics[names[row["surgery"]]].append(row["metrics"][main_metric])
             changed[names[row["surgery"]]].append(row["changed"])
     print(f"{len(base_runs)} fine-tuned runs x {len(pairs) // max(1, len(base_runs))} surgery seeds, "
-          f"{args.split} accuracy\n")
-    print("| surgery | accuracy | change | predictions changed | vs Xavier (same part) |")
+          f"{args.split} {main_metric}\n")
+    print(f"| surgery | {main_metric} | change | predictions changed | vs Xavier (same part) |")
     print("| --- | --- | --- | --- | --- |")
     for name, values in metrics.items():
         v = np.asarray(values)
@@ -62,7 +84,7 @@ def main() -> None:
         if ref is not None and not name.endswith("Xavier") and name != "unchanged":
             c = compare(values, ref)
             test = f"{c['diff']:+.4f}, Welch t = {c['t']:.2f}, p = {c['t_p']:.3f}; MWU p = {c['u_p']:.3f}"
-        print(f"| {name} | {v.mean():.4f} ± {v.std(ddof=1):.4f} | {delta.mean():+.4f} | "
+        print(f"| {name} | {v.mean():.4f} ± {v.std(ddof=1):.4f} | {delta.mean():+.4f} ± {delta.std(ddof=1):.4f} | "
               f"{np.mean(changed[name]):.1f} | {test} |")
 
 
