@@ -113,17 +113,22 @@ def execute_jobs(jobs: list[Job], hooks: list | tuple = ()) -> list[Outcome]:
     for job, outcome in zip(jobs, outcomes):
         if job.phase_a:
             a = job.phase_a
-            outcome.extra.append(outcome_of(Job(job.index, {}, job.study, job.store, uid=a["uid"], run_id=a["run_id"]),
-                                            records.get(a["uid"]), error or "phase B ended before phase A ran").record)
+            outcome.extra.append(settled(records.get(a["uid"]), a["uid"], a["run_id"],
+                                         error or "phase B ended before phase A ran"))
     return outcomes
+
+
+def settled(record: RunRecord | None, uid: str, run_id: str, error: str | None) -> RunRecord:
+    """A claimed run's final record: one that never started or never ended (it failed before) is failed."""
+    if record is None or record.status == "running":
+        record = record or RunRecord(uid, run_id)
+        record.row.update(status="failed", error=error or "the run did not start", finished_at=time.time())
+    return record
 
 
 def outcome_of(job: Job, record: RunRecord | None, error: str | None) -> Outcome:
     """A job's outcome from its record; a run that never started (it failed before) is failed here."""
-    if record is None or record.status == "running":
-        error = error or "the run did not start"
-        record = record or RunRecord(job.uid or "", job.run_id)
-        record.row.update(status="failed", error=error, finished_at=time.time())
+    record = settled(record, job.uid or "", job.run_id, error)  # its row's error says why
     from transferlab.records import RunSummary
 
     row = record.row

@@ -157,7 +157,7 @@ def _phase_a(store: Store, spec, study: str, refs: dict[str, dict]) -> dict | bo
     a_id = run_id(a)
     row = store.finished(a_id)
     if row is not None:
-        refs[a_id] = {**row.__dict__, "summary": row.summary.to_dict(), "artifacts": store.location_of(row.uid).url}
+        refs[a_id] = _ref_row(store, row)
         return None
     claim = store.claim(a_id, spec_hash(a), a.seed, to_dict(a), name=a.name, study=study, fingerprint=fingerprint(a))
     if claim is None:
@@ -172,8 +172,12 @@ def _refs(store: Store, spec) -> dict[str, dict]:
     teacher = spec.distill.teacher
     if spec.distill.kind == "none" or not teacher or spec.distill.teacher_store or Path(teacher).is_dir():
         return {}
-    row = store.get(teacher)
-    return {teacher: {**row.__dict__, "summary": row.summary.to_dict(), "artifacts": store.location_of(row.uid).url}}
+    return {teacher: _ref_row(store, store.get(teacher))}
+
+
+def _ref_row(store: Store, row) -> dict:
+    """A stored run's row as plain data for a worker's Recorder, with where its weights are."""
+    return {**row.__dict__, "summary": row.summary.to_dict(), "artifacts": store.location_of(row.uid).url}
 
 
 def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *, skip_failed: bool,

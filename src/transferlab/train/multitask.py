@@ -167,7 +167,7 @@ class _MultiTaskRun:
             loss, gnorm, lr = self._step(self.names[self.order[step - 1]], batches, epochs, optimizer, scheduler)
             watch.add(loss)
             watch.step(step - 1, loss, gnorm)
-            if step % tspec.log_every == 0 or step in eval_steps or step == self.total:
+            if step % tspec.log_every == 0 or step in eval_steps:  # eval_steps holds the last step
                 bad = watch.log(step, lr, gnorm)  # the one host sync of the interval
                 for points in watch.curve():
                     store.log_curve(uid, points)
