@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "transferlab"
 
 # lowest first; a module may import its own layer and the ones below it
 LAYERS = [
-    ["errors", "registry", "checks", "spec", "store", "records", "provenance", "export_tables", "locations",
+    ["errors", "registry", "checks", "spec", "store", "records", "provenance", "locations",
      "recorder", "fingerprint"],
     ["data"],
     ["models"],

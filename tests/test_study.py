@@ -11,12 +11,12 @@ from conftest import SHARED_DATA, needs_shared_data, sigkill_when, tiny_study_di
 
 from transferlab.cli import main
 from transferlab.data.build import build_task
+from transferlab.data.degenerate import is_degenerate
 from transferlab.data.fewshot import balanced_indices
 from transferlab.errors import DataError, SpecError, UserError
 from transferlab.recipes.hooks import Hook
 from transferlab.spec import TaskSpec, load_spec
 from transferlab.store import Store
-from transferlab.study.degenerate import is_degenerate
 from transferlab.study.expand import expand, expand_lr_search
 from transferlab.study.runner import run_study
 from transferlab.study.spec import load_study

@@ -34,8 +34,8 @@ import threading
 from pathlib import Path
 
 from transferlab.errors import UserError
+from transferlab.report.tables import format_table
 from transferlab.store import DEFAULT_STORE
-from transferlab.study.tables import format_table
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
@@ -418,7 +418,7 @@ def cmd_export(args) -> int:
 
     store = Store(args.store, create=False)
     if args.csv or args.parquet:
-        from transferlab.export_tables import export_tables
+        from transferlab.report.export_tables import export_tables
 
         folder = check_writable_dir(args.csv or args.parquet, "--csv" if args.csv else "--parquet")
         for path in export_tables(store, folder, "csv" if args.csv else "parquet"):
@@ -472,7 +472,7 @@ def cmd_report(args) -> int:
 def cmd_plan_seeds(args) -> int:
     from transferlab.report import cells
     from transferlab.store import Store
-    from transferlab.study.analysis import PLAN_HEADER, plan_rows
+    from transferlab.report.analysis import PLAN_HEADER, plan_rows
 
     path = Path(args.store_path or args.store)
     if not path.is_file():

@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from transferlab.data.degenerate import is_degenerate
 from transferlab.fingerprint import fingerprint
 from transferlab.spec import spec_hash, to_dict
 from transferlab.store import LEASE_S, Store
 from transferlab.study import lr_select, ray_executor  # noqa: F401  (ray_executor registers "ray")
-from transferlab.study.degenerate import is_degenerate
 from transferlab.study.executors import EXECUTORS, Executor
 from transferlab.study.expand import Planned, cell_defs, expand, expand_lr_search
 from transferlab.study.jobs import Job, Outcome

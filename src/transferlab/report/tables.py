@@ -17,10 +17,10 @@ import math
 
 import numpy as np
 
+from transferlab.data.degenerate import is_degenerate
 from transferlab.data.metrics import higher_is_better
+from transferlab.report import stats
 from transferlab.store import Store
-from transferlab.study import stats
-from transferlab.study.degenerate import is_degenerate
 
 KS = (1, 2, 3, 5, 10, 20)
 DEFAULT_MARGIN = 0.01

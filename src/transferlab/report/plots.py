@@ -15,8 +15,8 @@ import io
 import numpy as np
 
 from transferlab.data.metrics import higher_is_better
+from transferlab.report.stats import expected_max
 from transferlab.store import Store
-from transferlab.study.stats import expected_max
 
 
 def _plt():

@@ -23,10 +23,10 @@ import numpy as np
 from transferlab.data.metrics import higher_is_better
 from transferlab.errors import UserError
 from transferlab.models.artifacts import load_predictions
+from transferlab.report import significance as sig
+from transferlab.report import stats
+from transferlab.report.tables import KS, _f, _p, study_meta
 from transferlab.store import Store
-from transferlab.study import significance as sig
-from transferlab.study import stats
-from transferlab.study.tables import KS, _f, _p, study_meta
 
 
 def seed_scores(cell, metric: str) -> dict[int, float]:

@@ -232,8 +232,8 @@ def curve_plot(store: Store, all_cells: list[Cell]) -> bytes | None:
 def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = None
               ) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
     """(title, note, table) of every section with rows."""
-    from transferlab.study import analysis, tables
-    from transferlab.study.stats import BCA_MIN_N
+    from transferlab.report import analysis, tables
+    from transferlab.report.stats import BCA_MIN_N
 
     studies = list(dict.fromkeys(c.study for c in all_cells if c.study))
     compared = analysis.comparisons_paired(store, all_cells, tost_margin)
@@ -289,8 +289,8 @@ def write_report(store: Store, out: Path, study: str | None = None, *, tost_marg
                  include_search_seeds: bool | None = None) -> list[Path]:
     """``tost_margin`` overrides the study's report.tost_margin; ``include_search_seeds`` its
     report.exclude_search_seeds (None: as the study says, excluded by default)."""
-    from transferlab.study import plots as study_plots
-    from transferlab.study.significance import check_margin
+    from transferlab.report import plots as study_plots
+    from transferlab.report.significance import check_margin
 
     if tost_margin is not None:
         check_margin(tost_margin, "--tost-margin")
