@@ -44,7 +44,7 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from transferlab import __version__
+    from transferlab._version import __version__
 
     parser = argparse.ArgumentParser(prog="transferlab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"transferlab {__version__}")
