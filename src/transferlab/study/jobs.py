@@ -136,11 +136,3 @@ def outcome_of(job: Job, record: RunRecord | None, error: str | None) -> Outcome
     status = row["status"]
     return Outcome(job.index, job.run_id, job.uid, status, summary, row.get("duration_s") or 0.0,
                    row.get("error") or summary.get("error") or (error if status == "failed" else None), record)
-
-
-def job_run_id(job: Job) -> str:
-    if job.run_id:
-        return job.run_id
-    from transferlab.spec import run_id, spec_from_dict
-
-    return run_id(spec_from_dict(job.spec))

@@ -15,14 +15,12 @@ one job after the other.
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 from transferlab.errors import UserError
 from transferlab.study.jobs import Job, Outcome, execute_jobs
 
 log = logging.getLogger(__name__)
 MAX_SEEDS = 20  # 20 BERT-base seeds fit in 80 GB at batch 32, length 128 (issue 6)
-Mode = Literal["auto", "on", "off"]
 
 
 def _cuda_run(spec) -> bool:
