@@ -286,18 +286,16 @@ def dry_run(spec, store_path: str) -> int:
 
 def cmd_study(args, data: dict) -> int:
     from transferlab.store import Store
+    from transferlab.study.expand import plan_study
     from transferlab.study.runner import check_workers, describe_plan, run_study
     from transferlab.study.spec import load_study
 
     study = load_study(data, args.overrides)
     study.logging = tracking_from_args(args, study.logging)
+    plan = plan_study(study)  # expanded and validated once, then handed on
     if args.dry_run:
-        from transferlab.study.expand import expand, expand_lr_search
-        from transferlab.train.validate import validate_runs
-
-        validate_runs([p.spec for p in expand_lr_search(study) + expand(study)])  # what run_study checks first
         store = Store(args.store, create=False) if Path(args.store).is_file() else None
-        rows = describe_plan(study, store, args.seed_parallel)
+        rows = describe_plan(study, store, args.seed_parallel, plan)
         print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
         runs = [r for r in rows if not r[5].startswith("(")]
         waiting = len(rows) - len(runs)
@@ -319,13 +317,13 @@ def cmd_study(args, data: dict) -> int:
     executor = EXECUTORS.get(args.executor, field="--executor")(
         workers=args.workers, address=args.address, threads=args.threads, seed_parallel=args.seed_parallel,
         gpus_per_task=args.gpus_per_task, retries=args.ray_retries, resources=resources)
-    check_workers(study, executor)
+    check_workers(plan, executor)
     try:
         store = Store(args.store, artifacts=args.artifacts)
     except BaseException:
         executor.close(cancel=True)
         raise
-    result = run_study(study, store, executor=executor, skip_failed=args.skip_failed, new=args.new_study)
+    result = run_study(study, store, executor=executor, skip_failed=args.skip_failed, new=args.new_study, plan=plan)
     if result.interrupted:
         return 130
     if result.failed:  # 0: every run finished or diverged; 1: some failed (listed above); one line on stderr

@@ -42,10 +42,10 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
         raise UserError(f"--seed-parallel: {mode!r} is not one of auto, on, off")
     if mode == "off" or has_hooks or len(jobs) < 2 or any(job.tracking for job in jobs):  # live tracking: one by one
         return [[job] for job in jobs]
-    from transferlab.spec import spec_from_dict, spec_hash
+    from transferlab.spec import spec_hash
     from transferlab.train.support import Unsupported, unsupported
 
-    specs = {job.index: spec_from_dict(job.spec) for job in jobs}
+    specs = {job.index: job.spec for job in jobs}
     by_recipe: dict[tuple[str, str], list[Job]] = {}
     for job in jobs:
         by_recipe.setdefault((job.store, spec_hash(specs[job.index])), []).append(job)
