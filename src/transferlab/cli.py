@@ -240,7 +240,7 @@ def quiet_libraries() -> None:
 
 
 def cmd_run(args) -> int:
-    from transferlab.spec import load_spec, read_yaml
+    from transferlab.spec import load_spec, read_yaml, run_id
     from transferlab.store import Store
     from transferlab.study.spec import is_study
     from transferlab.train.loop import run
@@ -253,13 +253,14 @@ def cmd_run(args) -> int:
         return dry_run(spec, args.store)
     store = Store(args.store, artifacts=args.artifacts)
     tracking = tracking_from_args(args)
-    tracker = None
+    tracker, rid = None, run_id(spec)  # computed once, for the loop and the tracker
     if tracking.enabled:
         from transferlab.train.track import TrackerHook
 
-        tracker = TrackerHook(tracking, spec, store)
+        tracker = TrackerHook(tracking, spec, store, run_id=rid)
     try:
-        result = run(spec, store, force=args.rerun, progress=not args.quiet, hooks=[tracker] if tracker else [])
+        result = run(spec, store, force=args.rerun, progress=not args.quiet, hooks=[tracker] if tracker else [],
+                     run_id=rid)
     finally:
         if tracker is not None:
             tracker.close()
