@@ -242,11 +242,11 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
     processes, 1 on Ray). CPU results depend on it, so give the same number to compare executors.
     ``seed_parallel`` (auto, on, off): train runs that differ only in seed together (study/seed_groups.py);
     auto does so on CUDA only. ``executor_options``: the Ray executor's ``gpus_per_task``, ``retries``
-    and ``resources`` (study/ray_executor.py). ``plan``: the study already planned (``plan_study``) and
-    its workers checked with ``executor`` (the CLI does both before it opens the store).
+    and ``resources`` (study/ray_executor.py). ``plan``: the study already planned (``plan_study``); with
+    an Executor given too, its workers were checked with it (the CLI does both before it opens the store).
     """
     out = out or (lambda line: print(line, flush=True))
-    checked = plan is not None
+    checked = plan is not None and not isinstance(executor, str)  # the caller checked this executor's workers
     plan = plan or plan_study(study)  # first: a study that cannot expand or validate is not registered
     search, main = plan.search, plan.main
     if isinstance(executor, str):  # before anything is written: a bad cluster address leaves the store as it was
