@@ -20,8 +20,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from transferlab.report.stats import compare
 from transferlab.store import Store
-from transferlab.study.stats import compare
 from transferlab.surgery import run_surgery
 
 SURGERIES = {

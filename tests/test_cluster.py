@@ -34,7 +34,7 @@ def test_a_worker_never_opens_the_store_and_the_driver_writes_its_record_at_once
     spec = spec_from_dict(tiny_spec_dict(data, epochs=1, save_model=True))
     store = Store(tmp_path / "s.db")
     uid, earlier = store.claim("rid-s0", spec_hash(spec), spec.seed, to_dict(spec), name=spec.name)
-    job = Job(0, to_dict(spec), "s", str(store.path), uid=uid, run_id="rid-s0", earlier=earlier, artifacts=None)
+    job = Job(0, spec, "s", str(store.path), uid=uid, run_id="rid-s0", earlier=earlier, artifacts=None)
     opened = []
     real = sqlite3.connect
     monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(a) or real(*a, **k))
@@ -239,7 +239,7 @@ def test_a_worker_resumes_from_a_checkpoint_at_the_url(tmp_path):
 
     def attempt(store: Store, hooks=()):
         uid, earlier = store.claim("rid-s0", spec_hash(spec), spec.seed, to_dict(spec))
-        job = Job(0, to_dict(spec), "s", str(store.path), uid=uid, run_id="rid-s0", earlier=earlier,
+        job = Job(0, spec, "s", str(store.path), uid=uid, run_id="rid-s0", earlier=earlier,
                   artifacts=store.location.url)
         (outcome,) = execute_jobs([job], hooks)
         store.write_record(outcome.record)
@@ -322,7 +322,7 @@ def test_without_a_shared_location_a_rerun_starts_at_step_0(data, tmp_path):
     """Ray without --artifacts: an earlier attempt's checkpoint stayed on its node; the new attempt
     trains from the start instead of failing."""
     spec = spec_from_dict(tiny_spec_dict(data, max_steps=6, checkpoint_every=2))
-    job = Job(0, to_dict(spec), "s", "", uid="rid-s0/2", run_id="rid-s0", earlier=[("rid-s0/1", "unfinished")])
+    job = Job(0, spec, "s", "", uid="rid-s0/2", run_id="rid-s0", earlier=[("rid-s0/1", "unfinished")])
     (outcome,) = execute_jobs([job])
     assert outcome.status == "finished" and [c[0] for c in outcome.record.curve] == [2, 4, 6]  # the whole curve
 
@@ -332,7 +332,7 @@ def test_a_recorder_answers_for_its_own_runs_like_a_store(data, tmp_path):
     from transferlab.study.jobs import recorder_for
 
     spec = spec_from_dict(tiny_spec_dict(data, max_steps=2))
-    job = Job(0, to_dict(spec), "s", "", uid="rid-s0/3", run_id="rid-s0", earlier=[("rid-s0/2", "failed")])
+    job = Job(0, spec, "s", "", uid="rid-s0/3", run_id="rid-s0", earlier=[("rid-s0/2", "failed")])
     recorder = recorder_for([job])
     from transferlab.train.loop import run
 

@@ -115,7 +115,7 @@ def test_multitask_runs_in_a_study_with_a_sampler_axis(tmp_path):
     from transferlab.report import cells
     from transferlab.study.runner import run_study
     from transferlab.study.spec import load_study
-    from transferlab.study.tables import stats_table
+    from transferlab.report.tables import stats_table
 
     base = two_task_spec(tmp_path)
     base["train"].update(max_steps=6, num_evals=1, save_model=False)

@@ -172,12 +172,11 @@ def test_study_executor_uses_the_engine_transparently(tmp_path, float64):
 
 
 def test_groups_and_refusals(data, tmp_path):
-    from transferlab.spec import to_dict
     from transferlab.study.jobs import Job
     from transferlab.study.seed_groups import seed_groups
 
     runs = specs(data, seeds=(0, 1, 2)) + specs(data, seeds=(0, 1), **{"optim.name": "bertadam"})
-    jobs = [Job(i, to_dict(s), "st", str(tmp_path / "s.db")) for i, s in enumerate(runs)]
+    jobs = [Job(i, s, "st", str(tmp_path / "s.db")) for i, s in enumerate(runs)]
     assert [[j.index for j in g] for g in seed_groups(jobs, "on")] == [[0, 1, 2], [3, 4]]
     assert [[j.index for j in g] for g in seed_groups(jobs, "off")] == [[i] for i in range(5)]
     assert [[j.index for j in g] for g in seed_groups(jobs, "auto")] == [[i] for i in range(5)]  # auto: CUDA only
@@ -188,7 +187,7 @@ def test_groups_and_refusals(data, tmp_path):
     assert "vit family" in unsupported(specs(data, seeds=(0, 1), **{"model.name": "tiny-vit"}))
     lstm = specs(data, seeds=(0, 1), **{"model.name": "lstm", "model.init": "random"})
     assert "lstm family" in unsupported(lstm)
-    lstm_jobs = [Job(i, to_dict(s), "st", "x") for i, s in enumerate(lstm)]
+    lstm_jobs = [Job(i, s, "st", "x") for i, s in enumerate(lstm)]
     with pytest.raises(Unsupported, match="lstm family does not declare 'stackable'"):
         seed_groups(lstm_jobs, "on")  # asked for explicitly: refused, naming the part and the flag
     assert [[j.index for j in g] for g in seed_groups(lstm_jobs, "auto")] == [[0], [1]]

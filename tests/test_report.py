@@ -15,10 +15,10 @@ from PIL import Image
 from transferlab.cli import main
 from transferlab.models.artifacts import load_predictions
 from transferlab.report import cells, write_report
+from transferlab.report import significance as sig
+from transferlab.report import stats
 from transferlab.spec import load_spec
 from transferlab.store import Store
-from transferlab.study import significance as sig
-from transferlab.study import stats
 from transferlab.study.runner import run_study
 from transferlab.study.spec import load_study
 from transferlab.train.loop import run

@@ -8,10 +8,9 @@ import pytest
 from conftest import tiny_spec_dict, write_sentiment_csv
 from PIL import Image
 
-from transferlab.report import cells, write_report
+from transferlab.report import cells, plots, write_report
 from transferlab.spec import load_spec
 from transferlab.store import Store
-from transferlab.study import plots
 from transferlab.train.loop import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from transferlab.errors import UserError
-from transferlab.study import significance as sig
+from transferlab.report import significance as sig
 
 A = [0.71, 0.66, 0.74, 0.69, 0.73, 0.62, 0.70, 0.75, 0.68, 0.72]
 B = [0.68, 0.65, 0.70, 0.66, 0.71, 0.63, 0.66, 0.71, 0.64, 0.70]
@@ -115,7 +115,7 @@ def test_unbiased_expected_max_equals_brute_force_over_subsets():
 
 
 def test_unbiased_expected_max_is_unbiased_where_dodge_2019_is_not():
-    from transferlab.study.stats import expected_max
+    from transferlab.report.stats import expected_max
 
     rng = np.random.default_rng(1)
     k, n = 5, 6
@@ -191,7 +191,7 @@ def test_study_report_section_margin_is_checked_and_not_part_of_the_identity(tmp
 def test_across_tasks_section_from_report_cells():
     from transferlab.report import Cell
     from transferlab.store import RunRow
-    from transferlab.study import analysis
+    from transferlab.report import analysis
 
     rng = np.random.default_rng(0)
 

@@ -311,17 +311,16 @@ def test_each_stabiliser_learns_through_the_loop(tmp_path, name, options):
 
 
 def test_seed_parallel_grouping_leaves_stabilised_recipes_sequential(tmp_path):
-    from transferlab.spec import to_dict
     from transferlab.study.jobs import Job
     from transferlab.study.seed_groups import seed_groups
     from transferlab.train.support import Unsupported
 
     data = write_sentiment_csv(tmp_path / "toy", n_train=16, n_dev=8)
-    plain = [Job(i, to_dict(load_spec(tiny_spec_dict(data), {"seed": i})), "s", str(tmp_path / "s.db"))
+    plain = [Job(i, load_spec(tiny_spec_dict(data), {"seed": i}), "s", str(tmp_path / "s.db"))
              for i in range(3)]
     assert [len(g) for g in seed_groups(plain, mode="on")] == [3]  # the engine would take these together
     d = {**tiny_spec_dict(data), "stabilisers": [{"name": "ema"}]}
-    stabilised = [Job(i, to_dict(load_spec(d, {"seed": i})), "s", str(tmp_path / "s.db")) for i in range(3)]
+    stabilised = [Job(i, load_spec(d, {"seed": i}), "s", str(tmp_path / "s.db")) for i in range(3)]
     with pytest.raises(Unsupported, match="'ema' does not declare 'seed_stacked'"):
         seed_groups(stabilised, mode="on")  # asked for explicitly: refused, naming the flag
     assert [len(g) for g in seed_groups(stabilised, mode="auto")] == [1, 1, 1]  # seed_stacked=False: one by one

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from transferlab.study import stats
+from transferlab.report import stats
 
 VALUES = [0.61, 0.72, 0.55, 0.68, 0.70, 0.49, 0.66, 0.71]
 

@@ -11,12 +11,12 @@ from conftest import SHARED_DATA, needs_shared_data, sigkill_when, tiny_study_di
 
 from transferlab.cli import main
 from transferlab.data.build import build_task
+from transferlab.data.degenerate import is_degenerate
 from transferlab.data.fewshot import balanced_indices
 from transferlab.errors import DataError, SpecError, UserError
 from transferlab.recipes.hooks import Hook
 from transferlab.spec import TaskSpec, load_spec
 from transferlab.store import Store
-from transferlab.study.degenerate import is_degenerate
 from transferlab.study.expand import expand, expand_lr_search
 from transferlab.study.runner import run_study
 from transferlab.study.spec import load_study
@@ -214,7 +214,7 @@ def test_nan_run_is_stored_as_diverged_at_its_step_and_the_study_goes_on(data, t
     study = load_study(d)
     store = Store(tmp_path / "s.db")
     lines = []
-    hooks = lambda job: [PoisonAt(4)] if job.spec["optim"]["name"] == "bertadam" else []
+    hooks = lambda job: [PoisonAt(4)] if job.spec.optim.name == "bertadam" else []
     result = run_study(study, store, hooks=hooks, out=lines.append)
     assert result.executed == 4 and result.diverged == 2 and result.failed == 0
     for p in expand(study):
@@ -353,7 +353,7 @@ class _Boom(Hook):
 
 
 def _boom_broken(job):
-    return [_Boom()] if job.spec["optim"]["weight_decay"] == 0.02 else []
+    return [_Boom()] if job.spec.optim.weight_decay == 0.02 else []
 
 
 def test_failed_runs_run_again_unless_skip_failed(data, tmp_path):

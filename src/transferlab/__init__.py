@@ -1,8 +1,7 @@
 """transferlab: run, compare and trust transfer-learning recipes for pretrained transformers."""
 
-__version__ = "0.1.0"
-
-import transferlab.recipes  # noqa: E402,F401  (the recipes register the checks of their spec sections)
+import transferlab.recipes  # noqa: F401  (the recipes register the checks of their spec sections)
+from transferlab._version import __version__
 from transferlab.spec import RunSpec, load_spec
 
 

@@ -34,8 +34,8 @@ import threading
 from pathlib import Path
 
 from transferlab.errors import UserError
+from transferlab.report.tables import format_table
 from transferlab.store import DEFAULT_STORE
-from transferlab.study.tables import format_table
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
@@ -43,13 +43,7 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
                    help=f"SQLite store file (default: $TRANSFERLAB_STORE or {DEFAULT_STORE})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from transferlab import __version__
-
-    parser = argparse.ArgumentParser(prog="transferlab", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action="version", version=f"transferlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _run_parser(sub) -> None:
     p = sub.add_parser("run", help="fine-tune and evaluate one run spec (YAML) and store it")
     p.add_argument("spec", help="run spec YAML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -83,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--new-study", action="store_true", help="replace a stored study of this name and another spec")
     _store_arg(p)
 
+
+def _runs_parser(sub) -> None:
     p = sub.add_parser("runs", help="list stored runs with their metrics")
     p.add_argument("--study", default=None)
     p.add_argument("--all", action="store_true", help="every attempt, not only the newest per run id")
@@ -90,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table (default), csv or json (one object per run, every metric and differing field)")
     _store_arg(p)
 
+
+def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="write a run's fine-tuned model, or dump the store's tables")
     p.add_argument("run", nargs="?", help="run id or uid (a unique prefix is enough)")
     p.add_argument("-o", "--out", help="output folder for the model")
@@ -98,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parquet", metavar="DIR", help="dump the store's tables as Parquet files into DIR")
     _store_arg(p)
 
+
+def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="predict labels (or values) for new text with a run or an export folder")
     p.add_argument("source", metavar="RUN|FOLDER", help="run id or uid (prefix), or a folder written by export")
     p.add_argument("--input", default=None, help="CSV, TSV or JSONL file with a text column")
@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _store_arg(p)
 
+
+def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="write a Markdown + HTML report of a store")
     p.add_argument("store_path", nargs="?", help="store file (default: --store)")
     p.add_argument("--study", default=None)
@@ -120,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the LR-search seeds in the reported cells (left out by default)")
     _store_arg(p)
 
+
+def _plan_seeds_parser(sub) -> None:
     p = sub.add_parser("plan-seeds", help="how many seeds to detect a difference, from a study's runs as a pilot")
     p.add_argument("store_path", nargs="?", help="store file (default: --store)")
     p.add_argument("--study", required=True)
@@ -129,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-search-seeds", action="store_true", default=None)
     _store_arg(p)
 
+
+def _surgery_parser(sub) -> None:
     p = sub.add_parser("surgery", help="evaluate a stored fine-tuned run under surgeries, without training")
     p.add_argument("run", help="run id or uid of a finished training run")
     p.add_argument("-s", "--surgery", action="append", default=[], metavar="STEPS", help=(
@@ -140,17 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     _store_arg(p)
 
+
+def _pretrain_parser(sub) -> None:
     p = sub.add_parser("pretrain", help="MLM or masked-input pretraining (YAML spec); writes a Hugging Face folder")
     p.add_argument("spec", help="pretraining spec YAML (see transferlab.pretrain.spec)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="offline CPU demo: pretrained vs random MiniLM on digit patches")
     p.add_argument("-o", "--out", default="demo_out", help="folder for the store and the report")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quiet", action="store_true")
 
+
+def _bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="training throughput: HF Trainer vs our single run vs S seeds in parallel")
     p.add_argument("--model", default="minilm", help="alias, folder, hub id, or bert-base (its shape, random weights)")
     p.add_argument("--batch", type=int, default=32)
@@ -171,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, metavar="PATH", help="the task's folder (GLUE layout)")
     p.add_argument("--checkpoint-layers", action="store_true",
                    help="our rows recompute each layer in the backward (train.checkpoint_layers): less memory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from transferlab._version import __version__
+
+    parser = argparse.ArgumentParser(prog="transferlab", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"transferlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_run_parser, _runs_parser, _export_parser, _predict_parser, _report_parser, _plan_seeds_parser,
+                _surgery_parser, _pretrain_parser, _demo_parser, _bench_parser):  # one builder per command
+        add(sub)
     return parser
 
 
@@ -217,7 +240,7 @@ def quiet_libraries() -> None:
 
 
 def cmd_run(args) -> int:
-    from transferlab.spec import load_spec, read_yaml
+    from transferlab.spec import load_spec, read_yaml, run_id
     from transferlab.store import Store
     from transferlab.study.spec import is_study
     from transferlab.train.loop import run
@@ -230,13 +253,14 @@ def cmd_run(args) -> int:
         return dry_run(spec, args.store)
     store = Store(args.store, artifacts=args.artifacts)
     tracking = tracking_from_args(args)
-    tracker = None
+    tracker, rid = None, run_id(spec)  # computed once, for the loop and the tracker
     if tracking.enabled:
         from transferlab.train.track import TrackerHook
 
-        tracker = TrackerHook(tracking, spec, store)
+        tracker = TrackerHook(tracking, spec, store, run_id=rid)
     try:
-        result = run(spec, store, force=args.rerun, progress=not args.quiet, hooks=[tracker] if tracker else [])
+        result = run(spec, store, force=args.rerun, progress=not args.quiet, hooks=[tracker] if tracker else [],
+                     run_id=rid)
     finally:
         if tracker is not None:
             tracker.close()
@@ -286,18 +310,16 @@ def dry_run(spec, store_path: str) -> int:
 
 def cmd_study(args, data: dict) -> int:
     from transferlab.store import Store
+    from transferlab.study.expand import plan_study
     from transferlab.study.runner import check_workers, describe_plan, run_study
     from transferlab.study.spec import load_study
 
     study = load_study(data, args.overrides)
     study.logging = tracking_from_args(args, study.logging)
+    plan = plan_study(study)  # expanded and validated once, then handed on
     if args.dry_run:
-        from transferlab.study.expand import expand, expand_lr_search
-        from transferlab.train.validate import validate_runs
-
-        validate_runs([p.spec for p in expand_lr_search(study) + expand(study)])  # what run_study checks first
         store = Store(args.store, create=False) if Path(args.store).is_file() else None
-        rows = describe_plan(study, store, args.seed_parallel)
+        rows = describe_plan(study, store, args.seed_parallel, plan)
         print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
         runs = [r for r in rows if not r[5].startswith("(")]
         waiting = len(rows) - len(runs)
@@ -319,13 +341,13 @@ def cmd_study(args, data: dict) -> int:
     executor = EXECUTORS.get(args.executor, field="--executor")(
         workers=args.workers, address=args.address, threads=args.threads, seed_parallel=args.seed_parallel,
         gpus_per_task=args.gpus_per_task, retries=args.ray_retries, resources=resources)
-    check_workers(study, executor)
+    check_workers(plan, executor)
     try:
         store = Store(args.store, artifacts=args.artifacts)
     except BaseException:
         executor.close(cancel=True)
         raise
-    result = run_study(study, store, executor=executor, skip_failed=args.skip_failed, new=args.new_study)
+    result = run_study(study, store, executor=executor, skip_failed=args.skip_failed, new=args.new_study, plan=plan)
     if result.interrupted:
         return 130
     if result.failed:  # 0: every run finished or diverged; 1: some failed (listed above); one line on stderr
@@ -418,7 +440,7 @@ def cmd_export(args) -> int:
 
     store = Store(args.store, create=False)
     if args.csv or args.parquet:
-        from transferlab.export_tables import export_tables
+        from transferlab.report.export_tables import export_tables
 
         folder = check_writable_dir(args.csv or args.parquet, "--csv" if args.csv else "--parquet")
         for path in export_tables(store, folder, "csv" if args.csv else "parquet"):
@@ -472,7 +494,7 @@ def cmd_report(args) -> int:
 def cmd_plan_seeds(args) -> int:
     from transferlab.report import cells
     from transferlab.store import Store
-    from transferlab.study.analysis import PLAN_HEADER, plan_rows
+    from transferlab.report.analysis import PLAN_HEADER, plan_rows
 
     path = Path(args.store_path or args.store)
     if not path.is_file():

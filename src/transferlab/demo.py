@@ -29,7 +29,7 @@ ARMS = {"pretrained": {"model.init": "pretrained"}, "random-init": {"model.init"
 
 
 def demo(out: Path, seeds: int = 3, progress: bool = True) -> Path:
-    from transferlab.study.tables import format_table
+    from transferlab.report.tables import format_table
 
     out.mkdir(parents=True, exist_ok=True)
     store = Store(out / "demo.db")

@@ -51,13 +51,13 @@ def provenance() -> dict:
     import torch
     import transformers
 
-    import transferlab
+    from transferlab._version import __version__
 
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "transferlab": transferlab.__version__,
+        "transferlab": __version__,
         "git_commit": git_commit(),
         "hardware": hardware(),
         "argv": sys.argv,

@@ -111,24 +111,32 @@ def load_backbone(spec: ModelSpec, seed: int = 0, check_length: bool = True) -> 
 
     if is_lstm(spec.name):
         return load_lstm(spec, seed)
+    if spec.name in TINY_ALIASES or spec.name == "antiberty-text":
+        model, tokenizer = _from_alias(spec, seed)
+    else:
+        model, tokenizer = _from_weights(spec, seed)
+    return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length, check_length)
+
+
+def _from_alias(spec: ModelSpec, seed: int):
+    """A tiny alias or ``antiberty-text``: built from its config (tiny ones pretrained-like from a fixed seed)."""
     if spec.name in TINY_ALIASES:
         config, text = _tiny_config(spec.name)
         _set_dropout(config, spec.dropout)
         init_seed = seed if spec.init == "random" else TINY_PRETRAINED_SEED
         model = seeded(init_seed, lambda: tf.AutoModel.from_config(config))
-        tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path()) if text else None
-        return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length, check_length)
-    if spec.name == "antiberty-text":
-        from transferlab.models.antiberty import check_init, text_shape_config
+        return model, tf.AutoTokenizer.from_pretrained(minilm_path()) if text else None
+    from transferlab.models.antiberty import check_init, text_shape_config
 
-        check_init(spec.name, spec.init)
-        config = text_shape_config()
-        _set_dropout(config, spec.dropout)
-        model = seeded(seed, lambda: tf.AutoModel.from_config(config))
-        tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())
-        return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length, check_length)
+    check_init(spec.name, spec.init)
+    config = text_shape_config()
+    _set_dropout(config, spec.dropout)
+    model = seeded(seed, lambda: tf.AutoModel.from_config(config))
+    return model, tf.AutoTokenizer.from_pretrained(minilm_path())
 
-    offline = _offline(spec)
+
+def _weights_source(spec: ModelSpec) -> str | Path:
+    """Where ``model.name`` points: a bundled folder, a local save_pretrained folder or a hub id."""
     if spec.name == "minilm":
         source: str | Path = minilm_path()
     elif spec.name == "antiberty":
@@ -143,7 +151,13 @@ def load_backbone(spec: ModelSpec, seed: int = 0, check_length: bool = True) -> 
         source = spec.name
     if isinstance(source, Path) and not (source / "config.json").is_file():
         raise ModelError(f"model.name: folder {source} has no config.json; expected a save_pretrained folder")
+    return source
 
+
+def _from_weights(spec: ModelSpec, seed: int):
+    """A folder or hub model: its config, its weights (or random ones for ``init: random``), its tokenizer."""
+    offline = _offline(spec)
+    source = _weights_source(spec)
     kw: dict[str, Any] = {
         "revision": spec.revision, "local_files_only": offline, "trust_remote_code": spec.trust_remote_code
     }
@@ -167,10 +181,8 @@ def load_backbone(spec: ModelSpec, seed: int = 0, check_length: bool = True) -> 
     if spec.name == "antiberty":
         from transferlab.models.antiberty import antibody_tokenizer
 
-        tokenizer = antibody_tokenizer(Path(source))
-    else:
-        tokenizer = _load_tokenizer(source, spec, offline)
-    return Backbone(keep_first_layers(model, spec.num_layers), tokenizer, spec.max_length, check_length)
+        return model, antibody_tokenizer(Path(source))
+    return model, _load_tokenizer(source, spec, offline)
 
 
 def _model_class(config: tf.PretrainedConfig):

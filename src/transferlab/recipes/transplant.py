@@ -136,26 +136,14 @@ def _trait_notes(target: ModelSchema, source: ModelSchema, pairs: list[tuple[int
     return notes
 
 
-@torch.no_grad()
-def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", roles: list[str] | None = None,
-               heads: Any = None, modules: list[str] | tuple = (), on_mismatch: str | dict[str, str] = "error",
-               source_name: str = "") -> dict[str, Any]:
-    """Copy ``source``'s weights into ``target`` (both TransferModel, Backbone or HF model); returns the report."""
-    head_moved = move_head(target, source, source_name) if "head" in modules else None
-    modules = [m for m in modules if m != "head"]
-    if head_moved is not None and layers is None and not modules:
-        return {"source": source_name, "modules": ["head"], "moved_values": head_moved, "notes": [],
-                "function_changes": False, "layers": [], "roles": [], "heads": None, "moved": [],
-                "stayed_values": sum(p.numel() for p in target.parameters()) - head_moved}
-    ts, ss = schema_of(target), schema_of(source)
-    roles = list(roles or ALL_LAYER_ROLES)
-    pairs = layer_pairs(layers, ts, ss) if (layers is not None and roles) else []
-    hpairs = head_pairs(heads, ts, ss)
-    if hpairs is not None:
-        roles = [r for r in roles if r in ATTENTION_ROLES]
+Move = tuple[str, str, int | None, int | None, str]  # target key, source key, target head, source head, role
 
-    moves: list[tuple[str, str, int | None, int | None, str]] = []  # target key, source key, t head, s head, role
-    zeroed, one_sided = [], []  # biases the source lacks (written as zeros); roles only one side has
+
+def _layer_moves(ts: ModelSchema, ss: ModelSchema, pairs: list[tuple[int, int]], roles: list[str],
+                 hpairs: list[tuple[int, int]] | None) -> tuple[list[Move], list[str], list[tuple]]:
+    """The moves of the mapped layers' roles; biases the source lacks (written as zeros); roles only one side has."""
+    moves: list[Move] = []
+    zeroed, one_sided = [], []
     for t, s in pairs:
         for role in roles:
             for part in ("weight", "bias"):
@@ -170,6 +158,12 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
                     moves.append((tk, sk, None, None, role))
                 elif not (role == "o" and part == "bias"):
                     moves += [(tk, sk, th, sh, role) for th, sh in hpairs]
+    return moves, zeroed, one_sided
+
+
+def _module_moves(ts: ModelSchema, ss: ModelSchema, modules: list[str]) -> list[Move]:
+    """The moves of whole modules (embeddings, final_norm...), only between models of one family."""
+    moves: list[Move] = []
     for module in modules:
         if ts.family.name != ss.family.name:
             raise ModelError(f"transplant.modules: no policy to move {module!r} from {ss.family.name} into "
@@ -180,10 +174,13 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
             raise ModelError(f"transplant.modules: {module!r} differs between source and target: target has "
                              f"{tkeys or 'none'}, source has {skeys or 'none'}")
         moves += [(k, k, None, None, module) for k in tkeys]
-    if not moves:
-        raise SpecError("transplant: the step moves nothing (no layers, roles, heads or modules selected)")
-    _check_shared(ts, ss, moves)
+    return moves
 
+
+def _fit(ts: ModelSchema, ss: ModelSchema, moves: list[Move], on_mismatch: str | dict[str, str],
+         source_name: str) -> list[tuple]:
+    """Each move with its two views and how the shapes are fitted (None: they match); every mismatch
+    that may not be fitted is listed in one error before anything is copied."""
     plan, mismatches = [], []
     for tk, sk, th, sh, role in moves:
         tv = ts.view(tk) if th is None else ts.head_view(tk, th)
@@ -198,7 +195,11 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
         raise ModelError(f"transplant from {source_name or ss.family.name}: {widths}{len(mismatches)} shapes do not "
                          f"match (set on_mismatch: truncate or tile to fit them): " + "; ".join(mismatches[:12])
                          + (" ..." if len(mismatches) > 12 else ""))
+    return plan
 
+
+def _copy(ts: ModelSchema, zeroed: list[str], plan: list[tuple]) -> tuple[list[dict], int]:
+    """Write the planned moves; one report entry per tensor written, and the values moved."""
     moved, moved_values = [], 0
     for tk in zeroed:
         ts.view(tk).zero_()
@@ -216,14 +217,23 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
         if mode:
             entry["resized"] = mode
         moved.append(entry)
-    total = sum(p.numel() for p in ts.model.parameters())
+    return moved, moved_values
+
+
+def _differences(ts: ModelSchema, ss: ModelSchema, pairs: list[tuple[int, int]], one_sided: list[tuple]) -> list[str]:
+    """What the mapped layers compute differently in their new model (traits, roles only one side has)."""
     differences = _trait_notes(ts, ss, pairs)
     for t, s, role, part, in_target, in_source in one_sided:
         if in_source and part == "bias" and float(ss.view(ss.layer_key(s, role, part)).abs().max()) == 0.0:
             continue  # a zero bias the target has no place for changes nothing
         differences.append(f"target layer {t} <- source layer {s}: {role}.{part} "
                            + ("kept: the source has none" if in_target else "dropped: the target has none"))
-    notes = list(differences)
+    return differences
+
+
+def _side_notes(target: nn.Module, ts: ModelSchema, moves: list[Move]) -> list[str]:
+    """Notes on what moved besides the layers' function: shared tensors, the pooler head's copy."""
+    notes = []
     shared = shared_note(ts, [m[0] for m in moves])
     if shared:
         notes.append(shared)
@@ -232,6 +242,35 @@ def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", rol
 
         if sync_pooler_head(target):
             notes.append("the pooler head's copy of the pooler was updated")
+    return notes
+
+
+@torch.no_grad()
+def transplant(target: nn.Module, source: nn.Module, *, layers: Any = "all", roles: list[str] | None = None,
+               heads: Any = None, modules: list[str] | tuple = (), on_mismatch: str | dict[str, str] = "error",
+               source_name: str = "") -> dict[str, Any]:
+    """Copy ``source``'s weights into ``target`` (both TransferModel, Backbone or HF model); returns the report."""
+    head_moved = move_head(target, source, source_name) if "head" in modules else None
+    modules = [m for m in modules if m != "head"]
+    if head_moved is not None and layers is None and not modules:
+        return {"source": source_name, "modules": ["head"], "moved_values": head_moved, "notes": [],
+                "function_changes": False, "layers": [], "roles": [], "heads": None, "moved": [],
+                "stayed_values": sum(p.numel() for p in target.parameters()) - head_moved}
+    ts, ss = schema_of(target), schema_of(source)
+    roles = list(roles or ALL_LAYER_ROLES)
+    pairs = layer_pairs(layers, ts, ss) if (layers is not None and roles) else []
+    hpairs = head_pairs(heads, ts, ss)
+    if hpairs is not None:
+        roles = [r for r in roles if r in ATTENTION_ROLES]
+    moves, zeroed, one_sided = _layer_moves(ts, ss, pairs, roles, hpairs)
+    moves += _module_moves(ts, ss, modules)
+    if not moves:
+        raise SpecError("transplant: the step moves nothing (no layers, roles, heads or modules selected)")
+    _check_shared(ts, ss, moves)
+    moved, moved_values = _copy(ts, zeroed, _fit(ts, ss, moves, on_mismatch, source_name))
+    total = sum(p.numel() for p in ts.model.parameters())
+    differences = _differences(ts, ss, pairs, one_sided)
+    notes = differences + _side_notes(target, ts, moves)
     if head_moved is not None:
         moved_values += head_moved
         total += head_moved

@@ -15,7 +15,7 @@ run id, so it is reused, not run twice.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from transferlab.errors import SpecError
@@ -32,6 +32,15 @@ class CellDef:
 
 
 @dataclass(frozen=True)
+class StudyPlan:
+    """A study's runs, expanded once and validated once (``plan_study``), then handed on as they are."""
+
+    study: str
+    search: list[Planned]  # the LR-search phase ([] without lr_search)
+    main: list[Planned]  # the main phase (with lr_search: empty until the LRs are chosen)
+
+
+@dataclass(frozen=True)
 class Planned:
     phase: str  # "lr" or "main"
     task: str
@@ -40,10 +49,10 @@ class Planned:
     seed: int
     lr: float | None  # the learning rate set by the study (None: the spec's own)
     spec: RunSpec
+    run_id: str = field(init=False)  # computed once here, then carried: claim, job, recorder, loop
 
-    @property
-    def run_id(self) -> str:
-        return run_id(self.spec)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_id", run_id(self.spec))
 
     def plan_row(self) -> tuple:
         return (self.phase, self.run_id, self.task, self.arm, self.cell, self.seed, self.lr)
@@ -146,3 +155,13 @@ def expand(study: StudySpec, lrs: dict[tuple[str, str], float] | None = None) ->
                 lr = lrs[(c.task, c.cell)]
             planned.append(Planned("main", c.task, c.arm, c.cell, seed, lr, _build(study, c, seed, lr, c.cell)))
     return _check_unique(planned)
+
+
+def plan_study(study: StudySpec, validate: bool = True) -> StudyPlan:
+    """Expand both phases once and check every spec (values, files, models) before a row exists."""
+    plan = StudyPlan(study.study, expand_lr_search(study), expand(study))
+    if validate:
+        from transferlab.train.validate import validate_runs
+
+        validate_runs([p.spec for p in plan.search + plan.main])
+    return plan

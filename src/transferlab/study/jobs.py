@@ -1,7 +1,8 @@
-"""A study's unit of work and its result: a ``Job`` (one claimed run's spec as plain data, cheap to
-send to another process or host) and its ``Outcome``; ``execute`` runs jobs in this process.
+"""A study's unit of work and its result: a ``Job`` (one claimed run: its spec, validated by the
+driver, and its run id, both carried as they are to the worker) and its ``Outcome``;
+``execute`` runs jobs in this process.
 
-    outcomes = execute_jobs([Job(0, to_dict(spec), "my-study", "runs/transferlab.db", uid="ab12-s0/1")])
+    outcomes = execute_jobs([Job(0, spec, "my-study", "runs/transferlab.db", uid="ab12-s0/1", run_id="ab12-s0")])
 
 A job runs against a ``Recorder`` (transferlab/recorder.py), never against the store: its outcome
 carries the run's complete record, and the driver writes it (``Store.write_record``).
@@ -16,17 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.records import RunRecord
+from transferlab.spec import RunSpec
 
 
 @dataclass
 class Job:
     index: int  # position in the study's list of jobs
-    spec: dict[str, Any]  # the RunSpec as plain data (cheap to send to another process)
+    spec: RunSpec  # the driver's spec object, validated there (a dataclass: it pickles to a worker as it is)
     study: str
     store: str  # the driver's store file (for display; a worker never opens it)
     threads: int | None = None  # torch CPU threads for the run; None: the executor's default
     uid: str | None = None  # the attempt the driver claimed
-    run_id: str = ""  # the driver's run id
+    run_id: str = ""  # the driver's run id, computed once when the study was planned ("": the worker computes it)
     earlier: list[tuple[str, str]] = field(default_factory=list)  # earlier attempts: (uid, status)
     artifacts: str | None = None  # the artifact location the worker writes to; None: files travel back
     refs: dict[str, dict] = field(default_factory=dict)  # stored runs the spec names (a KD teacher): ref -> row
@@ -51,12 +53,11 @@ class Outcome:
 def recorder_for(jobs: list[Job]):
     from transferlab.locations import ArtifactLocation
     from transferlab.recorder import Claim, Recorder
-    from transferlab.spec import spec_from_dict, spec_hash
+    from transferlab.spec import spec_hash
 
     claims = {}
     for job in jobs:
-        spec = spec_from_dict(job.spec)
-        claims[(spec_hash(spec), spec.seed)] = Claim(job.uid or "", list(job.earlier), job.run_id)
+        claims[(spec_hash(job.spec), job.spec.seed)] = Claim(job.uid or "", list(job.earlier), job.run_id)
         if job.phase_a:
             a = job.phase_a
             claims[(a["recipe_hash"], a["seed"])] = Claim(a["uid"], [tuple(e) for e in a["earlier"]], a["run_id"])
@@ -73,33 +74,36 @@ def execute(job: Job, hooks: list | tuple = ()) -> Outcome:
 
 def execute_jobs(jobs: list[Job], hooks: list | tuple = ()) -> list[Outcome]:
     """Run jobs of one recipe that differ in seed (stacked when more than one; one by one when the
-    engine refuses) against a recorder; each outcome carries its run's record."""
+    engine refuses) against a recorder; each outcome carries its run's record. The driver validated
+    the specs and computed their run ids: the loop takes both as they are."""
     import torch
 
     from transferlab.errors import UserError
-    from transferlab.spec import spec_from_dict
     from transferlab.train.loop import Unsupported, run, run_seeds
 
     threads = torch.get_num_threads()
     if jobs[0].threads:
         torch.set_num_threads(jobs[0].threads)  # results depend on it (summation order): the same everywhere
     recorder = recorder_for(jobs)
-    specs = [spec_from_dict(job.spec) for job in jobs]
+    specs = [job.spec for job in jobs]
+    ids = [job.run_id or None for job in jobs]
     error, tracker = None, None
     try:
         if len(jobs) == 1 and jobs[0].tracking:  # built in the worker, so every executor tracks alike
             from transferlab.train.track import TrackerHook, TrackingSpec
 
-            tracker = TrackerHook(TrackingSpec(**jobs[0].tracking), specs[0], recorder, study=jobs[0].study)
+            tracker = TrackerHook(TrackingSpec(**jobs[0].tracking), specs[0], recorder, study=jobs[0].study,
+                                  run_id=ids[0])
             hooks = (*hooks, tracker)
+        once = {"study": jobs[0].study, "progress": False, "force": True, "validated": True}
         if len(jobs) == 1:
-            run(specs[0], recorder, study=jobs[0].study, progress=False, hooks=hooks, force=True)
+            run(specs[0], recorder, hooks=hooks, run_id=ids[0], **once)
         else:
             try:
-                run_seeds(specs, recorder, study=jobs[0].study, progress=False, force=True)
+                run_seeds(specs, recorder, run_ids=ids, **once)
             except Unsupported:  # refused before anything was recorded: one by one
-                for spec in specs:
-                    run(spec, recorder, study=jobs[0].study, progress=False, force=True)
+                for spec, rid in zip(specs, ids):
+                    run(spec, recorder, run_id=rid, **once)
     except UserError as e:
         error = str(e)
     except Exception as e:  # noqa: BLE001 - the loop recorded the traceback with the run; the study goes on
@@ -136,11 +140,3 @@ def outcome_of(job: Job, record: RunRecord | None, error: str | None) -> Outcome
     status = row["status"]
     return Outcome(job.index, job.run_id, job.uid, status, summary, row.get("duration_s") or 0.0,
                    row.get("error") or summary.get("error") or (error if status == "failed" else None), record)
-
-
-def job_run_id(job: Job) -> str:
-    if job.run_id:
-        return job.run_id
-    from transferlab.spec import run_id, spec_from_dict
-
-    return run_id(spec_from_dict(job.spec))

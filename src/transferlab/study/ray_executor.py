@@ -40,13 +40,11 @@ def job_paths(jobs: list[Job]) -> list[str]:
     """Local files and folders a job reads: the task's data, a model or teacher folder."""
     paths = set()
     for job in jobs:
-        spec = job.spec
-        for value in (spec["task"].get("path"), spec["task"].get("train_file"), spec["task"].get("dev_file"),
-                      spec["task"].get("test_file"), (spec.get("distill") or {}).get("teacher_store")):
-            if value and (spec["task"].get("path") is None or value == spec["task"].get("path") or
-                          os.path.isabs(value)):
+        task = job.spec.task
+        for value in (task.path, task.train_file, task.dev_file, task.test_file, job.spec.distill.teacher_store):
+            if value and (task.path is None or value == task.path or os.path.isabs(value)):
                 paths.add(value)
-        name = spec["model"]["name"]
+        name = job.spec.model.name
         if name.startswith(("/", "./", "~")) or os.path.isdir(name):
             paths.add(name)
     return sorted(paths)

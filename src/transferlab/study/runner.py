@@ -20,16 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from transferlab.data.degenerate import is_degenerate
 from transferlab.fingerprint import fingerprint
 from transferlab.spec import spec_hash, to_dict
 from transferlab.store import LEASE_S, Store
 from transferlab.study import lr_select, ray_executor  # noqa: F401  (ray_executor registers "ray")
-from transferlab.study.degenerate import is_degenerate
 from transferlab.study.executors import EXECUTORS, Executor
-from transferlab.study.expand import Planned, cell_defs, expand, expand_lr_search
+from transferlab.study.expand import Planned, StudyPlan, cell_defs, expand, plan_study
 from transferlab.study.jobs import Job, Outcome
 from transferlab.study.spec import StudySpec, study_hash
-from transferlab.train.validate import validate_runs
 
 INTERRUPTED = "interrupted"  # prefix of the error the loop stores for a run stopped by Ctrl-C
 
@@ -131,7 +130,7 @@ def _claimed(groups, planned: list[Planned], store: Store, study: str, *, skip_f
             if phase_a is False:  # another job of a driver trains this phase A now: left to it
                 elsewhere.append(job)
                 continue
-            claim = store.claim(p.run_id, spec_hash(p.spec), p.seed, job.spec, name=p.spec.name, study=study,
+            claim = store.claim(p.run_id, spec_hash(p.spec), p.seed, to_dict(p.spec), name=p.spec.name, study=study,
                                 fingerprint=fingerprint(p.spec), retry_failed=not skip_failed)
             if claim is None:
                 if phase_a:
@@ -139,7 +138,7 @@ def _claimed(groups, planned: list[Planned], store: Store, study: str, *, skip_f
                 elsewhere.append(job)
                 continue
             job.uid, job.earlier = claim
-            job.run_id, job.artifacts, job.refs, job.phase_a = p.run_id, artifacts, refs, phase_a
+            job.artifacts, job.refs, job.phase_a = artifacts, refs, phase_a
             beat.uids.update([job.uid] + ([phase_a["uid"]] if phase_a else []))
             live.append(job)
         if live:
@@ -196,7 +195,8 @@ def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *
     if not todo:
         return
     tracking = to_dict(study.logging) if study.logging.enabled else None  # live, from inside each run
-    jobs = [Job(i, to_dict(p.spec), study.study, str(store.path), tracking=tracking) for i, p in enumerate(todo)]
+    jobs = [Job(i, p.spec, study.study, str(store.path), run_id=p.run_id, tracking=tracking)
+            for i, p in enumerate(todo)]
     groups = seed_groups(jobs, executor.seed_parallel, has_hooks=getattr(executor, "hooks", None) is not None)
     artifacts = store.location.url if executor.shares_files or store.location_named else None
     progress = Progress(len(planned), done, executor.parallelism, study.degenerate_margin, out)
@@ -235,26 +235,28 @@ def _report(p: Planned, outcome: Outcome, result: StudyResult, progress: Progres
 def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inline", workers: int = 1,
               address: str | None = None, threads: int | None = None, skip_failed: bool = False, new: bool = False,
               hooks: Callable[[Job], list] | None = None, out: Callable[[str], None] | None = None,
-              seed_parallel: str = "auto", **executor_options) -> StudyResult:
+              seed_parallel: str = "auto", plan: StudyPlan | None = None, **executor_options) -> StudyResult:
     """Run every planned run of ``study`` that is not done yet; returns counts. Ctrl-C stops cleanly.
 
     ``threads``: torch CPU threads per run (default: torch's own inline, cores / workers in
     processes, 1 on Ray). CPU results depend on it, so give the same number to compare executors.
     ``seed_parallel`` (auto, on, off): train runs that differ only in seed together (study/seed_groups.py);
     auto does so on CUDA only. ``executor_options``: the Ray executor's ``gpus_per_task``, ``retries``
-    and ``resources`` (study/ray_executor.py).
+    and ``resources`` (study/ray_executor.py). ``plan``: the study already planned (``plan_study``); with
+    an Executor given too, its workers were checked with it (the CLI does both before it opens the store).
     """
     out = out or (lambda line: print(line, flush=True))
-    search = expand_lr_search(study)  # expand first: a study that cannot expand is not registered
-    main = expand(study)
-    validate_runs([p.spec for p in search + main])  # every value, file and model before a row exists
+    checked = plan is not None and not isinstance(executor, str)  # the caller checked this executor's workers
+    plan = plan or plan_study(study)  # first: a study that cannot expand or validate is not registered
+    search, main = plan.search, plan.main
     if isinstance(executor, str):  # before anything is written: a bad cluster address leaves the store as it was
         kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,
                   "seed_parallel": seed_parallel, **executor_options}
         executor = EXECUTORS.get(executor, field="--executor")(**kwargs)
     ex = executor
     ex.log = out
-    check_workers(study, ex)
+    if not checked:
+        check_workers(plan, ex)
     store.register_study(study.study, study_hash(study), to_dict(study), new=new)
     result = StudyResult()
     start = time.time()
@@ -285,28 +287,29 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
     return result
 
 
-def check_workers(study: StudySpec, ex: Executor) -> None:
+def check_workers(plan: StudyPlan, ex: Executor) -> None:
     """Can the executor's workers read what the study's runs read (a Ray node without the data: one line,
     before anything is written)? The executor is closed when not."""
-    runs = expand_lr_search(study) + expand(study)
     try:
-        ex.check([Job(i, to_dict(p.spec), study.study, "") for i, p in enumerate(runs)])
+        ex.check([Job(i, p.spec, plan.study, "", run_id=p.run_id) for i, p in enumerate(plan.search + plan.main)])
     except BaseException:
         ex.close(cancel=True)
         raise
 
 
-def describe_plan(study: StudySpec, store: Store | None, seed_parallel: str = "auto") -> list[list[str]]:
+def describe_plan(study: StudySpec, store: Store | None, seed_parallel: str = "auto",
+                  plan: StudyPlan | None = None) -> list[list[str]]:
     """Rows for ``--dry-run``, in the order the runs execute (seed groups as the executor forms them):
     phase, task, cell, seed, lr, run id, state in the store."""
     from transferlab.study.seed_groups import seed_groups
 
     rows = []
-    search = expand_lr_search(study)
+    plan = plan or plan_study(study, validate=False)
+    search = plan.search
     lrs = lr_select.stored_choices(store, study.study) if store is not None and search else {}
     path = str(store.path) if store is not None else ""
-    for phase in (search, expand(study, lrs or None)):
-        jobs = [Job(i, to_dict(p.spec), study.study, path) for i, p in enumerate(phase)]
+    for phase in (search, expand(study, lrs) if lrs else plan.main):
+        jobs = [Job(i, p.spec, study.study, path, run_id=p.run_id) for i, p in enumerate(phase)]
         for group in seed_groups(jobs, seed_parallel):
             for job in group:
                 p = phase[job.index]

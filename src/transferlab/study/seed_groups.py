@@ -15,14 +15,12 @@ one job after the other.
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 from transferlab.errors import UserError
 from transferlab.study.jobs import Job, Outcome, execute_jobs
 
 log = logging.getLogger(__name__)
 MAX_SEEDS = 20  # 20 BERT-base seeds fit in 80 GB at batch 32, length 128 (issue 6)
-Mode = Literal["auto", "on", "off"]
 
 
 def _cuda_run(spec) -> bool:
@@ -44,10 +42,10 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
         raise UserError(f"--seed-parallel: {mode!r} is not one of auto, on, off")
     if mode == "off" or has_hooks or len(jobs) < 2 or any(job.tracking for job in jobs):  # live tracking: one by one
         return [[job] for job in jobs]
-    from transferlab.spec import spec_from_dict, spec_hash
+    from transferlab.spec import spec_hash
     from transferlab.train.support import Unsupported, unsupported
 
-    specs = {job.index: spec_from_dict(job.spec) for job in jobs}
+    specs = {job.index: job.spec for job in jobs}
     by_recipe: dict[tuple[str, str], list[Job]] = {}
     for job in jobs:
         by_recipe.setdefault((job.store, spec_hash(specs[job.index])), []).append(job)

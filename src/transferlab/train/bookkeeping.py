@@ -49,6 +49,7 @@ class SeedRun:
     stopped: bool = False
     duration_s: float = 0.0
     samples: int = 0  # training examples consumed
+    run_id: str = ""  # computed once per run (train/loop.py run_group, or carried in by a study)
 
     def next_batch(self, batch_size: int, bucket: bool) -> np.ndarray:
         index = next(self.micro, None)

@@ -8,6 +8,7 @@ by ``intermediate.steps`` (``intermediate.lr`` replaces ``optim.lr`` when set); 
 of its own (named ``<name> [intermediate <task>]``; reused when it already finished, so the seeds of
 a study that share phase A train it once per seed). Phase B is this run: after its model is built
 (and its init/transplant steps ran), a hook loads phase A's backbone and, when carried, its head.
+The loop's ``run`` trains (or reuses) phase A first, then phase B with the hook of ``carry_weights``.
 
 ``intermediate.head``: ``auto`` carries the head when both tasks have the same kind, problem and
 label names (MRPC -> RTE: two classes but different names, so a new head); ``carry`` requires that,
@@ -86,13 +87,15 @@ class CarryWeights(Hook):
                 own[k].copy_(v)
 
 
-def intermediate_phase(spec: RunSpec, store, run, *, study: str | None = None, progress: bool = True) -> CarryWeights:
-    """Run (or reuse) phase A with ``run`` (the loop's, passed in: this module sits below it) and return
-    the hook that starts phase B from it."""
+def phase_a(spec: RunSpec) -> tuple[RunSpec, bool]:
+    """Phase A's spec and whether its head goes on to phase B, checked before phase A trains."""
     if spec.multitask is not None:
         raise SpecError("intermediate: not combinable with multitask in one run")
-    head = carry_head(spec)  # checked before phase A trains
-    result = run(phase_a_spec(spec), store, study=study, progress=progress)
+    return phase_a_spec(spec), carry_head(spec)
+
+
+def carry_weights(spec: RunSpec, store, result, head: bool) -> CarryWeights:
+    """The hook that starts phase B from phase A's stored run (``result``: the loop ran or reused it)."""
     if result.status not in ("finished", "skipped"):
         raise ModelError(f"intermediate: phase A ({spec.intermediate.task.name}) ended {result.status}")
     return CarryWeights(store.artifact_dir(result.uid), head, result.uid)

@@ -39,7 +39,8 @@ from transferlab.recipes.schedules import build_schedule
 from transferlab.recipes.stabilisers import build_stabilisers
 from transferlab.recipes.transplant import prepare_transfer
 from transferlab.records import EngineInfo, RunResult, RunSummary
-from transferlab.spec import RunSpec, run_id, spec_hash, to_dict
+from transferlab.spec import RunSpec, spec_hash, to_dict
+from transferlab.spec import run_id as spec_run_id
 from transferlab.store import DEFAULT_STORE, Store
 from transferlab.train.batches import collate, encode, epoch_batches
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
@@ -48,7 +49,7 @@ from transferlab.train.evaluate import evaluate_with_predictions
 from transferlab.train.extra_evals import extra_splits
 from transferlab.train.fast import to_device
 from transferlab.train.fused import FusedModel
-from transferlab.train.intermediate import intermediate_phase
+from transferlab.train.intermediate import carry_weights, phase_a
 from transferlab.train.stacked import StackedModel
 from transferlab.train.steps import (
     autocast_dtype,
@@ -60,49 +61,61 @@ from transferlab.train.steps import (
     step_plan,
 )
 from transferlab.train.support import Unsupported, choose_engine, unsupported
-from transferlab.train.validate import validate_runs
+from transferlab.train.validate import task_key, validate_runs
 
 __all__ = ["run", "run_seeds", "run_group", "RunResult", "Unsupported"]
 log = logging.getLogger(__name__)
 
 
 def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, force: bool = False,
-        progress: bool = True, hooks: list | tuple = ()) -> RunResult:
-    """Train and evaluate one run and store it. A finished run with the same id is reused unless ``force``."""
-    if spec.intermediate is not None:
-        store = store or Store(DEFAULT_STORE)
-        if force or store.finished(run_id(spec)) is None:  # phase A: a stored run of its own, carried in by a hook
-            hooks = (*hooks, intermediate_phase(spec, store, run, study=study, progress=progress))
-    return run_group([spec], store, study=study, force=force, progress=progress, hooks=hooks)[0]
+        progress: bool = True, hooks: list | tuple = (), run_id: str | None = None,
+        validated: bool = False) -> RunResult:
+    """Train and evaluate one run and store it. A finished run with the same id is reused unless ``force``.
+
+    ``run_id``: the run's id when the caller has it (a study computes it once when planning and carries
+    it); ``validated``: the caller validated the spec already (a study's driver), so it is not again."""
+    store = store or Store(DEFAULT_STORE)
+    run_id = run_id or spec_run_id(spec)
+    if spec.intermediate is not None and (force or store.finished(run_id) is None):
+        a, head = phase_a(spec)  # phase A: a stored run of its own, carried in by a hook
+        hooks = (*hooks, carry_weights(spec, store, run(a, store, study=study, progress=progress), head))
+    return run_group([spec], store, study=study, force=force, progress=progress, hooks=hooks, run_ids=[run_id],
+                     validated=validated)[0]
 
 
 def run_seeds(specs: list[RunSpec], store: Store | None = None, *, study: str | None = None, force: bool = False,
-              progress: bool = True, hooks: list | tuple = ()) -> list[RunResult]:
+              progress: bool = True, hooks: list | tuple = (), run_ids: list | None = None,
+              validated: bool = False) -> list[RunResult]:
     """Train ``specs`` (one recipe, distinct seeds) together, stacked; refused (Unsupported, before
     anything is stored) when a part does not declare support. Results in order."""
     if (why := unsupported(specs, hooks)) is not None:
         raise Unsupported(f"seed-parallel: {why}")
-    return run_group(specs, store, study=study, force=force, progress=progress, hooks=hooks)
+    return run_group(specs, store, study=study, force=force, progress=progress, hooks=hooks, run_ids=run_ids,
+                     validated=validated)
 
 
 def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | None = None, force: bool = False,
-              progress: bool = True, hooks: list | tuple = ()) -> list[RunResult]:
-    """Finished runs are reused unless ``force``; the rest train together (stacked when more than one)."""
+              progress: bool = True, hooks: list | tuple = (), run_ids: list | None = None,
+              validated: bool = False) -> list[RunResult]:
+    """Finished runs are reused unless ``force``; the rest train together (stacked when more than one).
+    Each run id is computed once (or taken from ``run_ids``, None for one not known) and carried."""
     clock = Clock()  # the call's wall time is shared out to the runs it trains
     store = store or Store(DEFAULT_STORE)
+    ids = [rid or spec_run_id(spec) for rid, spec in zip(run_ids or [None] * len(specs), specs)]
     results: list[RunResult | None] = [None] * len(specs)
     todo = []
     for i, spec in enumerate(specs):
-        done = None if force else store.finished(run_id(spec))
+        done = None if force else store.finished(ids[i])
         if done is None:
             todo.append(i)
         else:
-            results[i] = RunResult.reused(run_id(spec), done.uid, done.summary, done.duration_s)
+            results[i] = RunResult.reused(ids[i], done.uid, done.summary, done.duration_s)
     if len(todo) > 1 and (why := unsupported([specs[i] for i in todo], hooks)) is not None:
         raise Unsupported(f"seed-parallel: {why}")
-    validate_runs([specs[i] for i in todo])  # every value, file and model before a run row exists
+    # every value, file and model before a run row exists; the tasks built on the way are used, not rebuilt
+    tasks = {} if validated else validate_runs([specs[i] for i in todo])
     if todo:
-        group = _Group([specs[i] for i in todo], store, study, progress, hooks, clock)
+        group = _Group([specs[i] for i in todo], store, study, progress, hooks, clock, [ids[i] for i in todo], tasks)
         for i, result in zip(todo, group.run()):
             results[i] = result
     return results  # type: ignore[return-value]
@@ -111,8 +124,10 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
 class _Group:
     """S runs of one recipe trained together; every store write of a training run happens here."""
 
-    def __init__(self, specs: list[RunSpec], store: Store, study: str | None, progress: bool, hooks, clock: Clock):
+    def __init__(self, specs: list[RunSpec], store: Store, study: str | None, progress: bool, hooks, clock: Clock,
+                 run_ids: list[str], tasks: dict):
         self.specs, self.store, self.study, self.progress, self.user_hooks = specs, store, study, progress, hooks
+        self.run_ids, self.tasks = run_ids, tasks  # tasks: built while validating (train/validate.py task_key)
         self.spec, self.tspec = specs[0], specs[0].train
         self.device = resolve_device(self.tspec.device)
         self.amp = autocast_dtype(self.tspec.precision, self.device)
@@ -147,7 +162,7 @@ class _Group:
         from transferlab.train.multitask import train_multitask
 
         self.provenance = {**provenance(), "engine": EngineInfo("single", 1, False, self.device.type).__dict__}
-        seed = SeedRun(self.spec, task=None)
+        seed = SeedRun(self.spec, task=None, run_id=self.run_ids[0])
         seeds.append(seed)
         self._start(seed)
         result = train_multitask(self.spec, self.store, seed.uid, progress=self.progress, hooks=self.user_hooks)
@@ -158,14 +173,14 @@ class _Group:
         return [self.results[seed.uid]]
 
     def _start(self, seed: SeedRun) -> None:
-        seed.uid = self.store.start_run(run_id(seed.spec), spec_hash(seed.spec), seed.spec.seed,
+        seed.uid = self.store.start_run(seed.run_id, spec_hash(seed.spec), seed.spec.seed,
                                         to_dict(seed.spec), name=seed.spec.name, study=self.study,
                                         provenance=self.provenance)
 
     def _record(self, seed: SeedRun, summary: RunSummary) -> None:
         self.store.finish_run(seed.uid, seed.status, summary=summary, duration_s=seed.duration_s,
                               error=summary.error, error_step=summary.error_step)
-        self.results[seed.uid] = RunResult(run_id(seed.spec), seed.uid, seed.status, summary.dev, summary.test,
+        self.results[seed.uid] = RunResult(seed.run_id, seed.uid, seed.status, summary.dev, summary.test,
                                            summary.best_step, summary.steps, seed.duration_s, summary)
 
     # ------------------------------------------------------------------ set-up
@@ -175,7 +190,9 @@ class _Group:
         stack = first = None
         for i, spec in enumerate(self.specs):
             seed_everything(spec.seed)
-            seed = SeedRun(spec, build_task(spec.task, seed=spec.seed))
+            task = self.tasks.pop(task_key(spec), None)  # built while validating: the user's own files
+            task = build_task(spec.task, seed=spec.seed) if task is None else task
+            seed = SeedRun(spec, task, run_id=self.run_ids[i])
             seeds.append(seed)
             if i == 0:
                 self._choose(seed.task.modality)  # before any run row: a refused engine stores nothing
@@ -425,7 +442,7 @@ class _Group:
         if self.stacked:
             return 0
         seed = seeds[0]
-        found = ckpt.find_resume(self.store, run_id(seed.spec), seed.uid)
+        found = ckpt.find_resume(self.store, seed.run_id, seed.uid)
         if found is None:
             return 0
         st = ckpt.load_checkpoint(found[1], **self._ck_parts(trainee))

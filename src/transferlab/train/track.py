@@ -32,7 +32,8 @@ from typing import Any, Literal
 
 from transferlab.errors import SpecError, UserError
 from transferlab.recipes.hooks import Hook
-from transferlab.spec import RunSpec, run_id, to_dict
+from transferlab.spec import RunSpec, to_dict
+from transferlab.spec import run_id as spec_run_id
 
 
 @dataclass
@@ -77,8 +78,9 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class TrackerHook(Hook):
     name = "tracker"
 
-    def __init__(self, spec: TrackingSpec, run: RunSpec, store, study: str | None = None):
+    def __init__(self, spec: TrackingSpec, run: RunSpec, store, study: str | None = None, run_id: str | None = None):
         self.spec, self.run, self.store, self.study = spec, run, store, study
+        self.run_id = run_id or spec_run_id(run)  # carried in by a study, else computed here once
         self.uid: str | None = None
         self.writer = self.mlflow = self.mlflow_run = self.wandb_run = None
         self._check_installed()
@@ -95,9 +97,9 @@ class TrackerHook(Hook):
 
     # ------------------------------------------------------------------ the loop's calls
     def on_train_start(self, model, optimizer, total_steps: int) -> None:
-        rows = self.store.runs(run_id=run_id(self.run))
-        self.uid = rows[-1].uid if rows else run_id(self.run)  # the attempt the loop just recorded
-        tags = {"transferlab.uid": self.uid, "transferlab.run_id": run_id(self.run),
+        rows = self.store.runs(run_id=self.run_id)
+        self.uid = rows[-1].uid if rows else self.run_id  # the attempt the loop just recorded
+        tags = {"transferlab.uid": self.uid, "transferlab.run_id": self.run_id,
                 "transferlab.study": self.study or "", "transferlab.name": self.run.name}
         params = {k: v for k, v in flatten(to_dict(self.run)).items()}
         if self.spec.tensorboard:

@@ -33,26 +33,35 @@ FILE_TASKS = ("csv", "tsv", "jsonl")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
-def validate_run(spec: RunSpec, *, data: bool = True, model: bool = True) -> None:
-    """Raise a UserError for the first mistake in ``spec``; return None when the run can start."""
+def validate_run(spec: RunSpec, *, data: bool = True, model: bool = True):
+    """Raise a UserError for the first mistake in ``spec``. Returns the task when checking it meant
+    building it (the user's own files, read in full), for the run to use, else None."""
     check_values(spec)
     check_device(spec.train.device, spec.train.precision)
-    if data:
-        check_task(spec.task, spec.seed)
+    built = check_task(spec.task, spec.seed) if data else None
     if model:
         check_model(spec.model)
         check_checkpointing(spec)
+    return built
 
 
-def validate_runs(specs: list[RunSpec]) -> None:
-    """``validate_run`` for each spec; a task or model shared by several specs is checked once."""
-    tasks, models = set(), set()
+def task_key(spec: RunSpec) -> tuple[str, int]:
+    """What a built task depends on: the task section and the seed (few-sample draws, splits)."""
+    return json.dumps(to_dict(spec.task), sort_keys=True), spec.seed
+
+
+def validate_runs(specs: list[RunSpec]) -> dict[tuple[str, int], object]:
+    """``validate_run`` for each spec; a task or model shared by several specs is checked once.
+    Returns the tasks built on the way, by ``task_key``, so that the loop does not build them again."""
+    tasks, models, built = set(), set(), {}
     for spec in specs:
-        tkey = json.dumps(to_dict(spec.task), sort_keys=True)
-        mkey = json.dumps(to_dict(spec.model), sort_keys=True)
-        validate_run(spec, data=tkey not in tasks, model=mkey not in models)
+        tkey, mkey = task_key(spec)[0], json.dumps(to_dict(spec.model), sort_keys=True)
+        task = validate_run(spec, data=tkey not in tasks, model=mkey not in models)
+        if task is not None:
+            built[task_key(spec)] = task
         tasks.add(tkey)
         models.add(mkey)
+    return built
 
 
 # --------------------------------------------------------------------------- values
@@ -146,7 +155,7 @@ def check_device(name: str, precision: str) -> torch.device:
 # --------------------------------------------------------------------------- task
 
 
-def check_task(task: TaskSpec, seed: int = 0) -> None:
+def check_task(task: TaskSpec, seed: int = 0):
     from transferlab.data.build import _register_tasks, build_task
     from transferlab.data.task import TASKS
 
@@ -156,8 +165,7 @@ def check_task(task: TaskSpec, seed: int = 0) -> None:
     if root is not None and not root.exists():
         raise DataError(f"task.path: {task.path} does not exist")
     if TASKS.canonical(task.name) in FILE_TASKS:
-        build_task(task, seed=seed)  # the user's own files: read exactly as the run reads them
-        return
+        return build_task(task, seed=seed)  # the user's own files: read exactly as the run reads them
     files = []
     if root is not None and root.is_dir():
         files = [p for p in sorted(root.iterdir()) if p.suffix in TEXT_SUFFIXES and p.is_file()]

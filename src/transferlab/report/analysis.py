@@ -1,4 +1,4 @@
-"""The report's inference sections, computed from report cells (``transferlab.report.Cell``).
+"""The report's inference sections, computed from report cells (``report/cells.py``).
 
     comparisons_paired  each cell against its baseline cell: paired t + Wilcoxon when the two cells
                         share >= 2 seeds (same few-sample draw and data order per seed), else Welch +
@@ -10,7 +10,7 @@
     churn_table         share of test predictions that change between two seeds of a cell
     conclusions         the comparisons in words
 
-Every table is (header, rows of strings), like transferlab.study.tables.
+Every table is (header, rows of strings), like report/tables.py.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import numpy as np
 from transferlab.data.metrics import higher_is_better
 from transferlab.errors import UserError
 from transferlab.models.artifacts import load_predictions
+from transferlab.report import significance as sig
+from transferlab.report import stats
+from transferlab.report.cells import Cell
+from transferlab.report.tables import KS, _f, _p, study_meta
 from transferlab.store import Store
-from transferlab.study import significance as sig
-from transferlab.study import stats
-from transferlab.study.tables import KS, _f, _p, study_meta
 
 
 def seed_scores(cell, metric: str) -> dict[int, float]:
@@ -34,7 +35,7 @@ def seed_scores(cell, metric: str) -> dict[int, float]:
     return {r.seed: float(r.summary[split][metric]) for r in cell.finished if metric in r.summary.get(split, {})}
 
 
-def baseline_pairs(store: Store, cells: list) -> list[tuple]:
+def baseline_pairs(store: Store, cells: list[Cell]) -> list[tuple]:
     """(cell, baseline cell) for each non-baseline cell of a study with a ``baseline`` arm."""
     out = []
     for c in cells:
@@ -52,7 +53,7 @@ def tost_margin(store: Store, study: str, override: float | None) -> float | Non
     return override if override is not None else (study_meta(store, study).get("report") or {}).get("tost_margin")
 
 
-def comparisons_paired(store: Store, cells: list, margin: float | None = None, seed: int = 0) -> list[dict]:
+def comparisons_paired(store: Store, cells: list[Cell], margin: float | None = None, seed: int = 0) -> list[dict]:
     pairs = baseline_pairs(store, cells)
     out = []
     for c, base in pairs:
@@ -136,7 +137,7 @@ def planning_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, out
 
 
-def unbiased_max_table(cells: list) -> tuple[list[str], list[list[str]]]:
+def unbiased_max_table(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
     n_max = max((len(c.values(c.main_metric)) for c in cells if c.main_metric), default=0)
     ks = [k for k in KS if k <= n_max]
     header = ["task", "arm", "metric", *[f"k={k}" for k in ks]]
@@ -154,7 +155,7 @@ def unbiased_max_table(cells: list) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def across_tasks(cells: list) -> dict[str, dict]:
+def across_tasks(cells: list[Cell]) -> dict[str, dict]:
     """Per study with >= 2 tasks: significance.aggregate over its arms (grid points are arms here)."""
     by_study: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
     metric: dict[str, str] = {}
@@ -170,7 +171,7 @@ def across_tasks(cells: list) -> dict[str, dict]:
     return out
 
 
-def across_tasks_table(cells: list) -> tuple[list[str], list[list[str]], str]:
+def across_tasks_table(cells: list[Cell]) -> tuple[list[str], list[list[str]], str]:
     header = ["study", "arm", "mean rank", "IQM (all runs)", "tasks"]
     rows, notes = [], []
     for study, agg in across_tasks(cells).items():
@@ -184,7 +185,7 @@ def across_tasks_table(cells: list) -> tuple[list[str], list[list[str]], str]:
     return header, rows, note
 
 
-def churn_table(store: Store, cells: list) -> tuple[list[str], list[list[str]]]:
+def churn_table(store: Store, cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
     header = ["task", "arm", "runs with stored test predictions", "churn"]
     rows = []
     for c in cells:
@@ -195,7 +196,7 @@ def churn_table(store: Store, cells: list) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def conclusions(rows: list[dict], cells: list, alpha: float = sig.ALPHA) -> list[str]:
+def conclusions(rows: list[dict], cells: list[Cell], alpha: float = sig.ALPHA) -> list[str]:
     """One line per (study, arm against the baseline), across tasks and grid points."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -221,7 +222,7 @@ def conclusions(rows: list[dict], cells: list, alpha: float = sig.ALPHA) -> list
     return lines
 
 
-def plan_rows(store: Store, cells: list, study: str, delta: float, alpha: float = sig.ALPHA,
+def plan_rows(store: Store, cells: list[Cell], study: str, delta: float, alpha: float = sig.ALPHA,
               target: float = sig.POWER) -> list[list[str]]:
     """``transferlab plan-seeds``: per comparison with the baseline (paired when the arms share seeds), or
     per cell when the study has no baseline (two arms with this cell's sd), the seeds needed to detect

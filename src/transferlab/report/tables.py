@@ -1,4 +1,4 @@
-"""The report's study tables, computed from report cells (``transferlab.report.Cell``).
+"""The report's study tables, computed from report cells (``report/cells.py``).
 
 Every table is (header, rows of strings), ready for Markdown and HTML:
 
@@ -17,10 +17,11 @@ import math
 
 import numpy as np
 
+from transferlab.data.degenerate import is_degenerate
 from transferlab.data.metrics import higher_is_better
+from transferlab.report import stats
+from transferlab.report.cells import Cell
 from transferlab.store import Store
-from transferlab.study import stats
-from transferlab.study.degenerate import is_degenerate
 
 KS = (1, 2, 3, 5, 10, 20)
 DEFAULT_MARGIN = 0.01
@@ -38,7 +39,7 @@ def study_meta(store: Store, study: str) -> dict:
     return store.study_spec(study) or {}
 
 
-def stats_table(store: Store, cells: list) -> tuple[list[str], list[list[str]]]:
+def stats_table(store: Store, cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
     header = ["task", "arm", "split", "metric", "n", "diverged", "mean ± std", "median", "min", "max",
               "95% CI", "degenerate", "steps to threshold", "search seeds left out"]
     rows = []
@@ -78,7 +79,7 @@ def _threshold_cell(store: Store, c, threshold: float | None) -> str:
     return f"{median} ({len(reached)}/{len(steps)} reach {threshold:g})"
 
 
-def expected_max_table(cells: list) -> tuple[list[str], list[list[str]]]:
+def expected_max_table(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
     n_max = max((len(c.values(c.main_metric)) for c in cells if c.main_metric), default=0)
     ks = [k for k in KS if k <= max(1, n_max)]
     header = ["task", "arm", "metric", *[f"k={k}" for k in ks]]
@@ -93,7 +94,7 @@ def expected_max_table(cells: list) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def comparisons(store: Store, cells: list) -> list[dict]:
+def comparisons(store: Store, cells: list[Cell]) -> list[dict]:
     """Each non-baseline cell of a study with a ``baseline`` arm against the baseline cell, Holm-adjusted."""
     out = []
     for c in cells:
@@ -114,7 +115,7 @@ def comparisons(store: Store, cells: list) -> list[dict]:
     return out
 
 
-def comparison_table(store: Store, cells: list) -> tuple[list[str], list[list[str]]]:
+def comparison_table(store: Store, cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
     header = ["task", "arm", "vs", "metric", "Δ mean", "Welch t", "p", "p (Holm)", "Mann-Whitney U", "p",
               "p (Holm)"]
     rows = [[r["task"], r["arm"], r["baseline"], f"{r['metric']} ({r['split']})", f"{r['diff']:+.4f}",
@@ -134,7 +135,7 @@ def lr_table(store: Store, studies: list[str]) -> tuple[list[str], list[list[str
     return header, rows
 
 
-def paper_table(cells: list) -> tuple[list[str], list[list[str]]]:
+def paper_table(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
     """Mean ± std x 100 of each task's main metric (on test where the task has one), as papers print it."""
     tasks = list(dict.fromkeys(c.task for c in cells))
     arms = list(dict.fromkeys(c.arm for c in cells))

@@ -4,7 +4,7 @@ Runs are grouped into cells: a study's planned cells (task x arm and grid point,
 transferlab.study), or (study, task, run name) for runs outside a study plan. Each cell
 shows its seeds' mean ± std of every final metric, on test when the task has labelled
 test data and on dev otherwise; study cells also get the statistics, tests against the
-baseline arm, chosen learning rates and figures of transferlab.study.tables and .plots.
+baseline arm, chosen learning rates and figures of report/tables.py, analysis.py and plots.py.
 """
 
 from __future__ import annotations
@@ -12,76 +12,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from transferlab.report.cells import Cell, cells
 from transferlab.store import RunRow, Store
-
-
-@dataclass
-class Cell:
-    study: str
-    task: str
-    arm: str  # the label shown: the arm, plus the grid point in a study
-    runs: list[RunRow] = field(default_factory=list)
-    study_arm: str = ""  # a study's arm without the grid point (pairs cells with the baseline arm)
-    lr: float | None = None  # the learning rate the study chose for the cell
-    excluded: list[RunRow] = field(default_factory=list)  # runs of LR-search seeds, left out of the statistics
-
-    @property
-    def split(self) -> str:
-        return "test" if all(r.summary.get("test") for r in self.finished) and self.finished else "dev"
-
-    @property
-    def finished(self) -> list[RunRow]:
-        return [r for r in self.runs if r.status == "finished"]
-
-    def values(self, metric: str, split: str | None = None) -> np.ndarray:
-        split = split or self.split
-        return np.array([r.summary[split][metric] for r in self.finished if metric in r.summary.get(split, {})])
-
-    @property
-    def main_metric(self) -> str:
-        return self.runs[0].summary.get("main_metric", "") if self.runs else ""
-
-
-def search_seeds(store: Store, study: str, include: bool | None = None) -> set[int]:
-    """The LR-search seeds a study's reported cells leave out: none when the study has no LR search or
-    its ``report.exclude_search_seeds`` is false; ``include`` (the report's flag) overrides the spec."""
-    meta = store.study_spec(study) or {}
-    exclude = (meta.get("report") or {}).get("exclude_search_seeds", True) if include is None else not include
-    return set((meta.get("lr_search") or {}).get("seeds") or []) if exclude else set()
-
-
-def cells(store: Store, study: str | None = None, include_search_seeds: bool | None = None) -> list[Cell]:
-    groups: dict[tuple, Cell] = {}
-    planned = [s for s, _, _ in store.studies() if study in (None, s) and store.study_plan(s, "main")]
-    for s in planned:
-        left_out = search_seeds(store, s, include_search_seeds)
-        for _, rid, task, arm, label, seed, lr in store.study_plan(s, "main"):
-            cell = groups.setdefault((s, task, label), Cell(s, task, label, study_arm=arm, lr=lr))
-            rows = store.runs(run_id=rid)
-            done = [r for r in rows if r.status == "finished"]
-            if rows:
-                (cell.excluded if seed in left_out else cell.runs).append(done[-1] if done else rows[-1])
-    # runs outside a study plan: seeds of one recipe pool, never runs that differ in anything but the seed
-    adhoc = [r for r in store.runs(study=study, latest=True) if r.study not in planned]
-    recipes: dict[tuple, set] = {}
-    for r in adhoc:
-        recipes.setdefault((r.study or "", r.spec.get("task", {}).get("name", ""), r.name or "run"), set()).add(
-            recipe_of(r))
-    for r in adhoc:
-        key = (r.study or "", r.spec.get("task", {}).get("name", ""), r.name or "run")
-        label = key[2] if len(recipes[key]) == 1 else f"{key[2]} [{recipe_of(r)[:6]}]"  # same name, other recipe
-        groups.setdefault((*key[:2], label), Cell(key[0], key[1], label)).runs.append(r)
-    return list(groups.values())
-
-
-def recipe_of(r: RunRow) -> str:
-    """The recipe hash of a run (its spec without seed and name): the run id before ``-s<seed>``."""
-    return r.run_id.rsplit("-s", 1)[0]
 
 
 def mean_std(values: np.ndarray) -> str:
@@ -232,8 +168,8 @@ def curve_plot(store: Store, all_cells: list[Cell]) -> bytes | None:
 def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = None
               ) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
     """(title, note, table) of every section with rows."""
-    from transferlab.study import analysis, tables
-    from transferlab.study.stats import BCA_MIN_N
+    from transferlab.report import analysis, tables
+    from transferlab.report.stats import BCA_MIN_N
 
     studies = list(dict.fromkeys(c.study for c in all_cells if c.study))
     compared = analysis.comparisons_paired(store, all_cells, tost_margin)
@@ -289,8 +225,8 @@ def write_report(store: Store, out: Path, study: str | None = None, *, tost_marg
                  include_search_seeds: bool | None = None) -> list[Path]:
     """``tost_margin`` overrides the study's report.tost_margin; ``include_search_seeds`` its
     report.exclude_search_seeds (None: as the study says, excluded by default)."""
-    from transferlab.study import plots as study_plots
-    from transferlab.study.significance import check_margin
+    from transferlab.report import plots as study_plots
+    from transferlab.report.significance import check_margin
 
     if tost_margin is not None:
         check_margin(tost_margin, "--tost-margin")

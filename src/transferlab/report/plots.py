@@ -15,8 +15,9 @@ import io
 import numpy as np
 
 from transferlab.data.metrics import higher_is_better
+from transferlab.report.cells import Cell
+from transferlab.report.stats import expected_max
 from transferlab.store import Store
-from transferlab.study.stats import expected_max
 
 
 def _plt():
@@ -35,7 +36,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _by_task(cells: list) -> dict[str, list]:
+def _by_task(cells: list[Cell]) -> dict[str, list]:
     out: dict[str, list] = {}
     for c in cells:
         out.setdefault(c.task, []).append(c)
@@ -48,7 +49,7 @@ def _panels(n: int, width: float = 5.0, height: float = 3.2):
     return fig, list(axes[0])
 
 
-def seeds_plot(cells: list) -> bytes | None:
+def seeds_plot(cells: list[Cell]) -> bytes | None:
     tasks = {t: [c for c in cs if len(c.values(c.main_metric))] for t, cs in _by_task(cells).items()}
     tasks = {t: cs for t, cs in tasks.items() if cs}
     if not tasks:
@@ -78,7 +79,7 @@ def _curves(c, column) -> tuple[np.ndarray, np.ndarray] | None:
     return series[0][:n, 0], np.stack([s[:n, 1] for s in series])
 
 
-def dev_curve_plot(store: Store, cells: list) -> bytes | None:
+def dev_curve_plot(store: Store, cells: list[Cell]) -> bytes | None:
     tasks = _by_task([c for c in cells if c.main_metric])
     if not tasks:
         return None
@@ -128,7 +129,7 @@ def lr_schedule(spec: dict, total: int) -> np.ndarray:
     return np.array(lrs)
 
 
-def lr_plot(store: Store, cells: list) -> bytes | None:
+def lr_plot(store: Store, cells: list[Cell]) -> bytes | None:
     fig, axes = _panels(1, width=6.0)
     ax = axes[0]
     drawn = False
@@ -153,7 +154,7 @@ def lr_plot(store: Store, cells: list) -> bytes | None:
     return _png(fig)
 
 
-def expected_max_plot(cells: list) -> bytes | None:
+def expected_max_plot(cells: list[Cell]) -> bytes | None:
     from matplotlib.ticker import MaxNLocator
 
     tasks = {t: [c for c in cs if len(c.values(c.main_metric)) > 1] for t, cs in _by_task(cells).items()}
