@@ -228,6 +228,7 @@ def cmd_run(args) -> int:
     spec = load_spec(data, args.overrides)
     if args.dry_run:
         return dry_run(spec, args.store)
+    check_artifacts(args.artifacts)
     store = Store(args.store, artifacts=args.artifacts)
     tracking = tracking_from_args(args)
     tracker = None
@@ -252,6 +253,14 @@ def cmd_run(args) -> int:
     if result.status == "diverged":
         print(f"  diverged: {result.summary.get('error')}")
     return 0
+
+
+def check_artifacts(location: str | None) -> None:
+    """A local --artifacts folder exists or can be made, and is writable (a URL is checked by its backend)."""
+    from transferlab.checks import check_writable_dir
+
+    if location and ("://" not in location or location.startswith("file://")):
+        check_writable_dir(location.removeprefix("file://"), "--artifacts")
 
 
 def tracking_from_args(args, base=None):
@@ -316,6 +325,7 @@ def cmd_study(args, data: dict) -> int:
 
     if args.artifacts:
         ArtifactLocation(args.artifacts)  # a missing fsspec backend: one line before anything is written
+        check_artifacts(args.artifacts)
     executor = EXECUTORS.get(args.executor, field="--executor")(
         workers=args.workers, address=args.address, threads=args.threads, seed_parallel=args.seed_parallel,
         gpus_per_task=args.gpus_per_task, retries=args.ray_retries, resources=resources)

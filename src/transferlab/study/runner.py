@@ -247,7 +247,7 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
     out = out or (lambda line: print(line, flush=True))
     search = expand_lr_search(study)  # expand first: a study that cannot expand is not registered
     main = expand(study)
-    validate_runs([p.spec for p in search + main])  # every value, file and model before a row exists
+    validate_runs([p.spec for p in search + main], store)  # every value, file and model before a row exists
     if isinstance(executor, str):  # before anything is written: a bad cluster address leaves the store as it was
         kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,
                   "seed_parallel": seed_parallel, **executor_options}

@@ -141,6 +141,9 @@ class StudySpec:
         return list(self.arms) or [self.base.get("name", "base")]
 
 
+MAX_SEEDS = 100_000
+
+
 def resolve_seeds(value: Any, where: str) -> list[int]:
     """A seed list from ``[0, 1, 2]`` or ``{start: 0, stop: 10}`` (stop excluded, as in range)."""
     if isinstance(value, dict):
@@ -148,15 +151,20 @@ def resolve_seeds(value: Any, where: str) -> list[int]:
         if unknown or "stop" not in value:
             raise SpecError(f"{where}: a range is {{start: 0, stop: 10, step: 1}} (stop excluded), got {value!r}")
         try:
-            value = list(range(int(value.get("start", 0)), int(value["stop"]), int(value.get("step", 1))))
+            seeds = range(int(value.get("start", 0)), int(value["stop"]), int(value.get("step", 1)))
         except (TypeError, ValueError):
             raise SpecError(f"{where}: range bounds must be integers, got {value!r}") from None
+        if len(seeds) > MAX_SEEDS:
+            raise SpecError(f"{where}: {len(seeds)} seeds; at most {MAX_SEEDS} per study")
+        value = list(seeds)
     if not isinstance(value, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in value):
         raise SpecError(f"{where}: expected a list of integer seeds or {{start, stop}}, got {value!r}")
     if not value:
         raise SpecError(f"{where}: the seed list is empty; give at least one seed")
     if len(set(value)) != len(value):
         raise SpecError(f"{where}: seeds repeat: {value}")
+    if bad := [s for s in value if not 0 <= s < 2**32]:
+        raise SpecError(f"{where}: seed {bad[0]} is outside [0, 2**32)")
     return value
 
 

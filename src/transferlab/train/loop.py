@@ -100,7 +100,7 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
             results[i] = RunResult.reused(run_id(spec), done.uid, done.summary, done.duration_s)
     if len(todo) > 1 and (why := unsupported([specs[i] for i in todo], hooks)) is not None:
         raise Unsupported(f"seed-parallel: {why}")
-    validate_runs([specs[i] for i in todo])  # every value, file and model before a run row exists
+    validate_runs([specs[i] for i in todo], store)  # every value, file and model before a run row exists
     if todo:
         group = _Group([specs[i] for i in todo], store, study, progress, hooks, clock)
         for i, result in zip(todo, group.run()):
