@@ -592,14 +592,17 @@ GOOD = {
         [{"text": "très bien 😀", "label": 1}]), "dev.jsonl": GOOD_JSONL}, "jsonl"),
     "jsonl with CRLF": good_files({"train.jsonl": GOOD_JSONL.replace("\n", "\r\n"), "dev.jsonl": GOOD_JSONL}, "jsonl"),
     "conll IOB2": good_files({"train.txt": CONLL_OK, "dev.txt": CONLL_OK}, "conll", "task.options={num_columns: 2}", "head.name=token"),
-    "yaml small aliases": lambda w, tmp: _spec_file(tmp, "x: &h {lr: 0.003}\n" + yaml.safe_dump(
-        {k: v for k, v in w["base"].items() if k != "optim"}) + "optim: *h\n", w),
+    "yaml with aliases": lambda w, tmp: _spec_file(tmp, w, yaml.safe_dump(
+        {k: v for k, v in w["base"].items() if k not in ("optim", "schedule")})
+        + "schedule: {name: linear, warmup_ratio: &w 0.1}\noptim: {lr: 0.003, weight_decay: *w}\n"),
+    "yaml with a quoted date": lambda w, tmp: _spec_file(tmp, w, yaml.safe_dump(
+        {**w["base"], "name": "2024-01-01"})),
 }
 
 
-def _spec_file(tmp, text, w):
+def _spec_file(tmp: Path, w: dict, text: str) -> list[str]:
     path = tmp / "s.yaml"
-    path.write_text(text.replace("x: &h", "name: tiny\n_anchor: &h") if False else text)
+    path.write_text(text)
     return ["run", str(path), "--store", str(w["db"]), "--dry-run"]
 
 

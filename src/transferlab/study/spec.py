@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.errors import SpecError
-from transferlab.spec import RunSpec, apply_overrides, read_yaml, spec_from_dict, to_dict
+from transferlab.spec import RunSpec, apply_overrides, check_plain, read_yaml, spec_from_dict, to_dict
 from transferlab.train.track import TrackingSpec
 
 
@@ -209,6 +209,10 @@ def _field_type(cls: type, name: str) -> Any:
 
 def load_study(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] = ()) -> StudySpec:
     """A checked StudySpec from a YAML file or plain data; ``overrides`` as in ``--set base.optim.lr=1e-5``."""
+    if not isinstance(source, (str, Path, dict)):
+        raise SpecError(f"load_study: expected a YAML file path or a dict, got {type(source).__name__}")
+    if isinstance(source, dict):
+        check_plain(source, "load_study")
     data = source if isinstance(source, dict) else read_yaml(source)
     data = apply_overrides(data, overrides or [])
     return spec_from_dict(data, StudySpec)
