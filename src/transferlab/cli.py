@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where runs keep weights and checkpoints: a folder, or an fsspec URL (s3://, gs://, "
                         "file://); default: a folder next to the store ($TRANSFERLAB_ARTIFACTS)")
     g.add_argument("--skip-failed", action="store_true", help="do not run failed runs again")
+    g.add_argument("--yes", action="store_true", help="run a study of more runs than the limit (10,000) without asking")
     g.add_argument("--new-study", action="store_true", help="replace a stored study of this name and another spec")
     _store_arg(p)
 
@@ -300,6 +301,8 @@ def cmd_study(args, data: dict) -> int:
 
     study = load_study(data, args.overrides)
     study.logging = tracking_from_args(args, study.logging)
+    if too_large(study, args):
+        return 0
     if args.dry_run:
         from transferlab.study.expand import expand, expand_lr_search
         from transferlab.train.validate import validate_runs
@@ -345,6 +348,26 @@ def cmd_study(args, data: dict) -> int:
               f"`transferlab runs --study {study.study}` lists them", file=sys.stderr)
         return 1
     return 0
+
+
+def too_large(study, args) -> bool:
+    """A study of more than MAX_RUNS runs: refused without --yes; its dry run a summary in constant time
+    (the first cell of each arm checked). True when the summary was printed (nothing more to do)."""
+    from transferlab.study.expand import MAX_RUNS, count_runs, first_runs
+    from transferlab.train.validate import validate_runs
+
+    n = count_runs(study)
+    if n <= MAX_RUNS:
+        return False
+    if args.dry_run:
+        validate_runs(first_runs(study))
+        print(f"{study.study}: {n} runs ({len(study.arm_names)} arms, {len(study.seeds)} seeds); more than "
+              f"{MAX_RUNS:,}, so not listed; the first cell of each arm was checked; `--yes` runs them all")
+        return True
+    if not args.yes:
+        raise UserError(f"{study.study}: {n:,} runs, more than {MAX_RUNS:,}; pass --yes to run them all "
+                        "(--dry-run summarises them)")
+    return False
 
 
 def cmd_runs(args) -> int:
