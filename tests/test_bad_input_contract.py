@@ -226,8 +226,7 @@ def _api_worker_file(name):
 
 
 def _api_store_type(w, tmp):
-    from transferlab import load_spec
-    from transferlab.train.loop import run
+    from transferlab import load_spec, run
 
     return run(load_spec(w["base"]), store=123)
 

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run's fine-tuned model, or dump the store's tables")
     p.add_argument("run", nargs="?", help="run id or uid (a unique prefix is enough)")
     p.add_argument("-o", "--out", help="output folder for the model")
-    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder, replace table files")
     p.add_argument("--csv", metavar="DIR", help="dump the store's tables as CSV files into DIR")
     p.add_argument("--parquet", metavar="DIR", help="dump the store's tables as Parquet files into DIR")
     _store_arg(p)
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, help="CSV, TSV or JSONL file with a text column")
     p.add_argument("--split", default=None, help="instead of --input: a split of the run's task (e.g. test)")
     p.add_argument("--output", default=None, help="write CSV/TSV/JSONL here (by suffix); default: CSV on stdout")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
     p.add_argument("--text-column", default=None, help="default: the run's task.text_column, or 'text'")
     p.add_argument("--text-pair-column", default=None)
     p.add_argument("--batch-size", type=int, default=64)
@@ -454,7 +455,7 @@ def cmd_export(args) -> int:
         from transferlab.export_tables import export_tables
 
         folder = check_writable_dir(args.csv or args.parquet, "--csv" if args.csv else "--parquet")
-        for path in export_tables(store, folder, "csv" if args.csv else "parquet"):
+        for path in export_tables(store, folder, "csv" if args.csv else "parquet", force=args.force):
             print(path)
         return 0
     if not args.run or not args.out:
@@ -471,6 +472,7 @@ def cmd_predict(args) -> int:
     from transferlab.predict import predict, write_predictions
     from transferlab.store import Store
 
+    check_output(args.output, args.input, args.force)
     store = Store(args.store) if Path(args.store).is_file() else None
     frame = predict(args.source, args.input, store=store, split=args.split, text_column=args.text_column,
                     text_pair_column=args.text_pair_column, batch_size=args.batch_size, device=args.device,
@@ -480,6 +482,17 @@ def cmd_predict(args) -> int:
     else:
         frame.to_csv(sys.stdout, index=False)
     return 0
+
+
+def check_output(output: str | None, input: str | None, force: bool) -> None:
+    """Never overwrite a user's file: --output is not --input, and an existing one needs --force."""
+    if not output:
+        return
+    out = Path(output).expanduser()
+    if input and out.exists() and Path(input).expanduser().exists() and out.resolve() == Path(input).expanduser().resolve():
+        raise UserError(f"--output: {out} is the --input file; write the predictions to another file")
+    if out.exists() and not force:
+        raise UserError(f"--output: {out} exists; pass --force to replace it")
 
 
 def cmd_report(args) -> int:

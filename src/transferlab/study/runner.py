@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from transferlab.errors import UserError
 from transferlab.fingerprint import fingerprint
 from transferlab.spec import spec_hash, to_dict
 from transferlab.store import LEASE_S, Store
@@ -244,6 +245,10 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
     auto does so on CUDA only. ``executor_options``: the Ray executor's ``gpus_per_task``, ``retries``
     and ``resources`` (study/ray_executor.py).
     """
+    if not isinstance(study, StudySpec):
+        raise UserError(f"run_study: expected a StudySpec (load_study(path or dict)), got {type(study).__name__}")
+    if not isinstance(store, Store):
+        raise UserError(f"run_study: store must be a Store, got {type(store).__name__}")
     out = out or (lambda line: print(line, flush=True))
     search = expand_lr_search(study)  # expand first: a study that cannot expand is not registered
     main = expand(study)
