@@ -685,3 +685,57 @@ def tally(timeout_s: int = 60) -> dict[str, int]:
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tally()
+
+
+# --------------------------------------------------------------------------- hardening of what we write
+
+
+def _store_with_hostile_names(tmp_path: Path) -> Path:
+    """A copy of a store with one run whose name and error carry HTML, a pipe and a formula."""
+    from transferlab.records import RunSummary
+
+    db = tmp_path / "hostile.db"
+    store = Store(db)
+    uid = store.start_run("r1-s0", "h", 0, {"task": {"name": "csv"}, "optim": {"lr": 1e-3}},
+                          name="<script>alert(1)</script>|x", study="=HYPERLINK(\"http://evil\")")
+    store.finish_run(uid, "finished", summary=RunSummary.from_dict({"dev": {"accuracy": 0.5}, "steps": 1}),
+                     duration_s=1.0)
+    store.close()
+    return db
+
+
+def test_report_md_escapes_html_and_pipes(tmp_path, capsys):
+    db = _store_with_hostile_names(tmp_path)
+    assert main(["report", "--store", str(db), "-o", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "<script>" not in md and "&lt;script&gt;" in md
+    for line in md.splitlines():  # every table row keeps its column count: a | in a name is escaped
+        if line.startswith("|") and "&lt;script&gt;" in line:
+            assert "\\|x" in line
+
+
+def test_csv_export_defuses_formula_cells(tmp_path, capsys):
+    import csv
+
+    db = _store_with_hostile_names(tmp_path)
+    out = tmp_path / "tables"
+    assert main(["export", "--csv", str(out), "--store", str(db)]) == 0
+    cells = [c for row in csv.reader((out / "runs.csv").open()) for c in row]
+    assert "'=HYPERLINK(\"http://evil\")" in cells
+    assert not any(c.startswith(("=", "+", "@")) for c in cells)
+    # and --force replaces the tables
+    assert main(["export", "--csv", str(out), "--store", str(db)]) == 2
+    assert main(["export", "--csv", str(out), "--store", str(db), "--force"]) == 0
+
+
+def test_worker_files_are_written_inside_the_folder(tmp_path):
+    from transferlab.locations import ArtifactLocation
+
+    loc = ArtifactLocation(str(tmp_path / "artifacts"))
+    loc.write_files("u1", {"weights/model.safetensors": b"ok", "transfer.json": b"{}"})
+    folder = tmp_path / "artifacts"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "u1/transfer.json", "u1/weights/model.safetensors"]
+    with pytest.raises(UserError):
+        loc.write_files("u2", {"ok.txt": b"x", "../u1/transfer.json": b"evil"})
+    assert (folder / "u1" / "transfer.json").read_bytes() == b"{}" and not (folder / "u2").exists()

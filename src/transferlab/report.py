@@ -160,9 +160,15 @@ def provenance_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]
     return header, [[*map(str, k), str(n)] for k, n in counts.items()]
 
 
+def md_text(value) -> str:
+    """Text from the store (names, errors, fields) made inert in Markdown: HTML escaped (a viewer renders
+    raw HTML), ``|`` escaped (it would split a table cell), line breaks folded."""
+    return html.escape(" ".join(str(value).splitlines()), quote=False).replace("|", "\\|")
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(map(md_text, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -310,7 +316,7 @@ def write_report(store: Store, out: Path, study: str | None = None, *, tost_marg
         (out / name).write_bytes(data)
         written.append(out / name)
     title = f"transferlab report: {study or store.path.name}"
-    md = [f"# {title}", ""]
+    md = [f"# {md_text(title)}", ""]
     for name, note, (header, rows) in sections:
         md += [f"## {name}", "", note, "", markdown_table(header, rows), ""]
     md += ["## Figures", ""] + [f"![{name}]({name})" for name in plots]
