@@ -166,6 +166,7 @@ def jsonl(objs) -> str:
     return "".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objs)
 
 
+CONLL_SETS = ("conll", "task.options={num_columns: 2}", "head.name=token")
 GOOD_JSONL = jsonl([{"text": f"w{i} film", "label": i % 2} for i in range(16)])
 CONLL_OK = "EU B-ORG\nrejects O\nGerman B-MISC\ncall O\n\nPeter B-PER\nBlackburn I-PER\n\n" * 4
 
@@ -468,11 +469,11 @@ BAD: dict = {
     "jsonl broken JSON": data_files({"train.jsonl": GOOD_JSONL + "{oops\n", "dev.jsonl": GOOD_JSONL},
                                     "{dir}/train.jsonl, line 17", "jsonl"),
     "conll tag not IOB": data_files({"train.txt": CONLL_OK + "Paris LOCATION\n\n", "dev.txt": CONLL_OK},
-                                    "{dir}/train.txt, line 33", "conll", "task.options={num_columns: 2}", "head.name=token"),
+                                    "{dir}/train.txt, line 33", *CONLL_SETS),
     "conll I- without type": data_files({"train.txt": CONLL_OK + "Paris B-\n\n", "dev.txt": CONLL_OK},
-                                        "{dir}/train.txt, line 33", "conll", "task.options={num_columns: 2}", "head.name=token"),
+                                        "{dir}/train.txt, line 33", *CONLL_SETS),
     "conll wrong column count": data_files({"train.txt": CONLL_OK + "Paris B-LOC extra\n\n", "dev.txt": CONLL_OK},
-                                           "{dir}/train.txt, line 33", "conll", "task.options={num_columns: 2}", "head.name=token"),
+                                           "{dir}/train.txt, line 33", *CONLL_SETS),
     "squad empty answer": data_files({"train-v1.1.json": squad(answer_text="", start=0),
                                       "dev-v1.1.json": squad()}, "q0", "squad", "head.name=span"),
     "squad answer outside its context": data_files({"train-v1.1.json": squad(start=400),
@@ -590,7 +591,7 @@ GOOD = {
     "jsonl with a BOM and unicode": good_files({"train.jsonl": "\ufeff" + GOOD_JSONL + jsonl(
         [{"text": "très bien 😀", "label": 1}]), "dev.jsonl": GOOD_JSONL}, "jsonl"),
     "jsonl with CRLF": good_files({"train.jsonl": GOOD_JSONL.replace("\n", "\r\n"), "dev.jsonl": GOOD_JSONL}, "jsonl"),
-    "conll IOB2": good_files({"train.txt": CONLL_OK, "dev.txt": CONLL_OK}, "conll", "task.options={num_columns: 2}", "head.name=token"),
+    "conll IOB2": good_files({"train.txt": CONLL_OK, "dev.txt": CONLL_OK}, *CONLL_SETS),
     "yaml with aliases": lambda w, tmp: _spec_file(tmp, w, yaml.safe_dump(
         {k: v for k, v in w["base"].items() if k not in ("optim", "schedule")})
         + "schedule: {name: linear, warmup_ratio: &w 0.1}\noptim: {lr: 0.003, weight_decay: *w}\n"),
@@ -708,9 +709,9 @@ def test_report_md_escapes_html_and_pipes(tmp_path, capsys):
     db = _store_with_hostile_names(tmp_path)
     assert main(["report", "--store", str(db), "-o", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "<script>" not in md and "&lt;script&gt;" in md
+    assert "<script>" not in md and "&lt;script>" in md
     for line in md.splitlines():  # every table row keeps its column count: a | in a name is escaped
-        if line.startswith("|") and "&lt;script&gt;" in line:
+        if line.startswith("|") and "&lt;script>" in line:
             assert "\\|x" in line
 
 

@@ -2,11 +2,11 @@
 
     transferlab run SPEC.yaml [--set key=value ...] [--store PATH] [--rerun]
     transferlab run STUDY.yaml [--dry-run] [--executor inline|processes|ray] [--workers N] [--address A]
-                               [--skip-failed] [--new-study]
+                               [--skip-failed] [--new-study] [--yes]   (--yes: more than 10,000 runs)
     transferlab runs [--store PATH] [--study NAME] [--all]
     transferlab export RUN -o DIR [--force]   (a Hugging Face folder with the tokenizer and a model card)
-    transferlab export --csv DIR | --parquet DIR   (the store's tables)
-    transferlab predict RUN|FOLDER --input FILE|--split test [--output FILE]   (labels, probabilities)
+    transferlab export --csv DIR | --parquet DIR [--force]   (the store's tables)
+    transferlab predict RUN|FOLDER --input FILE|--split test [--output FILE [--force]]   (labels, probabilities)
     transferlab report [--store PATH] [--study NAME] -o DIR [--tost-margin M] [--include-search-seeds]
     transferlab plan-seeds STORE --study NAME --delta D [--alpha 0.05] [--power 0.8]   (seeds needed)
     transferlab surgery RUN -s "init layers=5 scheme=xavier_uniform" [-s ...] [--split dev]
@@ -284,11 +284,11 @@ def dry_run(spec, store_path: str) -> int:
     from transferlab.store import Store
     from transferlab.train.validate import validate_run
 
-    validate_run(spec)
+    store = Store(store_path, create=False) if Path(store_path).is_file() else None
+    validate_run(spec, store=store)
     rid = run_id(spec)
     state = "todo"
-    if Path(store_path).is_file():
-        store = Store(store_path, create=False)
+    if store is not None:
         state = "done (--rerun to run it again)" if store.finished(rid) else "todo"
     print(yaml.safe_dump(to_dict(spec), sort_keys=False).rstrip())
     print(f"# run id {rid}  state {state}  store {store_path}")
@@ -308,8 +308,8 @@ def cmd_study(args, data: dict) -> int:
         from transferlab.study.expand import expand, expand_lr_search
         from transferlab.train.validate import validate_runs
 
-        validate_runs([p.spec for p in expand_lr_search(study) + expand(study)])  # what run_study checks first
         store = Store(args.store, create=False) if Path(args.store).is_file() else None
+        validate_runs([p.spec for p in expand_lr_search(study) + expand(study)], store)  # what run_study checks first
         rows = describe_plan(study, store, args.seed_parallel)
         print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
         runs = [r for r in rows if not r[5].startswith("(")]
@@ -489,7 +489,8 @@ def check_output(output: str | None, input: str | None, force: bool) -> None:
     if not output:
         return
     out = Path(output).expanduser()
-    if input and out.exists() and Path(input).expanduser().exists() and out.resolve() == Path(input).expanduser().resolve():
+    source = Path(input).expanduser() if input else None
+    if source is not None and out.exists() and source.exists() and out.resolve() == source.resolve():
         raise UserError(f"--output: {out} is the --input file; write the predictions to another file")
     if out.exists() and not force:
         raise UserError(f"--output: {out} exists; pass --force to replace it")

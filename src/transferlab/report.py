@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,9 +162,10 @@ def provenance_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]
 
 
 def md_text(value) -> str:
-    """Text from the store (names, errors, fields) made inert in Markdown: HTML escaped (a viewer renders
-    raw HTML), ``|`` escaped (it would split a table cell), line breaks folded."""
-    return html.escape(" ".join(str(value).splitlines()), quote=False).replace("|", "\\|")
+    """Text from the store (names, errors, fields) made inert in Markdown: a ``<`` that opens a tag escaped
+    (a viewer renders raw HTML; ``n < 10`` stays as it is), ``|`` escaped (it would split a table cell),
+    line breaks folded."""
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", " ".join(str(value).splitlines())).replace("|", "\\|")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -17,6 +17,13 @@ some are not integers, else classification. The label set and its order are
 ``task.labels`` when given, else the sorted unique train labels (numerically when
 all are integers). For two classes, ``f1`` counts the second label as positive.
 
+Contracts (each a DataError or SpecError naming the file and line): CSV quoting is strict (an
+unterminated quote is an error, not rows merged into one field); header columns and JSON keys are
+unique; ``text_column``, ``text_pair_column`` and ``label_column`` are distinct; texts are non-blank
+strings (a JSON object or number is not text); a label written as a missing value (NaN, NA, null) is
+an error in train and dev; cells may be as large as the data needs (the csv module's 128 KiB field limit
+is lifted). Hub data sets get the same text and label checks (data/hub.py).
+
 Options: ``dev_fraction`` (carve a seeded, stratified dev split out of train when
 there is no dev file), ``split_seed`` (0), ``quoting`` (``none`` | ``minimal``),
 ``metrics`` and ``main_metric`` (override the defaults).
@@ -197,7 +204,9 @@ def label_ids(values: list[tuple[str, object]], problem: str, names: list[str], 
     for where, value in values:
         if isinstance(value, (dict, list)):
             raise DataError(f"{where}: the label is a {type(value).__name__}, expected a class name or a number")
-        if isinstance(value, float) and math.isnan(value) or isinstance(value, str) and value.strip().lower() in MISSING:
+        missing = (isinstance(value, float) and math.isnan(value)
+                   or isinstance(value, str) and value.strip().lower() in MISSING)
+        if missing and problem != "regression":  # (a regression target 'nan' is refused below as not finite)
             if not optional:
                 raise DataError(f"{where}: the label {value!r} is a missing value; give a label or drop the row")
             value = None
