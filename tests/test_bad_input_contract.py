@@ -286,7 +286,7 @@ def _tokenizer_folder(vocab: list[str]):
         (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
         tf.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
         return ["run", str(w["spec"]), "--store", str(w["db"]), "--quiet", "--set", f"model.name={folder}"], \
-            "tokenizer"
+            "model.name: the tokenizer of"
     return make
 
 
@@ -394,8 +394,10 @@ BAD: dict = {
                                      "distill.teacher_store=<tmp>/none.db", needle="distill.teacher_store"),
     "artifacts location is a file": run_set("seed=3", needle="--artifacts", extra=("--artifacts", "<a_file>")),
     "artifacts location under a file": run_set("seed=3", needle="--artifacts", extra=("--artifacts", "<a_file>/x")),
-    "model folder without tokenizer": run_set("model.name=<no_tok>", needle="tokenizer"),
+    "model folder without tokenizer": run_set("model.name=<no_tok>", needle="model.name: the tokenizer of"),
     "model folder with a 5-token vocabulary": _tokenizer_folder(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]),
+    "model folder whose tokenizer knows no word": _tokenizer_folder(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"zz{i}" for i in range(200))]),
     "model folder missing": run_set("model.name=/no/such/model", needle="model.name"),
     "model folder without config": run_set("model.name=<root>/no_config", needle="config.json"),
     "task.path missing": run_set("task.path=/no/such/data", needle="task.path"),
