@@ -2,11 +2,11 @@
 
     transferlab run SPEC.yaml [--set key=value ...] [--store PATH] [--rerun]
     transferlab run STUDY.yaml [--dry-run] [--executor inline|processes|ray] [--workers N] [--address A]
-                               [--skip-failed] [--new-study]
+                               [--skip-failed] [--new-study] [--yes]   (--yes: more than 10,000 runs)
     transferlab runs [--store PATH] [--study NAME] [--all]
     transferlab export RUN -o DIR [--force]   (a Hugging Face folder with the tokenizer and a model card)
-    transferlab export --csv DIR | --parquet DIR   (the store's tables)
-    transferlab predict RUN|FOLDER --input FILE|--split test [--output FILE]   (labels, probabilities)
+    transferlab export --csv DIR | --parquet DIR [--force]   (the store's tables)
+    transferlab predict RUN|FOLDER --input FILE|--split test [--output FILE [--force]]   (labels, probabilities)
     transferlab report [--store PATH] [--study NAME] -o DIR [--tost-margin M] [--include-search-seeds]
     transferlab plan-seeds STORE --study NAME --delta D [--alpha 0.05] [--power 0.8]   (seeds needed)
     transferlab surgery RUN -s "init layers=5 scheme=xavier_uniform" [-s ...] [--split dev]
@@ -74,6 +74,7 @@ def _run_parser(sub) -> None:
                    help="where runs keep weights and checkpoints: a folder, or an fsspec URL (s3://, gs://, "
                         "file://); default: a folder next to the store ($TRANSFERLAB_ARTIFACTS)")
     g.add_argument("--skip-failed", action="store_true", help="do not run failed runs again")
+    g.add_argument("--yes", action="store_true", help="run a study of more runs than the limit (10,000) without asking")
     g.add_argument("--new-study", action="store_true", help="replace a stored study of this name and another spec")
     _store_arg(p)
 
@@ -91,7 +92,7 @@ def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="write a run's fine-tuned model, or dump the store's tables")
     p.add_argument("run", nargs="?", help="run id or uid (a unique prefix is enough)")
     p.add_argument("-o", "--out", help="output folder for the model")
-    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder, replace table files")
     p.add_argument("--csv", metavar="DIR", help="dump the store's tables as CSV files into DIR")
     p.add_argument("--parquet", metavar="DIR", help="dump the store's tables as Parquet files into DIR")
     _store_arg(p)
@@ -103,6 +104,7 @@ def _predict_parser(sub) -> None:
     p.add_argument("--input", default=None, help="CSV, TSV or JSONL file with a text column")
     p.add_argument("--split", default=None, help="instead of --input: a split of the run's task (e.g. test)")
     p.add_argument("--output", default=None, help="write CSV/TSV/JSONL here (by suffix); default: CSV on stdout")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
     p.add_argument("--text-column", default=None, help="default: the run's task.text_column, or 'text'")
     p.add_argument("--text-pair-column", default=None)
     p.add_argument("--batch-size", type=int, default=64)
@@ -251,6 +253,7 @@ def cmd_run(args) -> int:
     spec = load_spec(data, args.overrides)
     if args.dry_run:
         return dry_run(spec, args.store)
+    check_artifacts(args.artifacts)
     store = Store(args.store, artifacts=args.artifacts)
     tracking = tracking_from_args(args)
     tracker, rid = None, run_id(spec)  # computed once, for the loop and the tracker
@@ -278,6 +281,14 @@ def cmd_run(args) -> int:
     return 0
 
 
+def check_artifacts(location: str | None) -> None:
+    """A local --artifacts folder exists or can be made, and is writable (a URL is checked by its backend)."""
+    from transferlab.checks import check_writable_dir
+
+    if location and ("://" not in location or location.startswith("file://")):
+        check_writable_dir(location.removeprefix("file://"), "--artifacts")
+
+
 def tracking_from_args(args, base=None):
     """The TrackingSpec of ``--tensorboard/--mlflow/--wandb``, over ``base`` (a study's logging section)."""
     import dataclasses
@@ -297,11 +308,11 @@ def dry_run(spec, store_path: str) -> int:
     from transferlab.store import Store
     from transferlab.train.validate import validate_run
 
-    validate_run(spec)
+    store = Store(store_path, create=False) if Path(store_path).is_file() else None
+    validate_run(spec, store=store)
     rid = run_id(spec)
     state = "todo"
-    if Path(store_path).is_file():
-        store = Store(store_path, create=False)
+    if store is not None:
         state = "done (--rerun to run it again)" if store.finished(rid) else "todo"
     print(yaml.safe_dump(to_dict(spec), sort_keys=False).rstrip())
     print(f"# run id {rid}  state {state}  store {store_path}")
@@ -316,10 +327,12 @@ def cmd_study(args, data: dict) -> int:
 
     study = load_study(data, args.overrides)
     study.logging = tracking_from_args(args, study.logging)
-    plan = plan_study(study)  # expanded and validated once, then handed on
+    if too_large(study, args):
+        return 0
+    existing = Store(args.store, create=False) if Path(args.store).is_file() else None
+    plan = plan_study(study, store=existing)  # expanded and validated once (stored references too), then handed on
     if args.dry_run:
-        store = Store(args.store, create=False) if Path(args.store).is_file() else None
-        rows = describe_plan(study, store, args.seed_parallel, plan)
+        rows = describe_plan(study, existing, args.seed_parallel, plan)
         print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
         runs = [r for r in rows if not r[5].startswith("(")]
         waiting = len(rows) - len(runs)
@@ -338,6 +351,7 @@ def cmd_study(args, data: dict) -> int:
 
     if args.artifacts:
         ArtifactLocation(args.artifacts)  # a missing fsspec backend: one line before anything is written
+        check_artifacts(args.artifacts)
     executor = EXECUTORS.get(args.executor, field="--executor")(
         workers=args.workers, address=args.address, threads=args.threads, seed_parallel=args.seed_parallel,
         gpus_per_task=args.gpus_per_task, retries=args.ray_retries, resources=resources)
@@ -357,6 +371,26 @@ def cmd_study(args, data: dict) -> int:
               f"`transferlab runs --study {study.study}` lists them", file=sys.stderr)
         return 1
     return 0
+
+
+def too_large(study, args) -> bool:
+    """A study of more than MAX_RUNS runs: refused without --yes; its dry run a summary in constant time
+    (the first cell of each arm checked). True when the summary was printed (nothing more to do)."""
+    from transferlab.study.expand import MAX_RUNS, count_runs, first_runs
+    from transferlab.train.validate import validate_runs
+
+    n = count_runs(study)
+    if n <= MAX_RUNS:
+        return False
+    if args.dry_run:
+        validate_runs(first_runs(study))
+        print(f"{study.study}: {n} runs ({len(study.arm_names)} arms, {len(study.seeds)} seeds); more than "
+              f"{MAX_RUNS:,}, so not listed; the first cell of each arm was checked; `--yes` runs them all")
+        return True
+    if not args.yes:
+        raise UserError(f"{study.study}: {n:,} runs, more than {MAX_RUNS:,}; pass --yes to run them all "
+                        "(--dry-run summarises them)")
+    return False
 
 
 def cmd_runs(args) -> int:
@@ -443,7 +477,7 @@ def cmd_export(args) -> int:
         from transferlab.report.export_tables import export_tables
 
         folder = check_writable_dir(args.csv or args.parquet, "--csv" if args.csv else "--parquet")
-        for path in export_tables(store, folder, "csv" if args.csv else "parquet"):
+        for path in export_tables(store, folder, "csv" if args.csv else "parquet", force=args.force):
             print(path)
         return 0
     if not args.run or not args.out:
@@ -460,6 +494,7 @@ def cmd_predict(args) -> int:
     from transferlab.predict import predict, write_predictions
     from transferlab.store import Store
 
+    check_output(args.output, args.input, args.force)
     store = Store(args.store) if Path(args.store).is_file() else None
     frame = predict(args.source, args.input, store=store, split=args.split, text_column=args.text_column,
                     text_pair_column=args.text_pair_column, batch_size=args.batch_size, device=args.device,
@@ -469,6 +504,18 @@ def cmd_predict(args) -> int:
     else:
         frame.to_csv(sys.stdout, index=False)
     return 0
+
+
+def check_output(output: str | None, input: str | None, force: bool) -> None:
+    """Never overwrite a user's file: --output is not --input, and an existing one needs --force."""
+    if not output:
+        return
+    out = Path(output).expanduser()
+    source = Path(input).expanduser() if input else None
+    if source is not None and out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise UserError(f"--output: {out} is the --input file; write the predictions to another file")
+    if out.exists() and not force:
+        raise UserError(f"--output: {out} exists; pass --force to replace it")
 
 
 def cmd_report(args) -> int:

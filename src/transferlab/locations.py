@@ -76,6 +76,11 @@ class ArtifactLocation:
     def write_files(self, uid: str, files: dict[str, bytes]) -> None:
         """Files a worker sent back with its record (no shared artifact location): into ``uid``'s folder."""
         folder = self.root_path() / safe_name(uid)
+        for name in files:  # every name checked before anything is written: a name from a worker stays inside
+            parts = Path(name).parts
+            if not name or Path(name).is_absolute() or ".." in parts or "\x00" in name or \
+                    not (folder / name).resolve().is_relative_to(folder.resolve()):
+                raise UserError(f"worker file name {name!r} leaves the artifact folder {folder}; refused")
         for name, data in files.items():
             path = folder / name
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,18 @@ def read_inputs(path: Path, text_column: str, text_pair_column: str | None) -> t
     return [line for line, _ in rows], split
 
 
+def check_pair_input(path: Path, text_pair_column: str | None) -> None:
+    """A model trained on sentence pairs scores pairs: an input without the pair column is refused (it would
+    score single sentences silently)."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if text_pair_column is None or fmt is None or not path.is_file():
+        return  # read_inputs names what is wrong
+    columns, rows = read_table(path, fmt, blank_lines=False)
+    if text_pair_column not in columns and not (rows and all(text_pair_column in r for _, r in rows)):
+        raise DataError(f"{path}: the model was trained on sentence pairs and the file has no column "
+                        f"{text_pair_column!r} (--text-pair-column); columns present: {', '.join(columns)}")
+
+
 @torch.no_grad()
 def predict_split(model: TransferModel, task: Task, split: Split, *, batch_size: int = 64,
                   device: str = "auto", progress: bool = False) -> np.ndarray:
@@ -146,6 +158,7 @@ def predict(source: str | Path, input: str | Path | None = None, *, store: Store
     else:
         text_column = text_column or task_spec.get("text_column") or "text"
         text_pair_column = text_pair_column or task_spec.get("text_pair_column")
+        check_pair_input(Path(input), text_pair_column)
         lines, rows = read_inputs(Path(input), text_column, text_pair_column)
     values = predict_split(model, task, rows, batch_size=batch_size, device=device, progress=progress)
     return to_frame(values, task, lines)

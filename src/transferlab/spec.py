@@ -444,7 +444,44 @@ def _split_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise SpecError(f"--set {text!r}: expected key=value, e.g. optim.lr=3e-5")
     key, value = text.split("=", 1)
-    return key.strip(), _parse_value(value)
+    value = _parse_value(value)
+    check_plain(value, f"--set {key.strip()}")
+    return key.strip(), value
+
+
+MAX_VALUES = 100_000  # values in one spec after aliases are followed (a spec is small; an alias bomb is not)
+MAX_DEPTH = 64
+
+
+def check_plain(data: Any, where: str) -> None:
+    """``data`` is a finite tree of plain values: no recursive alias, at most MAX_VALUES values once YAML
+    aliases are expanded (they are, by every later copy), no YAML date (quote it). One SpecError otherwise.
+    Walks at most MAX_VALUES nodes, so an alias bomb costs no more than a large honest spec."""
+    import datetime
+
+    count = 0
+
+    def walk(node: Any, path: str, above: tuple[int, ...]) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES:
+            raise SpecError(f"{where}: more than {MAX_VALUES} values once YAML aliases are expanded "
+                            "(an alias bomb?); write the spec out")
+        if isinstance(node, (datetime.date, datetime.datetime)):
+            raise SpecError(f"{where}: {path or 'the top level'}: {node} reads as a YAML date; quote it to give text")
+        if isinstance(node, (dict, list, tuple)):
+            if id(node) in above:
+                raise SpecError(f"{where}: {path or 'the top level'} contains itself (a recursive YAML alias)")
+            if len(above) >= MAX_DEPTH:
+                raise SpecError(f"{where}: {path}: nested more than {MAX_DEPTH} levels deep")
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                if isinstance(key, (datetime.date, datetime.datetime)):
+                    raise SpecError(f"{where}: the key {key} reads as a YAML date; quote it to give text")
+                walk(child, f"{path}.{key}" if isinstance(node, dict) and path else
+                     str(key) if isinstance(node, dict) else f"{path}[{key}]", (*above, id(node)))
+
+    walk(data, "", ())
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -469,11 +506,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"spec file {path} is empty")
     if not isinstance(data, dict):
         raise SpecError(f"spec file {path}: expected a mapping at the top level")
+    check_plain(data, f"spec file {path}")
     return data
 
 
 def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] = ()) -> RunSpec:
     """Load a run spec from a YAML file or plain data and apply overrides."""
+    if not isinstance(source, (str, Path, dict)):
+        raise SpecError(f"load_spec: expected a YAML file path or a dict, got {type(source).__name__}")
+    if isinstance(source, dict):
+        check_plain(source, "load_spec")
     data = source if isinstance(source, dict) else read_yaml(source)
     return spec_from_dict(apply_overrides(data, overrides or []))
 

@@ -36,7 +36,23 @@ CONLL2003_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-
 FILE_NAMES = {"train": ("train.txt", "eng.train"), "dev": ("dev.txt", "valid.txt", "eng.testa"),
               "test": ("test.txt", "eng.testb")}
 HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
-OPTIONS = ("num_columns", "tag_column", "subwords", "hub", "tokens_column", "tags_column", *HUB_OPTIONS)
+OPTIONS = ("num_columns", "tag_column", "subwords", "hub", "tokens_column", "tags_column", "tag_scheme",
+           *HUB_OPTIONS)
+TAG_SCHEMES = ("iob", "none")  # iob: O, B-TYPE, I-TYPE (IOB1 and IOB2 alike); none: any tag
+
+
+def tag_scheme(options: dict) -> str:
+    scheme = options.get("tag_scheme", "iob")
+    if scheme not in TAG_SCHEMES:
+        raise SpecError(f"task.options.tag_scheme: {scheme!r} is not allowed; allowed: 'iob', 'none'")
+    return scheme
+
+
+def check_tag(tag: str, where: str, scheme: str) -> None:
+    """An IOB tag: O, or B-/I- and a type (the check is off with ``options.tag_scheme: none``)."""
+    if scheme == "iob" and tag != "O" and not (tag[:2] in ("B-", "I-") and tag[2:].strip()):
+        raise DataError(f"{where}: tag {tag!r} is not an IOB tag (O, B-TYPE or I-TYPE); "
+                        "set task.options.tag_scheme: none for other tag sets")
 
 
 def read_columns(path: Path, num_columns: int | None, tag_column: int = -1):
@@ -107,6 +123,7 @@ def from_files(spec, names: list[str] | None) -> Task:
         raise DataError(f"task.path: {root} is not a folder (expected train.txt, valid.txt, test.txt)")
     ncol = options.get("num_columns", 4 if spec.name == "conll2003" else None)
     tag_column = int(options.get("tag_column", -1))
+    scheme = tag_scheme(options)
     read = {}
     for split, explicit in (("train", spec.train_file), ("dev", spec.dev_file), ("test", spec.test_file)):
         path = _find(root, split, explicit)
@@ -122,6 +139,7 @@ def from_files(spec, names: list[str] | None) -> Task:
         ids = []
         for lines, words, tags in sentences:
             for line, tag in zip(lines, tags):
+                check_tag(tag, f"{path}, line {line}", scheme)
                 if tag not in names:
                     raise DataError(f"{path}, line {line}: unknown tag {tag!r}; "
                                     f"known tags: {', '.join(names)}")
@@ -136,7 +154,7 @@ def _tag_set(sentences) -> list[str]:
 
 
 def from_hub_dataset(dataset, name: str, tokens_column: str = "tokens", tags_column: str = "ner_tags",
-                     subwords: str = "first") -> Task:
+                     subwords: str = "first", scheme: str = "iob") -> Task:
     """A token task from a ``datasets.DatasetDict`` with word lists and ClassLabel tag lists."""
     train = dataset["train"]
     for column in (tokens_column, tags_column):
@@ -147,6 +165,8 @@ def from_hub_dataset(dataset, name: str, tokens_column: str = "tokens", tags_col
     names = getattr(getattr(feature, "feature", None), "names", None)
     if names is None:
         raise DataError(f"task {name}: column {tags_column!r} holds no ClassLabel tag names")
+    for tag in names:
+        check_tag(tag, f"task {name}: column {tags_column!r}", scheme)
     splits = {}
     for split, hub_split in HUB_SPLITS.items():
         if hub_split not in dataset:
@@ -163,7 +183,7 @@ def conll2003(spec) -> Task:
     if spec.path is None and spec.train_file is None:
         ds = load_hub(options.get("hub", "eriktks/conll2003"), None, spec)
         return from_hub_dataset(ds, spec.name, options.get("tokens_column", "tokens"),
-                                options.get("tags_column", "ner_tags"), _subwords(options))
+                                options.get("tags_column", "ner_tags"), _subwords(options), tag_scheme(options))
     return from_files(spec, CONLL2003_TAGS)
 
 
@@ -174,5 +194,5 @@ def conll(spec) -> Task:
     if "hub" in options:
         ds = load_hub(options["hub"], None, spec)
         return from_hub_dataset(ds, spec.name, options.get("tokens_column", "tokens"),
-                                options.get("tags_column", "ner_tags"), _subwords(options))
+                                options.get("tags_column", "ner_tags"), _subwords(options), tag_scheme(options))
     return from_files(spec, None)

@@ -17,6 +17,13 @@ some are not integers, else classification. The label set and its order are
 ``task.labels`` when given, else the sorted unique train labels (numerically when
 all are integers). For two classes, ``f1`` counts the second label as positive.
 
+Contracts (each a DataError or SpecError naming the file and line): CSV quoting is strict (an
+unterminated quote is an error, not rows merged into one field); header columns and JSON keys are
+unique; ``text_column``, ``text_pair_column`` and ``label_column`` are distinct; texts are non-blank
+strings (a JSON object or number is not text); a label written as a missing value (NaN, NA, null) is
+an error in train and dev; cells may be as large as the data needs (the csv module's 128 KiB field limit
+is lifted). Hub data sets get the same text and label checks (data/hub.py).
+
 Options: ``dev_fraction`` (carve a seeded, stratified dev split out of train when
 there is no dev file), ``split_seed`` (0), ``quoting`` (``none`` | ``minimal``),
 ``metrics`` and ``main_metric`` (override the defaults).
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +47,9 @@ from transferlab.errors import DataError, SpecError
 
 OPTIONS = ("dev_fraction", "split_seed", "quoting", "metrics", "main_metric")
 Row = tuple[int, dict]  # (line number in the file, {column: value})
+MISSING = ("nan", "na", "n/a", "null", "none")  # a label written as a missing value is an error, not a class
+# the csv module refuses fields over 128 KiB by default; a long document is a valid cell (the data decides)
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 def read_table(path: Path, fmt: str, quoting: str | None = None,
@@ -63,21 +75,38 @@ def _read_delimited(path: Path, fmt: str, quoting: str | None) -> tuple[list[str
             f,
             delimiter="," if fmt == "csv" else "\t",
             quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL,
+            strict=True,  # an unterminated quote is an error, not rows merged into one field
         )
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: the file is empty (expected a header row)")
         rows, blanks = [], []
-        for row in reader:
-            if not row:
-                blanks.append(reader.line_num)
-                continue
-            if len(row) != len(header):
-                raise DataError(
-                    f"{path}, line {reader.line_num}: {len(row)} fields, the header has {len(header)}"
-                )
-            rows.append((reader.line_num, dict(zip(header, row))))
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: the file is empty (expected a header row)")
+            _unique_columns(path, header)
+            _delimited_rows(path, reader, header, rows, blanks)
+        except csv.Error as e:
+            start = max([rows[-1][0] if rows else 1, *blanks]) + 1  # the line after the last complete row
+            what = "a quoted field opened here is never closed" if "end of data" in str(e) else str(e)
+            raise DataError(f"{path}, line {start}: malformed {fmt.upper()} row ({what})") from None
     return header, rows, blanks
+
+
+def _unique_columns(path: Path, header: list[str]) -> None:
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise DataError(f"{path}, line 1: column {name!r} appears twice in the header; columns must be unique")
+        seen.add(name)
+
+
+def _delimited_rows(path: Path, reader, header: list[str], rows: list[Row], blanks: list[int]) -> None:
+    for row in reader:
+        if not row:
+            blanks.append(reader.line_num)
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields, the header has {len(header)}")
+        rows.append((reader.line_num, dict(zip(header, row))))
 
 
 def _read_jsonl(path: Path) -> tuple[list[str], list[Row], list[int]]:
@@ -89,13 +118,47 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[Row], list[int]]:
                 blanks.append(line)
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}, line {line}: not valid JSON ({e.msg})") from None
+            except ValueError as e:
+                raise DataError(f"{path}, line {line}: {e}") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}, line {line}: expected a JSON object, got {type(obj).__name__}")
             rows.append((line, obj))
     return (list(rows[0][1]) if rows else []), rows, blanks
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"key {key!r} appears twice in one object; keys must be unique")
+    return dict(pairs)
+
+
+def check_columns(spec) -> None:
+    """The text, pair and label columns of a task are distinct columns."""
+    if spec.text_column == spec.label_column:
+        raise SpecError(f"task.text_column: {spec.text_column!r} is also task.label_column; the text and the "
+                        "label must be different columns")
+    if spec.text_pair_column is not None and spec.text_pair_column in (spec.text_column, spec.label_column):
+        raise SpecError(f"task.text_pair_column: {spec.text_pair_column!r} is also task.text_column or "
+                        "task.label_column; a pair needs a column of its own")
+
+
+def text_values(values: list[tuple[str, object]], column: str) -> list[str]:
+    """(where, raw value) pairs -> texts; a missing, non-string or blank text is a DataError naming ``where``."""
+    out = []
+    for where, value in values:
+        if value is None:
+            raise DataError(f"{where}: no value in column {column!r}")
+        if not isinstance(value, str):
+            raise DataError(f"{where}: column {column!r} holds a {type(value).__name__}, expected text")
+        if not value.strip():
+            raise DataError(f"{where}: the text in column {column!r} is empty")
+        out.append(value)
+    return out
 
 
 def _column(path: Path, columns: list[str], rows: list[Row], name: str, field: str) -> None:
@@ -119,13 +182,7 @@ def _number(text: str) -> float | None:
 
 
 def _texts(path: Path, rows: list[Row], column: str) -> list[str]:
-    out = []
-    for line, row in rows:
-        value = row.get(column)
-        if value is None:
-            raise DataError(f"{path}, line {line}: no value in column {column!r}")
-        out.append(value if isinstance(value, str) else str(value))
-    return out
+    return text_values([(f"{path}, line {line}", row.get(column)) for line, row in rows], column)
 
 
 def _sorted_labels(keys: set[str]) -> list[str]:
@@ -145,6 +202,14 @@ def label_ids(values: list[tuple[str, object]], problem: str, names: list[str], 
     unlabelled row (-1 / nan) where labels are ``optional``, else a DataError naming ``where``."""
     out = []
     for where, value in values:
+        if isinstance(value, (dict, list)):
+            raise DataError(f"{where}: the label is a {type(value).__name__}, expected a class name or a number")
+        missing = (isinstance(value, float) and math.isnan(value)
+                   or isinstance(value, str) and value.strip().lower() in MISSING)
+        if missing and problem != "regression":  # (a regression target 'nan' is refused below as not finite)
+            if not optional:
+                raise DataError(f"{where}: the label {value!r} is a missing value; give a label or drop the row")
+            value = None
         key = _key(value)
         if key == "" and optional:
             out.append(np.nan if problem == "regression" else -1)
@@ -186,6 +251,7 @@ def _resolve(spec, ext: str) -> dict[str, tuple[Path | None, bool]]:
 def build_files(spec, fmt: str) -> Task:
     """A classification or regression text task from csv/tsv/jsonl files (see the module doc)."""
     options = check_options(spec, OPTIONS)
+    check_columns(spec)
     paths = _resolve(spec, fmt)
     dev_fraction = options.get("dev_fraction")
     dev_path, dev_explicit = paths["dev"]

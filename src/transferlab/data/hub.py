@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.common import HUB_OPTIONS, carve, check_options, load_hub
-from transferlab.data.files import _key, _metrics, _problem, label_ids
+from transferlab.data.files import _key, _metrics, _problem, check_columns, label_ids, text_values
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import DataError, SpecError
 
@@ -107,6 +107,7 @@ def hub(spec) -> Task:
     import datasets
 
     options = check_options(spec, OPTIONS)
+    check_columns(spec)
     name = str(options.get("dataset") or spec.path)
     splits_in, _ = _pick(load(spec, options), options, name)
     if "dev" in splits_in and options.get("dev_fraction") is not None:
@@ -129,8 +130,8 @@ def hub(spec) -> Task:
     splits = {}
     for split, ds in splits_in.items():
         labels = _labels(ds, spec.label_column, problem, names, isinstance(feature, datasets.ClassLabel), split)
-        pairs = None if spec.text_pair_column is None else [str(t) for t in ds[spec.text_pair_column]]
-        splits[split] = Split(labels, [str(t) for t in ds[spec.text_column]], pairs)
+        pairs = None if spec.text_pair_column is None else _hub_texts(ds, spec.text_pair_column, name, split)
+        splits[split] = Split(labels, _hub_texts(ds, spec.text_column, name, split), pairs)
     if "dev" not in splits:
         fraction = float(options.get("dev_fraction", 0.1))
         splits["train"], splits["dev"] = carve(splits["train"], fraction, int(options.get("split_seed", 0)),
@@ -139,6 +140,11 @@ def hub(spec) -> Task:
     return Task(name=name, splits=splits, problem=problem, num_labels=1 if problem == "regression" else len(names),
                 metrics=metrics, main_metric=main, label_names=None if problem == "regression" else names,
                 extra={"pair": spec.text_pair_column is not None, "source": name})
+
+
+def _hub_texts(ds, column: str, name: str, split: str) -> list[str]:
+    """The column's texts, checked as a file's are (data/files.py: text_values)."""
+    return text_values([(f"task hub {name}: {split} row {i}", v) for i, v in enumerate(ds[column])], column)
 
 
 def _labels(ds, column: str, problem: str, names: list[str], class_label: bool, split: str) -> np.ndarray:

@@ -111,15 +111,21 @@ def read_squad(path: Path) -> list[tuple[str, list]]:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{path}: not a SQuAD JSON file ({e})") from None
     articles = []
-    for article in data:
-        rows = []
-        for para in article["paragraphs"]:
-            context = para["context"]
-            for qa in para["qas"]:
-                answers = [(a["text"], int(a["answer_start"])) for a in qa["answers"]]
-                check_answers(qa["id"], context, answers, path)
-                rows.append((qa["id"], qa["question"], context, answers))
-        articles.append((article.get("title", ""), rows))
+    qid = None
+    try:
+        for article in data:
+            rows = []
+            for para in article["paragraphs"]:
+                context = para["context"]
+                for qa in para["qas"]:
+                    qid = qa["id"]
+                    answers = [(a["text"], int(a["answer_start"])) for a in qa["answers"]]
+                    check_answers(qid, context, answers, path)
+                    rows.append((qid, qa["question"], context, answers))
+            articles.append((article.get("title", ""), rows))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        where = f"question {qid}: " if qid is not None else ""
+        raise DataError(f"{path}: {where}not in the SQuAD v1.1 layout ({type(e).__name__}: {e})") from None
     return articles
 
 
@@ -127,6 +133,11 @@ def check_answers(qid: str, context: str, answers: list[tuple[str, int]], where)
     if not answers:
         raise DataError(f"{where}: question {qid} has no answer (SQuAD v1.1 questions all have one)")
     for text, start in answers:
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: question {qid}: an answer is empty; every answer is a span of its context")
+        if not 0 <= start <= len(context) - len(text):
+            raise DataError(f"{where}: question {qid}: answer {text!r} at offset {start} lies outside its context "
+                            f"({len(context)} characters)")
         found = context[start : start + len(text)]
         if found != text:
             raise DataError(f"{where}: question {qid}: answer {text!r} does not match the context at offset "

@@ -226,6 +226,14 @@ def check_freeze(spec) -> None:
         if default is not None and (isinstance(value, bool) != isinstance(default, bool)
                                     or not isinstance(value, number or type(default))):
             raise SpecError(f"freeze.options.{key}: {value!r} is not a {type(default).__name__}")
+    if cls is LoRA:  # peft checks these only when the adapters are injected, after the run row exists
+        opts = {**cls.options, **spec.options}
+        if not (isinstance(opts["r"], int) and opts["r"] >= 1):
+            raise SpecError(f"freeze.options.r: the LoRA rank must be an integer >= 1, got {opts['r']!r}")
+        if not opts["alpha"] > 0:
+            raise SpecError(f"freeze.options.alpha: must be > 0, got {opts['alpha']!r}")
+        if not 0 <= opts["dropout"] < 1:
+            raise SpecError(f"freeze.options.dropout: must be in [0, 1), got {opts['dropout']!r}")
     if cls is BackboneForSteps and spec.steps <= 0:
         raise SpecError(f"freeze.steps: {spec.steps} must be > 0 for backbone_for_steps "
                         "(the steps the backbone stays frozen)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,16 @@ def provenance_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]
     return header, [[*map(str, k), str(n)] for k, n in counts.items()]
 
 
+def md_text(value) -> str:
+    """Text from the store (names, errors, fields) made inert in Markdown: a ``<`` that opens a tag escaped
+    (a viewer renders raw HTML; ``n < 10`` stays as it is), ``|`` escaped (it would split a table cell),
+    line breaks folded."""
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", " ".join(str(value).splitlines())).replace("|", "\\|")
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(map(md_text, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -246,7 +254,7 @@ def write_report(store: Store, out: Path, study: str | None = None, *, tost_marg
         (out / name).write_bytes(data)
         written.append(out / name)
     title = f"transferlab report: {study or store.path.name}"
-    md = [f"# {title}", ""]
+    md = [f"# {md_text(title)}", ""]
     for name, note, (header, rows) in sections:
         md += [f"## {name}", "", note, "", markdown_table(header, rows), ""]
     md += ["## Figures", ""] + [f"![{name}]({name})" for name in plots]

@@ -11,7 +11,23 @@ from transferlab.store import Store
 TABLES = ("runs", "evals", "curve", "studies")
 
 
-def export_tables(store: Store, out: Path, fmt: str = "csv") -> list[Path]:
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads these as a formula (CSV injection)
+
+
+def safe_cell(value):
+    """A text cell that a spreadsheet would run as a formula, prefixed with ' (OWASP's advice); numbers
+    (a negative metric) are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def export_tables(store: Store, out: Path, fmt: str = "csv", force: bool = False) -> list[Path]:
+    """The store's tables as files in ``out``; a file that exists is replaced only with ``force``."""
+    if not force:
+        for name in TABLES:
+            if (path := out / f"{name}.{fmt}").exists():
+                raise UserError(f"--{fmt}: {path} exists; pass --force to replace it")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     if fmt == "parquet":
@@ -27,7 +43,7 @@ def export_tables(store: Store, out: Path, fmt: str = "csv") -> list[Path]:
             with path.open("w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(header)
-                writer.writerows(rows)
+                writer.writerows([safe_cell(v) for v in r] for r in rows)
         else:
             path = out / f"{name}.parquet"
             columns = {h: [r[i] for r in rows] for i, h in enumerate(header)}

@@ -105,6 +105,39 @@ def cell_defs(study: StudySpec) -> list[CellDef]:
     return out
 
 
+MAX_RUNS = 10_000  # a larger study is refused unless confirmed (`transferlab run --yes`)
+
+
+def count_runs(study: StudySpec) -> int:
+    """How many runs the study plans (LR-search runs included), without expanding it: O(axes)."""
+    cells = len(_task_entries(study)) * len(study.few_sample or [None]) * len(study.arm_names)
+    for values in study.grid.values():
+        cells *= len(values)
+    search = len(study.lr_search.grid) * len(study.lr_search.seeds) if study.lr_search is not None else 0
+    return cells * (len(study.seeds) + search)
+
+
+def first_cells(study: StudySpec) -> list[CellDef]:
+    """One cell per arm (the first task, few-sample size and grid point): what a dry run of a study too
+    large to list checks."""
+    keys = list(study.grid)
+    label, task_overrides = _task_entries(study)[0]
+    out = []
+    for arm in study.arm_names:
+        overrides = dict(task_overrides)
+        if study.few_sample:
+            overrides["task.few_sample"] = study.few_sample[0]
+        overrides.update(study.arms.get(arm, {}))
+        combo = [values[0] for values in study.grid.values()]
+        overrides.update(zip(keys, combo))
+        out.append(CellDef(label or str(task_overrides.get("task.name", "task")), arm, arm, tuple(overrides.items())))
+    return out
+
+
+def first_runs(study: StudySpec) -> list[RunSpec]:
+    return [_build(study, c, study.seeds[0], None, c.cell) for c in first_cells(study)]
+
+
 def _build(study: StudySpec, cell: CellDef, seed: int, lr: float | None, name: str) -> RunSpec:
     overrides = dict(cell.overrides)
     if lr is not None:
@@ -157,11 +190,12 @@ def expand(study: StudySpec, lrs: dict[tuple[str, str], float] | None = None) ->
     return _check_unique(planned)
 
 
-def plan_study(study: StudySpec, validate: bool = True) -> StudyPlan:
-    """Expand both phases once and check every spec (values, files, models) before a row exists."""
+def plan_study(study: StudySpec, validate: bool = True, store=None) -> StudyPlan:
+    """Expand both phases once and check every spec (values, files, models) before a row exists.
+    ``store``: where stored runs named by transplant and distill steps are looked up."""
     plan = StudyPlan(study.study, expand_lr_search(study), expand(study))
     if validate:
         from transferlab.train.validate import validate_runs
 
-        validate_runs([p.spec for p in plan.search + plan.main])
+        validate_runs([p.spec for p in plan.search + plan.main], store)
     return plan

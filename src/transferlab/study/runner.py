@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from transferlab.data.degenerate import is_degenerate
+from transferlab.errors import UserError
 from transferlab.fingerprint import fingerprint
 from transferlab.spec import spec_hash, to_dict
 from transferlab.store import LEASE_S, Store
@@ -245,9 +246,13 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
     and ``resources`` (study/ray_executor.py). ``plan``: the study already planned (``plan_study``); with
     an Executor given too, its workers were checked with it (the CLI does both before it opens the store).
     """
+    if not isinstance(study, StudySpec):
+        raise UserError(f"run_study: expected a StudySpec (load_study(path or dict)), got {type(study).__name__}")
+    if not isinstance(store, Store):
+        raise UserError(f"run_study: store must be a Store, got {type(store).__name__}")
     out = out or (lambda line: print(line, flush=True))
     checked = plan is not None and not isinstance(executor, str)  # the caller checked this executor's workers
-    plan = plan or plan_study(study)  # first: a study that cannot expand or validate is not registered
+    plan = plan or plan_study(study, store=store)  # first: a study that cannot expand or validate is not registered
     search, main = plan.search, plan.main
     if isinstance(executor, str):  # before anything is written: a bad cluster address leaves the store as it was
         kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.errors import SpecError
-from transferlab.spec import RunSpec, apply_overrides, read_yaml, spec_from_dict, to_dict
+from transferlab.spec import RunSpec, apply_overrides, check_plain, read_yaml, spec_from_dict, to_dict
 from transferlab.train.track import TrackingSpec
 
 
@@ -141,6 +141,9 @@ class StudySpec:
         return list(self.arms) or [self.base.get("name", "base")]
 
 
+MAX_SEEDS = 100_000
+
+
 def resolve_seeds(value: Any, where: str) -> list[int]:
     """A seed list from ``[0, 1, 2]`` or ``{start: 0, stop: 10}`` (stop excluded, as in range)."""
     if isinstance(value, dict):
@@ -148,15 +151,20 @@ def resolve_seeds(value: Any, where: str) -> list[int]:
         if unknown or "stop" not in value:
             raise SpecError(f"{where}: a range is {{start: 0, stop: 10, step: 1}} (stop excluded), got {value!r}")
         try:
-            value = list(range(int(value.get("start", 0)), int(value["stop"]), int(value.get("step", 1))))
+            seeds = range(int(value.get("start", 0)), int(value["stop"]), int(value.get("step", 1)))
         except (TypeError, ValueError):
             raise SpecError(f"{where}: range bounds must be integers, got {value!r}") from None
+        if len(seeds) > MAX_SEEDS:
+            raise SpecError(f"{where}: {len(seeds)} seeds; at most {MAX_SEEDS} per study")
+        value = list(seeds)
     if not isinstance(value, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in value):
         raise SpecError(f"{where}: expected a list of integer seeds or {{start, stop}}, got {value!r}")
     if not value:
         raise SpecError(f"{where}: the seed list is empty; give at least one seed")
     if len(set(value)) != len(value):
         raise SpecError(f"{where}: seeds repeat: {value}")
+    if bad := [s for s in value if not 0 <= s < 2**32]:
+        raise SpecError(f"{where}: seed {bad[0]} is outside [0, 2**32)")
     return value
 
 
@@ -201,6 +209,10 @@ def _field_type(cls: type, name: str) -> Any:
 
 def load_study(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] = ()) -> StudySpec:
     """A checked StudySpec from a YAML file or plain data; ``overrides`` as in ``--set base.optim.lr=1e-5``."""
+    if not isinstance(source, (str, Path, dict)):
+        raise SpecError(f"load_study: expected a YAML file path or a dict, got {type(source).__name__}")
+    if isinstance(source, dict):
+        check_plain(source, "load_study")
     data = source if isinstance(source, dict) else read_yaml(source)
     data = apply_overrides(data, overrides or [])
     return spec_from_dict(data, StudySpec)

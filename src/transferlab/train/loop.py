@@ -113,7 +113,7 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
     if len(todo) > 1 and (why := unsupported([specs[i] for i in todo], hooks)) is not None:
         raise Unsupported(f"seed-parallel: {why}")
     # every value, file and model before a run row exists; the tasks built on the way are used, not rebuilt
-    tasks = {} if validated else validate_runs([specs[i] for i in todo])
+    tasks = {} if validated else validate_runs([specs[i] for i in todo], store)
     if todo:
         group = _Group([specs[i] for i in todo], store, study, progress, hooks, clock, [ids[i] for i in todo], tasks)
         for i, result in zip(todo, group.run()):

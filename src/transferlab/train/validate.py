@@ -13,7 +13,13 @@ What is checked (each raises a SpecError, DataError or ModelError, all UserError
                are read in full exactly as the run will (encoding, columns, labels); other tasks' top-level
                text files in task.path are checked to be readable UTF-8
     model      a folder has a readable config.json and weights whose safetensors headers parse; a hub id
-               resolves its config (from the cache when offline); aliases need nothing
+               resolves its config (from the cache when offline); aliases need nothing; for a text task a
+               folder or hub id has a real tokenizer (a vocabulary of at least MIN_VOCAB entries, and a sample
+               sentence that does not come back as unknown tokens)
+    recipe     seed in [0, 2**32); optimizer and schedule names and values; init.std; re-init depth and
+               init rules' layers against the model's layers (its config, on the meta device: no weights);
+               transplant sources and distillation teachers (folders checked like model.name, stored runs
+               looked up in their store)
 """
 
 from __future__ import annotations
@@ -33,15 +39,23 @@ FILE_TASKS = ("csv", "tsv", "jsonl")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
-def validate_run(spec: RunSpec, *, data: bool = True, model: bool = True):
+MIN_VOCAB = 100  # fewer entries: a tokenizer built from nothing (a folder without tokenizer files)
+SEED_LIMIT = 2**32  # numpy's seeds: [0, 2**32)
+NON_TEXT_TASKS = ("bit_memory", "bit_xor", "digits", "mnist", "cifar10", "cifar10_gray", "listops", "protein")
+
+
+def validate_run(spec: RunSpec, *, data: bool = True, model: bool = True, store=None):
     """Raise a UserError for the first mistake in ``spec``. Returns the task when checking it meant
-    building it (the user's own files, read in full), for the run to use, else None."""
+    building it (the user's own files, read in full), for the run to use, else None.
+    ``store``: where stored runs named by transplant and distill steps are looked up."""
     check_values(spec)
+    check_recipe(spec, store)
     check_device(spec.train.device, spec.train.precision)
     built = check_task(spec.task, spec.seed) if data else None
     if model:
-        check_model(spec.model)
+        check_model(spec.model, text=_text_task(spec))
         check_checkpointing(spec)
+    check_depth(spec)
     return built
 
 
@@ -50,18 +64,133 @@ def task_key(spec: RunSpec) -> tuple[str, int]:
     return json.dumps(to_dict(spec.task), sort_keys=True), spec.seed
 
 
-def validate_runs(specs: list[RunSpec]) -> dict[tuple[str, int], object]:
+def validate_runs(specs: list[RunSpec], store=None) -> dict[tuple[str, int], object]:
     """``validate_run`` for each spec; a task or model shared by several specs is checked once.
     Returns the tasks built on the way, by ``task_key``, so that the loop does not build them again."""
     tasks, models, built = set(), set(), {}
     for spec in specs:
-        tkey, mkey = task_key(spec)[0], json.dumps(to_dict(spec.model), sort_keys=True)
-        task = validate_run(spec, data=tkey not in tasks, model=mkey not in models)
+        tkey = task_key(spec)[0]
+        mkey = json.dumps([to_dict(spec.model), _text_task(spec)], sort_keys=True)
+        task = validate_run(spec, data=tkey not in tasks, model=mkey not in models, store=store)
         if task is not None:
             built[task_key(spec)] = task
         tasks.add(tkey)
         models.add(mkey)
     return built
+
+
+def _text_task(spec: RunSpec) -> bool:
+    from transferlab.data.build import _register_tasks
+    from transferlab.data.task import TASKS
+
+    _register_tasks()
+    tasks = spec.multitask.tasks if spec.multitask is not None else [spec.task]
+    return any(t.name in TASKS and TASKS.canonical(t.name) not in NON_TEXT_TASKS for t in tasks)
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+def check_recipe(spec: RunSpec, store=None) -> None:
+    """Seeds, names and values of the recipe's sections, and the files and runs they name."""
+    from transferlab.recipes.optim import OPTIMIZERS
+    from transferlab.recipes.schedules import SCHEDULES
+    from transferlab.recipes.schedules import _check as check_schedule
+
+    if not 0 <= spec.seed < SEED_LIMIT:
+        raise SpecError(f"seed: {spec.seed} is outside [0, 2**32)")
+    OPTIMIZERS.get(spec.optim.name, field="optim.name")
+    SCHEDULES.get(spec.schedule.name, field="schedule.name")
+    check_schedule(spec.schedule)
+    if spec.init.std is not None and not (math.isfinite(spec.init.std) and spec.init.std > 0):
+        raise SpecError(f"init.std: must be a number > 0, got {spec.init.std}")
+    for i, step in enumerate(spec.transplant):
+        if step.source is not None:
+            _check_source(step.source, f"transplant[{i}].source")
+        else:
+            _check_stored(step.run, step.store, store, f"transplant[{i}].run", f"transplant[{i}].store")
+    d = spec.distill
+    if d.kind != "none" and d.teacher:
+        if Path(d.teacher).expanduser().is_dir() or d.teacher.startswith(("/", "./", "../", "~")):
+            _check_source(d.teacher, "distill.teacher")
+        else:
+            _check_stored(d.teacher, d.teacher_store, store, "distill.teacher", "distill.teacher_store")
+
+
+def _check_source(name: str, where: str) -> None:
+    """A model another part reads (a transplant source, a teacher folder): checked as model.name is."""
+    try:
+        folder = Path(name).expanduser()
+        if folder.is_dir() and (folder / "head.json").is_file() and not (folder / "config.json").is_file():
+            return  # a transferlab export without a config at the top: its loader checks it
+        check_model(ModelSpec(name=name))
+    except ModelError as e:
+        raise ModelError(str(e).replace("model.name:", f"{where}:", 1)) from None
+
+
+def _check_stored(ref: str | None, store_path: str | None, store, where: str, store_where: str) -> None:
+    """A stored run named by ``ref``: its store exists and holds it (the run's own store when none is named)."""
+    from transferlab.errors import UserError
+
+    if store_path is not None:
+        if not Path(store_path).expanduser().is_file():
+            raise ModelError(f"{store_where}: {store_path} does not exist")
+        from transferlab.store import Store
+
+        store = Store(store_path, create=False)
+    if store is None or ref is None:
+        return  # the step's own check names what is missing
+    try:
+        row = store.get(ref)
+    except UserError as e:
+        raise ModelError(f"{where}: {e}") from None
+    if row.status != "finished":
+        raise ModelError(f"{where}: run {row.uid} is {row.status}, not finished; it has no final weights")
+
+
+def check_depth(spec: RunSpec) -> None:
+    """Re-init depth and init rules' layers against the model's layers, on a weightless (meta) copy."""
+    init = spec.init
+    if init.reinit_layers < 0:
+        raise SpecError(f"init.reinit_layers: must be >= 0, got {init.reinit_layers}")
+    if not init.reinit_layers and not init.rules:
+        return
+    from transferlab.recipes.init import init_rules, select
+
+    skeleton = _skeleton(spec)
+    if skeleton is None:
+        return  # no schema without a model (LSTM, unknown family): apply_init reports it, as before
+    from transferlab.models.schema.base import schema_of
+
+    schema = schema_of(skeleton)
+    for i, (sel, _, _) in enumerate(init_rules(init, schema)):
+        select(schema, sel, f"init rule {i} select")
+
+
+def _skeleton(spec: RunSpec):
+    """The backbone of ``spec.model`` on the meta device (its config only), or None where that cannot be built."""
+    import transformers as tf
+
+    from transferlab.models.backbone import TINY_ALIASES, _tiny_config
+    from transferlab.models.common import minilm_path
+    from transferlab.models.depth import keep_first_layers
+    from transferlab.models.lstm import is_lstm
+
+    m = spec.model
+    if is_lstm(m.name) or m.name.startswith("antiberty"):
+        return None
+    try:
+        if m.name in TINY_ALIASES:
+            config = _tiny_config(m.name)[0]
+        else:
+            source = minilm_path() if m.name == "minilm" else m.name
+            config = tf.AutoConfig.from_pretrained(source, revision=m.revision, local_files_only=True,
+                                                   trust_remote_code=m.trust_remote_code)
+        with torch.device("meta"):
+            model = tf.AutoModel.from_config(config)
+        return keep_first_layers(model, m.num_layers)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, NotImplementedError):
+        return None
 
 
 # --------------------------------------------------------------------------- values
@@ -185,7 +314,7 @@ def check_task(task: TaskSpec, seed: int = 0):
 # --------------------------------------------------------------------------- model
 
 
-def check_model(spec: ModelSpec) -> None:
+def check_model(spec: ModelSpec, text: bool = False) -> None:
     from transferlab.models.backbone import TINY_ALIASES
     from transferlab.models.common import minilm_path
     from transferlab.models.lstm import is_lstm
@@ -198,12 +327,43 @@ def check_model(spec: ModelSpec) -> None:
         from transferlab.models.antiberty import check_init
 
         return check_init(spec.name, spec.init)
+    _check_weights(spec)
+    if text:
+        check_tokenizer(spec)
+
+
+def _check_weights(spec: ModelSpec) -> None:
     folder = Path(spec.name).expanduser()
     if folder.is_dir():
         return _check_folder(folder, spec)
     if spec.name.startswith(("/", "./", "../", "~")):
         raise ModelError(f"model.name: folder {spec.name} does not exist")
     _check_hub(spec)
+
+
+def check_tokenizer(spec: ModelSpec) -> None:
+    """A text model's tokenizer loads and is real: a vocabulary of at least MIN_VOCAB entries, and a
+    sample sentence that is not all unknown tokens. (A folder without tokenizer files makes transformers
+    build a five-entry tokenizer that turns every word into [UNK]: a run would train on nothing.)"""
+    import transformers as tf
+
+    from transferlab.models.backbone import _offline
+
+    source = spec.name
+    try:
+        tok = tf.AutoTokenizer.from_pretrained(source, revision=spec.revision, local_files_only=_offline(spec),
+                                               trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"model.name: {source} has no usable tokenizer for a text task "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if len(tok) < MIN_VOCAB:
+        raise ModelError(f"model.name: the tokenizer of {source} has {len(tok)} entries (expected at least "
+                         f"{MIN_VOCAB}); are its tokenizer files missing?")
+    sample = "the film was good"
+    ids = tok(sample, add_special_tokens=False)["input_ids"]
+    if not ids or (tok.unk_token_id is not None and all(i == tok.unk_token_id for i in ids)):
+        raise ModelError(f"model.name: the tokenizer of {source} turns {sample!r} into unknown tokens only; "
+                         "are its tokenizer files missing?")
 
 
 def _check_folder(folder: Path, spec: ModelSpec) -> None:
