@@ -211,7 +211,7 @@ class FusedTrainee(StackedTrainee):
         self.module.checkpoint = True
 
     def prepare(self, host: dict[str, Tensor], padded: bool) -> dict[str, Tensor]:
-        from transferlab.train.fused import pack_index, pack_offsets
+        from transferlab.train.fused import pack_index, pack_offsets, pack_seqlens
 
         mask = host["attention_mask"]
         if not (self.unpad and padded):
@@ -219,8 +219,9 @@ class FusedTrainee(StackedTrainee):
             return host
         index = pack_index(mask)
         _count(self.tokens, mask, index.numel())
-        if self.jagged:
-            return {**host, "pack_index": index, "pack_offsets": pack_offsets(mask, index.shape[1])}
+        if self.jagged:  # offsets and their shortest/longest segment on the host: no .item() in the step
+            offsets = pack_offsets(mask, index.shape[1])
+            return {**host, "pack_index": index, "pack_offsets": offsets, "pack_seqlens": pack_seqlens(offsets)}
         return {**host, "pack_index": index}
 
     def backward(self, batches: list[dict[str, Tensor]], accum: int, loss_hooks=()) -> Tensor:
