@@ -32,6 +32,17 @@ def _cuda_run(spec) -> bool:
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
+def _state_dtype_checked(groups: list[list[Job]]) -> list[list[Job]]:
+    """optim.state_dtype: bf16 holds seed-stacked states only: a run left alone is refused before any is claimed."""
+    from transferlab.recipes.optim import check_state_dtype
+    from transferlab.spec import spec_from_dict
+
+    for group in groups:
+        if group[0].spec.get("optim", {}).get("state_dtype", "fp32") != "fp32":
+            check_state_dtype(spec_from_dict(group[0].spec).optim, seed_stacked=len(group) > 1)
+    return groups
+
+
 def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) -> list[list[Job]]:
     """Jobs in groups of one recipe (at most MAX_SEEDS each); every job alone when ``mode`` is off, when
     loop hooks are in play, or the engine cannot run the recipe.
@@ -43,7 +54,7 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
     if mode not in ("auto", "on", "off"):
         raise UserError(f"--seed-parallel: {mode!r} is not one of auto, on, off")
     if mode == "off" or has_hooks or len(jobs) < 2 or any(job.tracking for job in jobs):  # live tracking: one by one
-        return [[job] for job in jobs]
+        return _state_dtype_checked([[job] for job in jobs])
     from transferlab.spec import spec_from_dict, spec_hash
     from transferlab.train.support import Unsupported, unsupported
 
@@ -67,8 +78,9 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
                 rounds.append([])
             rounds[k].append(chunk)
     groups = [g for r in rounds for g in r]
+    _state_dtype_checked(groups)
     if not any(len(g) > 1 for g in groups):
-        return [[job] for job in jobs]  # nothing stacked: exactly the planned (seed-major) order
+        return _state_dtype_checked([[job] for job in jobs])  # nothing stacked: exactly the planned (seed-major) order
     return groups
 
 
