@@ -173,6 +173,7 @@ class WeightBytes(TorchDispatchMode):
     def __init__(self, sizes: set[int]):
         super().__init__()
         self.sizes, self.derived, self.bytes = sizes, set(), 0
+        self.elementwise = 0  # activation bytes of operators other than products and attention (cost model)
 
     def _weight(self, t) -> bool:
         if not isinstance(t, torch.Tensor) or t.is_nested or t.layout != torch.strided:
@@ -185,6 +186,8 @@ class WeightBytes(TorchDispatchMode):
         if func.is_view or func._schema.name.split("::")[-1].startswith(_FREE):
             return out
         inputs, ptrs, all_weight = [], set(), True
+        name = func._schema.name.split("::")[-1]
+        other = not name.startswith(_PRODUCTS)
         for i, arg in enumerate(func._schema.arguments):
             value = args[i] if i < len(args) else kwargs.get(arg.name)
             tensors = [t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
@@ -198,6 +201,8 @@ class WeightBytes(TorchDispatchMode):
                 inputs.append(t)
                 if weight:
                     self.bytes += t.numel() * t.element_size() * (2 if written else 1)
+                elif other:
+                    self.elementwise += t.numel() * t.element_size() * (2 if written else 1)
         for t in pytree.tree_leaves(out):
             if not isinstance(t, torch.Tensor) or t.is_nested or t.dim() == 0:
                 continue
@@ -207,9 +212,13 @@ class WeightBytes(TorchDispatchMode):
             if (inputs and all_weight) or t.numel() in self.sizes:
                 self.derived.add(ptr)
                 self.bytes += t.numel() * t.element_size()
+            elif other:
+                self.elementwise += t.numel() * t.element_size()
         return out
 
 
+_PRODUCTS = ("mm", "bmm", "baddbmm", "addmm", "addbmm", "matmul", "linear", "_scaled_dot_product", "_flash_attention",
+             "_efficient_attention", "scaled_dot_product", "embedding")
 _FREE = ("empty", "zeros", "new_empty", "new_zeros", "ones", "full", "detach", "alias", "lift_fresh", "_local_scalar")
 
 
