@@ -81,7 +81,7 @@ def test_flops_of_bert_base_shape_and_timer():
         timer.on_step_start(step)
     assert timer.seconds >= 0 and timer.t1 >= timer.t0
     line = format_rows([Row("single", 1, 10.0, 10.0, None, 0.01, None, 2, 0.8, 9.0, 11.0, 3)], header=False)
-    assert line == "| single | 1 | 10.0 | 9.0-11.0 | 10.0 |  | 0 | 0.0% | 1.0% | n/a | 3 x 2 steps, 0.8s |"
+    assert line == "| single | 1 | 10.0 | 9.0-11.0 | 10.0 |  | 0 | 0.0% | 1.0% | n/a | n/a | 3 x 2 steps, 0.8s |"
 
 
 def test_bench_profile_writes_a_trace(tmp_path, capsys):

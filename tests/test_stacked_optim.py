@@ -10,7 +10,7 @@ import yaml
 from conftest import tiny_spec_dict, write_sentiment_csv
 
 from transferlab.cli import main
-from transferlab.recipes.optim import AdaBelief, AdamW, _adam_eager, build_optimizer
+from transferlab.recipes.optim import AdamW, _adam_eager, build_optimizer
 from transferlab.spec import OptimSpec, load_spec, run_id, spec_hash
 from transferlab.store import Store
 from transferlab.train.compute import StackedTrainee

@@ -87,7 +87,7 @@ class Scratch:
         return buf[: p.numel()].view(p.shape)
 
 
-def _by_step(params, grads, steps, states):
+def _by_step(steps: list[int]):
     """Indices of the params grouped by their step count (one group in a run whose params all train from 0)."""
     groups: dict[int, list[int]] = {}
     for i, t in enumerate(steps):
@@ -132,7 +132,7 @@ class AdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             params, grads, steps, (ms, vs) = _grads(self, group, ("exp_avg", "exp_avg_sq"), self.state_dtype)
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for t, idx in _by_step(params, grads, steps, (ms, vs)):
+            for t, idx in _by_step(steps):
                 c1, c2 = (1 - b1**t, 1 - b2**t) if group["bias_correction"] else (1.0, 1.0)
                 lists = [[x[i] for i in idx] for x in (params, grads, ms, vs)]
                 if _fusable(*lists):
