@@ -50,6 +50,16 @@ def test_one_pass_fused_update_equals_the_written_out_update(bias_correction):
     assert fused.state[fused_p[0]]["step"] == 4
 
 
+def test_zero_learning_rate_moves_nothing_but_the_moments():
+    """A warmup's first step has lr 0: the one-pass update must not divide by it (decay lr * wd is 0 too)."""
+    params = _stacked_params(2)
+    before = [p.detach().clone() for p in params]
+    opt = AdamW(params, lr=0.0, weight_decay=0.01, bias_correction=False)
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(bool(opt.state[p]["exp_avg"].abs().sum() > 0) for p in params)
+
+
 @pytest.mark.parametrize("name", ["adamw", "bertadam", "adabelief"])
 def test_bf16_states_follow_fp32_states_closely(name):
     """optim.state_dtype: bf16 keeps m and v in bf16 (half the state memory) and moves the weights as fp32

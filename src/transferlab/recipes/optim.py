@@ -148,7 +148,8 @@ class AdamW(torch.optim.Optimizer):
         if key not in self._inf:  # step = inf: the kernel's bias corrections 1 - b^inf are exactly 1
             self._inf[key] = torch.tensor(float("inf"), device=key[0], dtype=torch.float32)
         torch._fused_adamw_(params, grads, ms, vs, [], [self._inf[key]] * len(params), lr=lr_t, beta1=b1,
-                            beta2=b2, weight_decay=lr * wd / lr_t, eps=eps_t, amsgrad=False, maximize=False)
+                            beta2=b2, weight_decay=lr * wd / lr_t if lr_t else 0.0, eps=eps_t, amsgrad=False,
+                            maximize=False)  # lr 0 (a warmup's first step): no decay, as lr * wd = 0
 
 
 def _adam_eager(p: Tensor, g: Tensor, m: Tensor, v: Tensor, d: Tensor, lr: float, b1: float, b2: float,
