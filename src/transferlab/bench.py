@@ -38,7 +38,8 @@ length, so MFU counts useful work only. FLOPs per sample = 6 x tokens x (weights
 layers) + 12 x layers x hidden x tokens^2 (attention scores and values), forward and backward:
 about 67 GFLOP for BERT-base at 128 tokens. Weight MB/seed-step: the bytes the weight side (parameters, their
 gradients and casts, optimizer states and temporaries) reads and writes in one step of our rows, counted operator by
-operator (:class:`WeightBytes`) in the untimed step after the timed ones, / S: clipping and the optimizer included.
+operator (:class:`WeightBytes`) in the untimed step after the timed ones, / S: clipping and the optimizer included
+(n/a with ``--compile on``: the counter is a dispatch mode, under which compiled code would run eagerly).
 """
 
 from __future__ import annotations
@@ -229,8 +230,10 @@ class Timer(Hook):
 
     seed_stacked = True
 
-    def __init__(self, warmup: int, steps: int, device: torch.device, trace: Path | None = None):
+    def __init__(self, warmup: int, steps: int, device: torch.device, trace: Path | None = None,
+                 count_bytes: bool = True):
         self.warmup, self.steps, self.device, self.trace = warmup, steps, device, trace
+        self.count_bytes = count_bytes  # off for compiled rows: a dispatch mode would send dynamo back to eager
         self.profiler: torch.profiler.profile | None = None
         self.table = ""
         self.t0 = self.t1 = None
@@ -289,7 +292,7 @@ class Timer(Hook):
                 self.mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
             elif self.rss0 is not None and (now := _rss_mb()) is not None:
                 self.mem_mb = max(0.0, now - self.rss0)
-            if self.sizes:  # our loop's rows (Trainer's has no optimizer hook): count this untimed step
+            if self.sizes and self.count_bytes:  # our loop's rows (not Trainer's): count this untimed step
                 self.counter = WeightBytes(self.sizes)
                 self.counter.__enter__()
 
@@ -412,13 +415,14 @@ def _plan(rows, seeds, make, store, dev, amp, probe) -> list[tuple[str, int, Any
     return plan
 
 
-def _measure(plan, repeat: int, warmup: int, steps: int, batch: int, dev, profile, out) -> dict[str, list[Timer]]:
+def _measure(plan, repeat: int, warmup: int, steps: int, batch: int, dev, profile, out,
+             count_bytes: bool = True) -> dict[str, list[Timer]]:
     """Every row ``repeat`` times in rotation (slow drifts in the machine's load hit every row alike)."""
     timers: dict[str, list[Timer]] = {row: [] for row, _, _ in plan}
     for rep in range(repeat):
         for row, s, train in plan:
             tag = row.replace(" ", "_").replace("=", "") + (f"_{rep}" if repeat > 1 else "")
-            timer = Timer(warmup, steps, dev, None if profile is None else Path(profile) / f"{tag}.json")
+            timer = Timer(warmup, steps, dev, None if profile is None else Path(profile) / f"{tag}.json", count_bytes)
             try:
                 train(timer)
             except (RuntimeError, torch.OutOfMemoryError) as exc:  # one row's failure (e.g. out of memory)
@@ -500,7 +504,7 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
                                                           compile_, seed=i, engine=engine,
                                                           checkpoint_layers=checkpoint_layers, optim=optim),
                      store, dev, amp, probe)
-        timers = _measure(plan, repeat, warmup, steps, batch, dev, profile, out)
+        timers = _measure(plan, repeat, warmup, steps, batch, dev, profile, out, count_bytes=not compile_)
         store.close()
     results = _summarise(plan, timers, batch, steps, repeat,
                          lambda tokens: flops_per_sample(reference, tokens if task else seq), peak)
