@@ -6,8 +6,10 @@ import pytest
 import torch
 from conftest import SHARED_DATA, needs_shared_data
 
-from transferlab.bench import Row, Timer, flops_per_sample, format_rows, matmul_peak
+from transferlab.bench import Row, Timer, WeightBytes, flops_per_sample, format_rows, matmul_peak
 from transferlab.cli import main
+from transferlab.models.backbone import load_backbone
+from transferlab.spec import ModelSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -25,10 +27,33 @@ def test_bench_cli_produces_every_row(tmp_path, capsys):
         assert r["repeats"] == 2 and r["low"] <= r["samples_s"] <= r["high"]
         assert r["per_seed"] == pytest.approx(r["samples_s"] / r["seeds"])
     assert rows["single"]["vs_trainer"] == pytest.approx(rows["single"]["samples_s"] / rows["trainer"]["samples_s"])
+    assert rows["trainer"]["weight_mb"] is None  # Trainer's optimizer runs outside our hooks: not counted
+    n = sum(p.numel() for p in load_backbone(ModelSpec(name="tiny-bert", init="random")).parameters())
+    for name in ("single", "parallel S=1", "parallel S=3"):  # forward, backward, clipping, fused AdamW: ~50 B/param
+        assert 30 * n < rows[name]["weight_mb"] * 1e6 < 120 * n, (name, rows[name]["weight_mb"], n)
     setup = result["setup"]
     assert setup["device"] == "cpu" and setup["peak_flops"] > 0 and setup["flops_per_sample"] > 0
     printed = capsys.readouterr().out
     assert printed.count("| parallel S=") == 2 and "| trainer |" in printed and "matmul peak" in printed
+
+
+def test_weight_bytes_counts_weight_side_reads_and_writes_only():
+    """Reads and writes of weight-side tensors at their size; activations, views and allocations are free; the
+    result of an operator on weights alone (a concatenation, a cast) is weight-side too."""
+    w1, w2 = torch.randn(6, 4), torch.randn(6, 4)
+    x = torch.randn(5, 4)
+    with WeightBytes({w1.numel()}) as counter:
+        w1.mul_(0.5)  # read + write: 2 x 96 bytes
+        assert counter.bytes == 2 * 96
+        y = x @ w1.t()  # the weight read (96); x and y are activations; .t() is a view
+        assert counter.bytes == 3 * 96
+        both = torch.cat([w1, w2])  # two reads, one weight-side write of 192 bytes
+        assert counter.bytes == 3 * 96 + 2 * 96 + 192
+        half = both.to(torch.bfloat16)  # a derived tensor read (192) and its cast written (96)
+        assert counter.bytes == 3 * 96 + 2 * 96 + 192 + 192 + 96
+        torch.zeros_like(w1)  # an allocation
+        assert counter.bytes == 3 * 96 + 2 * 96 + 192 + 192 + 96
+    assert y.shape == (5, 6) and half.dtype == torch.bfloat16
 
 
 def test_bench_user_errors(capsys):
@@ -56,7 +81,7 @@ def test_flops_of_bert_base_shape_and_timer():
         timer.on_step_start(step)
     assert timer.seconds >= 0 and timer.t1 >= timer.t0
     line = format_rows([Row("single", 1, 10.0, 10.0, None, 0.01, None, 2, 0.8, 9.0, 11.0, 3)], header=False)
-    assert line == "| single | 1 | 10.0 | 9.0-11.0 | 10.0 |  | 0 | 0.0% | 1.0% | n/a | 3 x 2 steps, 0.8s |"
+    assert line == "| single | 1 | 10.0 | 9.0-11.0 | 10.0 |  | 0 | 0.0% | 1.0% | n/a | n/a | 3 x 2 steps, 0.8s |"
 
 
 def test_bench_profile_writes_a_trace(tmp_path, capsys):

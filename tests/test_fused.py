@@ -21,7 +21,7 @@ from transferlab.models.heads import HEADS, build_head
 from transferlab.models.model import TransferModel
 from transferlab.spec import ModelSpec, load_spec, run_id, spec_hash
 from transferlab.store import Store
-from transferlab.train.fused import FusedModel, pack_index, pack_offsets
+from transferlab.train.fused import FusedModel, fused_layer, pack_index, pack_offsets, pack_seqlens
 from transferlab.train.loop import Unsupported, run, run_seeds
 from transferlab.train.support import choose_engine
 
@@ -51,7 +51,8 @@ def _batch(seeds: int, unpad: bool | str) -> dict[str, torch.Tensor]:
     if not unpad:
         return batch
     index = pack_index(mask)
-    jagged = {"pack_offsets": pack_offsets(mask, index.shape[1])} if unpad == "jagged" else {}
+    offsets = pack_offsets(mask, index.shape[1])
+    jagged = {"pack_offsets": offsets, "pack_seqlens": pack_seqlens(offsets)} if unpad == "jagged" else {}
     return {**batch, "pack_index": index, **jagged}
 
 
@@ -363,3 +364,33 @@ def test_checkpoint_layers_with_frozen_parts_and_other_families(over, data, tmp_
                progress=False)
     assert ckpt.status == "finished" and ckpt.run_id == plain.run_id
     assert ckpt.dev == pytest.approx(plain.dev, abs=1e-6)  # dropout 0 in _specs: the same run
+
+
+def test_jagged_layer_traces_as_one_graph_without_host_syncs(monkeypatch):
+    """The fused layer on a jagged batch, as CUDA runs it, is one graph with no break: the segments' shortest and
+    longest length come from the host (pack_seqlens, read while collating), so torch.nested needs no ``.item()``.
+
+    What this covers: on the CPU torch's nested SDPA takes its per-sequence math fallback, which reads lengths
+    with ``.item()`` by design; CUDA takes the varlen flash / memory-efficient branch. That branch is traced
+    here on meta tensors (torch picks flash for them when told the run only counts, as its flop counter does),
+    so the whole layer — projections, nested-tensor construction, SDPA preprocessing, dropout, LayerNorms — is
+    what dynamo sees on CUDA; the kernels themselves are not run."""
+    import torch.nested._internal.sdpa as nested_sdpa
+
+    monkeypatch.setattr(nested_sdpa, "_is_computing_meta_flops", lambda x: x.device.type == "meta")
+    models = [_model("tiny-bert", s, "cls") for s in range(2)]
+    fused = FusedModel(models[0], 2)
+    fused.load_slot(1, models[1])
+    batch = _batch(2, "jagged")
+    _, b, t = batch["input_ids"].shape
+    x = fused.encode(batch["input_ids"], batch["token_type_ids"], batch["pack_index"], None)[0]
+
+    def meta(z: torch.Tensor) -> torch.Tensor:
+        return z.detach().to("meta").requires_grad_(z.is_floating_point())
+
+    args = (meta(x), [meta(w) for w in fused.layer_weights[0]], batch["pack_index"].to("meta"), None, b, t,
+            fused.heads, fused.eps, 0.1, 0.1, fused.act, True, batch["pack_offsets"].to("meta"), batch["pack_seqlens"])
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fused_layer)(*args)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    assert batch["pack_seqlens"] == (2, 7)  # seed 1's last row holds 2 real tokens; full rows 7

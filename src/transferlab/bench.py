@@ -25,6 +25,8 @@ drifts of the load hit every row alike, and reports the median rate and the rang
 ``--task rte --data PATH`` (any GLUE task name and its folder) trains on that task's real training
 set (its true length distribution, cut at ``--seq``) instead of the synthetic sentences.
 
+``--optim NAME``: our rows' optimizer (default adamw; Trainer always runs its own AdamW).
+
 Columns: samples/s over all seeds; per seed; the ratio to Trainer; model-FLOPs utilisation
 (MFU) = samples/s x FLOPs per training sample / the matrix-product peak measured at the start of
 the same command; peak memory per seed (CUDA: ``torch.cuda.max_memory_allocated`` / S; CPU: the
@@ -34,7 +36,10 @@ token positions a row computed that were padding, counted by the trainee from th
 Trainer: from its collator's masks). In real-data mode the FLOPs per sample use the mean real
 length, so MFU counts useful work only. FLOPs per sample = 6 x tokens x (weights of the backbone's linear
 layers) + 12 x layers x hidden x tokens^2 (attention scores and values), forward and backward:
-about 67 GFLOP for BERT-base at 128 tokens.
+about 67 GFLOP for BERT-base at 128 tokens. Weight MB/seed-step: the bytes the weight side (parameters, their
+gradients and casts, optimizer states and temporaries) reads and writes in one step of our rows, counted operator by
+operator (:class:`WeightBytes`) in the untimed step after the timed ones, / S: clipping and the optimizer included
+(n/a with ``--compile on``: the counter is a dispatch mode, under which compiled code would run eagerly).
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from transferlab.errors import UserError
 from transferlab.recipes.hooks import Hook
@@ -73,6 +80,7 @@ class Row:
     repeats: int = 1
     tokens_s: float = 0.0  # real tokens per second, all seeds
     padded_share: float = 0.0  # token positions computed that were padding
+    weight_mb: float | None = None  # weight-side MB read + written per seed-step (WeightBytes; None: not counted)
 
 
 # ---------------------------------------------------------------------------- data and model
@@ -152,6 +160,69 @@ def _rss_mb() -> float | None:
     return None
 
 
+class WeightBytes(TorchDispatchMode):
+    """Counts the bytes the weight side of a training step moves: every operator's tensor arguments and results
+    that are weight-side, each at its full size (``numel x element size``), a read per argument, a write per
+    argument the operator's schema marks as mutated and per fresh result. Weight-side: a tensor with as many
+    elements as one of the model's parameters (the parameters and their views, their gradients, optimizer states,
+    casts; activations have other sizes in bench's shapes), or the
+    result of an operator all of whose tensor inputs are weight-side (a concatenation of weights, a temporary of
+    an optimizer). Views and allocations are free. Written here: torch's FLOP counter has no byte count.
+    Conventions: an embedding lookup counts its whole table (an upper bound); a gradient computed from
+    activations into a buffer of another shape (e.g. a concatenated one) is counted from where it is split."""
+
+    def __init__(self, sizes: set[int]):
+        super().__init__()
+        self.sizes, self.derived, self.bytes = sizes, set(), 0
+        self.elementwise = 0  # activation bytes of operators other than products and attention (cost model)
+
+    def _weight(self, t) -> bool:
+        if not isinstance(t, torch.Tensor) or t.is_nested or t.layout != torch.strided:
+            return False
+        return t.numel() in self.sizes or t.untyped_storage().data_ptr() in self.derived
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.is_view or func._schema.name.split("::")[-1].startswith(_FREE):
+            return out
+        inputs, ptrs, all_weight = [], set(), True
+        name = func._schema.name.split("::")[-1]
+        other = not name.startswith(_PRODUCTS)
+        for i, arg in enumerate(func._schema.arguments):
+            value = args[i] if i < len(args) else kwargs.get(arg.name)
+            tensors = [t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
+            written = arg.alias_info is not None and arg.alias_info.is_write
+            for t in tensors:
+                if t.dim() == 0:
+                    continue  # a scalar (step count, learning rate, norm)
+                ptrs.add(t.untyped_storage().data_ptr())
+                weight = self._weight(t)
+                all_weight &= weight
+                inputs.append(t)
+                if weight:
+                    self.bytes += t.numel() * t.element_size() * (2 if written else 1)
+                elif other:
+                    self.elementwise += t.numel() * t.element_size() * (2 if written else 1)
+        for t in pytree.tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or t.is_nested or t.dim() == 0:
+                continue
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in ptrs:
+                continue  # an in-place result: counted as a mutated argument
+            if (inputs and all_weight) or t.numel() in self.sizes:
+                self.derived.add(ptr)
+                self.bytes += t.numel() * t.element_size()
+            elif other:
+                self.elementwise += t.numel() * t.element_size()
+        return out
+
+
+_PRODUCTS = ("mm", "bmm", "baddbmm", "addmm", "addbmm", "matmul", "linear", "_scaled_dot_product", "_flash_attention",
+             "_efficient_attention", "scaled_dot_product", "embedding")
+_FREE = ("empty", "zeros", "new_empty", "new_zeros", "ones", "full", "detach", "alias", "lift_fresh", "_local_scalar")
+
+
 class Timer(Hook):
     """Times steps warmup .. warmup+steps (as a loop hook: ``on_step_start``) and the memory used;
     with ``trace`` (a file path) also profiles those steps and writes a Chrome trace there.
@@ -159,8 +230,10 @@ class Timer(Hook):
 
     seed_stacked = True
 
-    def __init__(self, warmup: int, steps: int, device: torch.device, trace: Path | None = None):
+    def __init__(self, warmup: int, steps: int, device: torch.device, trace: Path | None = None,
+                 count_bytes: bool = True):
         self.warmup, self.steps, self.device, self.trace = warmup, steps, device, trace
+        self.count_bytes = count_bytes  # off for compiled rows: a dispatch mode would send dynamo back to eager
         self.profiler: torch.profiler.profile | None = None
         self.table = ""
         self.t0 = self.t1 = None
@@ -170,10 +243,21 @@ class Timer(Hook):
             torch.cuda.reset_peak_memory_stats(device)
         self.rss0 = _rss_mb()
         self.counts: list[int] | None = None  # the trainee's (real, computed) token counters
+        self.counter: WeightBytes | None = None
+        self.weight_mb: float | None = None  # weight-side MB per seed-step of the step after the timed ones
+        self.sizes: set[int] = set()
         self.tokens = (0, 0)  # (real, computed) over the timed steps
 
     def on_train_start(self, model: nn.Module, optimizer, total_steps: int) -> None:
         self.counts = model.__dict__.get("token_counts")
+        self.sizes = {p.numel() for p in model.parameters()}
+        self.seeds = int(getattr(model, "seeds", 1))
+
+    def on_after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        if self.counter is not None:  # the step after the timed ones: its weight-side bytes, counted
+            self.counter.__exit__(None, None, None)
+            self.weight_mb = self.counter.bytes / self.seeds / 1e6
+            self.counter = None
 
     def _tokens(self) -> tuple[int, int]:
         return (0, 0) if self.counts is None else (self.counts[0], self.counts[1])
@@ -208,6 +292,9 @@ class Timer(Hook):
                 self.mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
             elif self.rss0 is not None and (now := _rss_mb()) is not None:
                 self.mem_mb = max(0.0, now - self.rss0)
+            if self.sizes and self.count_bytes:  # our loop's rows (not Trainer's): count this untimed step
+                self.counter = WeightBytes(self.sizes)
+                self.counter.__enter__()
 
     @property
     def seconds(self) -> float:
@@ -228,14 +315,14 @@ class Timer(Hook):
 
 
 def _spec(model: str, task: dict, batch: int, seq: int, total: int, device: str, precision: str, compile_: bool,
-          seed: int = 0, engine: str = "auto", checkpoint_layers: bool = False):
+          seed: int = 0, engine: str = "auto", checkpoint_layers: bool = False, optim: str = "adamw"):
     from transferlab.spec import load_spec
 
     return load_spec({
         # every row computes the same model, with BERT's dropout 0.1 as a fine-tuning has it
         "name": "bench", "seed": seed, "model": {"name": model, "max_length": seq, "init": "random", "dropout": 0.1},
         "task": task, "head": {"name": "cls"},
-        "optim": {"name": "adamw", "lr": 2e-5}, "schedule": {"name": "linear"},
+        "optim": {"name": optim, "lr": 2e-5}, "schedule": {"name": "linear"},
         "train": {"max_steps": total, "batch_size": batch, "eval_batch_size": 16, "num_evals": 1, "log_every": 10**9,
                   "save_model": False, "device": device, "precision": precision, "compile": compile_,
                   "engine": engine, "checkpoint_layers": checkpoint_layers},
@@ -328,13 +415,14 @@ def _plan(rows, seeds, make, store, dev, amp, probe) -> list[tuple[str, int, Any
     return plan
 
 
-def _measure(plan, repeat: int, warmup: int, steps: int, batch: int, dev, profile, out) -> dict[str, list[Timer]]:
+def _measure(plan, repeat: int, warmup: int, steps: int, batch: int, dev, profile, out,
+             count_bytes: bool = True) -> dict[str, list[Timer]]:
     """Every row ``repeat`` times in rotation (slow drifts in the machine's load hit every row alike)."""
     timers: dict[str, list[Timer]] = {row: [] for row, _, _ in plan}
     for rep in range(repeat):
         for row, s, train in plan:
             tag = row.replace(" ", "_").replace("=", "") + (f"_{rep}" if repeat > 1 else "")
-            timer = Timer(warmup, steps, dev, None if profile is None else Path(profile) / f"{tag}.json")
+            timer = Timer(warmup, steps, dev, None if profile is None else Path(profile) / f"{tag}.json", count_bytes)
             try:
                 train(timer)
             except (RuntimeError, torch.OutOfMemoryError) as exc:  # one row's failure (e.g. out of memory)
@@ -361,10 +449,11 @@ def _summarise(plan, timers, batch: int, steps: int, repeat: int, flops_at, peak
         computed = sum(t.tokens[1] for t in timers[row])
         per_sample = real / (len(timers[row]) * steps * s * batch) if real else 0.0
         base = results[0].samples_s if results and results[0].name == "trainer" else None
+        counted = [t.weight_mb for t in timers[row] if t.weight_mb is not None]
         results.append(Row(row, s, rate, rate / s, rate / base if base else None, rate * flops_at(per_sample) / peak,
                            max(mems) / s if mems else None, steps, sum(t.seconds for t in timers[row]),
                            min(rates), max(rates), repeat, rate * per_sample,
-                           1.0 - real / computed if computed else 0.0))
+                           1.0 - real / computed if computed else 0.0, counted[-1] if counted else None))
     return results
 
 
@@ -372,7 +461,7 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
           seeds: tuple[int, ...] = (1, 4, 8, 20), rows: tuple[str, ...] = ROWS[:3], device: str = "auto",
           precision: str = "auto", compile: str = "auto", repeat: int = 1, profile: str | Path | None = None,
           task: str | None = None, data: str | Path | None = None, checkpoint_layers: bool = False,
-          out=print) -> dict[str, Any]:
+          optim: str = "adamw", out=print) -> dict[str, Any]:
     """Run the rows ``repeat`` times in rotation; returns ``{"setup": {...}, "rows": [Row...]}`` (as
     dicts) and prints a table. ``profile``: a folder; the timed steps are profiled (slower) and traced there.
     ``task``/``data``: a GLUE task and its folder (real lengths) instead of synthetic sentences.
@@ -385,6 +474,9 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
     from transferlab.train.steps import autocast_dtype, resolve_device
 
     _check(rows, seeds, steps, warmup, repeat, task, data)
+    from transferlab.recipes.optim import OPTIMIZERS
+
+    OPTIMIZERS.get(optim, field="--optim")
     dev = resolve_device(device)
     compile_ = dev.type == "cuda" if compile == "auto" else compile == "on"
     amp = autocast_dtype(precision, dev)
@@ -402,15 +494,17 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
         setup = {"model": model, "device": str(dev), "device_name": _device_name(dev), "precision": str(amp or "fp32"),
                  "compile": compile_, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup, "repeat": repeat,
                  "threads": torch.get_num_threads(), "flops_per_sample": flops, "peak_flops": peak,
-                 "task": task or "synthetic", "checkpoint_layers": checkpoint_layers, "date": time.strftime("%Y-%m-%d")}
+                 "task": task or "synthetic", "checkpoint_layers": checkpoint_layers, "optim": optim,
+                 "date": time.strftime("%Y-%m-%d")}
         out(f"bench: {model} on {setup['device_name']} ({setup['precision']}), batch {batch}, {seq} tokens "
             f"({setup['task']}), {steps} timed steps after {warmup}; {flops / 1e9:.2f} GFLOP/sample at {seq} tokens; "
             f"matmul peak {peak / 1e12:.2f} TFLOP/s")
         store = Store(tmp / "bench.db")
         plan = _plan(rows, seeds, lambda i, engine: _spec(name, task_spec, batch, seq, total, device, precision,
                                                           compile_, seed=i, engine=engine,
-                                                          checkpoint_layers=checkpoint_layers), store, dev, amp, probe)
-        timers = _measure(plan, repeat, warmup, steps, batch, dev, profile, out)
+                                                          checkpoint_layers=checkpoint_layers, optim=optim),
+                     store, dev, amp, probe)
+        timers = _measure(plan, repeat, warmup, steps, batch, dev, profile, out, count_bytes=not compile_)
         store.close()
     results = _summarise(plan, timers, batch, steps, repeat,
                          lambda tokens: flops_per_sample(reference, tokens if task else seq), peak)
@@ -431,13 +525,14 @@ def format_rows(rows: list[Row], header: bool = True) -> str:
     lines = []
     if header:
         lines += [("| row | seeds | samples/s | range | per seed | x Trainer | tokens/s | padded | MFU | memory/seed "
-                   "| timed |"), "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                   "| weight MB/seed-step | timed |"), "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         mem = "n/a" if r.mem_per_seed_mb is None else (f"{r.mem_per_seed_mb / 1024:.2f} GiB" if r.mem_per_seed_mb > 1024
                                                           else f"{r.mem_per_seed_mb:.0f} MiB")
         ratio = "" if r.vs_trainer is None else f"{r.vs_trainer:.2f}"
         lines.append(f"| {r.name} | {r.seeds} | {r.samples_s:.1f} | {r.low:.1f}-{r.high:.1f} | {r.per_seed:.1f} | {ratio} "
                      f"| {r.tokens_s:.0f} | {100 * r.padded_share:.1f}% | {100 * r.mfu:.1f}% | {mem} "
+                     f"| {'n/a' if r.weight_mb is None else f'{r.weight_mb:.1f}'} "
                      f"| {r.repeats} x {r.steps} steps, {r.seconds:.1f}s |")
     return "\n".join(lines)
 

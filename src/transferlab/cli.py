@@ -185,6 +185,7 @@ def _bench_parser(sub) -> None:
     p.add_argument("--data", default=None, metavar="PATH", help="the task's folder (GLUE layout)")
     p.add_argument("--checkpoint-layers", action="store_true",
                    help="our rows recompute each layer in the backward (train.checkpoint_layers): less memory")
+    p.add_argument("--optim", default="adamw", help="optim.name of our rows (adamw, bertadam, adabelief, sgd)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -581,7 +582,7 @@ def cmd_bench(args) -> int:
     result = bench(args.model, batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup, seeds=seeds,
                    rows=tuple(r.strip() for r in args.rows.split(",") if r.strip()), device=args.device,
                    precision=args.precision, compile=args.compile, repeat=args.repeat, profile=args.profile,
-                   task=args.task, data=args.data, checkpoint_layers=args.checkpoint_layers)
+                   task=args.task, data=args.data, checkpoint_layers=args.checkpoint_layers, optim=args.optim)
     if args.json:
         write_json(result, args.json)
     return 0

@@ -107,6 +107,9 @@ class OptimSpec:
     head_lr: float | None = None  # None: optim.lr (the head is never decayed)
     max_grad_norm: float | None = 1.0
     no_decay: list[str] = field(default_factory=lambda: ["bias", "norm"])
+    # the optimizer's moments: fp32, or bf16 for seed-stacked runs (recipes/optim.py; half the state memory,
+    # numerics in docs/methods/bertadam.md). A recipe field: bf16 changes the run id, fp32 keeps the old one
+    state_dtype: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass
@@ -532,6 +535,8 @@ def spec_hash(spec: Any, exclude: tuple[str, ...] = ("seed", "name")) -> str:
         del data["stabilisers"]  # no stabiliser: the recipe keeps the hash it had before the section existed
     if data.get("train", {}).get("engine") == "auto":
         del data["train"]["engine"]  # the default engine: the recipe keeps the hash it had before the field existed
+    if data.get("optim", {}).get("state_dtype") == "fp32":
+        del data["optim"]["state_dtype"]  # the default: the recipe keeps the hash it had before the field existed
     data.get("train", {}).pop("checkpoint_layers", None)  # memory, not results: a run id is the same either way
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -7,7 +7,8 @@
 
 A new optimizer is one function ``(groups, spec, device_type) -> Optimizer`` under
 ``fused=True`` declares it may update the fused encoder's stacked tensors (the same parameters:
-one fused or foreach call over all of them). ``@OPTIMIZERS.register("name", elementwise=True)``; ``elementwise`` declares that each element's
+one fused or foreach call over all of them). ``state_dtype=True`` declares it honours ``optim.state_dtype``
+(the moments in bf16; seed-stacked runs only). ``@OPTIMIZERS.register("name", elementwise=True)``; ``elementwise`` declares that each element's
 update depends on that element alone, so the seed-stacked engine may train S seeds' stacked
 parameters with it (S independent updates); without it stacked runs are refused. Every optimizer here skips parameters whose ``.grad`` is None
 and keeps no state for them, so frozen parameters can sit in the groups from step 0.
@@ -31,10 +32,14 @@ OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
 SGD_MOMENTUM = 0.9
 
 
-def _grads(optimizer: torch.optim.Optimizer, group: dict, names: tuple[str, ...]):
+STATE_DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # optim.state_dtype -> the moments' dtype (None: the param's)
+
+
+def _grads(optimizer: torch.optim.Optimizer, group: dict, names: tuple[str, ...], dtype: torch.dtype | None = None):
     """The params of ``group`` that have a gradient, their grads, step counts and state tensors.
 
-    State (zeros like the param, one per name in ``names``) is created on a param's first gradient.
+    State (zeros like the param, in ``dtype`` when given, one per name in ``names``) is created on a param's
+    first gradient.
     """
     params, grads, steps, states = [], [], [], [[] for _ in names]
     for p in group["params"]:
@@ -46,7 +51,7 @@ def _grads(optimizer: torch.optim.Optimizer, group: dict, names: tuple[str, ...]
         if not state:
             state["step"] = 0
             for key in names:
-                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         state["step"] += 1
         params.append(p)
         grads.append(p.grad)
@@ -54,6 +59,40 @@ def _grads(optimizer: torch.optim.Optimizer, group: dict, names: tuple[str, ...]
         for lst, key in zip(states, names):
             lst.append(state[key])
     return params, grads, steps, states
+
+
+def _fusable(*lists: list[Tensor]) -> bool:
+    """torch's one-pass fused AdamW kernel takes these lists: CPU or CUDA, one dtype and layout per param."""
+    for ts in zip(*lists):
+        first = ts[0]
+        if first.device.type not in ("cpu", "cuda") or not first.is_floating_point():
+            return False
+        if any(t.dtype != first.dtype or t.device != first.device or t.stride() != first.stride() for t in ts):
+            return False
+    return True
+
+
+class Scratch:
+    """One reused buffer per (device, dtype), as large as the largest parameter: the eager updates write their
+    denominators here instead of allocating a temporary per parameter (or, foreach, one for all of them)."""
+
+    def __init__(self):
+        self.buffers: dict[tuple, Tensor] = {}
+
+    def like(self, p: Tensor) -> Tensor:
+        key = (p.device, p.dtype)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < p.numel():
+            buf = self.buffers[key] = torch.empty(p.numel(), device=p.device, dtype=p.dtype)
+        return buf[: p.numel()].view(p.shape)
+
+
+def _by_step(steps: list[int]):
+    """Indices of the params grouped by their step count (one group in a run whose params all train from 0)."""
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(steps):
+        groups.setdefault(t, []).append(i)
+    return groups.items()
 
 
 class AdamW(torch.optim.Optimizer):
@@ -68,13 +107,21 @@ class AdamW(torch.optim.Optimizer):
     (TF) / ``BertAdam`` (pytorch-pretrained-bert), whose ``update = m / (sqrt(v) + eps) + wd * p`` is
     then multiplied by lr, i.e. the same decoupled ``lr * wd * p`` as here. BertAdam also clipped each
     parameter's gradient norm on its own; we do not (the training loop clips the global norm).
+
+    One pass per parameter where it can: with the moments in the params' dtype on CPU or CUDA, the update is
+    torch's fused AdamW kernel (reads p, g, m, v once, writes p, m, v once) told step = inf, so that its bias
+    corrections are 1, and given the equivalent ``lr' = lr sqrt(c2) / c1``, ``eps' = eps sqrt(c2)``,
+    ``wd' = lr wd / lr'`` (c1 = 1 - b1^t, c2 = 1 - b2^t; 1 without bias correction): the same update,
+    rounded differently. ``state_dtype`` (optim.state_dtype: bf16) keeps m and v in that dtype: an eager
+    per-parameter update (docs/methods/bertadam.md, numerics).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, bias_correction: bool = True):
+                 weight_decay: float = 0.0, bias_correction: bool = True, state_dtype: torch.dtype | None = None):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "bias_correction": bias_correction}
         super().__init__(params, defaults)
+        self.state_dtype, self.scratch, self._inf = state_dtype, Scratch(), {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -83,24 +130,37 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, steps, (ms, vs) = _grads(self, group, ("exp_avg", "exp_avg_sq"))
-            if not params:
-                continue
+            params, grads, steps, (ms, vs) = _grads(self, group, ("exp_avg", "exp_avg_sq"), self.state_dtype)
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            if wd:
-                torch._foreach_mul_(params, 1 - lr * wd)
-            torch._foreach_lerp_(ms, grads, 1 - b1)
-            torch._foreach_mul_(vs, b2)
-            torch._foreach_addcmul_(vs, grads, grads, 1 - b2)
-            denom = torch._foreach_sqrt(vs)
-            if group["bias_correction"]:
-                torch._foreach_div_(denom, [math.sqrt(1 - b2**t) for t in steps])
-                torch._foreach_add_(denom, eps)
-                torch._foreach_addcdiv_(params, ms, denom, [-lr / (1 - b1**t) for t in steps])
-            else:
-                torch._foreach_add_(denom, eps)
-                torch._foreach_addcdiv_(params, ms, denom, -lr)
+            for t, idx in _by_step(steps):
+                c1, c2 = (1 - b1**t, 1 - b2**t) if group["bias_correction"] else (1.0, 1.0)
+                lists = [[x[i] for i in idx] for x in (params, grads, ms, vs)]
+                if _fusable(*lists):
+                    self._fused(lists, lr * math.sqrt(c2) / c1, b1, b2, eps * math.sqrt(c2), lr, wd)
+                else:
+                    for p, g, m, v in zip(*lists):
+                        _adam_eager(p, g, m, v, self.scratch.like(p), lr, b1, b2, eps, wd, c1, c2)
         return loss
+
+    def _fused(self, lists, lr_t: float, b1: float, b2: float, eps_t: float, lr: float, wd: float) -> None:
+        params, grads, ms, vs = lists
+        key = (params[0].device, params[0].dtype)
+        if key not in self._inf:  # step = inf: the kernel's bias corrections 1 - b^inf are exactly 1
+            self._inf[key] = torch.tensor(float("inf"), device=key[0], dtype=torch.float32)
+        torch._fused_adamw_(params, grads, ms, vs, [], [self._inf[key]] * len(params), lr=lr_t, beta1=b1,
+                            beta2=b2, weight_decay=lr * wd / lr_t if lr_t else 0.0, eps=eps_t, amsgrad=False,
+                            maximize=False)  # lr 0 (a warmup's first step): no decay, as lr * wd = 0
+
+
+def _adam_eager(p: Tensor, g: Tensor, m: Tensor, v: Tensor, d: Tensor, lr: float, b1: float, b2: float,
+                eps: float, wd: float, c1: float, c2: float) -> None:
+    """One parameter's Adam(W) update in place (moments in any float dtype), its denominator in scratch ``d``."""
+    if wd:
+        p.mul_(1 - lr * wd)
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    torch.sqrt(v, out=d).add_(eps * math.sqrt(c2))  # sqrt(v_hat) + eps, times sqrt(c2)
+    p.addcdiv_(m, d, value=-lr * math.sqrt(c2) / c1)
 
 
 class AdaBelief(torch.optim.Optimizer):
@@ -112,11 +172,14 @@ class AdaBelief(torch.optim.Optimizer):
 
     as in the authors' ``adabelief-pytorch`` 0.2 with ``weight_decouple=True, rectify=False``. Note
     eps enters s itself: the authors advise eps = (Adam's eps)^2, e.g. 1e-16 where Adam used 1e-8.
+    Per parameter in place; the residual g - m and the denominator share one reused scratch buffer (no
+    temporary per parameter). ``state_dtype``: m and s in that dtype (optim.state_dtype).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-16,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, state_dtype: torch.dtype | None = None):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        self.state_dtype, self.scratch = state_dtype, Scratch()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -125,22 +188,34 @@ class AdaBelief(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, steps, (ms, ss) = _grads(self, group, ("exp_avg", "exp_avg_var"))
-            if not params:
-                continue
+            params, grads, steps, (ms, ss) = _grads(self, group, ("exp_avg", "exp_avg_var"), self.state_dtype)
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            if wd:
-                torch._foreach_mul_(params, 1 - lr * wd)
-            torch._foreach_lerp_(ms, grads, 1 - b1)
-            residual: list[Tensor] = torch._foreach_sub(grads, ms)
-            torch._foreach_mul_(ss, b2)
-            torch._foreach_addcmul_(ss, residual, residual, 1 - b2)
-            torch._foreach_add_(ss, eps)
-            denom = torch._foreach_sqrt(ss)
-            torch._foreach_div_(denom, [math.sqrt(1 - b2**t) for t in steps])
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, ms, denom, [-lr / (1 - b1**t) for t in steps])
+            for p, g, m, s, t in zip(params, grads, ms, ss, steps):
+                c1, c2 = 1 - b1**t, 1 - b2**t
+                d = self.scratch.like(p)
+                if wd:
+                    p.mul_(1 - lr * wd)
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                torch.sub(g, m, out=d)  # the residual g - m
+                s.mul_(b2).addcmul_(d, d, value=1 - b2).add_(eps)
+                torch.sqrt(s, out=d).add_(eps * math.sqrt(c2))
+                p.addcdiv_(m, d, value=-lr * math.sqrt(c2) / c1)
         return loss
+
+
+def check_state_dtype(spec: OptimSpec, seed_stacked: bool) -> None:
+    """optim.state_dtype other than fp32: only for seed-stacked runs and an optimizer declaring ``state_dtype``
+    (one clear line, raised before any run row)."""
+    if spec.state_dtype == "fp32":
+        return
+    if not OPTIMIZERS.supports(spec.name, "state_dtype"):
+        raise SpecError(f"optim.state_dtype: {spec.state_dtype} is not supported by optimizer {spec.name!r} (it does "
+                        "not declare 'state_dtype'); use fp32 or one of " + ", ".join(
+                            n for n in OPTIMIZERS.primary_names() if OPTIMIZERS.supports(n, "state_dtype")))
+    if not seed_stacked:
+        raise SpecError(f"optim.state_dtype: {spec.state_dtype} holds the stacked optimizer states of seed-stacked "
+                        "runs (2 or more seeds of one recipe trained together); this run trains alone (single "
+                        "engine): use fp32")
 
 
 def _check(spec: OptimSpec) -> None:
@@ -158,24 +233,28 @@ def _speed(device_type: str) -> dict:
     return {"fused": True} if device_type == "cuda" else {"foreach": True}
 
 
-@OPTIMIZERS.register("adamw", elementwise=True, fused=True)
+@OPTIMIZERS.register("adamw", elementwise=True, fused=True, state_dtype=True)
 def adamw(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torch.optim.Optimizer:
     # torch's fused AdamW runs on CUDA and on the CPU; on the CPU it took a third of the foreach
     # path's time for MiniLM's 22.7M parameters (2-core machine), a real share of a training step.
+    if STATE_DTYPES[spec.state_dtype] is not None:  # torch's kernel keeps the moments in the params' dtype
+        return AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay,
+                     state_dtype=STATE_DTYPES[spec.state_dtype])
     fused = device_type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps,
                              weight_decay=spec.weight_decay, **({"fused": True} if fused else {"foreach": True}))
 
 
-@OPTIMIZERS.register("bertadam", elementwise=True, fused=True)
+@OPTIMIZERS.register("bertadam", elementwise=True, fused=True, state_dtype=True)
 def bertadam(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torch.optim.Optimizer:
     return AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay,
-                 bias_correction=False)
+                 bias_correction=False, state_dtype=STATE_DTYPES[spec.state_dtype])
 
 
-@OPTIMIZERS.register("adabelief", elementwise=True, fused=True)
+@OPTIMIZERS.register("adabelief", elementwise=True, fused=True, state_dtype=True)
 def adabelief(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torch.optim.Optimizer:
-    return AdaBelief(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay)
+    return AdaBelief(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay,
+                     state_dtype=STATE_DTYPES[spec.state_dtype])
 
 
 @OPTIMIZERS.register("sgd", elementwise=True, fused=True)

@@ -30,6 +30,16 @@ def _cuda_run(spec) -> bool:
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
+def _state_dtype_checked(groups: list[list[Job]]) -> list[list[Job]]:
+    """optim.state_dtype: bf16 holds seed-stacked states only: a run left alone is refused before any is claimed."""
+    from transferlab.recipes.optim import check_state_dtype
+
+    for group in groups:
+        if group[0].spec.optim.state_dtype != "fp32":
+            check_state_dtype(group[0].spec.optim, seed_stacked=len(group) > 1)
+    return groups
+
+
 def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) -> list[list[Job]]:
     """Jobs in groups of one recipe (at most MAX_SEEDS each); every job alone when ``mode`` is off, when
     loop hooks are in play, or the engine cannot run the recipe.
@@ -41,7 +51,7 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
     if mode not in ("auto", "on", "off"):
         raise UserError(f"--seed-parallel: {mode!r} is not one of auto, on, off")
     if mode == "off" or has_hooks or len(jobs) < 2 or any(job.tracking for job in jobs):  # live tracking: one by one
-        return [[job] for job in jobs]
+        return _state_dtype_checked([[job] for job in jobs])
     from transferlab.spec import spec_hash
     from transferlab.train.support import Unsupported, unsupported
 
@@ -65,8 +75,9 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
                 rounds.append([])
             rounds[k].append(chunk)
     groups = [g for r in rounds for g in r]
+    _state_dtype_checked(groups)
     if not any(len(g) > 1 for g in groups):
-        return [[job] for job in jobs]  # nothing stacked: exactly the planned (seed-major) order
+        return _state_dtype_checked([[job] for job in jobs])  # nothing stacked: exactly the planned (seed-major) order
     return groups
 
 

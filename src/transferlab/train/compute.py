@@ -141,15 +141,25 @@ class StackedTrainee:
 
     def clip(self, max_norm: float | None, optimizer) -> Tensor:
         """``clip_grad_norm_`` for each seed on its own: the global norm of the seed's gradients, and its
-        gradients scaled by min(1, max_norm / (norm + 1e-6)). Returns the (S,) norms before clipping."""
+        gradients scaled by min(1, max_norm / (norm + 1e-6)). Returns the (S,) norms before clipping.
+
+        Launches per call depend on the number of parameter tensors P, never on S: one reduction over the
+        seed dimension's rows per stacked gradient, the (P, S) norms reduced once, and (with ``max_norm``)
+        one in-place scale per gradient by its seed's coefficient. Without ``max_norm`` nothing is rescaled
+        (no pass over the gradients just to multiply them by 1). All on the device: no host sync."""
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         if not grads:
             return torch.zeros(self.seeds, device=self.device)
         norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # (P, S)
         total = torch.linalg.vector_norm(norms, dim=0)
-        coef = torch.clamp((max_norm if max_norm else float("inf")) / (total + 1e-6), max=1.0)
-        for g in grads:
-            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
+        if max_norm:
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            shaped: dict[tuple, Tensor] = {}  # one coefficient view per (dims, dtype): no cast per gradient
+            for g in grads:
+                key = (g.dim(), g.dtype)
+                if key not in shaped:
+                    shaped[key] = coef.to(g.dtype).view(-1, *[1] * (g.dim() - 1))
+                g.mul_(shaped[key])
         return total
 
     def model_for(self, slot: int) -> nn.Module:
@@ -211,7 +221,7 @@ class FusedTrainee(StackedTrainee):
         self.module.checkpoint = True
 
     def prepare(self, host: dict[str, Tensor], padded: bool) -> dict[str, Tensor]:
-        from transferlab.train.fused import pack_index, pack_offsets
+        from transferlab.train.fused import pack_index, pack_offsets, pack_seqlens
 
         mask = host["attention_mask"]
         if not (self.unpad and padded):
@@ -219,8 +229,9 @@ class FusedTrainee(StackedTrainee):
             return host
         index = pack_index(mask)
         _count(self.tokens, mask, index.numel())
-        if self.jagged:
-            return {**host, "pack_index": index, "pack_offsets": pack_offsets(mask, index.shape[1])}
+        if self.jagged:  # offsets and their shortest/longest segment on the host: no .item() in the step
+            offsets = pack_offsets(mask, index.shape[1])
+            return {**host, "pack_index": index, "pack_offsets": offsets, "pack_seqlens": pack_seqlens(offsets)}
         return {**host, "pack_index": index}
 
     def backward(self, batches: list[dict[str, Tensor]], accum: int, loss_hooks=()) -> Tensor:

@@ -58,7 +58,9 @@ def compiled(fn: Callable, enabled: bool = True, **options: Any) -> Callable:
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Host tensors to ``device``: pinned and non-blocking on CUDA (the copy overlaps compute)."""
+    """Host tensors to ``device``: pinned and non-blocking on CUDA (the copy overlaps compute); other values
+    (host-side sizes such as ``pack_seqlens``) as they are."""
     if device.type == "cuda":
-        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-    return {k: v.to(device) for k, v in batch.items()}
+        return {k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

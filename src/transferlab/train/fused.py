@@ -10,8 +10,8 @@ with a leading seed dimension, names of a TransferModel), so parameter groups, f
 optimizers, ``load_slot``/``copy_slot_to`` (the Hugging Face modules' weights in and out) and
 ``keep`` work unchanged. Only the computation differs: the layer's tensors are found through the
 canonical layer schema (``q, k, v, o, attn_ln, ffn_in, ffn_out, ffn_ln``: models/schema) and each
-layer is one plain function over (S, N, H) activations: q, k and v in one batched matrix product
-(``baddbmm`` over the seeds), attention by ``scaled_dot_product_attention`` over the S*B sequences
+layer is one plain function over (S, N, H) activations: q, k and v each one batched matrix product
+(``baddbmm`` over the seeds, straight from the stored weights), attention by ``scaled_dot_product_attention`` over the S*B sequences
 (no vmap), output projection, dropout, residual and LayerNorm (post-LN), GELU feed-forward. Dropout
 draws its masks over the whole (S, ...) tensor, so each seed gets its own. On CUDA the activations
 are bf16 under autocast. ``compile()`` compiles that one layer function (regional compilation: the
@@ -90,6 +90,13 @@ def pack_offsets(mask: Tensor, n: int) -> Tensor:
     return torch.cat([seg.new_zeros(1), seg.cumsum(0)])
 
 
+def pack_seqlens(offsets: Tensor) -> tuple[int, int]:
+    """The shortest and longest segment of host ``offsets`` (:func:`pack_offsets`), read while collating:
+    given to the nested tensors, torch needs no ``.item()`` (a device sync and a graph break) per layer."""
+    lengths = offsets.diff()
+    return int(lengths.min()), int(lengths.max())
+
+
 def _pack(x: Tensor, index: Tensor) -> Tensor:
     """(S, B*T, ...) -> (S, N, ...): the packed tokens (scratch slots read a zero row)."""
     x = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)
@@ -115,27 +122,31 @@ def _norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
     return torch.addcmul(b.unsqueeze(1), F.layer_norm(x, x.shape[-1:], eps=eps), w.unsqueeze(1))
 
 
-def _attend_jagged(qkv: Tensor, offsets: Tensor, t: int, heads: int, p: float) -> Tensor:
+def _attend_jagged(qkv: tuple[Tensor, Tensor, Tensor], offsets: Tensor, seqlens: tuple[int, int], heads: int,
+                   p: float) -> Tensor:
     """SDPA over the packed tokens as a jagged nested tensor (torch.nested, offsets from
-    :func:`pack_offsets`): each sequence attends to itself only, at its real length. On CUDA this is the
-    varlen flash / memory-efficient kernel (no flash-attn package needed); on the CPU, per-sequence math."""
-    s, n, h = qkv.shape[0], qkv.shape[1], qkv.shape[-1] // 3
-    q, k, v = (torch.nested.nested_tensor_from_jagged(x.contiguous(), offsets, max_seqlen=t).transpose(1, 2)
-               for x in qkv.reshape(s * n, 3, heads, h // heads).unbind(1))
+    :func:`pack_offsets`, their shortest and longest segment from :func:`pack_seqlens`, both on the host):
+    each sequence attends to itself only, at its real length. On CUDA this is the varlen flash /
+    memory-efficient kernel (no flash-attn package needed); on the CPU, per-sequence math. q, k and v come
+    from their own products, so each is already the contiguous values of its nested tensor (no copy)."""
+    s, n, h = qkv[0].shape
+    low, high = seqlens
+    q, k, v = (torch.nested.nested_tensor_from_jagged(x.reshape(s * n, heads, h // heads), offsets, min_seqlen=low,
+                                                      max_seqlen=high).transpose(1, 2) for x in qkv)
     ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
     return ctx.transpose(1, 2).values().reshape(s, n, h)
 
 
-def _attend(qkv: Tensor, index: Tensor | None, keys: Tensor | None, b: int, t: int, heads: int,
-            p: float, offsets: Tensor | None = None) -> Tensor:
+def _attend(qkv: tuple[Tensor, Tensor, Tensor], index: Tensor | None, keys: Tensor | None, b: int, t: int,
+            heads: int, p: float, offsets: Tensor | None = None, seqlens: tuple[int, int] | None = None) -> Tensor:
     """SDPA over the S*B sequences; packed tokens are put in their rows for it and taken back after
-    (or, with ``offsets``, attend as a jagged batch without re-padding)."""
-    s, h = qkv.shape[0], qkv.shape[-1] // 3
+    (or, with ``offsets`` and ``seqlens``, attend as a jagged batch without re-padding)."""
+    s, h = qkv[0].shape[0], qkv[0].shape[-1]
     if offsets is not None:
-        return _attend_jagged(qkv, offsets, t, heads, p)
+        return _attend_jagged(qkv, offsets, seqlens if seqlens is not None else pack_seqlens(offsets), heads, p)
     if index is not None:
-        qkv = _unpack(qkv, index, b * t)
-    q, k, v = qkv.reshape(s * b, t, 3, heads, h // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = tuple(_unpack(x, index, b * t) for x in qkv)
+    q, k, v = (x.reshape(s * b, t, heads, h // heads).transpose(1, 2) for x in qkv)
     if keys is not None:  # additive, as the library's eager path: a boolean mask gave NaNs on CPU with dropout
         keys = torch.zeros(keys.shape, dtype=q.dtype, device=q.device).masked_fill(~keys, torch.finfo(q.dtype).min)
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)
@@ -145,12 +156,16 @@ def _attend(qkv: Tensor, index: Tensor | None, keys: Tensor | None, b: int, t: i
 
 def fused_layer(x: Tensor, w: list[Tensor], index: Tensor | None, keys: Tensor | None, b: int, t: int,
                 heads: int, eps: float, p_hidden: float, p_attn: float, act: nn.Module, training: bool,
-                offsets: Tensor | None = None) -> Tensor:
+                offsets: Tensor | None = None, seqlens: tuple[int, int] | None = None) -> Tensor:
     """One post-LN BERT layer for S seeds. ``w``: q, k, v, o, attn_ln, ffn_in, ffn_out, ffn_ln as
-    (weight, bias) pairs, flattened, each with a leading seed dimension."""
+    (weight, bias) pairs, flattened, each with a leading seed dimension.
+
+    q, k and v are three batched products straight from the stored weights: no per-call ``torch.cat`` of the
+    fp32 weights (and of their gradients in the backward); the parameters stay separate, contiguous tensors, so
+    per-seed weights load and export as before and torch's fused optimizers take them as they are."""
     (qw, qb, kw, kb, vw, vb, ow, ob, aw, ab, iw, ib, fw, fb, nw, nb) = w
-    qkv = _linear(x, torch.cat([qw, kw, vw], 1), torch.cat([qb, kb, vb], 1))
-    ctx = _attend(qkv, index, keys, b, t, heads, p_attn if training else 0.0, offsets)
+    qkv = (_linear(x, qw, qb), _linear(x, kw, kb), _linear(x, vw, vb))
+    ctx = _attend(qkv, index, keys, b, t, heads, p_attn if training else 0.0, offsets, seqlens)
     x = _norm(F.dropout(_linear(ctx, ow, ob), p_hidden, training) + x, aw, ab, eps)
     f = _linear(act(_linear(x, iw, ib)), fw, fb)
     return _norm(F.dropout(f, p_hidden, training) + x, nw, nb, eps)
@@ -208,8 +223,11 @@ class FusedModel(StackedModel):
             self.model.train(self.training)
         self.rows.per_seed = b
         index, offsets = batch.get("pack_index"), batch.get("pack_offsets")
+        seqlens = batch.get("pack_seqlens")  # host ints (FusedTrainee.prepare); else read here (a sync on CUDA)
+        if offsets is not None and seqlens is None:
+            seqlens = pack_seqlens(offsets)
         keys = mask.reshape(s * b, 1, 1, t).bool() if padded and offsets is None else None
-        hidden = self.encode(batch["input_ids"], batch.get("token_type_ids"), index, keys, offsets)
+        hidden = self.encode(batch["input_ids"], batch.get("token_type_ids"), index, keys, offsets, seqlens)
         rows = tuple((_unpack(h, index, b * t) if index is not None else h).reshape(s, b, t, h.shape[-1])
                      for h in hidden)
         return self._per_seed(self.model.head, self.vmap_head, rows, mask)
@@ -222,7 +240,7 @@ class FusedModel(StackedModel):
         return torch.cumsum(real, -1) * real + self.pad
 
     def encode(self, ids: Tensor, types: Tensor | None, index: Tensor | None, keys: Tensor | None,
-               offsets: Tensor | None = None) -> list[Tensor]:
+               offsets: Tensor | None = None, seqlens: tuple[int, int] | None = None) -> list[Tensor]:
         """All hidden states (S, N, H) of the (S, B, T) ids: embedding output first."""
         s, b, t = ids.shape
         if types is None or not self.backbone._use_token_types:
@@ -234,7 +252,7 @@ class FusedModel(StackedModel):
         hidden = [x]
         for w in self.layer_weights:
             args = (x, w, index, keys, b, t, self.heads, self.eps, self.p_hidden, self.p_attn, self.act, self.training,
-                    offsets)
+                    offsets, seqlens)
             if self.checkpoint and self.training and torch.is_grad_enabled():  # recomputed in backward, same dropout
                 x = torch.utils.checkpoint.checkpoint(self.layer_fn, *args, use_reentrant=False,
                                                       determinism_check="none")  # nested tensors have no sizes

@@ -33,7 +33,7 @@ from transferlab.provenance import provenance
 from transferlab.recipes.distill import build_distiller
 from transferlab.recipes.freeze import build_freezer
 from transferlab.recipes.hooks import Hook
-from transferlab.recipes.optim import build_optimizer
+from transferlab.recipes.optim import build_optimizer, check_state_dtype
 from transferlab.recipes.param_groups import build_param_groups
 from transferlab.recipes.schedules import build_schedule
 from transferlab.recipes.stabilisers import build_stabilisers
@@ -114,6 +114,8 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
         raise Unsupported(f"seed-parallel: {why}")
     # every value, file and model before a run row exists; the tasks built on the way are used, not rebuilt
     tasks = {} if validated else validate_runs([specs[i] for i in todo], store)
+    if todo:  # optim.state_dtype: bf16 holds seed-stacked states only (one line, before a run row)
+        check_state_dtype(specs[todo[0]].optim, seed_stacked=len(todo) > 1)
     if todo:
         group = _Group([specs[i] for i in todo], store, study, progress, hooks, clock, [ids[i] for i in todo], tasks)
         for i, result in zip(todo, group.run()):

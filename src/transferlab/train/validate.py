@@ -32,6 +32,7 @@ import torch
 
 from transferlab.checks import check_utf8
 from transferlab.errors import DataError, ModelError, SpecError
+from transferlab.recipes.optim import OPTIMIZERS, check_state_dtype
 from transferlab.spec import ModelSpec, RunSpec, TaskSpec, to_dict
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".txt")
@@ -208,6 +209,8 @@ def _positive(where: str, value) -> None:
 
 def check_values(spec: RunSpec) -> None:
     t, o, s = spec.train, spec.optim, spec.schedule
+    if o.state_dtype != "fp32" and not OPTIMIZERS.supports(o.name, "state_dtype"):
+        check_state_dtype(o, seed_stacked=True)  # names the optimizer that does not declare it
     for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "num_evals", "max_steps",
                  "early_stopping_patience", "checkpoint_every"):
         _at_least(f"train.{name}", getattr(t, name))
