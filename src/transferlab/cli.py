@@ -295,14 +295,20 @@ def cmd_study(args, data: dict) -> int:
         from transferlab.study.expand import expand, expand_lr_search
         from transferlab.train.validate import validate_runs
 
-        validate_runs([p.spec for p in expand_lr_search(study) + expand(study)])  # what run_study checks first
+        from transferlab.study.search import plan_lines, sample_specs
+
+        trials = sample_specs(study) if study.search is not None else []
+        validate_runs([p.spec for p in expand_lr_search(study) + expand(study)] + trials)  # as run_study does
         store = Store(args.store, create=False) if Path(args.store).is_file() else None
         rows = describe_plan(study, store, args.seed_parallel)
+        if study.search is not None:
+            print("\n".join(plan_lines(study)))
         print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
         runs = [r for r in rows if not r[5].startswith("(")]
-        waiting = len(rows) - len(runs)
+        waiting = sum(r[0] == "main" and r[5].startswith("(") for r in rows)
         print(f"{study.study}: {sum(r[-1] != 'done' for r in runs)} of {len(runs)} runs to do"
-              + (f"; then {waiting} cells x {len(study.seeds)} seeds at the LRs chosen on validation" if waiting else ""))
+              + (f"; then {waiting} cells x {len(study.seeds)} seeds at the "
+                 + ("best trial's values" if study.search else "LRs chosen on validation") if waiting else ""))
         return 0
     resources = {}
     for item in args.ray_resource:

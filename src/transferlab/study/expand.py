@@ -33,7 +33,7 @@ class CellDef:
 
 @dataclass(frozen=True)
 class Planned:
-    phase: str  # "lr" or "main"
+    phase: str  # "lr", "search" or "main"
     task: str
     arm: str
     cell: str
@@ -97,9 +97,12 @@ def cell_defs(study: StudySpec) -> list[CellDef]:
 
 
 def _build(study: StudySpec, cell: CellDef, seed: int, lr: float | None, name: str) -> RunSpec:
-    overrides = dict(cell.overrides)
-    if lr is not None:
-        overrides["optim.lr"] = lr
+    return build_spec(study, cell, seed, {} if lr is None else {"optim.lr": lr}, name)
+
+
+def build_spec(study: StudySpec, cell: CellDef, seed: int, values: dict[str, Any], name: str) -> RunSpec:
+    """The cell's run spec with ``values`` (a chosen LR, a search trial's values) set, then seed and name."""
+    overrides = {**dict(cell.overrides), **values}
     overrides.update(seed=seed, name=name)
     try:
         return spec_from_dict(apply_overrides(study.base, overrides))
@@ -129,20 +132,27 @@ def expand_lr_search(study: StudySpec) -> list[Planned]:
     return _check_unique(planned)
 
 
-def expand(study: StudySpec, lrs: dict[tuple[str, str], float] | None = None) -> list[Planned]:
-    """The main phase: every cell x every seed, at the chosen LR of the cell when ``lr_search`` is set.
+def expand(study: StudySpec, lrs: dict[tuple[str, str], float] | None = None,
+           chosen: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[Planned]:
+    """The main phase: every cell x every seed, at the chosen LR of the cell when ``lr_search`` is set,
+    at the best trial's values when ``search`` is set (study/search.py).
 
-    ``lrs`` maps (task, cell) to the chosen LR; cells without one are left out (their LR is
-    not chosen yet).
+    ``lrs`` maps (task, cell) to the chosen LR, ``chosen`` to the chosen values; cells without
+    one are left out (not chosen yet).
     """
     cells = cell_defs(study)
     planned = []
     for seed in study.seeds:
         for c in cells:
-            lr = None
+            values: dict[str, Any] = {}
             if study.lr_search is not None:
                 if lrs is None or (c.task, c.cell) not in lrs:
                     continue
-                lr = lrs[(c.task, c.cell)]
-            planned.append(Planned("main", c.task, c.arm, c.cell, seed, lr, _build(study, c, seed, lr, c.cell)))
+                values = {"optim.lr": lrs[(c.task, c.cell)]}
+            if study.search is not None:
+                if chosen is None or (c.task, c.cell) not in chosen:
+                    continue
+                values = dict(chosen[(c.task, c.cell)])
+            planned.append(Planned("main", c.task, c.arm, c.cell, seed, values.get("optim.lr"),
+                                   build_spec(study, c, seed, values, c.cell)))
     return _check_unique(planned)

@@ -33,6 +33,7 @@ class Job:
     tracking: dict[str, Any] | None = None  # a TrackingSpec as plain data: live TensorBoard/MLflow/W&B logging
     # an intermediate-task run's phase A, claimed by the driver with it: uid, earlier, run_id, recipe_hash, seed
     phase_a: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None  # a search trial's pruning hook (study/search.py: PruneHook's arguments)
 
 
 @dataclass
@@ -92,6 +93,10 @@ def execute_jobs(jobs: list[Job], hooks: list | tuple = ()) -> list[Outcome]:
 
             tracker = TrackerHook(TrackingSpec(**jobs[0].tracking), specs[0], recorder, study=jobs[0].study)
             hooks = (*hooks, tracker)
+        if len(jobs) == 1 and jobs[0].prune:  # reports to the Optuna trial at every dev evaluation
+            from transferlab.study.search import PruneHook
+
+            hooks = (*hooks, PruneHook(**jobs[0].prune))
         if len(jobs) == 1:
             run(specs[0], recorder, study=jobs[0].study, progress=False, hooks=hooks, force=True)
         else:
