@@ -52,7 +52,8 @@ def search_seeds(store: Store, study: str, include: bool | None = None) -> set[i
     its ``report.exclude_search_seeds`` is false; ``include`` (the report's flag) overrides the spec."""
     meta = store.study_spec(study) or {}
     exclude = (meta.get("report") or {}).get("exclude_search_seeds", True) if include is None else not include
-    return set((meta.get("lr_search") or {}).get("seeds") or []) if exclude else set()
+    searched = (meta.get("lr_search") or {}).get("seeds") or (meta.get("search") or {}).get("seeds") or []
+    return set(searched) if exclude else set()
 
 
 def cells(store: Store, study: str | None = None, include_search_seeds: bool | None = None) -> list[Cell]:
@@ -232,7 +233,7 @@ def curve_plot(store: Store, all_cells: list[Cell]) -> bytes | None:
 def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = None
               ) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
     """(title, note, table) of every section with rows."""
-    from transferlab.study import analysis, tables
+    from transferlab.study import analysis, search, tables
     from transferlab.study.stats import BCA_MIN_N
 
     studies = list(dict.fromkeys(c.study for c in all_cells if c.study))
@@ -264,6 +265,10 @@ def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = N
          analysis.churn_table(store, all_cells)),
         ("Learning rates chosen on validation", ("Per cell, the mean final dev (validation) score of each LR "
          "over the search seeds; the best LR then ran with all seeds."), tables.lr_table(store, studies)),
+        ("Hyper-parameter search (Optuna)", ("Per searched cell, the best trials by their objective over the "
+         "search seeds' final dev scores (pruned and failed trials counted in the last column); the cell then "
+         "ran every seed at the best trial's values. Importance: Optuna's fANOVA, in the figures."),
+         search.trials_table(store, studies)),
         ("Expected best score over k seeds", "Dodge et al. (2019), from the empirical distribution of the seeds.",
          tables.expected_max_table(all_cells)),
         ("Expected best score over k seeds, unbiased", ("The U-statistic over all k-subsets of the seeds (Tang et "
@@ -277,6 +282,13 @@ def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = N
          "stacked xS: S seeds stacked in one process).", provenance_table(all_cells)),
     ]
     return [s for s in sections if s[2][1]]
+
+
+def _search_plots(store: Store, all_cells: list[Cell]) -> dict[str, bytes]:
+    from transferlab.study import search
+
+    studies = list(dict.fromkeys(c.study for c in all_cells if c.study))
+    return search.importance_plots(store, studies) if search.searches(store, studies) else {}
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -303,6 +315,7 @@ def write_report(store: Store, out: Path, study: str | None = None, *, tost_marg
         "loss_curves.png": curve_plot(store, all_cells),
         "lr_schedule.png": study_plots.lr_plot(store, all_cells),
         "expected_max.png": study_plots.expected_max_plot(all_cells),
+        **_search_plots(store, all_cells),
     }
     plots = {name: data for name, data in plots.items() if data}
     written = []

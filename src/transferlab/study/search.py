@@ -122,6 +122,14 @@ def check_search(study) -> None:
     if s.sampler == "grid":
         for key, dim in s.space.items():
             grid_values(key, dim)
+    if not isinstance(s.pruner_options, dict) or (s.pruner_options and s.pruner == "none"):
+        raise SpecError(f"search.pruner_options: options of a pruner (median, halving), got {s.pruner_options!r}"
+                        f" with pruner {s.pruner}")
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise SpecError("search: needs Optuna: pip install 'transferlab[search]'") from None
+    make_pruner(s.pruner, s.pruner_options)
     if s.metric is not None:
         from transferlab.data.metrics import higher_is_better
 
@@ -161,10 +169,15 @@ def storage(url: str):
     return url
 
 
-def make_pruner(name: str):
+def make_pruner(name: str, options: dict | None = None):
+    """Optuna's pruner: median (MedianPruner) or halving (SuccessiveHalvingPruner), with ``options``."""
     optuna = _optuna()
-    return {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-            "halving": optuna.pruners.SuccessiveHalvingPruner}[name]()
+    cls = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+           "halving": optuna.pruners.SuccessiveHalvingPruner}[name]
+    try:
+        return cls(**(options or {}))
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"search.pruner_options: {cls.__name__} refuses {options!r}: {e}") from None
 
 
 def make_sampler(search, seed: int):
@@ -212,9 +225,9 @@ class PruneHook(Hook):
 
     name = "optuna-prune"
 
-    def __init__(self, url: str, study: str, trial_id: int, pruner: str, metric: str, pos: int):
+    def __init__(self, url: str, study: str, trial_id: int, pruner: str, options: dict, metric: str, pos: int):
         optuna = _optuna()
-        ostudy = optuna.load_study(study_name=study, storage=storage(url), pruner=make_pruner(pruner))
+        ostudy = optuna.load_study(study_name=study, storage=storage(url), pruner=make_pruner(pruner, options))
         self.trial = optuna.trial.Trial(ostudy, trial_id)
         self.metric, self.pos, self.offset = metric, pos, 0
 
@@ -284,29 +297,34 @@ def open_study(study, cell, url: str, direction: str | None = None):
     optuna = _optuna()
     name = optuna_name(study.study, cell.task, cell.cell)
     try:
-        return optuna.load_study(study_name=name, storage=storage(url), pruner=make_pruner(study.search.pruner))
+        pruner = make_pruner(study.search.pruner, study.search.pruner_options)
+        return optuna.load_study(study_name=name, storage=storage(url), pruner=pruner)
     except KeyError:
         if direction is None:
             return None
     return optuna.create_study(study_name=name, storage=storage(url), direction=direction,
-                               pruner=make_pruner(study.search.pruner))
+                               pruner=make_pruner(study.search.pruner, study.search.pruner_options))
 
 
 def resume(ostudy) -> int:
-    """Trials cut short (RUNNING: their process died; FAIL without a verdict: interrupted) are asked
-    again with the same values, once; returns the trials that count against the budget."""
+    """Trials a dead driver left RUNNING get the verdict they reached (a value, pruned, failed) or, cut short
+    before one, FAIL and are asked again with the same values, once (their finished runs are reused from
+    the store); returns the trials that count against the budget."""
     from optuna.trial import TrialState
 
     trials = ostudy.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     done = 0
     for t in trials:
+        verdict = t.user_attrs.get("verdict")
         if t.state == TrialState.RUNNING:
-            ostudy.tell(t.number, state=TrialState.FAIL)
-        elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t.user_attrs.get("verdict"):
+            if verdict == "complete":
+                ostudy.tell(t.number, t.user_attrs["value"])
+            else:
+                ostudy.tell(t.number, state=TrialState.PRUNED if verdict == "pruned" else TrialState.FAIL)
+        if verdict or t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             done += 1
-            continue
-        if t.state != TrialState.WAITING and t.number not in retried and t.params:
+        elif t.state != TrialState.WAITING and t.number not in retried and t.params:
             ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
     return done
 
@@ -331,7 +349,8 @@ def run_search(study, store, execute, out) -> dict[tuple[str, str], dict[str, An
             return _trial(study, store, cell, trial, metric, higher, url, execute, out)
 
         def reseed(ostudy, frozen):  # the next trial's sampler seed is its number: resumable sequences
-            ostudy.sampler = make_sampler(search, search.sampler_seed + frozen.number + 1)
+            if search.sampler != "grid":  # the grid sampler keeps its own (unvisited points, from the storage)
+                ostudy.sampler = make_sampler(search, search.sampler_seed + frozen.number + 1)
 
         if left > 0:
             ostudy.sampler = make_sampler(search, search.sampler_seed + len(ostudy.trials))
@@ -357,7 +376,7 @@ def _trial(study, store, cell, trial, metric: str, higher: bool, url: str, execu
     store.plan_runs(study.study, [p.plan_row() for p in planned])
     prune = None if study.search.pruner == "none" else {
         "url": url, "study": trial.study.study_name, "trial_id": trial._trial_id, "pruner": study.search.pruner,
-        "metric": metric}
+        "options": study.search.pruner_options, "metric": metric}
     execute(planned, prune)
     rows = [latest(store, p.run_id) for p in planned]
     pruned = [r for r in rows if r is not None and r.status == "failed" and (r.error or "").startswith(PRUNED)]
@@ -374,6 +393,7 @@ def _trial(study, store, cell, trial, metric: str, higher: bool, url: str, execu
         return float("nan")  # Optuna stores the trial as FAIL and the search goes on
     value = objective(scores, study.search.objective, study.search.lcb_k, higher)
     trial.set_user_attr("scores", scores)
+    trial.set_user_attr("value", value)
     trial.set_user_attr("verdict", "complete")
     out(f"{study.study}: trial {trial.number} ({params}): {study.search.objective} dev {metric} {value:.4f}")
     return value
@@ -424,3 +444,60 @@ def plan_lines(study) -> list[str]:
         lines.append(f"  {key}: {what}")
     return lines
 
+
+
+# --------------------------------------------------------------------------- the report's view
+def searches(store, studies: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(study, the cell's stored search) for every searched cell of ``studies``."""
+    return [(s, v) for s in studies for k, v in store.study_values(s).items() if k.startswith("search/")]
+
+
+def trials_table(store, studies: list[str], top: int = 5) -> tuple[list[str], list[list[str]]]:
+    """The best ``top`` trials of every searched cell, then a count of the rest by state."""
+    header = ["study", "task", "cell", "rank", "trial", "value", "values", "seed scores", "trials"]
+    rows = []
+    for study, v in searches(store, studies):
+        done = [t for t in v["trials"] if t["state"] == "COMPLETE"]
+        done.sort(key=lambda t: t["value"], reverse=v["direction"] == "maximize")
+        states = {}
+        for t in v["trials"]:
+            states[t["state"].lower()] = states.get(t["state"].lower(), 0) + 1
+        counts = ", ".join(f"{n} {s}" for s, n in states.items())
+        for rank, t in enumerate(done[:top], 1):
+            rows.append([study, v["task"], v["cell"], str(rank), str(t["number"]),
+                         f"{t['value']:.4f} ({v['objective']} dev {v['metric']})",
+                         ", ".join(f"{k}={_label(x)}" for k, x in t["params"].items()),
+                         ", ".join(f"{x:.4f}" for x in t["scores"] or []), counts if rank == 1 else ""])
+    return header, rows
+
+
+def importance_plots(store, studies: list[str]) -> dict[str, bytes]:
+    """Optuna's parameter importance plot (fANOVA, its default evaluator) per searched cell with at least
+    two completed trials, read from the search's storage; a storage that is not reachable is skipped."""
+    import io
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    optuna = _optuna()
+    out = {}
+    for i, (study, v) in enumerate(searches(store, studies)):
+        if sum(t["state"] == "COMPLETE" for t in v["trials"]) < 2:
+            continue
+        try:
+            ostudy = optuna.load_study(study_name=v["optuna_study"], storage=storage(v["storage"]))
+        except Exception:  # noqa: BLE001 - the storage moved or is another machine's: the table stays
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's matplotlib backend is marked experimental
+            ax = optuna.visualization.matplotlib.plot_param_importances(ostudy)
+        fig = ax.figure
+        ax.set_title(f"{v['task']} | {v['cell']}: parameter importance (Optuna fANOVA)")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        out[f"search_importance_{i + 1}.png"] = buf.getvalue()
+    return out

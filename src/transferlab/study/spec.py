@@ -70,6 +70,7 @@ class SearchSpec:
     objective: str = "mean"
     lcb_k: float = 1.0
     pruner: str = "none"
+    pruner_options: dict[str, Any] = field(default_factory=dict)  # e.g. {n_startup_trials: 2} (Optuna's arguments)
     metric: str | None = None  # default: the task's main metric, on the dev (validation) split
     sampler_seed: int = 0
     storage: str | None = None
