@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import tiny_spec_dict
+from conftest import tiny_spec_dict, write_sentiment_csv
 from transferlab.cli import main
 from transferlab.spec import spec_from_dict
 from transferlab.store import Store
@@ -32,9 +32,11 @@ def ddp_spec(data_dir, **train) -> dict:
     return spec
 
 
-def test_two_gloo_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path, toy_task_dir, float64):
+def test_two_gloo_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path, float64):
     torch.set_num_threads(1)
-    spec = spec_from_dict(ddp_spec(toy_task_dir, batch_size=16))  # the global batch: 8 per rank under --nproc 2
+    data = write_sentiment_csv(tmp_path / "toy", n_train=41, n_dev=32)  # 2 batches of 16 and one of 9 per epoch
+    # the global batch: 8 per rank under --nproc 2; the epoch's last batch splits 5 + 4 (share-weighted losses)
+    spec = spec_from_dict(ddp_spec(data, batch_size=16))
     one = run(spec, Store(tmp_path / "one.db"), progress=False)
     assert next(iter(load_file(Store(tmp_path / "one.db").artifact_dir(one.uid) / "model.safetensors").values())
                 ).dtype == torch.float64
@@ -55,10 +57,11 @@ def test_two_gloo_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path, t
     w_one = load_file(Store(tmp_path / "one.db").artifact_dir(one.uid) / "model.safetensors")
     w_two = load_file(store.artifact_dir(two.uid) / "model.safetensors")
     assert w_one.keys() == w_two.keys()
-    moved = sum(float((w_one[k] - w_two[k]).abs().max()) for k in w_one)
+    gap = max(float((w_one[k] - w_two[k]).abs().max()) for k in w_one)
+    print(f"largest weight difference {gap:.3g}, loss differences "
+          f"{max(abs(a[1] - b[1]) for a, b in zip(curve_one, curve_two)):.3g}")
     for k in w_one:
-        torch.testing.assert_close(w_two[k], w_one[k], rtol=1e-6, atol=1e-7)
-    assert moved < 1e-5
+        torch.testing.assert_close(w_two[k], w_one[k], rtol=1e-7, atol=1e-8)  # measured: 1.2e-9
 
 
 def test_ddp_refuses_what_it_does_not_run_in_one_line_before_any_row(tmp_path, toy_task_dir, capsys):
