@@ -51,9 +51,12 @@ def search_study(tmp_path: Path, trials: int = 6, seeds=(0, 1), **search) -> dic
     return study
 
 
-def optuna_trials(store_path: Path, name: str):
+def optuna_trials(store_path: Path, cell: str):
+    """The trials of the cell's Optuna study (named ``study/task/cell/<study hash>``)."""
     url = f"sqlite:///{store_path.with_name(store_path.stem + '.optuna.db')}"
-    return optuna.load_study(study_name=name, storage=url).get_trials()
+    names = [n for n in optuna.get_all_study_names(url) if n.startswith(cell + "/")]
+    assert len(names) == 1, names
+    return optuna.load_study(study_name=names[0], storage=url).get_trials()
 
 
 KILL_AT = """
@@ -154,6 +157,7 @@ def test_search_prunes_stores_trials_as_runs_and_resumes_after_a_kill(tmp_path, 
     assert any(p.name.startswith("search_importance") for p in written)
 
 
+@pytest.mark.slow  # spawned workers: about 35 s on a loaded 2-core machine
 def test_search_through_the_process_executor_prunes_in_the_worker(tmp_path, one_thread):
     study = search_study(tmp_path, trials=5, seeds=(0,), sampler="grid",
                          space={"optim.lr": [3e-3, 1e-1]}, pruner_options={"n_startup_trials": 1})

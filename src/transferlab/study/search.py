@@ -25,7 +25,6 @@ and the resume rule. Samplers, pruners, storage and importance are Optuna's.
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -199,8 +198,12 @@ def distribution(key: str, dim: Any, sampler: str):
     return FloatDistribution(float(dim["low"]), float(dim["high"]), log=dim["log"], step=dim["step"])
 
 
-def optuna_name(study_name: str, task: str, cell: str) -> str:
-    return f"{study_name}/{task}/{cell}"
+def optuna_name(study, task: str, cell: str) -> str:
+    """The cell's Optuna study: named by the study's identity too, so a changed definition
+    (``--new-study``) starts a new Optuna study instead of mixing incompatible trials."""
+    from transferlab.study.spec import study_hash
+
+    return f"{study.study}/{task}/{cell}/{study_hash(study)[:8]}"
 
 
 def objective(values: list[float], kind: str, k: float, higher: bool) -> float:
@@ -295,7 +298,7 @@ def _metric(study, cell) -> tuple[str, bool]:
 def open_study(study, cell, url: str, direction: str | None = None):
     """The cell's Optuna study (created when ``direction`` is given), or None when it is not there."""
     optuna = _optuna()
-    name = optuna_name(study.study, cell.task, cell.cell)
+    name = optuna_name(study, cell.task, cell.cell)
     try:
         pruner = make_pruner(study.search.pruner, study.search.pruner_options)
         return optuna.load_study(study_name=name, storage=storage(url), pruner=pruner)
@@ -334,7 +337,6 @@ def run_search(study, store, execute, out) -> dict[tuple[str, str], dict[str, An
     returns (task, cell) -> the best trial's values, and records each cell's search in the store."""
     from transferlab.study.expand import cell_defs
 
-    optuna = _optuna()
     search, url = study.search, storage_url(study.search, store.path)
     chosen = {}
     for cell in cell_defs(study):
