@@ -1,7 +1,7 @@
 """Data-parallel training of one run across N processes (torch.distributed: gloo on CPU, NCCL on CUDA).
 
     result = launch(spec, Store("runs/transferlab.db"), nproc=2)    # transferlab run spec.yaml --nproc 2
-    torchrun --nproc-per-node 2 -m transferlab run spec.yaml          # the same under torchrun
+    torchrun --nproc-per-node 2 $(which transferlab) run spec.yaml    # the same under torchrun
 
 ``train.batch_size`` stays the global batch: each of the N ranks takes its contiguous share of every
 global batch (the global batches come from the run seed, the same on every rank, as in one process),
