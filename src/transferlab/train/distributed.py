@@ -135,6 +135,8 @@ def run_rank(spec, store_path: str, rank: int, world: int, *, init_method: str =
     from transferlab.train.loop import run
 
     backend = "nccl" if torch.cuda.is_available() and spec.train.device != "cpu" else "gloo"
+    if backend == "nccl":  # one GPU per rank: torchrun's LOCAL_RANK, or the rank on this machine
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
     _CONTEXT = Context(rank, world, backend)
     recorder = None
@@ -157,8 +159,6 @@ def _rank_main(rank: int, world: int, port: int, spec_data: dict, store_path: st
         init()
     from transferlab.spec import spec_from_dict
 
-    if torch.cuda.is_available() and spec_data.get("train", {}).get("device") != "cpu":
-        torch.cuda.set_device(rank)
     try:
         run_rank(spec_from_dict(spec_data), store_path, rank, world, init_method=f"tcp://127.0.0.1:{port}",
                  artifacts=artifacts, progress=progress)
