@@ -207,6 +207,14 @@ def test_dry_run_prints_the_search_plan(tmp_path, capsys):
     assert not (tmp_path / "s.db").exists()
 
 
+def test_nested_and_dotted_space_keys_are_one_dimension(tmp_path):
+    study = search_study(tmp_path)
+    study["search"]["space"] = {"optim": {"lr": {"low": 1e-4, "high": 1e-2}}, "train.batch_size": [8, 16]}
+    spec = load_study(study, ["search.space.schedule.warmup_ratio=[0.0, 0.1]"])
+    assert list(spec.search.space) == ["optim.lr", "train.batch_size", "schedule.warmup_ratio"]
+    assert spec.search.space["optim.lr"]["low"] == 1e-4 and spec.search.space["schedule.warmup_ratio"] == [0.0, 0.1]
+
+
 def test_objective_lcb_is_a_pessimistic_bound():
     from transferlab.study.search import objective
 

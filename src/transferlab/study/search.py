@@ -108,6 +108,7 @@ def check_search(study) -> None:
     if not s.lcb_k >= 0:
         raise SpecError(f"search.lcb_k: expected a number >= 0, got {s.lcb_k!r}")
     s.seeds = resolve_seeds(s.seeds, "search.seeds")
+    s.space = _flat_space(s.space)
     for key in list(s.space):
         check_field(key, "search.space")
         if key in ("seed", "name"):
@@ -133,6 +134,18 @@ def check_search(study) -> None:
         from transferlab.data.metrics import higher_is_better
 
         higher_is_better(s.metric)  # an unknown metric name: one line
+
+
+def _flat_space(space: dict, prefix: str = "") -> dict:
+    """``{optim: {lr: {low, high}}}`` (as ``--set search.space.optim.lr=...`` writes it) and
+    ``{optim.lr: {low, high}}`` alike; a mapping with a range key is a dimension, not a section."""
+    out = {}
+    for key, value in space.items():
+        if isinstance(value, dict) and value and not set(value) & set(DIM_KEYS):
+            out.update(_flat_space(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def grid_size(search) -> int:
