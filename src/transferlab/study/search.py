@@ -19,7 +19,7 @@ store. Pruning: a hook in each run reports the dev metric to the trial at every 
 (intermediate step = seed position x run steps + step) and stops the run when Optuna's pruner says
 so; the run is stored as failed (``pruned: ...``), the trial as PRUNED. One driver per search.
 
-Written here: the YAML space, the per-seed aggregation, the ask/tell loop over the study's executors
+Written here: the YAML space, the per-seed aggregation, the Study.optimize loop over the study's executors
 and the resume rule. Samplers, pruners, storage and importance are Optuna's.
 """
 
