@@ -50,6 +50,9 @@ def _run_parser(sub) -> None:
                    help="override a spec field, e.g. --set optim.lr=3e-5 (repeatable)")
     p.add_argument("--rerun", action="store_true", help="run again even if this run id already finished")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1, help=(
+        "train one run data-parallel on N processes of this machine (gloo on CPU, NCCL on CUDA; "
+        "train.batch_size is the global batch); under torchrun the ranks come from its environment"))
     p.add_argument("--dry-run", action="store_true", help=(
         "check the spec and print what would run (a run: its resolved spec and run id; a study: its expanded "
         "runs and their state); train nothing"))
@@ -250,11 +253,15 @@ def cmd_run(args) -> int:
 
     data = read_yaml(args.spec)
     if is_study(data):
+        if args.nproc != 1:
+            raise UserError("--nproc: trains one run across processes; a study's runs go to --executor processes")
         return cmd_study(args, data)
     spec = load_spec(data, args.overrides)
     if args.dry_run:
         return dry_run(spec, args.store)
     check_artifacts(args.artifacts)
+    if args.nproc != 1 or distributed_env():
+        return cmd_run_ddp(args, spec)
     store = Store(args.store, artifacts=args.artifacts)
     tracking = tracking_from_args(args)
     tracker, rid = None, run_id(spec)  # computed once, for the loop and the tracker
@@ -288,6 +295,36 @@ def check_artifacts(location: str | None) -> None:
 
     if location and ("://" not in location or location.startswith("file://")):
         check_writable_dir(location.removeprefix("file://"), "--artifacts")
+
+
+def distributed_env() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ  # started by torchrun
+
+
+def cmd_run_ddp(args, spec) -> int:
+    """One run data-parallel (train/distributed.py): ``--nproc N`` spawns the ranks, torchrun started them."""
+    from transferlab.store import Store
+    from transferlab.train import distributed
+
+    ranks = distributed.from_env()
+    world = ranks[1] if ranks else args.nproc
+    if tracking_from_args(args).enabled:
+        raise UserError(f"--nproc {world}: live tracking (--tensorboard/--mlflow/--wandb) is not supported under "
+                        "data-parallel training; the stored curve is the global batch's")
+    if ranks is not None:  # this process is one rank of torchrun's
+        distributed.check(spec, ranks[1])
+        result = distributed.run_rank(spec, args.store, *ranks, artifacts=args.artifacts, progress=not args.quiet)
+        if ranks[0]:
+            return 0
+    else:
+        distributed.check(spec, args.nproc)  # before the store exists
+        result = distributed.launch(spec, Store(args.store, artifacts=args.artifacts), args.nproc,
+                                    force=args.rerun, progress=not args.quiet)
+    print(f"{result.uid}  {result.status}  steps {result.steps}  {result.duration_s:.0f}s  ({world} processes)")
+    for split, metrics in (("dev", result.dev), ("test", result.test)):
+        if metrics:
+            print(f"  {split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
 
 
 def tracking_from_args(args, base=None):
@@ -334,11 +371,16 @@ def cmd_study(args, data: dict) -> int:
     plan = plan_study(study, store=existing)  # expanded and validated once (stored references too), then handed on
     if args.dry_run:
         rows = describe_plan(study, existing, args.seed_parallel, plan)
+        if study.search is not None:
+            from transferlab.study.search import plan_lines
+
+            print("\n".join(plan_lines(study)))
         print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
         runs = [r for r in rows if not r[5].startswith("(")]
-        waiting = len(rows) - len(runs)
+        waiting = sum(r[0] == "main" and r[5].startswith("(") for r in rows)
         print(f"{study.study}: {sum(r[-1] != 'done' for r in runs)} of {len(runs)} runs to do"
-              + (f"; then {waiting} cells x {len(study.seeds)} seeds at the LRs chosen on validation" if waiting else ""))
+              + (f"; then {waiting} cells x {len(study.seeds)} seeds at the "
+                 + ("best trial's values" if study.search else "LRs chosen on validation") if waiting else ""))
         return 0
     resources = {}
     for item in args.ray_resource:

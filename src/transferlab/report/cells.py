@@ -49,7 +49,8 @@ def search_seeds(store: Store, study: str, include: bool | None = None) -> set[i
     its ``report.exclude_search_seeds`` is false; ``include`` (the report's flag) overrides the spec."""
     meta = store.study_spec(study) or {}
     exclude = (meta.get("report") or {}).get("exclude_search_seeds", True) if include is None else not include
-    return set((meta.get("lr_search") or {}).get("seeds") or []) if exclude else set()
+    searched = (meta.get("lr_search") or {}).get("seeds") or (meta.get("search") or {}).get("seeds") or []
+    return set(searched) if exclude else set()
 
 
 def cells(store: Store, study: str | None = None, include_search_seeds: bool | None = None) -> list[Cell]:

@@ -178,6 +178,7 @@ def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = N
     """(title, note, table) of every section with rows."""
     from transferlab.report import analysis, tables
     from transferlab.report.stats import BCA_MIN_N
+    from transferlab.study import search
 
     studies = list(dict.fromkeys(c.study for c in all_cells if c.study))
     compared = analysis.comparisons_paired(store, all_cells, tost_margin)
@@ -208,6 +209,10 @@ def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = N
          analysis.churn_table(store, all_cells)),
         ("Learning rates chosen on validation", ("Per cell, the mean final dev (validation) score of each LR "
          "over the search seeds; the best LR then ran with all seeds."), tables.lr_table(store, studies)),
+        ("Hyper-parameter search (Optuna)", ("Per searched cell, the best trials by their objective over the "
+         "search seeds' final dev scores (pruned and failed trials counted in the last column); the cell then "
+         "ran every seed at the best trial's values. Importance: Optuna's fANOVA, in the figures."),
+         search.trials_table(store, studies)),
         ("Expected best score over k seeds", "Dodge et al. (2019), from the empirical distribution of the seeds.",
          tables.expected_max_table(all_cells)),
         ("Expected best score over k seeds, unbiased", ("The U-statistic over all k-subsets of the seeds (Tang et "
@@ -221,6 +226,13 @@ def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = N
          "stacked xS: S seeds stacked in one process).", provenance_table(all_cells)),
     ]
     return [s for s in sections if s[2][1]]
+
+
+def _search_plots(store: Store, all_cells: list[Cell]) -> dict[str, bytes]:
+    from transferlab.study import search
+
+    studies = list(dict.fromkeys(c.study for c in all_cells if c.study))
+    return search.importance_plots(store, studies) if search.searches(store, studies) else {}
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -247,6 +259,7 @@ def write_report(store: Store, out: Path, study: str | None = None, *, tost_marg
         "loss_curves.png": curve_plot(store, all_cells),
         "lr_schedule.png": study_plots.lr_plot(store, all_cells),
         "expected_max.png": study_plots.expected_max_plot(all_cells),
+        **_search_plots(store, all_cells),
     }
     plots = {name: data for name, data in plots.items() if data}
     written = []

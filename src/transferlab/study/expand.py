@@ -38,11 +38,12 @@ class StudyPlan:
     study: str
     search: list[Planned]  # the LR-search phase ([] without lr_search)
     main: list[Planned]  # the main phase (with lr_search: empty until the LRs are chosen)
+    trials: list = field(default_factory=list)  # with a search section: the space's first point per cell (checked)
 
 
 @dataclass(frozen=True)
 class Planned:
-    phase: str  # "lr" or "main"
+    phase: str  # "lr", "search" or "main"
     task: str
     arm: str
     cell: str
@@ -139,9 +140,12 @@ def first_runs(study: StudySpec) -> list[RunSpec]:
 
 
 def _build(study: StudySpec, cell: CellDef, seed: int, lr: float | None, name: str) -> RunSpec:
-    overrides = dict(cell.overrides)
-    if lr is not None:
-        overrides["optim.lr"] = lr
+    return build_spec(study, cell, seed, {} if lr is None else {"optim.lr": lr}, name)
+
+
+def build_spec(study: StudySpec, cell: CellDef, seed: int, values: dict[str, Any], name: str) -> RunSpec:
+    """The cell's run spec with ``values`` (a chosen LR, a search trial's values) set, then seed and name."""
+    overrides = {**dict(cell.overrides), **values}
     overrides.update(seed=seed, name=name)
     try:
         return spec_from_dict(apply_overrides(study.base, overrides))
@@ -171,22 +175,29 @@ def expand_lr_search(study: StudySpec) -> list[Planned]:
     return _check_unique(planned)
 
 
-def expand(study: StudySpec, lrs: dict[tuple[str, str], float] | None = None) -> list[Planned]:
-    """The main phase: every cell x every seed, at the chosen LR of the cell when ``lr_search`` is set.
+def expand(study: StudySpec, lrs: dict[tuple[str, str], float] | None = None,
+           chosen: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[Planned]:
+    """The main phase: every cell x every seed, at the chosen LR of the cell when ``lr_search`` is set,
+    at the best trial's values when ``search`` is set (study/search.py).
 
-    ``lrs`` maps (task, cell) to the chosen LR; cells without one are left out (their LR is
-    not chosen yet).
+    ``lrs`` maps (task, cell) to the chosen LR, ``chosen`` to the chosen values; cells without
+    one are left out (not chosen yet).
     """
     cells = cell_defs(study)
     planned = []
     for seed in study.seeds:
         for c in cells:
-            lr = None
+            values: dict[str, Any] = {}
             if study.lr_search is not None:
                 if lrs is None or (c.task, c.cell) not in lrs:
                     continue
-                lr = lrs[(c.task, c.cell)]
-            planned.append(Planned("main", c.task, c.arm, c.cell, seed, lr, _build(study, c, seed, lr, c.cell)))
+                values = {"optim.lr": lrs[(c.task, c.cell)]}
+            if study.search is not None:
+                if chosen is None or (c.task, c.cell) not in chosen:
+                    continue
+                values = dict(chosen[(c.task, c.cell)])
+            planned.append(Planned("main", c.task, c.arm, c.cell, seed, values.get("optim.lr"),
+                                   build_spec(study, c, seed, values, c.cell)))
     return _check_unique(planned)
 
 
@@ -194,8 +205,12 @@ def plan_study(study: StudySpec, validate: bool = True, store=None) -> StudyPlan
     """Expand both phases once and check every spec (values, files, models) before a row exists.
     ``store``: where stored runs named by transplant and distill steps are looked up."""
     plan = StudyPlan(study.study, expand_lr_search(study), expand(study))
+    if study.search is not None:
+        from transferlab.study.search import sample_specs
+
+        plan.trials = sample_specs(study)
     if validate:
         from transferlab.train.validate import validate_runs
 
-        validate_runs([p.spec for p in plan.search + plan.main], store)
+        validate_runs([p.spec for p in plan.search + plan.main] + plan.trials, store)
     return plan

@@ -35,6 +35,7 @@ class Job:
     tracking: dict[str, Any] | None = None  # a TrackingSpec as plain data: live TensorBoard/MLflow/W&B logging
     # an intermediate-task run's phase A, claimed by the driver with it: uid, earlier, run_id, recipe_hash, seed
     phase_a: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None  # a search trial's pruning hook (study/search.py: PruneHook's arguments)
 
 
 @dataclass
@@ -96,6 +97,10 @@ def execute_jobs(jobs: list[Job], hooks: list | tuple = ()) -> list[Outcome]:
                                   run_id=ids[0])
             hooks = (*hooks, tracker)
         once = {"study": jobs[0].study, "progress": False, "force": True, "validated": True}
+        if len(jobs) == 1 and jobs[0].prune:  # reports to the Optuna trial at every dev evaluation
+            from transferlab.study.search import PruneHook
+
+            hooks = (*hooks, PruneHook(**jobs[0].prune))
         if len(jobs) == 1:
             run(specs[0], recorder, hooks=hooks, run_id=ids[0], **once)
         else:

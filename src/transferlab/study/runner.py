@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from transferlab.data.degenerate import is_degenerate
 from transferlab.errors import UserError
 from transferlab.fingerprint import fingerprint
+from transferlab.spec import run_id as spec_run_id
 from transferlab.spec import spec_hash, to_dict
 from transferlab.store import LEASE_S, Store
 from transferlab.study import lr_select, ray_executor  # noqa: F401  (ray_executor registers "ray")
+from transferlab.study import search as search_mod
 from transferlab.study.executors import EXECUTORS, Executor
 from transferlab.study.expand import Planned, StudyPlan, cell_defs, expand, plan_study
 from transferlab.study.jobs import Job, Outcome
@@ -41,9 +43,11 @@ class StudyResult:
     skipped: int = 0  # already done (or failed and skipped)
     failed: int = 0
     diverged: int = 0
+    pruned: int = 0  # search runs stopped by Optuna's pruner (stored failed, "pruned: ...")
     interrupted: bool = False
     elsewhere: int = 0  # claimed by another driver of the same study meanwhile
     lrs: dict = field(default_factory=dict)
+    chosen: dict = field(default_factory=dict)  # (task, cell) -> the search's best values
     failures: list[str] = field(default_factory=list)  # one line per failed run
     errors: list[str] = field(default_factory=list)  # the failed runs' errors, in completion order
 
@@ -90,7 +94,7 @@ class Progress:
         value = (summary.get(split) or {}).get(metric)
         what = f"{split} {metric} {value:.4f}" if value is not None else ((o.error or "").splitlines() or [""])[0][:100]
         flag = "  DEGENERATE" if is_degenerate(summary, split, self.margin) else ""
-        phase = "[lr search] " if p.phase == "lr" else ""
+        phase = {"lr": "[lr search] ", "search": "[search] "}.get(p.phase, "")
         self.out(f"[{self.done}/{self.total}] {phase}{p.task} | {p.cell} | seed {p.seed}"
                  f"{f' | lr {p.lr:g}' if p.lr else ''}: {o.status}  {what}  ({o.duration_s:.0f}s){flag}{eta}")
 
@@ -181,14 +185,14 @@ def _ref_row(store: Store, row) -> dict:
 
 
 def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *, skip_failed: bool,
-             result: StudyResult, out: Callable[[str], None]) -> None:
+             result: StudyResult, out: Callable[[str], None], prune: dict | None = None) -> None:
     from transferlab.study.seed_groups import seed_groups
 
     states = {p.run_id: state(store, p.run_id) for p in planned}
     todo = [p for p in planned if states[p.run_id] == "todo" or (states[p.run_id] == "failed" and not skip_failed)]
     done = len(planned) - len(todo)
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "failed", "running")}
-    phase = "LR search" if planned and planned[0].phase == "lr" else "runs"
+    phase = {"lr": "LR search", "search": "search trial"}.get(planned[0].phase if planned else "", "runs")
     out(f"{study.study}: {phase}: {len(planned)} planned, {counts['done']} done, {counts['failed']} failed "
         f"({'skipped' if skip_failed else 'run again'}), {counts['running']} running elsewhere, {len(todo)} to run")
     result.planned += len(planned)
@@ -196,8 +200,8 @@ def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *
     if not todo:
         return
     tracking = to_dict(study.logging) if study.logging.enabled else None  # live, from inside each run
-    jobs = [Job(i, p.spec, study.study, str(store.path), run_id=p.run_id, tracking=tracking)
-            for i, p in enumerate(todo)]
+    jobs = [Job(i, p.spec, study.study, str(store.path), run_id=p.run_id, tracking=tracking,
+                prune=prune and {**prune, "pos": study.search.seeds.index(p.seed)}) for i, p in enumerate(todo)]
     groups = seed_groups(jobs, executor.seed_parallel, has_hooks=getattr(executor, "hooks", None) is not None)
     artifacts = store.location.url if executor.shares_files or store.location_named else None
     progress = Progress(len(planned), done, executor.parallelism, study.degenerate_margin, out)
@@ -223,7 +227,13 @@ def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *
 
 
 def _report(p: Planned, outcome: Outcome, result: StudyResult, progress: Progress) -> None:
+    from transferlab.study.search import PRUNED
+
     result.executed += 1
+    if outcome.status == "failed" and (outcome.error or "").startswith(PRUNED):
+        result.pruned += 1
+        progress.report(p, outcome)
+        return
     result.failed += outcome.status == "failed"
     result.diverged += outcome.status == "diverged"
     if outcome.status == "failed":
@@ -276,6 +286,12 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
                     + ", ".join(f"{lr:g}: {s:.4f}" for lr, s, _ in c.scores) + ")")
             result.lrs = {k: c.lr for k, c in choices.items()}
             main = expand(study, result.lrs)
+        if study.search is not None:
+            def trial(planned: list[Planned], prune: dict | None) -> None:
+                _execute(study, store, planned, ex, skip_failed=skip_failed, result=result, out=out, prune=prune)
+
+            result.chosen = search_mod.run_search(study, store, trial, out)
+            main = expand(study, chosen=result.chosen)
         store.plan_runs(study.study, [p.plan_row() for p in main])
         _execute(study, store, main, ex, skip_failed=skip_failed, result=result, out=out)
     except KeyboardInterrupt:
@@ -285,7 +301,8 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
             "Run the same command again to resume.")
         return result
     ex.close()
-    out(f"{study.study}: {result.executed} runs executed ({result.failed} failed, {result.diverged} diverged), "
+    out(f"{study.study}: {result.executed} runs executed ({result.failed} failed, {result.diverged} diverged"
+        + (f", {result.pruned} pruned" if result.pruned else "") + "), "
         f"{result.skipped} already done, in {_fmt_time(time.time() - start)}")
     for line in result.failures:
         out(f"{study.study}: failed: {line}")
@@ -295,8 +312,10 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
 def check_workers(plan: StudyPlan, ex: Executor) -> None:
     """Can the executor's workers read what the study's runs read (a Ray node without the data: one line,
     before anything is written)? The executor is closed when not."""
+    jobs = [Job(i, p.spec, plan.study, "", run_id=p.run_id) for i, p in enumerate(plan.search + plan.main)]
+    jobs += [Job(len(jobs) + i, spec, plan.study, "", run_id=spec_run_id(spec)) for i, spec in enumerate(plan.trials)]
     try:
-        ex.check([Job(i, p.spec, plan.study, "", run_id=p.run_id) for i, p in enumerate(plan.search + plan.main)])
+        ex.check(jobs)
     except BaseException:
         ex.close(cancel=True)
         raise
@@ -313,7 +332,13 @@ def describe_plan(study: StudySpec, store: Store | None, seed_parallel: str = "a
     search = plan.search
     lrs = lr_select.stored_choices(store, study.study) if store is not None and search else {}
     path = str(store.path) if store is not None else ""
-    for phase in (search, expand(study, lrs) if lrs else plan.main):
+    chosen = search_mod.stored_choices(store, study.study) if store is not None and study.search else {}
+    if study.search is not None:
+        n = search_mod.budget(study.search)
+        rows += [["search", c.task, c.cell, ",".join(map(str, study.search.seeds)), "-", f"({n} trials x "
+                  f"{len(study.search.seeds)} seeds)", "done" if (c.task, c.cell) in chosen else "todo"]
+                 for c in cell_defs(study)]
+    for phase in (search, expand(study, lrs or None, chosen or None) if (lrs or chosen) else plan.main):
         jobs = [Job(i, p.spec, study.study, path, run_id=p.run_id) for i, p in enumerate(phase)]
         for group in seed_groups(jobs, seed_parallel):
             for job in group:
@@ -325,4 +350,9 @@ def describe_plan(study: StudySpec, store: Store | None, seed_parallel: str = "a
         for task, cell in sorted(waiting):
             rows.append(["main", task, cell, ",".join(map(str, study.seeds)), "chosen on validation",
                          "(after the LR search)", "todo"])
+    if study.search is not None:
+        for c in cell_defs(study):
+            if (c.task, c.cell) not in chosen:
+                rows.append(["main", c.task, c.cell, ",".join(map(str, study.seeds)), "-",
+                             "(at the best trial's values)", "todo"])
     return rows

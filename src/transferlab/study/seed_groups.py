@@ -50,8 +50,8 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False) ->
     ``--dry-run`` lists."""
     if mode not in ("auto", "on", "off"):
         raise UserError(f"--seed-parallel: {mode!r} is not one of auto, on, off")
-    if mode == "off" or has_hooks or len(jobs) < 2 or any(job.tracking for job in jobs):  # live tracking: one by one
-        return _state_dtype_checked([[job] for job in jobs])
+    if mode == "off" or has_hooks or len(jobs) < 2 or any(job.tracking or job.prune for job in jobs):
+        return _state_dtype_checked([[job] for job in jobs])  # live tracking, pruning: one by one
     from transferlab.spec import spec_hash
     from transferlab.train.support import Unsupported, unsupported
 

@@ -11,6 +11,8 @@
     tasks: [rte, {name: mrpc}]       # task names or task sections; default: the base task
     few_sample: [1000]               # values of task.few_sample
     lr_search: {grid: [1e-5, 2e-5, 5e-5], seeds: [0, 1, 2]}   # per cell, chosen on validation
+    search: {space: {optim.lr: {low: 1e-5, high: 1e-3, log: true}}, trials: 20, seeds: [100, 101],
+             sampler: tpe, pruner: median, objective: mean}   # per cell, Optuna (study/search.py)
     degenerate_margin: 0.01          # a run is degenerate unless it beats the constant baseline by this
     threshold: 0.6                   # steps to reach this dev value of the main metric
     logging: {tensorboard: runs/tb}  # optional: log every run live to TensorBoard / MLflow / W&B (train/track.py)
@@ -49,6 +51,31 @@ class LRSearch:
     metric: str | None = None  # default: the task's main metric, on the dev (validation) split
 
 
+@dataclass
+class SearchSpec:
+    """A hyper-parameter search per cell with Optuna (the ``search`` extra; study/search.py).
+
+    space: dotted run spec field -> a list of choices, or {low, high, log, step, type: float|int}.
+    trials: trials per cell (the budget; not part of the study's identity, so raising it extends
+        a finished search). sampler: tpe | random | grid. seeds: each trial's runs (list or range).
+    objective: mean (of the seeds' final dev scores) or lcb (mean - lcb_k * sd / sqrt(n): a
+        pessimistic bound; mean + for lower-is-better metrics). pruner: none | median | halving, at
+        the dev evaluations of the runs. storage: Optuna's storage URL (default: an SQLite file
+        beside the store, ``<store stem>.optuna.db``)."""
+
+    space: dict[str, Any] = field(default_factory=dict)
+    trials: int = 20
+    sampler: str = "tpe"
+    seeds: Any = field(default_factory=lambda: [0, 1])
+    objective: str = "mean"
+    lcb_k: float = 1.0
+    pruner: str = "none"
+    pruner_options: dict[str, Any] = field(default_factory=dict)  # e.g. {n_startup_trials: 2} (Optuna's arguments)
+    metric: str | None = None  # default: the task's main metric, on the dev (validation) split
+    sampler_seed: int = 0
+    storage: str | None = None
+
+
 LoggingSpec = TrackingSpec  # logging: {tensorboard, mlflow, mlflow_experiment, wandb, wandb_mode, wandb_dir}
 
 
@@ -79,6 +106,7 @@ class StudySpec:
     tasks: list[Any] | None = None
     few_sample: list[int] | None = None
     lr_search: LRSearch | None = None
+    search: SearchSpec | None = None
     degenerate_margin: float = 0.01
     threshold: float | None = None
     logging: LoggingSpec = field(default_factory=LoggingSpec)
@@ -123,6 +151,10 @@ class StudySpec:
             raise SpecError("tasks: the list is empty; leave it out to use the base task")
         if self.lr_search is not None:
             self._check_lr_search()
+        if self.search is not None:
+            from transferlab.study.search import check_search  # the space's checks live with the search
+
+            check_search(self)
 
     def _check_lr_search(self) -> None:
         search = self.lr_search
@@ -226,4 +258,8 @@ def is_study(data: dict[str, Any]) -> bool:
 def study_hash(study: StudySpec) -> str:
     """The study's identity in the store: its resolved definition, without the description, logging, report."""
     data = {k: v for k, v in to_dict(study).items() if k not in ("description", "logging", "report")}
+    if data.get("search"):  # the budget is not the identity: more trials extend a search
+        data["search"] = {k: v for k, v in data["search"].items() if k != "trials"}
+    else:
+        data.pop("search", None)  # a study without a search keeps the hash it had before the section existed
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -44,6 +44,7 @@ from transferlab.spec import run_id as spec_run_id
 from transferlab.store import DEFAULT_STORE, Store
 from transferlab.train.batches import collate, encode, epoch_batches
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
+from transferlab.train import distributed
 from transferlab.train.compute import FusedTrainee, SingleTrainee, StackedTrainee
 from transferlab.train.evaluate import evaluate_with_predictions
 from transferlab.train.extra_evals import extra_splits
@@ -136,6 +137,7 @@ class _Group:
         self.stacked = len(specs) > 1
         self.clock = clock
         self.results: dict[str, RunResult] = {}
+        self.ddp = distributed.current()  # data parallel across processes (train/distributed.py), or None
 
     # ------------------------------------------------------------------ store lifecycle
     def run(self) -> list[RunResult]:
@@ -237,7 +239,8 @@ class _Group:
         self.engine = EngineInfo(kind, len(self.specs), False, self.device.type,
                                  str(self.amp).replace("torch.", "") if self.amp else "fp32", reason)
         self.provenance = {**provenance(), "engine": self.engine.__dict__,
-                           **({"group_seeds": [s.seed for s in self.specs]} if self.stacked else {})}
+                           **({"group_seeds": [s.seed for s in self.specs]} if self.stacked else {}),
+                           **({"ddp": self.ddp.info()} if self.ddp else {})}
 
     def _parts(self, seeds: list[SeedRun], trainee) -> None:
         """Freezer, distiller, hooks, optimizer and schedule, in the order a single run has always used."""
@@ -299,10 +302,15 @@ class _Group:
             self._call("on_step_start", step)
             losses = None
             for _ in range(tspec.grad_accum):
-                batches = [collate(s.data["train"], s.next_batch(tspec.batch_size, tspec.length_bucketing),
-                                   s.task.problem == "regression") for s in active]
+                indices = [self._shard(s.next_batch(tspec.batch_size, tspec.length_bucketing)) for s in active]
+                batches = [collate(s.data["train"], index, s.task.problem == "regression")
+                           for s, index in zip(active, indices)]
                 losses = trainee.backward(batches, tspec.grad_accum, self.loss_hooks)
+                if self.ddp is not None:  # data parallel: the global batch's loss, the same on every rank
+                    losses = self.ddp.mean_loss(losses)
                 self.watch.add(losses)
+            if self.ddp is not None:  # data parallel: the ranks' gradients averaged before clipping
+                self.ddp.reduce_grads(trainee.module)
             norms = trainee.clip(self.spec.optim.max_grad_norm, self.optimizer)
             lr = max(self.scheduler.get_last_lr())
             self.watch.step(step, losses, norms)
@@ -315,6 +323,10 @@ class _Group:
             active = self._leave(step, active, trainee)
             self._checkpoint(step, seeds, trainee)
         self.bar.close()
+
+    def _shard(self, index):
+        """This process's share of a global batch under data parallelism (train/distributed.py)."""
+        return index if self.ddp is None else self.ddp.shard(index)
 
     def _after_step(self, step: int, lr: float, norms, active: list[SeedRun], trainee) -> None:
         """The curve and the divergence watch, then the dev evaluation with best state and patience."""
