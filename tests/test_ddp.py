@@ -12,7 +12,7 @@ from conftest import tiny_spec_dict, write_sentiment_csv
 from transferlab.cli import main
 from transferlab.spec import spec_from_dict
 from transferlab.store import Store
-from transferlab.train.distributed import launch
+from transferlab.train.ddp_launch import launch
 from transferlab.train.loop import run
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without torch.distributed")

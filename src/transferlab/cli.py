@@ -304,7 +304,7 @@ def distributed_env() -> bool:
 def cmd_run_ddp(args, spec) -> int:
     """One run data-parallel (train/distributed.py): ``--nproc N`` spawns the ranks, torchrun started them."""
     from transferlab.store import Store
-    from transferlab.train import distributed
+    from transferlab.train import ddp_launch, distributed
 
     ranks = distributed.from_env()
     world = ranks[1] if ranks else args.nproc
@@ -313,12 +313,12 @@ def cmd_run_ddp(args, spec) -> int:
                         "data-parallel training; the stored curve is the global batch's")
     if ranks is not None:  # this process is one rank of torchrun's
         distributed.check(spec, ranks[1])
-        result = distributed.run_rank(spec, args.store, *ranks, artifacts=args.artifacts, progress=not args.quiet)
+        result = ddp_launch.run_rank(spec, args.store, *ranks, artifacts=args.artifacts, progress=not args.quiet)
         if ranks[0]:
             return 0
     else:
         distributed.check(spec, args.nproc)  # before the store exists
-        result = distributed.launch(spec, Store(args.store, artifacts=args.artifacts), args.nproc,
+        result = ddp_launch.launch(spec, Store(args.store, artifacts=args.artifacts), args.nproc,
                                     force=args.rerun, progress=not args.quiet)
     print(f"{result.uid}  {result.status}  steps {result.steps}  {result.duration_s:.0f}s  ({world} processes)")
     for split, metrics in (("dev", result.dev), ("test", result.test)):

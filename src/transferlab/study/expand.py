@@ -206,11 +206,21 @@ def plan_study(study: StudySpec, validate: bool = True, store=None) -> StudyPlan
     ``store``: where stored runs named by transplant and distill steps are looked up."""
     plan = StudyPlan(study.study, expand_lr_search(study), expand(study))
     if study.search is not None:
-        from transferlab.study.search import sample_specs
-
         plan.trials = sample_specs(study)
     if validate:
         from transferlab.train.validate import validate_runs
 
         validate_runs([p.spec for p in plan.search + plan.main] + plan.trials, store)
     return plan
+
+
+def search_point(search) -> dict[str, Any]:
+    """A point of the space (each first choice, each range's low end): the runs' values are checked there."""
+    return {k: d[0] if isinstance(d, list) else (int(d["low"]) if d["type"] == "int" else d["low"])
+            for k, d in search.space.items()}
+
+
+def sample_specs(study) -> list:
+    """One run spec per cell at a point of the space: validate_runs checks them before any row."""
+    point = search_point(study.search)
+    return [build_spec(study, c, study.search.seeds[0], point, c.cell) for c in cell_defs(study)]

@@ -42,9 +42,9 @@ from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.spec import RunSpec, spec_hash, to_dict
 from transferlab.spec import run_id as spec_run_id
 from transferlab.store import DEFAULT_STORE, Store
+from transferlab.train import distributed
 from transferlab.train.batches import collate, encode, epoch_batches
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
-from transferlab.train import distributed
 from transferlab.train.compute import FusedTrainee, SingleTrainee, StackedTrainee
 from transferlab.train.evaluate import evaluate_with_predictions
 from transferlab.train.extra_evals import extra_splits
