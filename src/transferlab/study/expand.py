@@ -204,9 +204,8 @@ def expand(study: StudySpec, lrs: dict[tuple[str, str], float] | None = None,
 def plan_study(study: StudySpec, validate: bool = True, store=None) -> StudyPlan:
     """Expand both phases once and check every spec (values, files, models) before a row exists.
     ``store``: where stored runs named by transplant and distill steps are looked up."""
-    plan = StudyPlan(study.study, expand_lr_search(study), expand(study))
-    if study.search is not None:
-        plan.trials = sample_specs(study)
+    trials = sample_specs(study) if study.search is not None else []
+    plan = StudyPlan(study.study, expand_lr_search(study), expand(study), trials)
     if validate:
         from transferlab.train.validate import validate_runs
 
