@@ -18,6 +18,7 @@ non-finite step are kept on the device and read once per logging interval.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 
 import torch
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 
 from transferlab.data.build import build_task
 from transferlab.data.metrics import baseline, constant_baselines, higher_is_better
-from transferlab.errors import UserError
+from transferlab.errors import FaultError, UserError
+from transferlab.fingerprint import fingerprint
 from transferlab.models import artifacts as ckpt
 from transferlab.models.artifacts import save_predictions, save_weights, task_meta
 from transferlab.models.model import build_model
@@ -40,7 +42,7 @@ from transferlab.recipes.stabilisers import build_stabilisers
 from transferlab.recipes.transplant import prepare_transfer
 from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.spec import RunSpec, run_id, spec_hash, to_dict
-from transferlab.store import DEFAULT_STORE, Store
+from transferlab.store import DEFAULT_STORE, Heartbeat, Store
 from transferlab.train.batches import collate, encode, epoch_batches
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
 from transferlab.train.compute import FusedTrainee, SingleTrainee, StackedTrainee
@@ -64,6 +66,7 @@ from transferlab.train.validate import validate_runs
 
 __all__ = ["run", "run_seeds", "run_group", "RunResult", "Unsupported"]
 log = logging.getLogger(__name__)
+WAIT_S = 2.0  # how often a run waiting for another process's attempt of the same run id looks again
 
 
 def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, force: bool = False,
@@ -101,18 +104,69 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
     if len(todo) > 1 and (why := unsupported([specs[i] for i in todo], hooks)) is not None:
         raise Unsupported(f"seed-parallel: {why}")
     validate_runs([specs[i] for i in todo])  # every value, file and model before a run row exists
-    if todo:
-        group = _Group([specs[i] for i in todo], store, study, progress, hooks, clock)
-        for i, result in zip(todo, group.run()):
-            results[i] = result
+    claimed = _claim(specs, todo, store, study, force, results) if hasattr(store, "claim") else {}
+    todo = [i for i in todo if results[i] is None]
+    beat = Heartbeat(store.path, uids=claimed.values()) if claimed else None
+    try:
+        if todo:
+            group = _Group([specs[i] for i in todo], store, study, progress, hooks, clock, claimed)
+            for i, result in zip(todo, group.run()):
+                results[i] = result
+    except BaseException as e:
+        for uid in set(claimed.values()) - {r.uid for r in results if r is not None}:
+            if store.runs(run_id=uid.rsplit("/", 1)[0])[-1].status == "running":  # claimed, never started
+                store.finish_run(uid, "failed", error=_failure(e))
+        raise
+    finally:
+        if beat is not None:
+            beat.close(store)
     return results  # type: ignore[return-value]
+
+
+def _claim(specs: list[RunSpec], todo: list[int], store: Store, study: str | None, force: bool,
+           results: list) -> dict[str, str]:
+    """Claim each run to train in the store as a study does (store.claim: one live attempt per run id).
+    A run another process trains now is waited for, then reused when it finished (trained again with
+    ``force``; a new attempt when that process died). Returns run id -> claimed uid."""
+    claimed: dict[str, str] = {}
+    for i in todo:
+        spec, rid = specs[i], run_id(specs[i])
+        waited = None
+        while True:
+            claim = store.claim(rid, spec_hash(spec), spec.seed, to_dict(spec), name=spec.name, study=study,
+                                fingerprint=fingerprint(spec), rerun=force)
+            if claim is not None:
+                claimed[rid] = claim[0]
+                break
+            holder = store.holder(rid)
+            if holder is None:  # finished (or diverged) meanwhile: reused
+                done = store.runs(run_id=rid)[-1]
+                by = f" by process {waited.pid} on {waited.host}" if waited else ""
+                log.warning("run %s: reusing %s, trained meanwhile%s; not training it again", rid, done.uid, by)
+                results[i] = RunResult.reused(rid, done.uid, done.summary, done.duration_s)
+                break
+            if waited is None or waited.uid != holder.uid:
+                log.warning("run %s is being trained by process %s on %s (%s); waiting for it to end",
+                            rid, holder.pid, holder.host, holder.uid)
+            waited = holder
+            time.sleep(WAIT_S)
+    return claimed
+
+
+def _failure(e: BaseException) -> str:
+    """A run's stored error for ``e``: Ctrl-C reads ``interrupted`` (rerun on resume), a user's mistake its
+    line, anything else its traceback."""
+    return ("interrupted (KeyboardInterrupt)" if isinstance(e, KeyboardInterrupt) else
+            str(e) if isinstance(e, (UserError, FaultError)) else traceback.format_exc(limit=8))
 
 
 class _Group:
     """S runs of one recipe trained together; every store write of a training run happens here."""
 
-    def __init__(self, specs: list[RunSpec], store: Store, study: str | None, progress: bool, hooks, clock: Clock):
+    def __init__(self, specs: list[RunSpec], store: Store, study: str | None, progress: bool, hooks, clock: Clock,
+                 claimed: dict[str, str] | None = None):
         self.specs, self.store, self.study, self.progress, self.user_hooks = specs, store, study, progress, hooks
+        self.claimed = claimed or {}  # run id -> the attempt claimed for it (run_group); else start_run here
         self.spec, self.tspec = specs[0], specs[0].train
         self.device = resolve_device(self.tspec.device)
         self.amp = autocast_dtype(self.tspec.precision, self.device)
@@ -129,8 +183,7 @@ class _Group:
             trainee = self._prepare(seeds)
             self._train(seeds, trainee)
         except BaseException as e:
-            error = ("interrupted (KeyboardInterrupt)" if isinstance(e, KeyboardInterrupt) else
-                     str(e) if isinstance(e, UserError) else traceback.format_exc(limit=8))
+            error = _failure(e)
             if isinstance(e, torch.OutOfMemoryError):  # the two ways out, named with the run
                 error += (f"\nout of memory with {len(self.specs)} seed(s) at batch {self.tspec.batch_size}: set "
                           "train.checkpoint_layers: true (each layer recomputed in the backward), or train fewer "
@@ -158,6 +211,10 @@ class _Group:
         return [self.results[seed.uid]]
 
     def _start(self, seed: SeedRun) -> None:
+        if run_id(seed.spec) in self.claimed:
+            seed.uid = self.claimed[run_id(seed.spec)]
+            self.store.update_run(seed.uid, provenance=self.provenance)
+            return
         seed.uid = self.store.start_run(run_id(seed.spec), spec_hash(seed.spec), seed.spec.seed,
                                         to_dict(seed.spec), name=seed.spec.name, study=self.study,
                                         provenance=self.provenance)
