@@ -294,3 +294,145 @@ def test_a_real_full_disk_at_the_artifact_location_fails_the_run_in_one_line(dat
     _intact(db)
     (row,) = Store(db).runs()
     assert row.status == "failed" and "the disk is full" in row.error
+
+
+# ------------------------------------------------------------------ two concurrent single runs of one spec
+def test_two_concurrent_runs_of_one_spec_train_it_once_and_the_second_reuses_it(data, tmp_path, caplog):
+    """A second `run` of a spec another process trains now waits for it and reuses its result, saying so."""
+    from transferlab.spec import load_spec
+    from transferlab.train.loop import run
+
+    spec, db = _spec_file(data, tmp_path, epochs=8), tmp_path / "s.db"
+    first = _popen(["run", str(spec), "--store", str(db), "--quiet"])
+    try:
+        wait_until(lambda: db.exists() and any(r.status == "running" for r in Store(db).runs()), 240,
+                   "the first run did not start")
+        with caplog.at_level("WARNING", logger="transferlab.train.loop"):
+            second = run(load_spec(str(spec)), Store(db), progress=False)  # this process: the second run
+        out, err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err
+    (row,) = Store(db).runs()  # one attempt: trained once
+    assert row.status == "finished"
+    assert second.status == "skipped" and second.uid == row.uid and second.dev == row.summary["dev"]
+    said = caplog.text
+    assert f"is being trained by process {first.pid}" in said and f"reusing {row.uid}" in said
+
+
+@pytest.mark.slow
+def test_a_run_waiting_for_another_trains_it_when_that_process_dies(data, tmp_path):
+    import threading
+
+    from transferlab.spec import load_spec
+    from transferlab.train.loop import run
+
+    spec, db = _spec_file(data, tmp_path, epochs=8), tmp_path / "s.db"
+    first = _popen(["run", str(spec), "--store", str(db), "--quiet"])
+    try:
+        wait_until(lambda: db.exists() and any(r.status == "running" for r in Store(db).runs()), 240,
+                   "the first run did not start")
+        results = []
+        waiter = threading.Thread(target=lambda: results.append(run(load_spec(str(spec)), Store(db), progress=False)))
+        waiter.start()
+        time.sleep(3.0)  # waiting for the first
+        first.kill()
+        first.wait()
+        waiter.join(timeout=300)
+    finally:
+        first.kill()
+    (result,) = results
+    rows = Store(db).runs()
+    assert [r.status for r in rows] == ["unfinished", "finished"] and result.uid == rows[-1].uid
+
+
+# ------------------------------------------------------------------ signals at each stage, under each executor
+KINDS = {  # the command of each kind after `run FILE --store DB`; a single run reads OMP_NUM_THREADS=1
+    "single": [],
+    "inline": ["--threads", "1"],
+    "processes": ["--executor", "processes", "--workers", "2", "--threads", "1"],
+    "seed-parallel": ["--seed-parallel", "on", "--threads", "1"],
+}
+N_RUNS = {"single": 1, "inline": 4, "processes": 4, "seed-parallel": 4}
+DEFAULT = {("single", "start-up", "SIGINT"), ("single", "training", "SIGTERM"), ("inline", "training", "SIGKILL"),
+           ("processes", "training", "SIGINT"), ("seed-parallel", "after", "SIGTERM")}
+CASES = [pytest.param(k, phase, sig, marks=() if (k, phase, sig) in DEFAULT else pytest.mark.slow)
+         for k in KINDS for phase in ("start-up", "training", "after") for sig in ("SIGKILL", "SIGTERM", "SIGINT")]
+
+
+def _file(kind: str, data, folder: Path) -> Path:
+    return _spec_file(data, folder, epochs=6) if kind == "single" else _study_file(data, folder)
+
+
+def _args(kind: str, path: Path, db: Path) -> list[str]:
+    return ["run", str(path), "--store", str(db), *KINDS[kind], *(["--quiet"] if kind == "single" else [])]
+
+
+@pytest.fixture(scope="module")
+def clean(data, tmp_path_factory):
+    """Each kind's results from an uninterrupted run (made once, on first use)."""
+    made = {}
+
+    def get(kind: str) -> dict:
+        if kind not in made:
+            folder = tmp_path_factory.mktemp(f"clean-{kind}")
+            assert main(_args(kind, _file(kind, data, folder), folder / "s.db")) == 0
+            made[kind] = _results(folder / "s.db")
+        return made[kind]
+
+    return get
+
+
+def _in_main(pid: int) -> bool:
+    """The process runs ``cli.main`` (its SIGTERM handler is installed: bit 15 of SigCgt)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def _ready(kind: str, phase: str, pid: int, db: Path):
+    def rows():
+        return Store(db).runs() if db.exists() else []
+
+    if phase == "start-up":
+        return lambda: _in_main(pid) and not rows()
+    if phase == "training":
+        if kind == "single":  # its curve is in the store: steps are running
+            return lambda: any(r.status == "running" and Store(db).curve(r.uid) for r in rows())
+        return lambda: any(r.status == "running" for r in rows())
+    return lambda: sum(r.status == "finished" for r in rows()) == N_RUNS[kind]
+
+
+@pytest.mark.parametrize("kind,phase,sig", CASES)
+def test_a_signal_at_any_stage_leaves_the_store_intact_and_the_rerun_equals_a_clean_run(
+        kind, phase, sig, data, tmp_path, clean):
+    path, db = _file(kind, data, tmp_path), tmp_path / "s.db"
+    proc = _popen(_args(kind, path, db))
+    try:
+        wait_until(_ready(kind, phase, proc.pid, db), 300, f"{kind}: {phase} was not reached")
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert "Traceback" not in err, err
+    if sig == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL
+    elif phase == "after":
+        assert proc.returncode in (0, 130), err  # done already, or stopped in its last lines
+    else:
+        assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err)
+    if not db.exists() or not Store(db).runs():
+        assert phase == "start-up"
+    else:
+        _intact(db)
+        rows = Store(db).runs()
+        assert all(r.status in ("finished", "unfinished") or (r.status == "failed" and r.error.startswith(
+            "interrupted")) for r in rows), [(r.status, r.error) for r in rows]  # none left running, none lost
+    if phase == "start-up":
+        assert not db.exists() or not Store(db).runs()  # stopped before anything was written
+        return
+    assert main(_args(kind, path, db)) == 0  # the rerun
+    _same(_results(db), clean(kind))
