@@ -215,3 +215,47 @@ def test_seed_groups_run_as_one_ray_task_each(cluster, tmp_path):
     for r in rows:
         workers.setdefault(r.spec["optim"]["name"], set()).add(r.provenance["worker"]["pid"])
     assert all(len(pids) == 1 for pids in workers.values())  # each arm's three seeds: one task, one process
+
+
+# ------------------------------------------------------------------ issue 25: a cluster of our own, a lean worker env
+def _worker_env(executor) -> dict:
+    names = ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFERLAB_PROBE", "RAY_ADDRESS")
+    probe = executor.ray.remote(num_cpus=0)(lambda: {k: os.environ.get(k) for k in names})
+    return executor.ray.get(probe.remote(), timeout=120)
+
+
+def test_without_an_address_the_executor_starts_its_own_cluster_and_sends_no_token(cluster, monkeypatch):
+    """Another cluster runs here and RAY_ADDRESS names it (as `ray start` tells its user to set): the
+    executor still starts a local cluster of its own, and its workers see no HF token."""
+    from transferlab.study.ray_executor import RayExecutor
+
+    address, _ = cluster
+    for k, v in {**ENV, "RAY_ADDRESS": address, "HF_TOKEN": "hf_secret", "TRANSFERLAB_PROBE": "x"}.items():
+        monkeypatch.setenv(k, v)
+    ex = RayExecutor(workers=1)
+    try:
+        assert ray.get_runtime_context().gcs_address != address
+        assert "trainer" not in ray.cluster_resources() and ex.workers == 1  # not the other cluster's node
+        env = _worker_env(ex)
+    finally:
+        ex.close()
+    assert env == {"HF_TOKEN": None, "HF_HUB_OFFLINE": "1", "TRANSFERLAB_PROBE": "x", "RAY_ADDRESS": None}
+    assert os.environ["HF_TOKEN"] == "hf_secret" and os.environ["RAY_ADDRESS"] == address  # put back
+
+
+def test_with_an_address_the_executor_attaches_and_forwards_only_what_it_is_told(cluster, monkeypatch):
+    from transferlab.study.ray_executor import RayExecutor
+
+    address, _ = cluster
+    for k, v in {**ENV, "HF_TOKEN": "hf_secret", "TRANSFERLAB_PROBE": "x"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for forward, token in (("", None), ("HF_TOKEN", "hf_secret")):  # TRANSFERLAB_RAY_ENV names more
+        monkeypatch.setenv("TRANSFERLAB_RAY_ENV", forward)
+        ex = RayExecutor(address=address, resources={"trainer": 1})
+        try:
+            assert ray.get_runtime_context().gcs_address == address
+            env = _worker_env(ex)
+        finally:
+            ex.close()
+        assert env["HF_TOKEN"] == token and env["HF_HUB_OFFLINE"] == "1" and env["TRANSFERLAB_PROBE"] == "x"

@@ -180,7 +180,7 @@ def _sigterm(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM (timeout, Slurm, kill) stops like Ctrl-C: cleanly, resumable
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> int:
     handlers = _install_handlers()  # before any work: a signal during start-up stops as cleanly as one later
     try:
         args = build_parser().parse_args(argv)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141
     finally:
-        for signum, handler in handlers.items():  # a caller in this process gets its own handlers back
+        for signum, handler in handlers.items() if restore_signals else ():  # a caller gets its own back
             signal.signal(signum, handler)
 
 
@@ -222,12 +222,15 @@ def entry() -> None:
     """The process's entry point (the ``transferlab`` command, ``python -m transferlab.cli``): ``main``, then
     a signal during the interpreter's teardown ends the process at once with the command's own exit
     code (its work is stored) instead of a traceback from a library's exit hook."""
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        code = main(restore_signals=False)  # SIGINT and SIGTERM raise KeyboardInterrupt until the switch below
+    except KeyboardInterrupt:  # between main's last line and here
+        code = 130
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: os._exit(code))
+    sys.stdout.flush()
+    sys.stderr.flush()
     sys.exit(code)
 
 
