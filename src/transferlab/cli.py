@@ -29,6 +29,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -227,8 +228,14 @@ def entry() -> None:
     except KeyboardInterrupt:  # between main's last line and here
         code = 130
     if threading.current_thread() is threading.main_thread():
+        def now(signum, frame) -> None:
+            with contextlib.suppress(Exception):  # e.g. a closed pipe: the exit matters more
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: os._exit(code))
+            signal.signal(signum, now)
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
