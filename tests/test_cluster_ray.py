@@ -218,44 +218,36 @@ def test_seed_groups_run_as_one_ray_task_each(cluster, tmp_path):
 
 
 # ------------------------------------------------------------------ issue 25: a cluster of our own, a lean worker env
-def _worker_env(executor) -> dict:
-    names = ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFERLAB_PROBE", "RAY_ADDRESS")
-    probe = executor.ray.remote(num_cpus=0)(lambda: {k: os.environ.get(k) for k in names})
-    return executor.ray.get(probe.remote(), timeout=120)
+PROBE = """
+import json, os, sys
+import ray
+from transferlab.study.ray_executor import RayExecutor
+names = ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFERLAB_PROBE", "RAY_ADDRESS")
+out = []
+for address, forward in ((None, ""), (sys.argv[1], ""), (sys.argv[1], "HF_TOKEN")):
+    os.environ["TRANSFERLAB_RAY_ENV"] = forward  # names more variables to send
+    ex = RayExecutor(workers=1, address=address, resources={"trainer": 1} if address else None)
+    probe = ray.remote(num_cpus=0)(lambda: {k: os.environ.get(k) for k in names})
+    out.append({"gcs": ray.get_runtime_context().gcs_address, "trainer": "trainer" in ray.cluster_resources(),
+                "env": ray.get(probe.remote(), timeout=120)})
+    ex.close()
+print(json.dumps(out))
+"""
 
 
-def test_without_an_address_the_executor_starts_its_own_cluster_and_sends_no_token(cluster, monkeypatch):
-    """Another cluster runs here and RAY_ADDRESS names it (as `ray start` tells its user to set): the
-    executor still starts a local cluster of its own, and its workers see no HF token."""
-    from transferlab.study.ray_executor import RayExecutor
-
+def test_the_executor_starts_its_own_cluster_unless_given_an_address_and_sends_no_token(cluster, tmp_path):
+    """Another cluster runs here and RAY_ADDRESS names it (as `ray start` tells its user to set): without
+    --address the executor still starts a local cluster of its own; with it, it attaches. Either way the
+    workers see no HF token unless TRANSFERLAB_RAY_ENV names it."""
     address, _ = cluster
-    for k, v in {**ENV, "RAY_ADDRESS": address, "HF_TOKEN": "hf_secret", "TRANSFERLAB_PROBE": "x"}.items():
-        monkeypatch.setenv(k, v)
-    ex = RayExecutor(workers=1)
-    try:
-        assert ray.get_runtime_context().gcs_address != address
-        assert "trainer" not in ray.cluster_resources() and ex.workers == 1  # not the other cluster's node
-        env = _worker_env(ex)
-    finally:
-        ex.close()
-    assert env == {"HF_TOKEN": None, "HF_HUB_OFFLINE": "1", "TRANSFERLAB_PROBE": "x", "RAY_ADDRESS": None}
-    assert os.environ["HF_TOKEN"] == "hf_secret" and os.environ["RAY_ADDRESS"] == address  # put back
-
-
-def test_with_an_address_the_executor_attaches_and_forwards_only_what_it_is_told(cluster, monkeypatch):
-    from transferlab.study.ray_executor import RayExecutor
-
-    address, _ = cluster
-    for k, v in {**ENV, "HF_TOKEN": "hf_secret", "TRANSFERLAB_PROBE": "x"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    for forward, token in (("", None), ("HF_TOKEN", "hf_secret")):  # TRANSFERLAB_RAY_ENV names more
-        monkeypatch.setenv("TRANSFERLAB_RAY_ENV", forward)
-        ex = RayExecutor(address=address, resources={"trainer": 1})
-        try:
-            assert ray.get_runtime_context().gcs_address == address
-            env = _worker_env(ex)
-        finally:
-            ex.close()
-        assert env["HF_TOKEN"] == token and env["HF_HUB_OFFLINE"] == "1" and env["TRANSFERLAB_PROBE"] == "x"
+    env = {**ENV, "RAY_ADDRESS": address, "HF_TOKEN": "hf_secret", "TRANSFERLAB_PROBE": "x",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), ENV.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", PROBE, address], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    own, attached, forwarded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert own["gcs"] != address and not own["trainer"]  # not the other cluster (its node has `trainer`)
+    assert own["env"] == {"HF_TOKEN": None, "HF_HUB_OFFLINE": "1", "TRANSFERLAB_PROBE": "x", "RAY_ADDRESS": None}
+    assert attached["gcs"] == address and attached["trainer"] and attached["env"]["HF_TOKEN"] is None
+    assert attached["env"]["HF_HUB_OFFLINE"] == "1" and attached["env"]["TRANSFERLAB_PROBE"] == "x"
+    assert forwarded["env"]["HF_TOKEN"] == "hf_secret"  # named in TRANSFERLAB_RAY_ENV: sent

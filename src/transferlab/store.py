@@ -162,7 +162,9 @@ class Store:
             self._migrate()
         except StoreError:
             raise
-        except sqlite3.OperationalError as e:  # read-only file or folder
+        except sqlite3.OperationalError as e:  # held by another process beyond BUSY_S, read-only file or folder
+            if _busy(e):
+                raise self._fault(e) from None
             raise UserError(f"store {self.path} cannot be opened for writing (SQLite said: {e})") from None
         except sqlite3.DatabaseError as e:
             raise UserError(f"store {self.path} is not a transferlab store (SQLite said: {e})") from None
@@ -540,7 +542,10 @@ class Heartbeat:
         self.thread.start()
 
     def _beat(self) -> None:
-        store = Store(self.path)
+        try:
+            store = Store(self.path)
+        except (StoreError, UserError):
+            return  # the driver's own writes report what is wrong with the store
         try:
             while not self.stop.wait(self.lease_s / 4):
                 try:
@@ -554,7 +559,10 @@ class Heartbeat:
         self.stop.set()
         self.thread.join()
         if release:  # Ctrl-C: the runs in flight read ``unfinished`` now and rerun on resume
-            store.heartbeat(sorted(self.uids), lease_s=-1)
+            try:
+                store.heartbeat(sorted(self.uids), lease_s=-1)
+            except StoreError:
+                pass  # the store cannot be written now: the leases lapse, the runs read unfinished then
 
 
 def _busy(e: sqlite3.Error) -> bool:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from transferlab.data.build import build_task
 from transferlab.data.metrics import baseline, constant_baselines, higher_is_better
-from transferlab.errors import FaultError, UserError
+from transferlab.errors import FaultError, StoreError, UserError
 from transferlab.fingerprint import fingerprint
 from transferlab.models import artifacts as ckpt
 from transferlab.models.artifacts import save_predictions, save_weights, task_meta
@@ -113,7 +113,8 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
             for i, result in zip(todo, group.run()):
                 results[i] = result
     except BaseException as e:
-        for uid in set(claimed.values()) - {r.uid for r in results if r is not None}:
+        left = set() if _unwritable(e) else set(claimed.values()) - {r.uid for r in results if r is not None}
+        for uid in left:
             if store.runs(run_id=uid.rsplit("/", 1)[0])[-1].status == "running":  # claimed, never started
                 store.finish_run(uid, "failed", error=_failure(e))
         raise
@@ -153,6 +154,12 @@ def _claim(specs: list[RunSpec], todo: list[int], store: Store, study: str | Non
     return claimed
 
 
+def _unwritable(e: BaseException) -> bool:
+    """The store itself failed (held, full, I/O): writing the runs' failure would fail again; their rows
+    read ``unfinished`` once this process ends, and they run again."""
+    return isinstance(e, StoreError)
+
+
 def _failure(e: BaseException) -> str:
     """A run's stored error for ``e``: Ctrl-C reads ``interrupted`` (rerun on resume), a user's mistake its
     line, anything else its traceback."""
@@ -189,7 +196,7 @@ class _Group:
                           "train.checkpoint_layers: true (each layer recomputed in the backward), or train fewer "
                           "seeds together (--seed-parallel off) or smaller batches (train.grad_accum)")
             self.clock.charge([s for s in seeds if s.uid not in self.results])
-            for seed in seeds:
+            for seed in seeds if not _unwritable(e) else ():
                 if seed.uid and seed.uid not in self.results:
                     self.store.finish_run(seed.uid, "failed", error=error, duration_s=seed.duration_s)
             raise
