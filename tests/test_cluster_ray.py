@@ -235,6 +235,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # three clusters started in turn: ~60 s on a loaded 2-core machine
 def test_the_executor_starts_its_own_cluster_unless_given_an_address_and_sends_no_token(cluster, tmp_path):
     """Another cluster runs here and RAY_ADDRESS names it (as `ray start` tells its user to set): without
     --address the executor still starts a local cluster of its own; with it, it attaches. Either way the
