@@ -134,23 +134,25 @@ def _claim(specs: list[RunSpec], todo: list[int], store: Store, study: str | Non
         spec, rid = specs[i], run_id(specs[i])
         waited = None
         while True:
+            rows = store.runs(run_id=rid)
+            last = rows[-1] if rows else None
+            if last is not None and last.status == "finished" and not force:  # finished meanwhile: reused
+                by = f" by process {waited.pid} on {waited.host}" if waited else ""
+                log.warning("run %s: reusing %s, trained meanwhile%s; not training it again", rid, last.uid, by)
+                results[i] = RunResult.reused(rid, last.uid, last.summary, last.duration_s)
+                break
+            again = force or (last is not None and last.status == "diverged")  # a diverged run trains again
             claim = store.claim(rid, spec_hash(spec), spec.seed, to_dict(spec), name=spec.name, study=study,
-                                fingerprint=fingerprint(spec), rerun=force)
+                                fingerprint=fingerprint(spec), rerun=again)
             if claim is not None:
                 claimed[rid] = claim[0]
                 break
             holder = store.holder(rid)
-            if holder is None:  # finished (or diverged) meanwhile: reused
-                done = store.runs(run_id=rid)[-1]
-                by = f" by process {waited.pid} on {waited.host}" if waited else ""
-                log.warning("run %s: reusing %s, trained meanwhile%s; not training it again", rid, done.uid, by)
-                results[i] = RunResult.reused(rid, done.uid, done.summary, done.duration_s)
-                break
-            if waited is None or waited.uid != holder.uid:
+            if holder is not None and (waited is None or waited.uid != holder.uid):
                 log.warning("run %s is being trained by process %s on %s (%s); waiting for it to end",
                             rid, holder.pid, holder.host, holder.uid)
-            waited = holder
-            time.sleep(WAIT_S)
+            waited = holder or waited
+            time.sleep(WAIT_S if holder is not None else 0.1)
     return claimed
 
 
