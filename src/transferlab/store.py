@@ -247,7 +247,7 @@ class Store:
         StoreError naming the cause: the store holds what it held before."""
         try:
             self._retry(lambda: self._db.execute("BEGIN IMMEDIATE"))
-        except sqlite3.Error as e:
+        except sqlite3.OperationalError as e:
             raise self._fault(e) from None
         try:
             yield self._db
@@ -258,8 +258,8 @@ class Store:
                     self._db.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass  # the connection rolled back as it failed; the cause below is what matters
-            if isinstance(e, sqlite3.Error):
-                raise self._fault(e) from None
+            if isinstance(e, sqlite3.OperationalError) or type(e) is sqlite3.DatabaseError:  # the machine's
+                raise self._fault(e) from None  # (locked, full, I/O, a page gone bad); a constraint is a bug
             raise
 
     def _retry(self, write):
