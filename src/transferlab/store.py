@@ -25,7 +25,8 @@ runs in flight (``heartbeat``); a worker, here or on another host, runs against 
 ``transferlab.recorder.Recorder`` and sends back the run's complete record, which the driver
 writes in one transaction (``write_record``). A running row whose lease expired (its driver's host
 died) reads as ``unfinished`` and is claimed again; a live lease is never claimed twice, so two
-drivers of one study share its runs. Artifacts (weights, checkpoints) live at the store's artifact
+drivers of one study share its runs. A single ``transferlab run`` claims its run id the same way
+(train/loop.py), so two concurrent runs of one spec train it once: the second waits, then reuses it. Artifacts (weights, checkpoints) live at the store's artifact
 location (``transferlab.locations``): a folder next to the store by default, or a URL.
 """
 
