@@ -349,6 +349,33 @@ def test_a_run_waiting_for_another_trains_it_when_that_process_dies(data, tmp_pa
 
 
 # ------------------------------------------------------------------ signals at each stage, under each executor
+def test_a_signal_inside_a_finalizer_is_not_lost_as_an_ignored_traceback_but_raised_after_it():
+    """A Ctrl-C that lands in an object's ``__del__`` (a progress bar collected after training) would print
+    "Exception ignored ... Traceback" and vanish; the CLI's handler sends it again once the finalizer is done."""
+    import gc
+
+    from transferlab import cli
+
+    seen = []
+
+    class Bar:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # delivered inside this finalizer
+            time.sleep(0.01)
+            seen.append("finalized")
+
+    previous = cli._install_handlers()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Bar()
+            gc.collect()
+            time.sleep(2.0)  # the signal again, outside the finalizer: raised here
+        assert seen == ["finalized"]  # the finalizer ran to its end
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 KINDS = {  # the command of each kind after `run FILE --store DB`; a single run reads OMP_NUM_THREADS=1
     "single": [],
     "inline": ["--threads", "1"],

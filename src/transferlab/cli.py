@@ -177,8 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM (timeout, Slurm, kill) stops like Ctrl-C: cleanly, resumable
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C, and SIGTERM (timeout, Slurm, kill) alike: KeyboardInterrupt, which stops cleanly and
+    resumably. Inside an object's finalizer (a progress bar collected after training) an exception would
+    only be printed as "Exception ignored ... Traceback" and lost: the signal is sent again once it is done."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> int:
@@ -210,12 +218,13 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> int:
 
 
 def _install_handlers() -> dict:
-    """SIGTERM raises KeyboardInterrupt as Ctrl-C does; the previous handlers, to restore (main thread only)."""
+    """SIGINT and SIGTERM raise KeyboardInterrupt (``_interrupt``); the previous handlers, to restore (main
+    thread only)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     return previous
 
 
