@@ -451,7 +451,9 @@ def test_a_signal_at_any_stage_leaves_the_store_intact_and_the_rerun_equals_a_cl
     if sig == "SIGKILL":
         assert proc.returncode == -signal.SIGKILL
     elif phase == "after":
-        assert proc.returncode in (0, 130), err  # done already, or stopped in its last lines
+        # done already, stopped in its last lines, or killed by the signal in the interpreter's final
+        # teardown (Python has put the default handlers back by then): never a traceback, all stored
+        assert proc.returncode in (0, 130, -getattr(signal, sig)), err
     else:
         assert proc.returncode == 130 and ("interrupted" in err or "to resume" in out), (proc.returncode, err)
     if not db.exists() or not Store(db).runs():
