@@ -215,3 +215,40 @@ def test_seed_groups_run_as_one_ray_task_each(cluster, tmp_path):
     for r in rows:
         workers.setdefault(r.spec["optim"]["name"], set()).add(r.provenance["worker"]["pid"])
     assert all(len(pids) == 1 for pids in workers.values())  # each arm's three seeds: one task, one process
+
+
+# ------------------------------------------------------------------ issue 25: a cluster of our own, a lean worker env
+PROBE = """
+import json, os, sys
+import ray
+from transferlab.study.ray_executor import RayExecutor
+names = ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFERLAB_PROBE", "RAY_ADDRESS")
+out = []
+for address, forward in ((None, ""), (sys.argv[1], ""), (sys.argv[1], "HF_TOKEN")):
+    os.environ["TRANSFERLAB_RAY_ENV"] = forward  # names more variables to send
+    ex = RayExecutor(workers=1, address=address, resources={"trainer": 1} if address else None)
+    probe = ray.remote(num_cpus=0)(lambda: {k: os.environ.get(k) for k in names})
+    out.append({"gcs": ray.get_runtime_context().gcs_address, "trainer": "trainer" in ray.cluster_resources(),
+                "env": ray.get(probe.remote(), timeout=120)})
+    ex.close()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # three clusters started in turn: ~60 s on a loaded 2-core machine
+def test_the_executor_starts_its_own_cluster_unless_given_an_address_and_sends_no_token(cluster, tmp_path):
+    """Another cluster runs here and RAY_ADDRESS names it (as `ray start` tells its user to set): without
+    --address the executor still starts a local cluster of its own; with it, it attaches. Either way the
+    workers see no HF token unless TRANSFERLAB_RAY_ENV names it."""
+    address, _ = cluster
+    env = {**ENV, "RAY_ADDRESS": address, "HF_TOKEN": "hf_secret", "TRANSFERLAB_PROBE": "x",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), ENV.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", PROBE, address], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    own, attached, forwarded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert own["gcs"] != address and not own["trainer"]  # not the other cluster (its node has `trainer`)
+    assert own["env"] == {"HF_TOKEN": None, "HF_HUB_OFFLINE": "1", "TRANSFERLAB_PROBE": "x", "RAY_ADDRESS": None}
+    assert attached["gcs"] == address and attached["trainer"] and attached["env"]["HF_TOKEN"] is None
+    assert attached["env"]["HF_HUB_OFFLINE"] == "1" and attached["env"]["TRANSFERLAB_PROBE"] == "x"
+    assert forwarded["env"]["HF_TOKEN"] == "hf_secret"  # named in TRANSFERLAB_RAY_ENV: sent

@@ -17,23 +17,26 @@
 Exit codes:
     0    done (``runs`` listing no runs is an answer, so 0 too)
     1    the command ran but could not give what was asked: some runs of a study failed, a report of a
-         store that holds no runs
-    2    a mistake in what was given (spec, value, file, folder, model, run, study or store name): one line
-         on stderr naming the field, file or line; nothing trains and no run row is written
-    130  interrupted (Ctrl-C)
+         store that holds no runs; or the machine failed a run that had started (disk full, I/O error,
+         the store held by another process beyond $TRANSFERLAB_BUSY_S): one line, the store intact
+    2    a mistake in what was given (spec, value, file, folder, model, run, study or store name), or a
+         damaged store, or such a fault before any run started: one line on stderr naming the field,
+         file or line; nothing trains and no run row is written
+    130  interrupted (Ctrl-C, SIGTERM), from the first line of ``main`` on: one line, no traceback
     141  stdout closed early (``transferlab runs | head``): the rest of the output is dropped quietly
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from transferlab.errors import UserError
+from transferlab.errors import FaultError, UserError
 from transferlab.report.tables import format_table
 from transferlab.store import DEFAULT_STORE
 
@@ -203,22 +206,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM (timeout, Slurm, kill) stops like Ctrl-C: cleanly, resumable
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C, and SIGTERM (timeout, Slurm, kill) alike: KeyboardInterrupt, which stops cleanly and
+    resumably. Inside an object's finalizer (a progress bar collected after training) an exception would
+    only be printed as "Exception ignored ... Traceback" and lost: the signal is sent again once it is done."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    quiet_libraries()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _sigterm)
+def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> int:
+    handlers = _install_handlers()  # before any work: a signal during start-up stops as cleanly as one later
     try:
+        args = build_parser().parse_args(argv)
+        quiet_libraries()
         code = COMMANDS[args.command](args) or 0
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
         return code
     except UserError as e:
         print(f"transferlab: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except FaultError as e:  # the machine failed (disk full, I/O, store held): 1 once a run started, else 2
+        print(f"transferlab: error: {one_line(e)}", file=sys.stderr)
+        return 1 if e.started else 2
     except KeyboardInterrupt:
         print("transferlab: interrupted", file=sys.stderr)
         return 130
@@ -228,6 +241,42 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    finally:
+        for signum, handler in handlers.items() if restore_signals else ():  # a caller gets its own back
+            signal.signal(signum, handler)
+
+
+def _install_handlers() -> dict:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (``_interrupt``); the previous handlers, to restore (main
+    thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    return previous
+
+
+def entry() -> None:
+    """The process's entry point (the ``transferlab`` command, ``python -m transferlab.cli``): ``main``, then
+    a signal during the interpreter's teardown ends the process at once with the command's own exit
+    code (its work is stored) instead of a traceback from a library's exit hook."""
+    try:
+        code = main(restore_signals=False)  # SIGINT and SIGTERM raise KeyboardInterrupt until the switch below
+    except KeyboardInterrupt:  # between main's last line and here
+        code = 130
+    if threading.current_thread() is threading.main_thread():
+        def now(signum, frame) -> None:
+            with contextlib.suppress(Exception):  # e.g. a closed pipe: the exit matters more
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, now)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
 
 
 def one_line(error: Exception) -> str:
@@ -654,4 +703,4 @@ COMMANDS = {"bench": cmd_bench, "surgery": cmd_surgery, "run": cmd_run, "runs": 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -13,13 +13,20 @@ Tables:
 Every write is its own short transaction, so a process killed at any moment leaves the
 file readable; a run whose process died shows as ``unfinished``.
 
+A write waits for another process's write up to ``TRANSFERLAB_BUSY_S`` seconds (default 60, in a few
+bounded tries), then fails in one line naming the process that holds the store (Linux). A write that
+fails (locked, disk full, I/O error) is rolled back and raised as a ``StoreError``: the store holds what
+it held before. Opening runs SQLite's ``quick_check`` first: a damaged store is refused before anything
+is written, naming a way to recover.
+
 Only the driver writes (schema 2). A study's driver ``claim``s each run in one transaction (a new
 attempt row, ``running``, holding a lease until ``lease_until``) and refreshes the leases of its
 runs in flight (``heartbeat``); a worker, here or on another host, runs against a
 ``transferlab.recorder.Recorder`` and sends back the run's complete record, which the driver
 writes in one transaction (``write_record``). A running row whose lease expired (its driver's host
 died) reads as ``unfinished`` and is claimed again; a live lease is never claimed twice, so two
-drivers of one study share its runs. Artifacts (weights, checkpoints) live at the store's artifact
+drivers of one study share its runs. A single ``transferlab run`` claims its run id the same way
+(train/loop.py), so two concurrent runs of one spec train it once: the second waits, then reuses it. Artifacts (weights, checkpoints) live at the store's artifact
 location (``transferlab.locations``): a folder next to the store by default, or a URL.
 """
 
@@ -29,6 +36,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,13 +45,15 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.checks import check_writable_dir
-from transferlab.errors import UserError
+from transferlab.errors import StoreError, UserError
 from transferlab.locations import ArtifactLocation
 from transferlab.records import RunRecord, RunSummary
 
 SCHEMA_VERSION = 2
 LEASE_S = float(os.environ.get("TRANSFERLAB_LEASE_S", "120"))  # a claim lives this long unrefreshed
 DEFAULT_STORE = "runs/transferlab.db"
+BUSY_S = float(os.environ.get("TRANSFERLAB_BUSY_S", "60"))  # how long a write waits for another writer
+BUSY_TRIES = 4  # the wait is split into this many tries of SQLite's own busy handler
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -121,6 +131,8 @@ class RunRow:
     duration_s: float | None
     fingerprint: dict[str, Any] | None = None
     artifacts: str | None = None  # the run's artifact location (None: the store's default folder)
+    host: str | None = None  # where its process ran
+    pid: int | None = None
 
 
 class Store:
@@ -140,17 +152,39 @@ class Store:
         self.location = ArtifactLocation(artifacts, cache=default / ".cache") if artifacts else self.default_location
         self.location_named = artifacts is not None  # the user named it: every worker can reach it
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.started = False  # a run row was written through this handle (a failing write then exits 1, not 2)
         try:
-            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self._check_version()  # before anything is written
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite3.connect(self.path, timeout=BUSY_S / BUSY_TRIES, isolation_level=None)
+            self._check_intact()  # before anything is read or written
+            self._check_version()
+            self._retry(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._retry(lambda: self._db.executescript(_SCHEMA))
             self._migrate()
-        except sqlite3.OperationalError as e:  # read-only file, locked beyond the timeout, disk full
+        except StoreError:
+            raise
+        except sqlite3.OperationalError as e:  # held by another process beyond BUSY_S, read-only file or folder
+            if _busy(e):
+                raise self._fault(e) from None
             raise UserError(f"store {self.path} cannot be opened for writing (SQLite said: {e})") from None
         except sqlite3.DatabaseError as e:
             raise UserError(f"store {self.path} is not a transferlab store (SQLite said: {e})") from None
+
+    def _check_intact(self) -> None:
+        """SQLite's ``quick_check`` (every page's structure): a damaged store is refused in one line."""
+        try:
+            rows = self._db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as e:
+            if "not a database" in str(e) or "encrypted" in str(e):
+                raise
+            rows = [(str(e),)]
+        if rows != [("ok",)]:
+            self._db.close()
+            raise UserError(
+                f"store {self.path} is damaged (SQLite quick_check: {' '.join(str(rows[0][0]).split())[:160]}); "
+                f"nothing was written to it. Copy what is readable into a new store with `sqlite3 {self.path} "
+                f".recover | sqlite3 {self.path.with_name(self.path.stem + '-recovered.db')}` and use that, or "
+                "start a new store (--store)")
 
     def _version(self) -> int | None:
         if not self._db.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone():
@@ -210,13 +244,47 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction. A failure rolls it back (if SQLite has not already) and is raised as a
+        StoreError naming the cause: the store holds what it held before."""
+        try:
+            self._retry(lambda: self._db.execute("BEGIN IMMEDIATE"))
+        except sqlite3.OperationalError as e:
+            raise self._fault(e) from None
         try:
             yield self._db
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._retry(lambda: self._db.execute("COMMIT"))
+        except BaseException as e:
+            if self._db.in_transaction:  # SQLite ends the transaction itself on some I/O errors
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection rolled back as it failed; the cause below is what matters
+            if isinstance(e, sqlite3.OperationalError) or type(e) is sqlite3.DatabaseError:  # the machine's
+                raise self._fault(e) from None  # (locked, full, I/O, a page gone bad); a constraint is a bug
             raise
+
+    def _retry(self, write):
+        """``write()``, tried again while another process holds the store (each try waits BUSY_S / BUSY_TRIES
+        in SQLite's busy handler): at most BUSY_S in all, then the error goes up."""
+        for attempt in range(BUSY_TRIES):
+            try:
+                return write()
+            except sqlite3.OperationalError as e:
+                if not _busy(e) or attempt == BUSY_TRIES - 1:
+                    raise
+
+    def _fault(self, e: sqlite3.Error) -> StoreError:
+        """A failed write as one line: what happened, that nothing was written, what to do."""
+        text = " ".join(str(e).split())
+        if _busy(e):
+            pid = lock_holder(self.path)
+            who = f" (process {pid}: {_command(pid)})" if pid else ""
+            return StoreError(f"store {self.path} is held by another process{who} for more than {BUSY_S:g}s "
+                              "($TRANSFERLAB_BUSY_S); nothing was written: let it finish or stop it, then run the "
+                              "same command again", started=self.started)
+        cause = "the disk is full" if "full" in text else f"a write failed ({text})"
+        return StoreError(f"store {self.path}: {cause}; the write was rolled back and the store holds what it held "
+                          "before: free space or fix the disk, then run the same command again", started=self.started)
 
     # ------------------------------------------------------------------ writing a run
     def start_run(
@@ -234,6 +302,7 @@ class Store:
                 (uid, run_id, last + 1, recipe_hash, seed, name, study, kind, "running", json.dumps(spec),
                  json.dumps(provenance or {}), socket.gethostname(), os.getpid(), now, now, self._named()),
             )
+        self.started = True
         return uid
 
     def update_run(self, uid: str, **fields: Any) -> None:
@@ -270,10 +339,10 @@ class Store:
     # ------------------------------------------------------------------ the driver: claims, leases, records
     def claim(self, run_id: str, recipe_hash: str, seed: int, spec: dict, *, name: str | None = None,
               study: str | None = None, fingerprint: dict | None = None, retry_failed: bool = True,
-              lease_s: float = LEASE_S) -> tuple[str, list[tuple[str, str]]] | None:
+              rerun: bool = False, lease_s: float = LEASE_S) -> tuple[str, list[tuple[str, str]]] | None:
         """In one transaction: a new ``running`` attempt of ``run_id`` holding a lease, unless the run is
-        done, failed (and not ``retry_failed``) or held by a live lease. Returns (uid, earlier attempts
-        as (uid, status)) or None."""
+        done (and not ``rerun``), failed (and not ``retry_failed``) or held by a live lease. Returns (uid,
+        earlier attempts as (uid, status)) or None."""
         now = time.time()
         self._db.row_factory = sqlite3.Row
         try:
@@ -282,7 +351,7 @@ class Store:
                 earlier = [(r["uid"], self._status(r, now)) for r in rows]
                 last = earlier[-1][1] if earlier else None
                 last_error = rows[-1]["error"] or "" if rows else ""
-                if last in ("finished", "diverged", "running") or (
+                if last == "running" or (last in ("finished", "diverged") and not rerun) or (
                         last == "failed" and not retry_failed and not last_error.startswith("interrupted")):
                     return None
                 attempt = rows[-1]["attempt"] + 1 if rows else 1
@@ -295,6 +364,7 @@ class Store:
                      os.getpid(), now, now, now + lease_s, self._named(), json.dumps(fingerprint or {})))
         finally:
             self._db.row_factory = None
+        self.started = True
         return uid, earlier
 
     def heartbeat(self, uids: list[str], lease_s: float = LEASE_S) -> None:
@@ -308,7 +378,12 @@ class Store:
     def write_record(self, record: RunRecord) -> None:
         """A worker's complete record of a claimed run, in one transaction (its files first)."""
         if record.files:
-            self.location_of(record.uid).write_files(record.uid, record.files)
+            try:
+                self.location_of(record.uid).write_files(record.uid, record.files)
+            except OSError as e:
+                raise StoreError(f"cannot write run {record.uid}'s files to {self.location_of(record.uid).url}: "
+                                 f"{e.strerror or e}; its row was not written (the run reruns): free space or fix "
+                                 "the disk, then run the same command again", started=self.started) from None
         row = dict(record.row)
         for key in ("summary", "provenance", "spec", "fingerprint"):
             if key in row and not isinstance(row[key], str):
@@ -341,6 +416,7 @@ class Store:
             error=r["error"], error_step=r["error_step"], n_params=r["n_params"], n_trainable=r["n_trainable"],
             created_at=r["created_at"], finished_at=r["finished_at"], duration_s=r["duration_s"],
             fingerprint=json.loads(r["fingerprint"]) if r["fingerprint"] else None, artifacts=r["artifacts"],
+            host=r["host"], pid=r["pid"],
         )
 
     @staticmethod
@@ -386,6 +462,11 @@ class Store:
         if len({r.run_id for r in hits}) > 1:
             raise UserError(f"run reference {ref!r} is ambiguous in {self.path}: {', '.join(r.uid for r in hits[:5])}")
         return hits[-1]
+
+    def holder(self, run_id: str) -> RunRow | None:
+        """The attempt of ``run_id`` that a live process trains now (its newest, reading ``running``), else None."""
+        rows = self.runs(run_id=run_id)
+        return rows[-1] if rows and rows[-1].status == "running" else None
 
     def finished(self, run_id: str) -> RunRow | None:
         done = [r for r in self.runs(run_id=run_id) if r.status == "finished"]
@@ -450,3 +531,66 @@ class Store:
     def study_values(self, study: str) -> dict[str, Any]:
         rows = self._db.execute("SELECT key, value FROM study_values WHERE study=? ORDER BY key", (study,))
         return {k: json.loads(v) for k, v in rows.fetchall()}
+
+
+class Heartbeat:
+    """Refreshes the leases of a process's runs in flight (its own store connection, in a thread), so a
+    long step or evaluation that writes nothing does not let the lease lapse."""
+
+    def __init__(self, path, lease_s: float = LEASE_S, uids=()):
+        self.path, self.lease_s, self.uids, self.stop = path, lease_s, set(uids), threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="transferlab-heartbeat")
+        self.thread.start()
+
+    def _beat(self) -> None:
+        try:
+            store = Store(self.path)
+        except (StoreError, UserError):
+            return  # the driver's own writes report what is wrong with the store
+        try:
+            while not self.stop.wait(self.lease_s / 4):
+                try:
+                    store.heartbeat(sorted(self.uids), self.lease_s)
+                except StoreError:
+                    pass  # the driver's own next write reports it; a missed beat only shortens the lease
+        finally:
+            store.close()
+
+    def close(self, store: Store, release: bool = False) -> None:
+        self.stop.set()
+        self.thread.join()
+        if release:  # Ctrl-C: the runs in flight read ``unfinished`` now and rerun on resume
+            try:
+                store.heartbeat(sorted(self.uids), lease_s=-1)
+            except StoreError:
+                pass  # the store cannot be written now: the leases lapse, the runs read unfinished then
+
+
+def _busy(e: sqlite3.Error) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
+
+
+def lock_holder(path: Path) -> int | None:
+    """The id of the process holding the store's write lock, where the system tells (Linux /proc/locks:
+    SQLite's WAL write lock is a POSIX lock on byte 120 of the ``-shm`` file); else None. By hand: no
+    library reads /proc/locks."""
+    try:
+        inode = os.stat(f"{path}-shm").st_ino
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # "1: POSIX  ADVISORY  WRITE 8302 fe:00:2147587 120 120" (a waiter's line has "->")
+        parts = line.split()
+        if len(parts) >= 8 and parts[1] == "POSIX" and parts[3] == "WRITE" and parts[5].endswith(f":{inode}") \
+                and parts[6] == "120":
+            return int(parts[4])
+    return None
+
+
+def _command(pid: int) -> str:
+    """A process's command line, short (``?`` when it cannot be read)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(a.decode(errors="replace") for a in args if a)[:120] or "?"

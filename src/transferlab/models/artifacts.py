@@ -18,6 +18,7 @@ uninterrupted run would have (same device, same seed).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -30,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from transferlab.data.task import Split, Task
-from transferlab.errors import ModelError
+from transferlab.errors import FaultError, ModelError
 from transferlab.models.model import TransferModel, build_model
 from transferlab.spec import spec_from_dict
 from transferlab.store import Store
@@ -69,9 +70,28 @@ def save_weights(model: torch.nn.Module, folder: Path, meta: dict) -> Path:
             continue
         seen[ptr] = k
         unique[k] = v
-    save_file(unique, str(folder / "model.safetensors"))
-    (folder / "task.json").write_text(json.dumps(meta, indent=1))
+    atomic_write(folder / "model.safetensors", lambda tmp: save_file(unique, str(tmp)), "weights")
+    atomic_write(folder / "task.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)), "task metadata")
     return folder
+
+
+def atomic_write(path: Path, write, what: str) -> None:
+    """``write(tmp)`` to a temporary name beside ``path``, then a rename: a kill or a full disk mid-write
+    leaves the previous file (or none), never a truncated one. A failing write is a FaultError naming
+    the file and the cause (one line, no traceback), and the temporary file is removed."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not isinstance(e, SafetensorError) and "writ" not in str(e):
+            raise  # not a failed write (torch.save reports one as "... failed writing file ...")
+        tmp.unlink(missing_ok=True)
+        text = " ".join(str(e).split())
+        full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "StorageFull" in text
+        cause = "the disk is full" if full else f"the write failed ({text[:200]})"
+        raise FaultError(f"cannot write the run's {what} to {path}: {cause}; free space or fix the disk, then run "
+                         "the same command again") from None
 
 
 def load_weights(model: torch.nn.Module, folder: Path) -> None:
@@ -151,9 +171,7 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, freezer,
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "freeze": freezer.state_dict(),
              "rng": rng_state(), "loop": loop}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), "checkpoint")
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, freezer) -> dict[str, Any]:
@@ -210,7 +228,12 @@ def predictions_path(folder: Path, split: str) -> Path:
 def save_predictions(folder: Path, split: str, preds: np.ndarray) -> Path:
     path = predictions_path(folder, split)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.asarray(preds), allow_pickle=False)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.save would add ".npy" to the temporary name
+            np.save(f, np.asarray(preds), allow_pickle=False)
+
+    atomic_write(path, write, "predictions")
     return path
 
 

@@ -6,11 +6,18 @@ store and the driver writes them. Artifacts go to the store's artifact location 
 one (``--artifacts s3://...``, or a folder every node mounts); otherwise the final files travel back
 with the record (checkpoints then stay on the worker: a run that dies restarts from step 0).
 
+Without ``--address`` the executor starts a local cluster of its own (``ray.init(address="local")``),
+never attaching to one that is already running here (``RAY_ADDRESS``, ``/tmp/ray/ray_current_cluster``:
+perhaps another user's). The workers get only the environment variables a run reads (``WORKER_ENV``:
+Hugging Face cache and offline switches, transformers' verbosity, ``TRANSFERLAB_*``, ``OMP_NUM_THREADS``),
+never a token or other secret; name more with ``TRANSFERLAB_RAY_ENV=HF_TOKEN,...`` (a gated model on
+the hub). A local cluster's processes are started without the tokens in their environment either.
+
 Before the first task, every node that may run tasks checks that it can read the study's data and
 model folders; a node that cannot is named in one line. A task whose worker process or node died is
 retried ``retries`` times, then its runs are failed; each retry is reported. Ctrl-C cancels every
 task in flight. ``RAY_AUTH_MODE=token`` clusters (Ray 2.5x+) need the same token in the driver's
-environment (``RAY_AUTH_TOKEN``); the executor passes the environment through.
+environment (``RAY_AUTH_TOKEN``); the nodes have their own, so it is not sent to the workers.
 """
 
 from __future__ import annotations
@@ -48,6 +55,29 @@ def job_paths(jobs: list[Job]) -> list[str]:
         if name.startswith(("/", "./", "~")) or os.path.isdir(name):
             paths.add(name)
     return sorted(paths)
+
+
+WORKER_ENV = ("HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+              "HF_HUB_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_TELEMETRY", "HF_ENDPOINT", "TRANSFORMERS_OFFLINE",
+              "TRANSFORMERS_CACHE", "TRANSFORMERS_VERBOSITY", "OMP_NUM_THREADS")
+SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_TOKEN", "HF_API_TOKEN")  # kept from a local cluster
+
+
+def worker_env(environ: dict[str, str]) -> dict[str, str]:
+    """The variables sent to every worker: WORKER_ENV, TRANSFERLAB_* and those TRANSFERLAB_RAY_ENV names."""
+    extra = {n.strip() for n in environ.get("TRANSFERLAB_RAY_ENV", "").split(",") if n.strip()}
+    return {k: v for k, v in environ.items()
+            if k in WORKER_ENV or k in extra or (k.startswith("TRANSFERLAB_") and k != "TRANSFERLAB_RAY_ENV")}
+
+
+@contextlib.contextmanager
+def _without(names: tuple[str, ...]):
+    """``os.environ`` without ``names`` meanwhile (the processes of a local cluster inherit it)."""
+    saved = {k: os.environ.pop(k) for k in names if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _probe(address: str, timeout: float = 10.0) -> None:
@@ -96,19 +126,28 @@ class RayExecutor(Executor):
         self.refs: dict = {}
 
     def _init(self, workers: int, address: str | None) -> None:
+        """Connect to ``address``, or start a local cluster of our own; our SIGTERM handler survives Ray's."""
+        import signal
+
         if address:
             _probe(address)
-        prefixes = ("HF_", "TRANSFORMERS_", "TRANSFERLAB_", "RAY_AUTH", "OMP_NUM_THREADS")
-        env = {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
+        env = worker_env(dict(os.environ))
+        sigterm = signal.getsignal(signal.SIGTERM)
         try:
             if address:
                 self.ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
             else:
-                self.ray.init(num_cpus=workers, runtime_env={"env_vars": env}, log_to_driver=False,
-                              include_dashboard=False)
+                keep = tuple(n for n in SECRETS if n not in env)
+                with _without(("RAY_ADDRESS", *keep)):
+                    self.ray.init(address="local", num_cpus=workers, runtime_env={"env_vars": env},
+                                  log_to_driver=False, include_dashboard=False)
         except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError... here
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise UserError(f"--executor ray: cannot reach a Ray cluster at {address or 'local'}: {first}") from None
+        finally:
+            if sigterm is not None and signal.getsignal(signal.SIGTERM) is not sigterm:
+                with contextlib.suppress(ValueError):  # not the main thread: Ray set none either
+                    signal.signal(signal.SIGTERM, sigterm)  # ray.init makes SIGTERM sys.exit; ours stops cleanly
 
     @property
     def parallelism(self) -> int:

@@ -15,7 +15,6 @@ and an ETA from the mean duration of the runs this session has executed.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from transferlab.errors import UserError
 from transferlab.fingerprint import fingerprint
 from transferlab.spec import run_id as spec_run_id
 from transferlab.spec import spec_hash, to_dict
-from transferlab.store import LEASE_S, Store
+from transferlab.store import Heartbeat, Store
 from transferlab.study import lr_select, ray_executor  # noqa: F401  (ray_executor registers "ray")
 from transferlab.study import search as search_mod
 from transferlab.study.executors import EXECUTORS, Executor
@@ -97,29 +96,6 @@ class Progress:
         phase = {"lr": "[lr search] ", "search": "[search] "}.get(p.phase, "")
         self.out(f"[{self.done}/{self.total}] {phase}{p.task} | {p.cell} | seed {p.seed}"
                  f"{f' | lr {p.lr:g}' if p.lr else ''}: {o.status}  {what}  ({o.duration_s:.0f}s){flag}{eta}")
-
-
-class Heartbeat:
-    """Refreshes the leases of this driver's runs in flight (its own store connection, in a thread)."""
-
-    def __init__(self, path, lease_s: float = LEASE_S):
-        self.path, self.lease_s, self.uids, self.stop = path, lease_s, set(), threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True, name="transferlab-heartbeat")
-        self.thread.start()
-
-    def _beat(self) -> None:
-        store = Store(self.path)
-        try:
-            while not self.stop.wait(self.lease_s / 4):
-                store.heartbeat(sorted(self.uids), self.lease_s)
-        finally:
-            store.close()
-
-    def close(self, store: Store, release: bool = False) -> None:
-        self.stop.set()
-        self.thread.join()
-        if release:  # Ctrl-C: the runs in flight read ``unfinished`` now and rerun on resume
-            store.heartbeat(sorted(self.uids), lease_s=-1)
 
 
 def _claimed(groups, planned: list[Planned], store: Store, study: str, *, skip_failed: bool, artifacts: str | None,

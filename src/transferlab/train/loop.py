@@ -18,6 +18,7 @@ non-finite step are kept on the device and read once per logging interval.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 
 import torch
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 
 from transferlab.data.build import build_task
 from transferlab.data.metrics import baseline, constant_baselines, higher_is_better
-from transferlab.errors import UserError
+from transferlab.errors import FaultError, StoreError, UserError
+from transferlab.fingerprint import fingerprint
 from transferlab.models import artifacts as ckpt
 from transferlab.models.artifacts import save_predictions, save_weights, task_meta
 from transferlab.models.model import build_model
@@ -41,7 +43,7 @@ from transferlab.recipes.transplant import prepare_transfer
 from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.spec import RunSpec, spec_hash, to_dict
 from transferlab.spec import run_id as spec_run_id
-from transferlab.store import DEFAULT_STORE, Store
+from transferlab.store import DEFAULT_STORE, Heartbeat, Store
 from transferlab.train import distributed
 from transferlab.train.batches import collate, encode, epoch_batches
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
@@ -66,6 +68,7 @@ from transferlab.train.validate import task_key, validate_runs
 
 __all__ = ["run", "run_seeds", "run_group", "RunResult", "Unsupported"]
 log = logging.getLogger(__name__)
+WAIT_S = 2.0  # how often a run waiting for another process's attempt of the same run id looks again
 
 
 def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, force: bool = False,
@@ -117,20 +120,80 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
     tasks = {} if validated else validate_runs([specs[i] for i in todo], store)
     if todo:  # optim.state_dtype: bf16 holds seed-stacked states only (one line, before a run row)
         check_state_dtype(specs[todo[0]].optim, seed_stacked=len(todo) > 1)
-    if todo:
-        group = _Group([specs[i] for i in todo], store, study, progress, hooks, clock, [ids[i] for i in todo], tasks)
-        for i, result in zip(todo, group.run()):
-            results[i] = result
+    claimed = _claim(specs, todo, store, study, force, results, ids) if hasattr(store, "claim") else {}
+    todo = [i for i in todo if results[i] is None]
+    beat = Heartbeat(store.path, uids=claimed.values()) if claimed else None
+    try:
+        if todo:
+            group = _Group([specs[i] for i in todo], store, study, progress, hooks, clock, [ids[i] for i in todo],
+                           tasks, claimed)
+            for i, result in zip(todo, group.run()):
+                results[i] = result
+    except BaseException as e:
+        left = set() if _unwritable(e) else set(claimed.values()) - {r.uid for r in results if r is not None}
+        for uid in left:
+            if store.runs(run_id=uid.rsplit("/", 1)[0])[-1].status == "running":  # claimed, never started
+                store.finish_run(uid, "failed", error=_failure(e))
+        raise
+    finally:
+        if beat is not None:
+            beat.close(store)
     return results  # type: ignore[return-value]
+
+
+def _claim(specs: list[RunSpec], todo: list[int], store: Store, study: str | None, force: bool,
+           results: list, ids: list[str]) -> dict[str, str]:
+    """Claim each run to train in the store as a study does (store.claim: one live attempt per run id).
+    A run another process trains now is waited for, then reused when it finished (trained again with
+    ``force``; a new attempt when that process died). Returns run id -> claimed uid."""
+    claimed: dict[str, str] = {}
+    for i in todo:
+        spec, rid = specs[i], ids[i]
+        waited = None
+        while True:
+            rows = store.runs(run_id=rid)
+            last = rows[-1] if rows else None
+            if last is not None and last.status == "finished" and not force:  # finished meanwhile: reused
+                by = f" by process {waited.pid} on {waited.host}" if waited else ""
+                log.warning("run %s: reusing %s, trained meanwhile%s; not training it again", rid, last.uid, by)
+                results[i] = RunResult.reused(rid, last.uid, last.summary, last.duration_s)
+                break
+            again = force or (last is not None and last.status == "diverged")  # a diverged run trains again
+            claim = store.claim(rid, spec_hash(spec), spec.seed, to_dict(spec), name=spec.name, study=study,
+                                fingerprint=fingerprint(spec), rerun=again)
+            if claim is not None:
+                claimed[rid] = claim[0]
+                break
+            holder = store.holder(rid)
+            if holder is not None and (waited is None or waited.uid != holder.uid):
+                log.warning("run %s is being trained by process %s on %s (%s); waiting for it to end",
+                            rid, holder.pid, holder.host, holder.uid)
+            waited = holder or waited
+            time.sleep(WAIT_S if holder is not None else 0.1)
+    return claimed
+
+
+def _unwritable(e: BaseException) -> bool:
+    """The store itself failed (held, full, I/O): writing the runs' failure would fail again; their rows
+    read ``unfinished`` once this process ends, and they run again."""
+    return isinstance(e, StoreError)
+
+
+def _failure(e: BaseException) -> str:
+    """A run's stored error for ``e``: Ctrl-C reads ``interrupted`` (rerun on resume), a user's mistake its
+    line, anything else its traceback."""
+    return ("interrupted (KeyboardInterrupt)" if isinstance(e, KeyboardInterrupt) else
+            str(e) if isinstance(e, (UserError, FaultError)) else traceback.format_exc(limit=8))
 
 
 class _Group:
     """S runs of one recipe trained together; every store write of a training run happens here."""
 
     def __init__(self, specs: list[RunSpec], store: Store, study: str | None, progress: bool, hooks, clock: Clock,
-                 run_ids: list[str], tasks: dict):
+                 run_ids: list[str], tasks: dict, claimed: dict[str, str] | None = None):
         self.specs, self.store, self.study, self.progress, self.user_hooks = specs, store, study, progress, hooks
         self.run_ids, self.tasks = run_ids, tasks  # tasks: built while validating (train/validate.py task_key)
+        self.claimed = claimed or {}  # run id -> the attempt claimed for it (run_group); else start_run here
         self.spec, self.tspec = specs[0], specs[0].train
         self.device = resolve_device(self.tspec.device)
         self.amp = autocast_dtype(self.tspec.precision, self.device)
@@ -148,14 +211,13 @@ class _Group:
             trainee = self._prepare(seeds)
             self._train(seeds, trainee)
         except BaseException as e:
-            error = ("interrupted (KeyboardInterrupt)" if isinstance(e, KeyboardInterrupt) else
-                     str(e) if isinstance(e, UserError) else traceback.format_exc(limit=8))
+            error = _failure(e)
             if isinstance(e, torch.OutOfMemoryError):  # the two ways out, named with the run
                 error += (f"\nout of memory with {len(self.specs)} seed(s) at batch {self.tspec.batch_size}: set "
                           "train.checkpoint_layers: true (each layer recomputed in the backward), or train fewer "
                           "seeds together (--seed-parallel off) or smaller batches (train.grad_accum)")
             self.clock.charge([s for s in seeds if s.uid not in self.results])
-            for seed in seeds:
+            for seed in seeds if not _unwritable(e) else ():
                 if seed.uid and seed.uid not in self.results:
                     self.store.finish_run(seed.uid, "failed", error=error, duration_s=seed.duration_s)
             raise
@@ -177,6 +239,10 @@ class _Group:
         return [self.results[seed.uid]]
 
     def _start(self, seed: SeedRun) -> None:
+        if seed.run_id in self.claimed:
+            seed.uid = self.claimed[seed.run_id]
+            self.store.update_run(seed.uid, provenance=self.provenance)
+            return
         seed.uid = self.store.start_run(seed.run_id, spec_hash(seed.spec), seed.spec.seed,
                                         to_dict(seed.spec), name=seed.spec.name, study=self.study,
                                         provenance=self.provenance)
