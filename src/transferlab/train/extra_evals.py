@@ -8,17 +8,8 @@ also evaluates ``dev_mm`` with the final weights, so both figures are stored wit
 
 from __future__ import annotations
 
-from typing import Any
-
 
 def extra_splits(task) -> list[str]:
     """The labelled splits the task wants evaluated at the end besides dev and test."""
     return [name for name in task.extra.get("eval_splits", ()) if name in task.splits and task.splits[name].labelled]
 
-
-def evaluate_extra(model, data: dict[str, Any], task, batch_size: int, device, amp=None) -> dict[str, dict[str, float]]:
-    """Metrics of the final weights on each extra split (``data``: split name -> encoded split)."""
-    from transferlab.train.evaluate import evaluate
-
-    return {name: evaluate(model, data[name], task, batch_size, device, amp) for name in extra_splits(task)
-            if name in data}
