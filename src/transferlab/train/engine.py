@@ -111,7 +111,7 @@ class Evaluator(Protocol):
 
     def splits(self) -> list[str]: ...
 
-    def summary(self, step: int) -> dict[str, Any]: ...  # the mode's RunSummary fields (baselines, tasks, ...)
+    def summary(self, step: int, dev: dict, test: dict) -> dict[str, Any]: ...  # the mode's RunSummary fields
 
     def meta(self) -> dict[str, Any]: ...  # saved beside the weights (task.json)
 
@@ -180,6 +180,12 @@ class MemorySink:
 
     def sync_artifacts(self, uid):
         pass
+
+
+def plan_steps(epoch_batches: int, tspec) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) under ``train:`` (max_steps, else epochs)."""
+    per_epoch = max(1, math.ceil(epoch_batches / tspec.grad_accum))
+    return per_epoch, tspec.max_steps or max(1, math.ceil(tspec.epochs * per_epoch))
 
 
 def optimizer_step(optimizer, scheduler, scaler) -> None:
@@ -280,10 +286,7 @@ class Engine:
             self.sink.update_run(seed.uid, n_params=self.counts[0], n_trainable=self.counts[1])
 
     def plan(self, seeds: list[SeedRun]) -> tuple[int, int]:
-        """(optimizer steps per epoch, total steps) under ``train:`` (max_steps, else epochs)."""
-        t = self.tspec
-        per_epoch = max(1, math.ceil(seeds[0].source.epoch_batches() / t.grad_accum))
-        return per_epoch, t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
+        return plan_steps(seeds[0].source.epoch_batches(), self.tspec)
 
     def _emit(self, step: int, prefix: str, metrics: dict) -> None:
         """``on_log`` of the tracking hooks: ``prefix/name`` keys, host floats."""
@@ -418,7 +421,7 @@ class Engine:
             trainable_share=n_trainable / max(1, n_params), error=seed.error, error_step=seed.error_step,
             engine=EngineInfo(**self.info.__dict__), transfer=seed.transfer.get("transfer", {}), extra_evals=extra,
             samples_per_s=seed.source.samples / seed.duration_s if seed.duration_s > 0 else None,
-            **seed.evaluator.summary(step))
+            **seed.evaluator.summary(step, dev, test))
         if n_trainable_final != n_trainable:  # a policy unfroze parameters during training: store both counts
             summary.n_trainable_start, summary.n_trainable = n_trainable, n_trainable_final
             summary.trainable_share = n_trainable_final / max(1, n_params)

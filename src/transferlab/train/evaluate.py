@@ -76,7 +76,7 @@ class TaskEvaluator:
     def splits(self) -> list[str]:
         return (["test"] if "test" in self.data else []) + list(extra_splits(self.task))
 
-    def summary(self, step: int) -> dict:
+    def summary(self, step: int, dev: dict, test: dict) -> dict:
         return {"baseline": baseline(self.task, "dev"), "baselines": constant_baselines(self.task)}
 
     def meta(self) -> dict:
