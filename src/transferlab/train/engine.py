@@ -293,7 +293,7 @@ class Engine:
         if self.log_hooks:
             points = {f"{prefix}/{k}": float(v) for k, v in metrics.items() if v is not None}
             for hook in self.log_hooks:
-                hook.on_log(step, points)
+                getattr(hook, Event.LOG.value)(step, points)
 
     # ------------------------------------------------------------------ the loop
     def train(self, seeds: list[SeedRun], trainee: Trainee) -> None:
