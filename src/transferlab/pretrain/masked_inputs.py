@@ -128,7 +128,8 @@ def _inputs(task: Task, name: str, n: int | None, seed: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32 if task.modality == "vectors" else np.int64)
 
 
-def train_masked_inputs(spec: PretrainSpec, task: Task | None = None, progress: bool = True) -> dict:
+def train_masked_inputs(spec: PretrainSpec, task: Task | None = None, progress: bool = True,
+                        hooks: list | tuple = ()) -> dict:
     """Masked modelling on ``spec.corpus.task`` (or ``task``), write the folder, return the summary."""
     start = time.time()
     out = prepare_out(spec)
@@ -188,7 +189,7 @@ def train_masked_inputs(spec: PretrainSpec, task: Task | None = None, progress: 
             total, count = total + s.float(), count + n
         return float(total / count)
 
-    history = train_objective(spec, model, len(train_x), batch_loss, heldout, device, amp, out, progress)
+    history = train_objective(spec, model, len(train_x), batch_loss, heldout, device, amp, out, progress, hooks)
     model.cpu()
     save(model, out)
     summary = {"objective": "masked_inputs", "task": task.name, "modality": task.modality,

@@ -350,7 +350,7 @@ def _head(model: nn.Module) -> nn.Module:
     raise ModelError(f"{type(model).__name__}: cannot find its MLM head")
 
 
-def train_mlm(spec: PretrainSpec, progress: bool = True) -> dict:
+def train_mlm(spec: PretrainSpec, progress: bool = True, hooks: list | tuple = ()) -> dict:
     """Continue MLM pretraining as ``spec`` says, write the folder, return the summary."""
     start = time.time()
     out = prepare_out(spec)
@@ -386,7 +386,7 @@ def train_mlm(spec: PretrainSpec, progress: bool = True) -> dict:
         return float(total / count)
 
     history = train_objective(spec, MaskedLM(model), len(train.corpus), batch_loss, heldout, device, amp, out,
-                              progress)
+                              progress, hooks)
     model.cpu()
     save_mlm(model, tokenizer, out, info.pop("pooler", None))
     summary = {**info, "objective": "mlm", "train_examples": len(train.corpus), "heldout_examples": len(held.corpus),

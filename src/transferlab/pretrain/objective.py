@@ -112,7 +112,7 @@ class ObjectiveTrainee(SingleTrainee):
 
 
 def train_objective(spec, model: nn.Module, n_train: int, batch_loss: Callable, heldout: Callable[[], float],
-                    device: torch.device, amp, out: Path, progress: bool = True) -> dict:
+                    device: torch.device, amp, out: Path, progress: bool = True, hooks=()) -> dict:
     """Train ``model`` on the Engine; the history ``pretrain.json`` keeps (steps, curve, held-out losses)."""
     t = spec.train
     history: dict[str, Any] = {"steps": 0, "curve": [], "heldout": [[0, heldout()]]}
@@ -121,7 +121,7 @@ def train_objective(spec, model: nn.Module, n_train: int, batch_loss: Callable, 
     sink = MemorySink(out)
     # pretraining's num_evals counts the evaluations before the last one; the engine's includes it
     engine = Engine([spec], sink, train=dataclasses.replace(t, num_evals=t.num_evals + 1), progress=progress,
-                    device=device, amp=amp, problem="mlm")
+                    hooks=hooks, device=device, amp=amp, problem="mlm")
     engine.info = EngineInfo("single", 1, False, device.type, str(amp).replace("torch.", "") if amp else "fp32")
 
     def prepare(engine: Engine, seeds: list[SeedRun]) -> ObjectiveTrainee:
