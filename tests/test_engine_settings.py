@@ -201,3 +201,9 @@ def test_multitask_refusals_are_one_line_and_store_nothing(world, tmp_path, caps
     path.write_text(yaml.safe_dump(mt_spec(world, train={**mt_spec(world)["train"], "grad_accum": 2})))
     refused(capsys, ["run", str(path), "--store", str(tmp_path / "r.db"), "--quiet"], "train.grad_accum")
     assert Store(tmp_path / "r.db").runs() == []
+
+
+def test_multitask_applies_the_init_section(world, tmp_path):
+    """spec.init reaches a multi-task run as it reaches a single one (it used to be silently skipped)."""
+    result, _ = run_mt(world, tmp_path, mt_spec(world, init={"reinit_layers": 1}))
+    assert result.status == "finished" and result.summary.transfer["init_values"] > 0

@@ -30,8 +30,10 @@ from transferlab.errors import SpecError
 from transferlab.models.artifacts import task_meta
 from transferlab.models.multitask import build_multitask_model
 from transferlab.provenance import provenance
+from transferlab.recipes.distill import Distiller
 from transferlab.recipes.freeze import FREEZERS
 from transferlab.recipes.stabilisers import check_compatible
+from transferlab.recipes.transplant import prepare_transfer
 from transferlab.records import EngineInfo
 from transferlab.spec import RunSpec, run_id
 from transferlab.train.batches import collate, encode, epoch_batches
@@ -47,9 +49,10 @@ from transferlab.train.steps import loss_fn, seed_everything
 def refusal(spec: RunSpec) -> str | None:
     """Why ``spec`` cannot train as a multi-task run (one line naming the field), or None."""
     tspec = spec.train
-    if spec.distill.kind != "none" or tspec.grad_accum != 1 or tspec.checkpoint_every:
-        return ("multitask: distill, train.grad_accum > 1 and train.checkpoint_every are not supported in "
-                "multi-task runs")
+    if spec.distill.kind != "none" and not Distiller.multitask:
+        return f"distill.kind: the {spec.distill.kind} hook (Distiller) does not declare 'multitask'"
+    if tspec.grad_accum != 1 or tspec.checkpoint_every:
+        return "multitask: train.grad_accum > 1 and train.checkpoint_every are not supported in multi-task runs"
     if not FREEZERS.supports(spec.freeze.name, "multitask"):
         return f"freeze.name: policy {spec.freeze.name!r} does not declare 'multitask'"
     return None
@@ -182,6 +185,7 @@ def prepare_multitask(engine: Engine, seeds: list[SeedRun]) -> MultiTaskTrainee:
     seed = SeedRun(spec, None, run_id=run_id(spec))
     seeds.append(seed)
     engine.start(seed)
+    seed.transfer = prepare_transfer(model, spec, engine.sink, engine.sink.artifact_dir(seed.uid))  # init, transplant
     tok = model.backbone.tokenizer
     data = {n: {s: encode(split, t, tok, spec.model.max_length) for s, split in t.splits.items()
                 if split.labelled or s == "train"} for n, t in tasks.items()}
