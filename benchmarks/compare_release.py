@@ -7,7 +7,8 @@
 
 ``train`` runs a few specs (tiny BERT with dropout, MiniLM-shaped heads, layer decay, BERTAdam,
 gradual unfreezing) on the CPU, each as a single run, as two seeds stacked (``train.engine: general``)
-and as two seeds fused (``train.engine: fused``), plus one multi-task run of two tasks, and writes each
+and as two seeds fused (``train.engine: fused``), plus one multi-task run of two tasks and one MLM
+pretraining, and writes each
 run's curve, evaluations and final weights under OUT; ``compare`` prints the largest difference of each.
 """
 
@@ -80,6 +81,7 @@ def train(out: Path) -> None:
                 seed = store.get(r.uid).seed
                 (out / f"{name}-{mode}-s{seed}.json").write_text(json.dumps(record(store, r.uid)))
     train_multitask(out, data)
+    train_mlm(out, data)
 
 
 def train_multitask(out: Path, data: Path) -> None:
@@ -100,6 +102,24 @@ def train_multitask(out: Path, data: Path) -> None:
     store = Store(out / "multitask.db")
     result = run(load_spec(d), store, progress=False)
     (out / "multitask-single-s0.json").write_text(json.dumps(record(store, result.uid)))
+
+
+def train_mlm(out: Path, data: Path) -> None:
+    """MLM pretraining of tiny BERT on the toy texts: the held-out losses stand in for evaluations."""
+    from safetensors.torch import load_file
+
+    from transferlab.pretrain import load_pretrain_spec, pretrain
+
+    corpus = out / "corpus.txt"
+    corpus.write_text("\n".join(r.rsplit(",", 1)[0] for r in (data / "train.csv").read_text().splitlines()[1:]))
+    spec = {"name": "mlm", "model": {"name": "tiny-bert", "max_length": 24},
+            "corpus": {"files": [str(corpus)], "heldout": 0.2}, "optim": {"lr": 3e-3}, "out": str(out / "mlm"),
+            "train": {"max_steps": 30, "batch_size": 16, "num_evals": 2, "log_every": 5, "device": "cpu"}}
+    s = pretrain(load_pretrain_spec(spec), progress=False)
+    weights = load_file(str(out / "mlm" / "model.safetensors"))
+    (out / "mlm-single-s0.json").write_text(json.dumps({
+        "curve": s["curve"], "evals": [(step, "heldout", "loss", v) for step, v in s["heldout"]],
+        "weights": {k: v.double().flatten().tolist() for k, v in weights.items()}}))
 
 
 def compare(a: Path, b: Path) -> None:
