@@ -1,7 +1,7 @@
 """The Engine: the one training loop of every mode (single, seed-stacked, fused, multi-task, pretraining).
 
-    engine = Engine(specs, sink, train=spec.train, hooks=hooks, progress=True)
-    engine.info, engine.provenance = EngineInfo("single", 1, ...), {...}   # before the first run row
+    engine = Engine(specs, sink, device=device, amp=amp, hooks=hooks, progress=True)   # train: specs[0].train
+    engine.info, engine.provenance = EngineInfo("single", 1, ...), {...}   # by prepare, before the first row
     results = engine.run(prepare)   # prepare(engine, seeds) -> Trainee: tasks, models, run rows, sources
 
 A mode provides its parts through four declared seams (typing.Protocol, checked by tests):
@@ -205,15 +205,15 @@ class Engine:
     """S runs of one recipe trained together (S = 1 for every mode but the seed-stacked ones); every
     write of a training run to its sink happens here. ``train``: the spec's ``train:`` settings."""
 
-    def __init__(self, specs: list, sink: RunSink, *, train=None, study: str | None = None, progress: bool = True,
-                 hooks: Iterable = (), clock: Clock | None = None, device: torch.device | None = None, amp=None,
+    def __init__(self, specs: list, sink: RunSink, *, device: torch.device, amp=None, train=None,
+                 study: str | None = None, progress: bool = True, hooks: Iterable = (), clock: Clock | None = None,
                  problem: str | None = None):
         self.specs, self.sink, self.study, self.progress = specs, sink, study, progress
         self.spec, self.tspec = specs[0], train if train is not None else specs[0].train
         self.user_hooks, self.clock = tuple(hooks), clock or Clock()
         self.device, self.amp, self.problem = device, amp, problem
         self.stacked = len(specs) > 1
-        self.info = EngineInfo("single", len(specs), False, device.type if device else "cpu")
+        self.info = EngineInfo("single", len(specs), False, device.type)
         self.provenance: dict[str, Any] = {}
         self.results: dict[str, RunResult] = {}
         self.mode_hooks: Callable[[nn.Module], list] | None = None  # the mode's own hooks (a distiller)
