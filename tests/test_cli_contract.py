@@ -212,7 +212,7 @@ def test_runs_of_an_unknown_study_is_a_mistake(world, capsys):
 def test_study_whose_runs_all_fail_exits_1_with_a_summary(tmp_path, capsys, monkeypatch):
     """Runs that fail during training are a result, not a spec mistake: exit 1 and one summary line.
     (The failure is injected where the loop builds the model, after every up-front check has passed.)"""
-    import transferlab.train.loop as loop
+    import transferlab.train.engine as loop  # the Engine builds the optimizer
 
     data = write_sentiment_csv(tmp_path / "d", n_train=16, n_dev=8)
     study = tiny_study_dict(data, name="doomed", seeds=[0])

@@ -82,9 +82,9 @@ def test_multitask_curve_is_one_point_per_interval_and_divergence_names_the_task
     result = run(load_spec(two_task_spec(tmp_path, sampler="round_robin")), store, progress=False)
     steps = [row[0] for row in store.curve(result.uid)]
     assert steps == list(range(5, 81, 5))  # 80 steps, log_every 5 (the evaluations at 40 and 80 fall on it)
-    from transferlab.train import multitask
+    from transferlab.train import compute  # the engine's trainee computes the loss
 
-    real = multitask.loss_fn
+    real = compute.loss_fn
     calls = [0]
 
     def poisoned(logits, labels, regression):
@@ -92,7 +92,7 @@ def test_multitask_curve_is_one_point_per_interval_and_divergence_names_the_task
         loss = real(logits, labels, regression)
         return loss * float("nan") if calls[0] == 7 else loss
 
-    monkeypatch.setattr(multitask, "loss_fn", poisoned)
+    monkeypatch.setattr(compute, "loss_fn", poisoned)
     bad = run(load_spec(two_task_spec(tmp_path, sampler="round_robin"), {"name": "mt-bad"}), Store(tmp_path / "b.db"),
               progress=False)
     assert bad.status == "diverged"

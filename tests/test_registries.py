@@ -118,8 +118,11 @@ def test_each_init_scheme_is_registered_with_its_options(name):
 
 @pytest.mark.parametrize("name", sorted(FREEZER_SETTINGS))
 def test_each_freezer_declares_what_the_engine_reads(name):
+    from transferlab.recipes.freeze import FreezerCaps
+
     caps = FREEZERS.caps(name)
-    assert caps.get("seed_stacked", False) != caps.get("adds_modules", False)  # one or the other, declared
+    assert isinstance(caps, FreezerCaps)  # typed: the engine reads fields, never free strings
+    assert caps.seed_stacked == (name != "lora")  # LoRA adds modules, which a StackedModel cannot hold
 
 
 @pytest.mark.parametrize("name", sorted(STABILISER_SETTINGS))
@@ -130,7 +133,11 @@ def test_each_stabiliser_builds_from_its_settings(name):
     (hook,) = build_stabilisers([StabiliserSpec(name=name, options=STABILISER_SETTINGS[name])],
                                 problem="classification", freeze="none", seed=0, device=torch.device("cpu"),
                                 batches=lambda: iter(()), loss=lambda logits, labels: logits.sum())
-    assert "seed_stacked" in STABILISERS.caps(name)  # declared, not defaulted
+    from transferlab.recipes.stabilisers import StabiliserCaps
+
+    caps = STABILISERS.caps(name)
+    assert isinstance(caps, StabiliserCaps) and caps.problems  # declared, not defaulted
+    assert hook.name == name
 
 
 @pytest.mark.parametrize("name", sorted(n for n, v in EXECUTOR_SETTINGS.items() if isinstance(v, dict)))

@@ -54,7 +54,7 @@ def test_failed_run_is_stored_and_earlier_runs_survive(toy_task_dir, tmp_path, m
         run(bad, store, progress=False)
     assert store.runs(run_id=run_id(bad)) == []  # a user's mistake is caught before a run row exists
     # a failure during training is stored as a failed attempt
-    import transferlab.train.loop as loop
+    import transferlab.train.engine as loop  # the Engine builds the optimizer
 
     def broken(*args, **kwargs):
         raise RuntimeError("optimizer exploded")

@@ -632,8 +632,8 @@ def cmd_report(args) -> int:
 
 def cmd_plan_seeds(args) -> int:
     from transferlab.report import cells
-    from transferlab.store import Store
     from transferlab.report.analysis import PLAN_HEADER, plan_rows
+    from transferlab.store import Store
 
     path = Path(args.store_path or args.store)
     if not path.is_file():

@@ -60,6 +60,11 @@ class RunSummary(Mapping):
     engine: EngineInfo = field(default_factory=EngineInfo)
     samples_per_s: float | None = None  # training examples per second of this run's share of the time
     transfer: dict[str, Any] = field(default_factory=dict)  # init and transplant report
+    # multi-task runs (train/multitask.py): each task's dev, test, baseline and main metric; the sampler;
+    # the optimizer steps each task took
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sampler: str | None = None
+    task_steps: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # what other commands add (surgery, ...)
 
     # ------------------------------------------------------------------ JSON form
@@ -73,7 +78,10 @@ class RunSummary(Mapping):
         known = {k: data.pop(k) for k in list(data) if k in names}
         known["engine"] = EngineInfo.from_dict(known.get("engine"))
         known["transfer"] = {**data, **(known.get("transfer") or {})}  # an old summary's top-level extras
-        for key in ("dev", "test", "extra_evals", "baseline", "baselines", "extra"):
+        for key in ("tasks", "sampler", "task_steps"):  # a multi-task run stored before these were fields
+            if key in known["transfer"] and not known.get(key):
+                known[key] = known["transfer"].pop(key)
+        for key in ("dev", "test", "extra_evals", "baseline", "baselines", "extra", "tasks", "task_steps"):
             known[key] = known.get(key) or {}
         return cls(**known)
 

@@ -17,6 +17,7 @@ alone, so the fused stacked encoder (train/fused.py: zeros at padded positions) 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -26,7 +27,13 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from transferlab.errors import SpecError
 from transferlab.registry import Registry
 
-HEADS: Registry = Registry("head")
+
+@dataclass(frozen=True)
+class HeadCaps:
+    fused: bool = False  # the fused encoder (train/fused.py) can feed it
+
+
+HEADS: Registry = Registry("head", HeadCaps)
 INIT_STD = 0.02  # BERT's initializer_range: new linear layers get N(0, 0.02) weights and zero biases
 
 

@@ -55,7 +55,7 @@ class LastHead(Head):
         return logits
 
 
-@KIND_HEADS.register("token", kind="token")
+@KIND_HEADS.register("token")
 class TokenHead(Head):
     """Token classification (Devlin et al. 2019, CoNLL-2003 NER): dropout -> linear on every token of the
     last layer; (B, T, num_labels) logits. Positions without a label carry IGNORE in the batch."""
@@ -69,7 +69,7 @@ class TokenHead(Head):
         return self.out(self.dropout(hidden_states[-1]))
 
 
-@KIND_HEADS.register("span", kind="span")
+@KIND_HEADS.register("span")
 class SpanHead(Head):
     """Extractive QA (Devlin et al. 2019, SQuAD): a linear map of every token to a start and an end score.
 

@@ -17,12 +17,13 @@ from transferlab.pretrain.spec import PretrainSpec, load_pretrain_spec
 __all__ = ["PretrainSpec", "load_pretrain_spec", "pretrain"]
 
 
-def pretrain(spec: PretrainSpec, progress: bool = True) -> dict:
-    """Run the spec's objective; returns its summary (also in ``<out>/pretrain.json``)."""
+def pretrain(spec: PretrainSpec, progress: bool = True, hooks: list | tuple = ()) -> dict:
+    """Run the spec's objective; returns its summary (also in ``<out>/pretrain.json``). ``hooks``: training
+    hooks (recipes/hooks.py) the Engine runs with the spec's own."""
     if spec.objective == "mlm":
         from transferlab.pretrain.mlm import train_mlm
 
-        return train_mlm(spec, progress=progress)
+        return train_mlm(spec, progress=progress, hooks=hooks)
     from transferlab.pretrain.masked_inputs import train_masked_inputs
 
-    return train_masked_inputs(spec, progress=progress)
+    return train_masked_inputs(spec, progress=progress, hooks=hooks)

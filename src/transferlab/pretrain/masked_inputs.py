@@ -41,10 +41,10 @@ from transferlab.pretrain.masking import Masks, MaskSource, apply_to_ids
 from transferlab.pretrain.mlm import (
     HELDOUT_MASK_SEED,
     device_and_amp,
-    fit,
     prepare_out,
     write_summary,
 )
+from transferlab.pretrain.objective import train_objective
 from transferlab.pretrain.spec import PretrainSpec
 
 WEIGHTS = "masked_inputs.safetensors"
@@ -67,6 +67,9 @@ class MaskedInputModel(nn.Module):
     @property
     def num_layers(self) -> int:
         return self.backbone.num_layers
+
+    def checkpoint_layers(self) -> None:
+        self.backbone.checkpoint_layers()
 
     def forward(self, x: Tensor, attention_mask: Tensor, masks: Masks, pool: Tensor) -> tuple[Tensor, Tensor]:
         """Summed loss over the predicted positions and their count. ``pool``: random replacements."""
@@ -125,7 +128,8 @@ def _inputs(task: Task, name: str, n: int | None, seed: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32 if task.modality == "vectors" else np.int64)
 
 
-def train_masked_inputs(spec: PretrainSpec, task: Task | None = None, progress: bool = True) -> dict:
+def train_masked_inputs(spec: PretrainSpec, task: Task | None = None, progress: bool = True,
+                        hooks: list | tuple = ()) -> dict:
     """Masked modelling on ``spec.corpus.task`` (or ``task``), write the folder, return the summary."""
     start = time.time()
     out = prepare_out(spec)
@@ -163,16 +167,16 @@ def train_masked_inputs(spec: PretrainSpec, task: Task | None = None, progress: 
     held_masks = MaskSource(candidates(held_x), held_spec, len(pool), HELDOUT_MASK_SEED)
     train_t, held_t = torch.from_numpy(train_x), torch.from_numpy(held_x)
 
-    def terms(x_all: Tensor, masks: MaskSource, index: np.ndarray) -> tuple[Tensor, Tensor]:
+    def terms(x_all: Tensor, masks: MaskSource, index: np.ndarray, forward=model) -> tuple[Tensor, Tensor]:
         x = x_all[torch.as_tensor(index)].to(device, non_blocking=True)
         m = masks(index)
         m = Masks(*(t.to(device, non_blocking=True) for t in (m.masked, m.to_mask, m.to_random, m.pick)))
         attention = (torch.ones(x.shape[:2], dtype=torch.long, device=device) if pad is None
                      else (x != pad).long())
-        return model(x, attention, m, pool)
+        return forward(x, attention, m, pool)
 
-    def batch_loss(index: np.ndarray) -> Tensor:
-        total, count = terms(train_t, train_masks, index)
+    def batch_loss(forward, index: np.ndarray) -> Tensor:
+        total, count = terms(train_t, train_masks, index, forward)
         return total / count
 
     @torch.no_grad()
@@ -185,7 +189,7 @@ def train_masked_inputs(spec: PretrainSpec, task: Task | None = None, progress: 
             total, count = total + s.float(), count + n
         return float(total / count)
 
-    history = fit(model, spec, len(train_x), batch_loss, heldout, backbone.num_layers, device, amp, progress)
+    history = train_objective(spec, model, len(train_x), batch_loss, heldout, device, amp, out, progress, hooks)
     model.cpu()
     save(model, out)
     summary = {"objective": "masked_inputs", "task": task.name, "modality": task.modality,

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,7 +30,6 @@ import torch.nn.functional as F
 import transformers as tf
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from transferlab.errors import DataError, ModelError, SpecError
 from transferlab.models.backbone import (
@@ -46,11 +43,9 @@ from transferlab.models.backbone import (
 )
 from transferlab.models.depth import keep_layers
 from transferlab.pretrain.masking import IGNORE, MaskSource, apply_to_ids
+from transferlab.pretrain.objective import train_objective
 from transferlab.pretrain.spec import CorpusSpec, PretrainSpec
 from transferlab.provenance import provenance
-from transferlab.recipes.optim import build_optimizer
-from transferlab.recipes.param_groups import build_param_groups
-from transferlab.recipes.schedules import build_schedule
 from transferlab.spec import to_dict
 
 log = logging.getLogger(__name__)
@@ -296,55 +291,6 @@ def device_and_amp(spec: PretrainSpec) -> tuple[torch.device, torch.dtype | None
     return device, autocast_dtype(spec.train.precision, device)
 
 
-def fit(model: nn.Module, spec: PretrainSpec, n_train: int, batch_loss: Callable[[np.ndarray], Tensor],
-        heldout: Callable[[], float], num_layers: int, device: torch.device, amp, progress: bool = True) -> dict:
-    """Train ``model`` on ``batch_loss`` of shuffled row batches; the loss curve and held-out losses."""
-    from transferlab.train.steps import optimizer_step
-    t = spec.train
-    per_epoch = math.ceil(n_train / t.batch_size)
-    total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * per_epoch))
-    history = {"steps": total, "curve": [], "heldout": [[0, heldout()]]}
-    if total == 0:
-        return history
-    groups = build_param_groups(model, spec.optim, num_layers)
-    optimizer = build_optimizer(groups, spec.optim, device.type)
-    scheduler = build_schedule(optimizer, spec.schedule, total)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    evals = {max(1, round(total * (i + 1) / (t.num_evals + 1))) for i in range(t.num_evals)}
-    buf, loss_sum, loss_n = [], torch.zeros((), device=device), 0
-    batches: list[np.ndarray] = []
-    model.train()
-    bar = tqdm(total=total, desc=spec.name, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
-    for step in range(1, total + 1):
-        if not batches:
-            epoch = (step - 1) // per_epoch
-            order = np.random.default_rng([spec.seed, epoch]).permutation(n_train)
-            batches = [order[i: i + t.batch_size] for i in range(0, n_train, t.batch_size)][::-1]
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = batch_loss(batches.pop())
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        if spec.optim.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
-                                           spec.optim.max_grad_norm)
-        optimizer_step(optimizer, scheduler, scaler)
-        loss_sum, loss_n = loss_sum + loss.detach().float(), loss_n + 1
-        bar.update(1)
-        if step % t.log_every == 0 or step == total:
-            buf.append((step, loss_sum / loss_n))  # stays on the device until the next evaluation
-            loss_sum, loss_n = torch.zeros((), device=device), 0
-        if step in evals or step == total:
-            history["curve"] += [[s, v] for (s, _), v in zip(buf, torch.stack([b[1] for b in buf]).tolist())] \
-                if buf else []
-            buf.clear()
-            history["heldout"].append([step, heldout()])
-            bar.set_postfix(heldout=f"{history['heldout'][-1][1]:.4f}")
-            model.train()
-    bar.close()
-    return history
-
-
 def write_summary(out: Path, spec: PretrainSpec, summary: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     record = {"spec": to_dict(spec), "summary": summary, "provenance": provenance()}
@@ -370,6 +316,29 @@ def _mlm_terms(model: nn.Module, batch: dict[str, Tensor], labels: Tensor) -> tu
     return F.cross_entropy(logits.float(), target, reduction="sum"), target.new_tensor(target.numel())
 
 
+class MaskedLM(nn.Module):
+    """An ``AutoModelForMaskedLM`` as the engine trains it: the whole model is ``backbone`` (pretrained
+    weights: stabilisers and freezers see it as such); ``forward`` gives the summed loss and its count."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.backbone = model
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.config.num_hidden_layers
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        return _mlm_terms(self.backbone, {"input_ids": input_ids, "attention_mask": attention_mask}, labels)
+
+    def checkpoint_layers(self) -> None:
+        """train.checkpoint_layers: Hugging Face's activation checkpointing (RNG state kept)."""
+        if not getattr(self.backbone, "supports_gradient_checkpointing", False):
+            raise ModelError(f"train.checkpoint_layers: {type(self.backbone).__name__} does not support "
+                             "activation checkpointing; set it to false")
+        self.backbone.activation_checkpointing_enable({"use_reentrant": False})
+
+
 def _head(model: nn.Module) -> nn.Module:
     """The MLM head module of an ``AutoModelForMaskedLM`` (BERT ``cls``, RoBERTa ``lm_head``, ...)."""
     for name in ("cls", "lm_head", "generator_lm_head", "vocab_projector", "pred_layer"):
@@ -381,7 +350,7 @@ def _head(model: nn.Module) -> nn.Module:
     raise ModelError(f"{type(model).__name__}: cannot find its MLM head")
 
 
-def train_mlm(spec: PretrainSpec, progress: bool = True) -> dict:
+def train_mlm(spec: PretrainSpec, progress: bool = True, hooks: list | tuple = ()) -> dict:
     """Continue MLM pretraining as ``spec`` says, write the folder, return the summary."""
     start = time.time()
     out = prepare_out(spec)
@@ -401,9 +370,8 @@ def train_mlm(spec: PretrainSpec, progress: bool = True) -> dict:
     def to_device(batch):
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
-    def batch_loss(index):
-        batch = to_device(train(index))
-        total, count = _mlm_terms(model, batch, batch["labels"])
+    def batch_loss(forward, index):
+        total, count = forward(**to_device(train(index)))
         return total / count
 
     @torch.no_grad()
@@ -417,8 +385,8 @@ def train_mlm(spec: PretrainSpec, progress: bool = True) -> dict:
             total, count = total + s.float(), count + n
         return float(total / count)
 
-    history = fit(model, spec, len(train.corpus), batch_loss, heldout, model.config.num_hidden_layers, device,
-                  amp, progress)
+    history = train_objective(spec, MaskedLM(model), len(train.corpus), batch_loss, heldout, device, amp, out,
+                              progress, hooks)
     model.cpu()
     save_mlm(model, tokenizer, out, info.pop("pooler", None))
     summary = {**info, "objective": "mlm", "train_examples": len(train.corpus), "heldout_examples": len(held.corpus),

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from transferlab.errors import SpecError
+from transferlab.recipes.freeze import FREEZERS
+from transferlab.recipes.stabilisers import check_compatible
 from transferlab.spec import (
+    FreezeSpec,
     ModelSpec,
     OptimSpec,
     ScheduleSpec,
+    StabiliserSpec,
     TaskSpec,
     apply_overrides,
     read_yaml,
@@ -105,6 +109,17 @@ class PretrainTrainSpec:
     log_every: int = 10
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
+    # the Engine's settings (train/engine.py), as in a run spec's ``train:``
+    grad_accum: int = 1
+    early_stopping_patience: int | None = None  # held-out evaluations without improvement
+    restore_best: bool = False  # keep the weights of the best held-out loss (default: the last ones)
+    divergence_factor: float | None = None  # diverged when a logged loss exceeds this x the first one
+    compile: bool = False
+    checkpoint_layers: bool = False
+    # not settable here: pretraining writes its folder (no store row to resume or save into)
+    checkpoint_every: ClassVar[None] = None
+    length_bucketing: ClassVar[bool] = False
+    save_model: ClassVar[bool] = False
 
 
 @dataclass
@@ -120,6 +135,8 @@ class PretrainSpec:
     train: PretrainTrainSpec = field(default_factory=PretrainTrainSpec)
     optim: OptimSpec = field(default_factory=lambda: OptimSpec(lr=5e-5))
     schedule: ScheduleSpec = field(default_factory=lambda: ScheduleSpec(warmup_ratio=0.06))
+    freeze: FreezeSpec = field(default_factory=FreezeSpec)  # policies that declare ``pretrain``
+    stabilisers: list[StabiliserSpec] = field(default_factory=list)  # those whose problems list ``mlm``
     out: str = ""
     overwrite: bool = False  # replace an existing model in ``out``
 
@@ -145,11 +162,22 @@ class PretrainSpec:
             raise SpecError(f"corpus.max_examples: {c.max_examples} must be at least 2")
         if self.layers is not None and (not self.layers or min(self.layers) < 0):
             raise SpecError(f"layers: {self.layers} must be a non-empty list of layer indices (from 0)")
+        self.validate_parts()
         t = self.train
         if t.max_steps is not None and t.max_steps < 0:
             raise SpecError(f"train.max_steps: {t.max_steps} must be >= 0")
-        if t.batch_size < 1 or t.eval_batch_size < 1 or t.log_every < 1 or t.num_evals < 0:
-            raise SpecError("train: batch_size, eval_batch_size and log_every must be >= 1, num_evals >= 0")
+        if t.batch_size < 1 or t.eval_batch_size < 1 or t.log_every < 1 or t.num_evals < 0 or t.grad_accum < 1:
+            raise SpecError("train: batch_size, eval_batch_size, log_every and grad_accum must be >= 1, "
+                            "num_evals >= 0")
+        if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
+            raise SpecError(f"train.early_stopping_patience: {t.early_stopping_patience} must be >= 1 or null")
+
+    def validate_parts(self) -> None:
+        """Freezers and stabilisers by their declared flags (``pretrain``; the ``mlm`` problem)."""
+        FREEZERS.get(self.freeze.name, "freeze.name")
+        if not FREEZERS.supports(self.freeze.name, "pretrain"):
+            raise SpecError(f"freeze.name: policy {self.freeze.name!r} does not declare 'pretrain'")
+        check_compatible(self.stabilisers, "mlm", self.freeze.name)
 
 
 def load_pretrain_spec(source: str | Path | dict, overrides: list[str] | dict = ()) -> PretrainSpec:

@@ -21,6 +21,7 @@ layer is left to the logits, as in the paper. Student and teacher must have one 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -175,7 +176,11 @@ def _same_vocab(a, b) -> bool:
 
 
 class Distiller:
-    """The loop hook: runs the teacher on each batch and mixes its targets into the loss (``on_loss``)."""
+    """The loop hook: runs the teacher on each batch and mixes its targets into the loss (``on_loss``).
+    Capabilities (read by train/support.py and train/multitask.py): one teacher for one plain student."""
+
+    seed_stacked: ClassVar[bool] = False  # the teacher's targets are computed for one seed's batch
+    multitask: ClassVar[bool] = False  # one teacher, one task head
 
     def __init__(self, spec, teacher: Teacher, student, task):
         self.spec, self.teacher = spec, teacher

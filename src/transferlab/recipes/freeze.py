@@ -27,6 +27,7 @@ A new input adapter (non-text tasks) is new weights like the head: it trains unl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
@@ -38,7 +39,16 @@ from transferlab.recipes.param_groups import depths
 from transferlab.registry import Registry
 from transferlab.spec import SECTION_CHECKS
 
-FREEZERS: Registry[type] = Registry("freeze policy")
+
+@dataclass(frozen=True)
+class FreezerCaps:
+    seed_stacked: bool = False  # works on a StackedModel (toggles requires_grad only; adds no modules)
+    fused: bool = False  # works on the fused encoder's stacked parameters
+    multitask: bool = True  # works on a MultiTaskModel (a head per task under ``head.<task>.``)
+    pretrain: bool = False  # works on a pretraining model (no new head: the whole model is ``backbone.``)
+
+
+FREEZERS: Registry[type] = Registry("freeze policy", FreezerCaps)
 
 
 class Freezer(Hook):
@@ -97,7 +107,7 @@ class Freezer(Hook):
         return name.startswith("head.") or (name.startswith("input_adapter.") and self.opts.get("train_input", True))
 
 
-FREEZERS.register("none", seed_stacked=True, fused=True)(Freezer)
+FREEZERS.register("none", seed_stacked=True, fused=True, pretrain=True)(Freezer)
 
 
 @FREEZERS.register("backbone_for_steps", "freeze_for_steps", seed_stacked=True, fused=True)
@@ -170,7 +180,7 @@ class LinearProbe(Freezer):
         return self.new_weights(name)
 
 
-@FREEZERS.register("bitfit", seed_stacked=True, fused=True)
+@FREEZERS.register("bitfit", seed_stacked=True, fused=True, pretrain=True)
 class BitFit(Freezer):
     options: ClassVar[dict[str, Any]] = {"train_input": True}
 
@@ -178,7 +188,7 @@ class BitFit(Freezer):
         return self.new_weights(name) or name.endswith("bias")
 
 
-@FREEZERS.register("lora", adds_modules=True)
+@FREEZERS.register("lora")  # adds modules: not seed_stacked
 class LoRA(Freezer):
     options: ClassVar[dict[str, Any]] = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None,
                                          "train_input": True}

@@ -1,4 +1,5 @@
-"""Training-time strategies as hook objects: the loop calls these, in this order, for every hook.
+"""Training-time strategies as hook objects: the engine (train/engine.py) runs each :class:`Event`, in
+this order, on every hook (``Engine.run_event(Event.STEP_START, step)``).
 
     class MyHook(Hook):
         seed_stacked = True            # works when ``model`` is a StackedModel of S seeds
@@ -22,17 +23,32 @@
 
 Capabilities (class attributes, read by the engine; never a list of names):
     seed_stacked    the hook works on a StackedModel (every tensor it touches has a seed dimension)
-    changes_loss    the hook defines ``on_loss`` (set automatically)
 
 Every method is a no-op by default, so a hook overrides only what it needs.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+class Event(Enum):
+    """The events of a training run; the value is the name of the hook method that handles it."""
+
+    TRAIN_START = "on_train_start"
+    STEP_START = "on_step_start"
+    LOSS = "on_loss"  # called by the trainee, per micro-batch (it returns the loss)
+    BEFORE_OPTIMIZER_STEP = "on_before_optimizer_step"
+    AFTER_OPTIMIZER_STEP = "on_after_optimizer_step"
+    EVAL_START = "on_eval_start"
+    EVAL_END = "on_eval_end"
+    LOG = "on_log"
+    TRAIN_END = "on_train_end"
+    FINISH = "on_finish"
 
 
 class Hook:
@@ -76,7 +92,3 @@ class Hook:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
-
-    @classmethod
-    def changes_loss(cls) -> bool:
-        return "on_loss" in {k for c in cls.__mro__ for k in vars(c)}

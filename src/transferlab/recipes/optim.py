@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -27,7 +28,15 @@ from transferlab.registry import Registry
 from transferlab.spec import OptimSpec
 
 OptimizerFactory = Callable[[list[dict], OptimSpec, str], torch.optim.Optimizer]
-OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+
+
+@dataclass(frozen=True)
+class OptimCaps:
+    elementwise: bool = False  # each element's update reads only its own state: a stacked update is S updates
+    fused: bool = False  # the fused encoder's stacked parameters may use it
+
+
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", OptimCaps)
 
 SGD_MOMENTUM = 0.9
 

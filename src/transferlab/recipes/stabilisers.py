@@ -20,8 +20,9 @@
                   weights after each step from ``start`` (a share of the steps) on; every evaluation and
                   the stored model use the averaged weights.
 
-Capabilities, declared at registration: ``seed_stacked`` (False for all: none is tested on a
-StackedModel), ``problems`` (the task problems it supports) and ``freeze`` (the freeze policies it
+Capabilities, declared at registration (StabiliserCaps): ``seed_stacked`` (False for all: none is
+tested on a StackedModel), ``problems`` (the task problems it supports; ``mlm``: masked-LM
+pretraining, where the whole model counts as the backbone) and ``freeze`` (the freeze policies it
 can run with; None: any). R3F needs a text backbone's token embeddings. Masks and penalties apply
 to the backbone; a new head (and input adapter) trains as usual.
 
@@ -32,6 +33,7 @@ every function below; torch does the arithmetic. Method cards: docs/methods/<nam
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -43,7 +45,15 @@ from transferlab.recipes.hooks import Hook
 from transferlab.registry import Registry
 from transferlab.spec import SECTION_CHECKS
 
-STABILISERS: Registry[type] = Registry("stabiliser")
+
+@dataclass(frozen=True)
+class StabiliserCaps:
+    seed_stacked: bool = False  # works on a StackedModel
+    problems: tuple[str, ...] = ()  # the task problems it supports; "mlm": masked-LM pretraining too
+    freeze: tuple[str, ...] | None = None  # the freeze policies it can run with (None: any)
+
+
+STABILISERS: Registry[type] = Registry("stabiliser", StabiliserCaps)
 
 
 def backbone_params(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -159,7 +169,8 @@ def _in(value: Any, low: float, high: float, where: str, closed_high: bool = Fal
         raise SpecError(f"{where}: {value!r} must lie in [{low:g}, {high:g}{']' if closed_high else ')'}")
 
 
-@STABILISERS.register("mixout", seed_stacked=False, problems=("classification", "regression"), freeze=("none",))
+@STABILISERS.register("mixout", seed_stacked=False, problems=("classification", "regression", "mlm"),
+                      freeze=("none",))
 class Mixout(Stabiliser):
     name = "mixout"
     options: ClassVar[dict[str, Any]] = {"p": 0.1}
@@ -196,7 +207,7 @@ class Mixout(Stabiliser):
         self.raw.clear()
 
 
-@STABILISERS.register("l2sp", "l2_sp", seed_stacked=False, problems=("classification", "regression"), freeze=None)
+@STABILISERS.register("l2sp", "l2_sp", seed_stacked=False, problems=("classification", "regression", "mlm"))
 class L2SP(Stabiliser):
     name = "l2sp"
     options: ClassVar[dict[str, Any]] = {"strength": 0.01}
@@ -221,7 +232,7 @@ class ChildTuning(Stabiliser):
         _in(opts["reserve_p"], 1e-12, 1, f"{where}.reserve_p", closed_high=True)
 
 
-@STABILISERS.register("child_tuning_f", seed_stacked=False, problems=("classification", "regression"),
+@STABILISERS.register("child_tuning_f", seed_stacked=False, problems=("classification", "regression", "mlm"),
                       freeze=("none",))
 class ChildTuningF(ChildTuning):
     """Task-free: a fresh Bernoulli(reserve_p) mask of the backbone's gradients each step, / reserve_p."""
@@ -331,7 +342,7 @@ class Averaging(Stabiliser):
         self.n = int(state["n"])
 
 
-@STABILISERS.register("ema", seed_stacked=False, problems=("classification", "regression"), freeze=None)
+@STABILISERS.register("ema", seed_stacked=False, problems=("classification", "regression", "mlm"), freeze=None)
 class EMA(Averaging):
     name = "ema"
     options: ClassVar[dict[str, Any]] = {"decay": 0.99}
@@ -346,7 +357,7 @@ class EMA(Averaging):
         self.n += 1
 
 
-@STABILISERS.register("swa", seed_stacked=False, problems=("classification", "regression"), freeze=None)
+@STABILISERS.register("swa", seed_stacked=False, problems=("classification", "regression", "mlm"), freeze=None)
 class SWA(Averaging):
     name = "swa"
     options: ClassVar[dict[str, Any]] = {"start": 0.75, "every": 1}
@@ -388,10 +399,10 @@ def check_compatible(specs, problem: str, freeze: str) -> None:
     """A stabiliser asked with a task problem or freeze policy it does not support: one line."""
     for s in specs:
         caps = STABILISERS.caps(s.name)
-        if problem not in caps.get("problems", ()):
+        if problem not in caps.problems:
             raise SpecError(f"stabilisers: {s.name} does not support {problem} tasks; it supports "
-                            f"{', '.join(caps['problems'])}")
-        allowed = caps.get("freeze")
+                            f"{', '.join(caps.problems)}")
+        allowed = caps.freeze
         if allowed is not None and freeze not in allowed:
             raise SpecError(f"stabilisers: {s.name} does not run with freeze.name {freeze!r} (it masks or swaps "
                             f"the backbone's weights itself); allowed: {', '.join(allowed)}")

@@ -1,6 +1,6 @@
 """Per-run bookkeeping, written once for S >= 1 seeds trained together (a single run is S = 1).
 
-    seed = SeedRun(spec, task, data)       # one run: its batches, best state, patience, status, time
+    seed = SeedRun(spec, task, data)       # one run: its source, evaluator, best state, patience, status, time
     watch = Watch(n_seeds, device, divergence_factor)
     watch.add(losses)                       # (S,) micro-batch losses, on the device
     watch.step(step, losses, norms)         # the first non-finite step, on the device
@@ -18,26 +18,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from transferlab.data.task import Task
-from transferlab.spec import RunSpec
-from transferlab.train.batches import Encoded, epoch_batches
+from transferlab.train.batches import Encoded
 
 
 @dataclass
 class SeedRun:
     """One seed's run inside the loop."""
 
-    spec: RunSpec
-    task: Task
+    spec: Any  # a RunSpec (a PretrainSpec for pretraining)
+    task: Task | None  # None: a multi-task run (its tasks live in its source and evaluator)
     data: dict[str, Encoded] = field(default_factory=dict)
+    run_id: str = ""
     uid: str = ""
     transfer: dict = field(default_factory=dict)
-    epoch: int = 0
-    pos: int = 0  # micro-batches consumed in the current epoch
-    micro: Any = field(default_factory=lambda: iter(()))
+    source: Any = None  # its BatchSource (train/engine.py)
+    evaluator: Any = None  # its Evaluator
+    model: Any = None  # the final model, once finished
     best_value: float | None = None
     best_step: int | None = None
     best_state: dict | None = None
@@ -48,24 +47,6 @@ class SeedRun:
     error_step: int | None = None
     stopped: bool = False
     duration_s: float = 0.0
-    samples: int = 0  # training examples consumed
-    run_id: str = ""  # computed once per run (train/loop.py run_group, or carried in by a study)
-
-    def next_batch(self, batch_size: int, bucket: bool) -> np.ndarray:
-        index = next(self.micro, None)
-        if index is None:
-            self.micro = iter(epoch_batches(self.data["train"], batch_size, self.spec.seed, self.epoch, bucket))
-            self.epoch, self.pos = self.epoch + 1, 0
-            index = next(self.micro)
-        self.pos += 1
-        self.samples += len(index)
-        return index
-
-    def resume_batches(self, batch_size: int, bucket: bool) -> None:
-        """After a checkpoint: the rest of the epoch the checkpoint was in."""
-        if self.epoch:
-            self.micro = iter(epoch_batches(self.data["train"], batch_size, self.spec.seed, self.epoch - 1,
-                                            bucket)[self.pos:])
 
     def observe(self, step: int, value: float, better: bool, patience: int | None) -> bool:
         """A dev evaluation: True when it improved on the best so far (keep the state); patience counted."""

@@ -1,4 +1,4 @@
-"""How the model computes, behind one small interface the loop calls (``Trainee``).
+"""How the model computes, behind the ``Trainee`` protocol the engine calls (train/engine.py).
 
     trainee = SingleTrainee(model, ...)     # one plain TransferModel (S = 1): every feature
     trainee = StackedTrainee(stack, ...)    # S seeds' weights stacked (train/stacked.py)
@@ -87,6 +87,7 @@ class StackedTrainee:
     so each seed's parameters get exactly their own run's gradient; clipping by each seed's own norm."""
 
     kind = "stacked"
+    scaler = None  # fp16 loss scaling is shared by all seeds: refused seed-stacked (train/support.py)
 
     def __init__(self, stack: StackedModel, device: torch.device, amp, regression: bool, compile: bool,
                  pad_ids: list[int]):

@@ -10,9 +10,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from transferlab.data.metrics import compute
+from transferlab.data.metrics import baseline, compute, constant_baselines, higher_is_better
 from transferlab.data.task import Task
+from transferlab.models.artifacts import save_predictions, task_meta
 from transferlab.train.batches import Encoded, collate, eval_batches
+from transferlab.train.extra_evals import extra_splits
 from transferlab.train.fast import to_device
 from transferlab.train.shapes import shape_of
 
@@ -50,3 +52,32 @@ def evaluate_with_predictions(model, enc: Encoded, task: Task, batch_size: int, 
         return shape.evaluate(model, enc, task, batch_size, device, amp, desc), None
     preds = predict(model, enc, task, batch_size, device, amp, desc)
     return compute(task.metrics, preds, enc.labels, task.num_labels if task.problem != "regression" else None), preds
+
+
+class TaskEvaluator:
+    """The ``Evaluator`` (train/engine.py) of a single-task run: the task's metrics on its encoded splits;
+    the test predictions are kept with the run (churn); every split beyond dev and test (MNLI's
+    mismatched dev set, train/extra_evals.py) is scored at the end."""
+
+    def __init__(self, task: Task, data: dict[str, Encoded], batch_size: int, device, amp, desc: str | None):
+        self.task, self.data, self.batch_size, self.device, self.amp, self.desc = (
+            task, data, batch_size, device, amp, desc)
+        self.main_metric = task.main_metric
+        self.higher_is_better = higher_is_better(task.main_metric)
+
+    def evaluate(self, model, split: str, keep=None) -> dict[str, float]:
+        desc = f"{self.desc} {split}" if self.desc else None
+        metrics, preds = evaluate_with_predictions(model, self.data[split], self.task, self.batch_size,
+                                                   self.device, self.amp, desc)
+        if keep is not None and preds is not None:
+            save_predictions(keep, split, preds)
+        return metrics
+
+    def splits(self) -> list[str]:
+        return (["test"] if "test" in self.data else []) + list(extra_splits(self.task))
+
+    def summary(self, step: int, dev: dict, test: dict) -> dict:
+        return {"baseline": baseline(self.task, "dev"), "baselines": constant_baselines(self.task)}
+
+    def meta(self) -> dict:
+        return task_meta(self.task)

@@ -12,3 +12,4 @@ from __future__ import annotations
 def extra_splits(task) -> list[str]:
     """The labelled splits the task wants evaluated at the end besides dev and test."""
     return [name for name in task.extra.get("eval_splits", ()) if name in task.splits and task.splits[name].labelled]
+

@@ -1,16 +1,19 @@
-"""Multi-task learning: one shared encoder, a head per task, one stored run with per-task metrics.
+"""Multi-task learning on the Engine: one shared encoder, a head per task, one stored run with per-task metrics.
 
     multitask: {tasks: [{name: rte}, {name: mrpc}, {name: sts-b}], sampler: temperature, temperature: 2}
 
 Caruana (1997); for BERT, MT-DNN (Liu et al. 2019). Each optimizer step trains on a batch of the task
-the sampler picks (train/samplers.py); each task's batches cycle through its own shuffled epochs. The
-dev set of every task is scored at every evaluation; the run selects on ``joint``, the mean of the
-tasks' main metrics (all must be scores, higher is better). Stored like any run: dev metrics as
-``<task>.<metric>`` plus ``joint``; ``summary["tasks"]`` holds each task's dev, test and baseline.
+the sampler picks (train/samplers.py; ``MultiTaskSource``); each task's batches cycle through its own
+shuffled epochs. The dev set of every task is scored at every evaluation (``JointEvaluator``); the run
+selects on ``joint``, the mean of the tasks' main metrics (all must be scores, higher is better). Stored
+like any run: dev metrics as ``<task>.<metric>`` plus ``joint``; ``RunSummary.tasks`` holds each task's
+dev, test and baseline, ``sampler`` and ``task_steps`` the sampling.
 
-This is its own small training function (``loop.run`` calls it when ``spec.multitask`` is set); it
-reuses the loop's pieces: param groups, optimizer, schedule, freezer, evaluation and the store calls.
-Not supported here (refused): distillation, gradient accumulation and checkpoint/resume.
+Only the preparation lives here (``prepare_multitask``, called by train/loop.py); the Engine
+(train/engine.py) trains, so stabilisers, patience, compile, checkpoint_layers, precision, tracking and
+every hook event reach multi-task runs as they reach single ones. Refused before anything is stored
+(``refusal``): distillation, gradient accumulation, resumable checkpoints, and freeze policies that do
+not declare ``multitask``.
 """
 
 from __future__ import annotations
@@ -20,222 +23,189 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm.auto import tqdm
 
 from transferlab.data.build import build_task
 from transferlab.data.metrics import baseline, higher_is_better
 from transferlab.errors import SpecError
-from transferlab.models.artifacts import save_weights, task_meta
-from transferlab.models.backbone import load_backbone
-from transferlab.models.common import seeded
-from transferlab.models.model import TransferModel, build_task_head
-from transferlab.models.token_heads import KIND_HEADS
-from transferlab.recipes.freeze import build_freezer
-from transferlab.recipes.optim import build_optimizer
-from transferlab.recipes.param_groups import build_param_groups
-from transferlab.recipes.schedules import build_schedule
-from transferlab.records import RunResult
+from transferlab.models.artifacts import task_meta
+from transferlab.models.multitask import build_multitask_model
+from transferlab.provenance import provenance
+from transferlab.recipes.distill import Distiller
+from transferlab.recipes.freeze import FREEZERS
+from transferlab.recipes.stabilisers import check_compatible
+from transferlab.recipes.transplant import prepare_transfer
+from transferlab.records import EngineInfo
+from transferlab.spec import RunSpec, run_id
 from transferlab.train.batches import collate, encode, epoch_batches
-from transferlab.train.bookkeeping import Watch
+from transferlab.train.bookkeeping import SeedRun
+from transferlab.train.compute import SingleTrainee
+from transferlab.train.engine import Engine, plan_steps
 from transferlab.train.evaluate import evaluate
 from transferlab.train.fast import to_device
 from transferlab.train.samplers import task_sequence
-from transferlab.train.steps import (
-    autocast_dtype,
-    count_parameters,
-    eval_schedule,
-    loss_fn,
-    optimizer_step,
-    resolve_device,
-    seed_everything,
-)
+from transferlab.train.steps import loss_fn, seed_everything
 
 
-class MultiTaskModel(nn.Module):
-    """``backbone`` shared; ``head`` a ModuleDict by task name (parameter names ``head.<task>.*``, so
-    layer-wise LR treats every head as the top layer). ``view(name)`` is a TransferModel sharing them."""
+def refusal(spec: RunSpec) -> str | None:
+    """Why ``spec`` cannot train as a multi-task run (one line naming the field), or None."""
+    tspec = spec.train
+    if spec.distill.kind != "none" and not Distiller.multitask:
+        return f"distill.kind: the {spec.distill.kind} hook (Distiller) does not declare 'multitask'"
+    if tspec.grad_accum != 1 or tspec.checkpoint_every:
+        return "multitask: train.grad_accum > 1 and train.checkpoint_every are not supported in multi-task runs"
+    if not FREEZERS.supports(spec.freeze.name, "multitask"):
+        return f"freeze.name: policy {spec.freeze.name!r} does not declare 'multitask'"
+    return None
 
-    def __init__(self, backbone, heads: dict[str, nn.Module]):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.ModuleDict(heads)
-        self.input_adapter = None
+
+class MultiTaskSource:
+    """A ``BatchSource``: the sampler's task order over the run's steps, each task's own shuffled epochs.
+    A batch is the collated host batch with ``task``, the head it trains."""
+
+    def __init__(self, data: dict[str, dict], tasks: dict, spec: RunSpec):
+        self.data, self.tasks, self.spec, self.names = data, tasks, spec, list(tasks)
+        self.sizes = [len(data[n]["train"]) for n in self.names]
+        self.batches = {n: iter(()) for n in self.names}
+        self.epochs = dict.fromkeys(self.names, 0)
+        self.order: np.ndarray | None = None
+        self.cursor = self.samples = 0
+
+    def epoch_batches(self) -> int:
+        return sum(max(1, -(-s // self.spec.train.batch_size)) for s in self.sizes)
+
+    def plan(self, total: int) -> None:
+        mt = self.spec.multitask
+        self.order = task_sequence(self.sizes, total, mt.sampler, self.spec.seed, temperature=mt.temperature,
+                                   anneal_min=mt.anneal_min)
+
+    def next(self) -> dict:
+        name = self.names[self.order[self.cursor]]
+        self.cursor += 1
+        index = next(self.batches[name], None)
+        if index is None:  # this task's next epoch
+            self.batches[name] = iter(epoch_batches(self.data[name]["train"], self.spec.train.batch_size,
+                                                    self.spec.seed, self.epochs[name]))
+            self.epochs[name] += 1
+            index = next(self.batches[name])
+        self.samples += len(index)
+        return {"task": name, **collate(self.data[name]["train"], index, self.tasks[name].problem == "regression")}
+
+    def state(self) -> dict[str, Any]:
+        raise SpecError("train.checkpoint_every: not supported in multi-task runs")  # refused before the run
+
+    def load(self, state: dict[str, Any]) -> None:
+        raise SpecError("train.checkpoint_every: not supported in multi-task runs")
+
+    def where(self, step: int) -> str:
+        return f" (task {self.names[self.order[step - 1]]})"
+
+    def task_steps(self, steps: int) -> dict[str, int]:
+        return {n: int((self.order[:steps] == i).sum()) for i, n in enumerate(self.names)}
+
+
+class JointEvaluator:
+    """The ``Evaluator`` of a multi-task run: every task's metrics, flat (``<task>.<metric>``), and
+    ``joint``, the mean of the tasks' main metrics, which selects."""
+
+    main_metric, higher_is_better = "joint", True
+
+    def __init__(self, tasks: dict, data: dict[str, dict], source: MultiTaskSource, spec: RunSpec, device, amp):
+        self.tasks, self.data, self.source, self.spec, self.device, self.amp = tasks, data, source, spec, device, amp
+        self.names = list(tasks)
+
+    def per_task(self, model, split: str) -> dict[str, dict[str, float]]:
+        out = {}
+        for n in self.names:
+            if split in self.data[n]:
+                model.active = n
+                out[n] = evaluate(model, self.data[n][split], self.tasks[n], self.spec.train.eval_batch_size,
+                                  self.device, self.amp)
+        return out
+
+    def joint(self, per_task: dict[str, dict[str, float]]) -> float:
+        return float(np.mean([per_task[n][self.tasks[n].main_metric] for n in self.names]))
+
+    def evaluate(self, model, split: str, keep=None) -> dict[str, float]:
+        per_task = self.per_task(model, split)
+        flat = {f"{n}.{m}": v for n, metrics in per_task.items() for m, v in metrics.items()}
+        return {**flat, "joint": self.joint(per_task)} if len(per_task) == len(self.names) else flat
+
+    def splits(self) -> list[str]:
+        return ["test"] if any("test" in self.data[n] for n in self.names) else []
+
+    def unflat(self, flat: dict[str, float]) -> dict[str, dict[str, float]]:
+        return {n: {k[len(n) + 1:]: v for k, v in flat.items() if k.startswith(f"{n}.")} for n in self.names}
+
+    def summary(self, step: int, dev: dict, test: dict) -> dict[str, Any]:
+        bases = {n: baseline(self.tasks[n], "dev") for n in self.names}
+        joint_base = self.joint(bases)
+        dev_tasks, test_tasks = self.unflat(dev), self.unflat(test)
+        return {"baseline": {"joint": joint_base}, "baselines": {"dev": {"joint": joint_base}},
+                "sampler": self.spec.multitask.sampler, "task_steps": self.source.task_steps(step),
+                "tasks": {n: {"dev": dev_tasks[n], "test": test_tasks[n], "baseline": bases[n],
+                              "main_metric": self.tasks[n].main_metric} for n in self.names} if dev else {}}
+
+    def meta(self) -> dict[str, Any]:
+        return {"multitask": [task_meta(t) for t in self.tasks.values()],
+                "spec": dataclasses.asdict(self.spec.multitask)}
+
+
+class MultiTaskTrainee(SingleTrainee):
+    """A SingleTrainee whose batch names its task: the head and the loss (regression or not) follow it."""
 
     @property
-    def num_layers(self) -> int:
-        return self.backbone.num_layers
+    def regression(self) -> bool:
+        return self.module.regression
 
-    def view(self, name: str) -> TransferModel:
-        view = TransferModel.__new__(TransferModel)
-        nn.Module.__init__(view)
-        view.backbone, view.head, view.input_adapter = self.backbone, self.head[name], None
-        view.train(self.training)
-        return view
+    @regression.setter
+    def regression(self, value: bool) -> None:
+        pass  # decided per batch by the active task
 
-
-def build_multitask_model(spec, tasks: dict) -> MultiTaskModel:
-    backbone = load_backbone(spec.model, seed=spec.seed)
-    heads = {}
-    for i, (name, task) in enumerate(tasks.items()):
-        head = spec.multitask.heads.get(name) or (task.kind if task.kind in KIND_HEADS else spec.head.name)
-        heads[name] = seeded(spec.seed + 101 * (i + 1), lambda h=head, t=task: build_task_head(
-            h, t, backbone.hidden_size, backbone.num_layers, spec.head.dropout,
-            dict(spec.head.options) if h == spec.head.name else {}, backbone.pooler))
-    return MultiTaskModel(backbone, heads)
+    def backward(self, batches: list[dict], accum: int, loss_hooks=()) -> torch.Tensor:
+        self.module.active = batches[0].pop("task")
+        return super().backward(batches, accum, loss_hooks)
 
 
-def _joint(per_task: dict[str, dict[str, float]], tasks: dict) -> float:
-    return float(np.mean([per_task[n][tasks[n].main_metric] for n in tasks]))
-
-
-def train_multitask(spec, store, uid: str, *, progress: bool = True, hooks=()) -> RunResult:
-    tspec = spec.train
-    if spec.distill.kind != "none" or tspec.grad_accum != 1 or tspec.checkpoint_every:
-        raise SpecError("multitask: distill, train.grad_accum > 1 and train.checkpoint_every are not supported "
-                        "in multi-task runs")
+def prepare_multitask(engine: Engine, seeds: list[SeedRun]) -> MultiTaskTrainee:
+    """The tasks, the shared model, the run row, the encoded splits, the source and the evaluator."""
+    spec, device, amp = engine.spec, engine.device, engine.amp
+    if (why := refusal(spec)) is not None:
+        raise SpecError(why)
     seed_everything(spec.seed)
-    device = resolve_device(tspec.device)
-    amp = autocast_dtype(tspec.precision, device)
     tasks = {ts.name: build_task(ts, seed=spec.seed) for ts in spec.multitask.tasks}
     for name, task in tasks.items():
         if not higher_is_better(task.main_metric):
             raise SpecError(f"multitask.tasks: {name}'s main metric {task.main_metric} is an error; the joint "
                             "selection metric averages scores (set task.options.main_metric)")
+    for task in tasks.values():  # every task's problem, before the run row (recipes/stabilisers.py)
+        check_compatible(spec.stabilisers, task.problem, spec.freeze.name)
+    engine.problem = next(iter(tasks.values())).problem
     model = build_multitask_model(spec, tasks).to(device)
+    engine.provenance = {**provenance(), "engine": EngineInfo("single", 1, False, device.type).__dict__}
+    seed = SeedRun(spec, None, run_id=engine.run_ids[0] if engine.run_ids else run_id(spec))
+    seeds.append(seed)
+    engine.start(seed)
+    seed.transfer = prepare_transfer(model, spec, engine.sink, engine.sink.artifact_dir(seed.uid))  # init, transplant
     tok = model.backbone.tokenizer
     data = {n: {s: encode(split, t, tok, spec.model.max_length) for s, split in t.splits.items()
                 if split.labelled or s == "train"} for n, t in tasks.items()}
-    run = _MultiTaskRun(spec, store, uid, tasks, data, model, device, amp)
-    run.train(progress, hooks)
-    return run.finish()
+    seed.source = MultiTaskSource(data, tasks, spec)
+    seed.source.plan(plan_steps(seed.source.epoch_batches(), spec.train)[1])
+    seed.evaluator = JointEvaluator(tasks, data, seed.source, spec, device, amp)
+    _fisher(engine, model, tasks, data, spec)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    return MultiTaskTrainee(model, device, amp, False, spec.train.compile, scaler)
 
 
-class _MultiTaskRun:
-    """One multi-task run: the shared model, a batch of one task per step (train/samplers.py)."""
+def _fisher(engine: Engine, model, tasks: dict, data: dict, spec: RunSpec) -> None:
+    """Child-tuning D's batches: epoch 0 of every task, in turn, each through its own head and loss."""
 
-    def __init__(self, spec, store, uid, tasks, data, model, device, amp):
-        self.spec, self.store, self.uid, self.tasks, self.data = spec, store, uid, tasks, data
-        self.model, self.device, self.amp, self.tspec = model, device, amp, spec.train
-        sizes = [len(data[n]["train"]) for n in tasks]
-        self.per_epoch = sum(max(1, -(-s // self.tspec.batch_size)) for s in sizes)
-        self.total = self.tspec.max_steps or max(1, int(np.ceil(self.tspec.epochs * self.per_epoch)))
-        mt = spec.multitask
-        self.order = task_sequence(sizes, self.total, mt.sampler, spec.seed, temperature=mt.temperature,
-                                   anneal_min=mt.anneal_min)
-        self.names = list(tasks)
-        self.views = {n: model.view(n) for n in self.names}
-        self.best, self.best_step, self.best_state, self.dev_at = None, None, None, {}
-        self.status, self.error, self.step = "finished", None, 0
+    def batches():
+        for n, task in tasks.items():
+            model.active = n
+            for index in epoch_batches(data[n]["train"], spec.train.batch_size, spec.seed, 0):
+                batch = to_device(collate(data[n]["train"], index, task.problem == "regression"), engine.device)
+                yield batch, batch.pop("labels")
 
-    def _evaluate(self, split: str) -> dict[str, dict[str, float]]:
-        return {n: evaluate(self.views[n], self.data[n][split], self.tasks[n], self.tspec.eval_batch_size,
-                            self.device, self.amp) for n in self.names if split in self.data[n]}
-
-    def _batch(self, name: str, batches: dict, epochs: dict) -> tuple[dict, torch.Tensor]:
-        index = next(batches[name], None)
-        if index is None:  # this task's next epoch
-            batches[name] = iter(epoch_batches(self.data[name]["train"], self.tspec.batch_size, self.spec.seed,
-                                               epochs[name]))
-            epochs[name] += 1
-            index = next(batches[name])
-        regression = self.tasks[name].problem == "regression"
-        batch = to_device(collate(self.data[name]["train"], index, regression), self.device)
-        return batch, batch.pop("labels")
-
-    def train(self, progress: bool, hooks) -> None:
-        spec, tspec, model, store, uid = self.spec, self.tspec, self.model, self.store, self.uid
-        self.freezer = build_freezer(spec.freeze, model, self.per_epoch)
-        hooks = (self.freezer, *hooks)
-        optimizer = build_optimizer(build_param_groups(model, spec.optim, model.num_layers), spec.optim,
-                                    self.device.type)
-        scheduler = build_schedule(optimizer, spec.schedule, self.total)
-        for hook in hooks:
-            if hasattr(hook, "on_train_start"):
-                hook.on_train_start(model, optimizer, self.total)
-        self.counts = count_parameters(model)
-        store.update_run(uid, n_params=self.counts[0], n_trainable=self.counts[1])
-        batches, epochs = {n: iter(()) for n in self.names}, dict.fromkeys(self.names, 0)
-        eval_steps = set(eval_schedule(self.total, tspec.num_evals))
-        watch = Watch(1, self.device, tspec.divergence_factor)  # losses and norms stay on the device
-        model.train()
-        for step in tqdm(range(1, self.total + 1), desc=spec.name, disable=not progress, leave=False):
-            self.step = step
-            for hook in hooks:
-                if hasattr(hook, "on_step_start"):
-                    hook.on_step_start(step - 1)
-            loss, gnorm, lr = self._step(self.names[self.order[step - 1]], batches, epochs, optimizer, scheduler)
-            watch.add(loss)
-            watch.step(step - 1, loss, gnorm)
-            if step % tspec.log_every == 0 or step in eval_steps:  # eval_steps holds the last step
-                bad = watch.log(step, lr, gnorm)  # the one host sync of the interval
-                for points in watch.curve():
-                    store.log_curve(uid, points)
-                if bad:
-                    _, bad_step, error = bad[0]
-                    self.status, self.error = "diverged", f"{error} (task {self.names[self.order[bad_step - 1]]})"
-                    break
-            if step in eval_steps:
-                self._observe(step)
-
-    def _step(self, name: str, batches: dict, epochs: dict, optimizer, scheduler):
-        """One optimizer step on one task's batch: the (1,) loss and gradient norm (on the device), the LR."""
-        batch, labels = self._batch(name, batches, epochs)
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            logits = self.views[name].train()(**batch)
-        loss = loss_fn(logits, labels, self.tasks[name].problem == "regression")
-        loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = self.spec.optim.max_grad_norm
-        gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-        lr = max(scheduler.get_last_lr())
-        optimizer_step(optimizer, scheduler, None)
-        return loss.detach().reshape(1), gnorm.reshape(1), lr
-
-    def _observe(self, step: int) -> None:
-        per_task = self._evaluate("dev")
-        self.dev_at[step] = per_task
-        joint = _joint(per_task, self.tasks)
-        self.store.log_evals(self.uid, step, "dev", {**_flat(per_task), "joint": joint})
-        if self.best is None or joint > self.best:
-            self.best, self.best_step = joint, step
-            if self.tspec.restore_best and step != self.total:
-                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-    def finish(self) -> RunResult:
-        step, names, tasks, store, uid = self.step, self.names, self.tasks, self.store, self.uid
-        summary: dict[str, Any] = {"steps": step, "total_steps": self.total, "main_metric": "joint",
-                                   "sampler": self.spec.multitask.sampler,
-                                   "task_steps": {n: int((self.order[:step] == i).sum()) for i, n in enumerate(names)}}
-        if self.status != "finished":
-            summary.update(error=self.error, error_step=step)
-            return RunResult("", uid, self.status, {}, {}, None, step, 0.0, summary)
-        final = step
-        if self.tspec.restore_best and self.best_step not in (None, step) and self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-            final = self.best_step
-        self.freezer.on_finish(self.model)
-        dev_tasks = self.dev_at.get(final) or self._evaluate("dev")
-        test_tasks = self._evaluate("test")
-        bases = {n: baseline(tasks[n], "dev") for n in names}
-        dev = {**_flat(dev_tasks), "joint": _joint(dev_tasks, tasks)}
-        test = _flat(test_tasks)
-        if len(test_tasks) == len(names):
-            test["joint"] = _joint(test_tasks, tasks)
-            store.log_evals(uid, step, "test", test)
-        store.log_evals(uid, step, "final_dev", dev)
-        joint_base = _joint(bases, tasks)
-        n_params, n_trainable = self.counts
-        summary.update(dev=dev, test=test, best_step=final, baseline={"joint": joint_base},
-                       baselines={"dev": {"joint": joint_base}}, n_params=n_params, n_trainable=n_trainable,
-                       trainable_share=n_trainable / max(1, n_params),
-                       tasks={n: {"dev": dev_tasks[n], "test": test_tasks.get(n, {}), "baseline": bases[n],
-                                  "main_metric": tasks[n].main_metric} for n in names})
-        if self.tspec.save_model:
-            save_weights(self.model, store.artifact_dir(uid), {"multitask": [task_meta(t) for t in tasks.values()],
-                                                               "spec": dataclasses.asdict(self.spec.multitask)})
-        return RunResult("", uid, self.status, dev, test, final, step, 0.0, summary)
-
-
-def _flat(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {f"{n}.{m}": v for n, metrics in per_task.items() for m, v in metrics.items()}
+    engine.fisher_batches = batches
+    engine.fisher_loss = lambda logits, labels: loss_fn(logits, labels, model.regression)

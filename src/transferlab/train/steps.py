@@ -2,7 +2,9 @@
 
     seed_everything(0); device = resolve_device("auto"); amp = autocast_dtype("auto", device)
     per_epoch, total = step_plan(len(train), spec.train); evals = eval_schedule(total, 10)
-    loss = loss_fn(logits, labels, regression); optimizer_step(optimizer, scheduler, scaler)
+    loss = loss_fn(logits, labels, regression)
+
+The optimizer step itself lives in train/engine.py (``optimizer_step``), the one place that drives it.
 """
 
 from __future__ import annotations
@@ -56,17 +58,6 @@ def step_plan(n_train: int, tspec) -> tuple[int, int]:
 def eval_schedule(total: int, num_evals: int) -> list[int]:
     """The steps with a dev evaluation: ``num_evals`` evenly spread, and always the last step."""
     return sorted({max(1, round(total * (i + 1) / num_evals)) for i in range(num_evals)} | {total})
-
-
-def optimizer_step(optimizer, scheduler, scaler) -> None:
-    """One update: through the fp16 grad scaler when there is one, then the schedule; grads dropped."""
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

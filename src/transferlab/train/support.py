@@ -2,9 +2,10 @@
 
     why = unsupported(specs, hooks)   # None, or one line naming the part and the flag it lacks
 
-The flags live where each part is registered: optimizers ``elementwise`` (recipes/optim.py: a
-stacked update must be S independent updates), freezers ``seed_stacked`` (recipes/freeze.py),
-families ``stackable`` (their FamilyMap, models/schema), hooks ``seed_stacked`` (recipes/hooks.py).
+The flags live where each part is registered (typed capability classes, registry.py): optimizers
+``elementwise`` (recipes/optim.py: a stacked update must be S independent updates), freezers and
+stabilisers ``seed_stacked``, families ``stackable`` (their FamilyMap, models/schema), hooks and the
+distiller ``seed_stacked`` (class attributes). No part is decided by its name here.
 The fused encoder (train/fused.py) also needs ``fused`` from the head (models/heads.py), the freezer
 and the optimizer, and a family with ``layer_loop``:
 
@@ -17,6 +18,7 @@ from transferlab.errors import UserError
 from transferlab.models.backbone import model_type_of
 from transferlab.models.heads import HEADS
 from transferlab.models.schema import family_of
+from transferlab.recipes.distill import Distiller
 from transferlab.recipes.freeze import FREEZERS
 from transferlab.recipes.optim import OPTIMIZERS
 from transferlab.recipes.stabilisers import STABILISERS
@@ -37,8 +39,8 @@ def unsupported(specs: list[RunSpec], hooks: list | tuple = ()) -> str | None:
     if len(set(seeds)) != len(seeds):
         return f"two runs share a seed ({seeds})"
     spec = specs[0]
-    if spec.multitask is not None:  # one shared encoder, a head per task: its own training function
-        return "multitask: multi-task runs train on their own function (train/multitask.py), not seed-stacked"
+    if spec.multitask is not None:  # one shared model whose batches follow a task sampler
+        return "multitask: a multi-task run trains one shared model (train/multitask.py), not seed-stacked"
     if spec.intermediate is not None:  # phase A runs first (train/intermediate.py)
         return "intermediate: the intermediate phase is not supported seed-stacked"
     if not OPTIMIZERS.supports(spec.optim.name, "elementwise"):
@@ -46,8 +48,8 @@ def unsupported(specs: list[RunSpec], hooks: list | tuple = ()) -> str | None:
                 "must be S independent updates")
     if not FREEZERS.supports(spec.freeze.name, "seed_stacked"):
         return f"freeze.name: policy {spec.freeze.name!r} does not declare 'seed_stacked'"
-    if spec.distill.kind != "none":
-        return f"distill.kind: the {spec.distill.kind} hook changes the loss and does not declare 'seed_stacked'"
+    if spec.distill.kind != "none" and not Distiller.seed_stacked:
+        return f"distill.kind: the {spec.distill.kind} hook (Distiller) does not declare 'seed_stacked'"
     for stabiliser in spec.stabilisers:
         if not STABILISERS.supports(stabiliser.name, "seed_stacked"):
             return f"stabilisers: {stabiliser.name!r} does not declare 'seed_stacked'"

@@ -189,7 +189,7 @@ TEXT = {"vocab_size": 30522, "pad_token_id": 0, "bos_token_id": 101, "eos_token_
 
 
 def register(family: FamilyMap) -> FamilyMap:
-    SCHEMAS.register(*family.model_types, stackable=family.stackable)(family)
+    SCHEMAS.register(*family.model_types)(family)  # its facts (stackable, layer_loop) live on the FamilyMap
     return family
 
 
