@@ -34,6 +34,7 @@ OptimizerFactory = Callable[[list[dict], OptimSpec, str], torch.optim.Optimizer]
 class OptimCaps:
     elementwise: bool = False  # each element's update reads only its own state: a stacked update is S updates
     fused: bool = False  # the fused encoder's stacked parameters may use it
+    state_dtype: bool = False  # honours optim.state_dtype (bf16 moments for seed-stacked runs)
 
 
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", OptimCaps)
