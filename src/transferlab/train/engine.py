@@ -196,6 +196,16 @@ def failure(e: BaseException) -> str:
             str(e) if isinstance(e, (UserError, FaultError)) else traceback.format_exc(limit=8))
 
 
+def fail_unstarted(sink, uids, e: BaseException) -> None:
+    """A claimed run (status running) that the engine never started is finished as failed with the cause;
+    nothing is written when the cause is the store itself being unwritable."""
+    if unwritable(e):
+        return
+    for uid in uids:
+        if sink.runs(run_id=uid.rsplit("/", 1)[0])[-1].status == "running":  # claimed, never started
+            sink.finish_run(uid, "failed", error=failure(e))
+
+
 def plan_steps(epoch_batches: int, tspec) -> tuple[int, int]:
     """(optimizer steps per epoch, total steps) under ``train:`` (max_steps, else epochs)."""
     per_epoch = max(1, math.ceil(epoch_batches / tspec.grad_accum))

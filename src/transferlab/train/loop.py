@@ -31,7 +31,7 @@ from transferlab.store import DEFAULT_STORE, Heartbeat, Store
 from transferlab.train.batches import collate, encode, epoch_batches
 from transferlab.train.bookkeeping import Clock, SeedRun
 from transferlab.train.compute import FusedTrainee, SingleTrainee, StackedTrainee
-from transferlab.train.engine import Engine, failure, unwritable
+from transferlab.train.engine import Engine, fail_unstarted
 from transferlab.train.evaluate import TaskEvaluator
 from transferlab.train.fast import to_device
 from transferlab.train.fused import FusedModel
@@ -106,10 +106,7 @@ def run_group(specs: list[RunSpec], store: Store | None = None, *, study: str | 
             for i, result in zip(todo, group.run()):
                 results[i] = result
     except BaseException as e:
-        left = set() if unwritable(e) else set(claimed.values()) - {r.uid for r in results if r is not None}
-        for uid in left:
-            if store.runs(run_id=uid.rsplit("/", 1)[0])[-1].status == "running":  # claimed, never started
-                store.finish_run(uid, "failed", error=failure(e))
+        fail_unstarted(store, set(claimed.values()) - {r.uid for r in results if r is not None}, e)
         raise
     finally:
         if beat is not None:
