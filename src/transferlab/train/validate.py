@@ -154,11 +154,11 @@ def check_depth(spec: RunSpec) -> None:
     init = spec.init
     if init.reinit_layers < 0:
         raise SpecError(f"init.reinit_layers: must be >= 0, got {init.reinit_layers}")
-    if not init.reinit_layers and not init.rules:
+    if not init.reinit_layers and not init.rules and spec.model.num_layers is None:
         return
     from transferlab.recipes.init import init_rules, select
 
-    skeleton = _skeleton(spec)
+    skeleton = _skeleton(spec)  # model.num_layers beyond the model raises here, naming the field
     if skeleton is None:
         return  # no schema without a model (LSTM, unknown family): apply_init reports it, as before
     from transferlab.models.schema.base import schema_of
