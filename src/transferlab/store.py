@@ -367,6 +367,17 @@ class Store:
         self.started = True
         return uid, earlier
 
+    def withdraw(self, uid: str) -> None:
+        """Remove this process's own claim that never started (running, no provenance: the engine never
+        started it; no evaluation or curve):
+        a run refused for a user's mistake after claiming leaves the store as it was (the row is this
+        process's own, made moments before; nothing else is ever deleted)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM runs WHERE uid=? AND status='running' AND pid=? AND host=? AND provenance IS NULL"
+                       " AND NOT EXISTS (SELECT 1 FROM evals WHERE evals.uid=runs.uid)"
+                       " AND NOT EXISTS (SELECT 1 FROM curve WHERE curve.uid=runs.uid)",
+                       (uid, os.getpid(), socket.gethostname()))
+
     def heartbeat(self, uids: list[str], lease_s: float = LEASE_S) -> None:
         """Refresh the leases of runs in flight."""
         if uids:

@@ -197,12 +197,17 @@ def failure(e: BaseException) -> str:
 
 
 def fail_unstarted(sink, uids, e: BaseException) -> None:
-    """A claimed run (status running) that the engine never started is finished as failed with the cause;
-    nothing is written when the cause is the store itself being unwritable."""
+    """A claimed run (status running) that the engine never started is finished as failed with the cause,
+    or withdrawn when the cause is the user's mistake (nothing stored for a refused run); nothing is
+    written when the cause is the store itself being unwritable."""
     if unwritable(e):
         return
     for uid in uids:
-        if sink.runs(run_id=uid.rsplit("/", 1)[0])[-1].status == "running":  # claimed, never started
+        if sink.runs(run_id=uid.rsplit("/", 1)[0])[-1].status != "running":
+            continue
+        if isinstance(e, UserError) and hasattr(sink, "withdraw"):
+            sink.withdraw(uid)
+        else:
             sink.finish_run(uid, "failed", error=failure(e))
 
 
