@@ -161,3 +161,105 @@ def test_spec_error_classes_unchanged():
     """The lazy loading keeps the checks' error type: a bad section is a SpecError (exit 2 in the CLI)."""
     with pytest.raises(SpecError, match="freeze.name"):
         spec_module.load_spec({"freeze": {"name": "bogus"}})
+
+
+# ----------------------------------------------------------------------------- the compatibility floor
+# transformers 5.17 (the GPU image, the declared floor) has no activation_checkpointing_enable (5.18 on):
+# Backbone.checkpoint_layers detects it and falls back to gradient_checkpointing_enable, else its own
+# torch.utils.checkpoint per layer. Each branch gives the gradients of the plain model, dropout on.
+
+def _backbone(seed: int = 0):
+    from transferlab.models.backbone import load_backbone
+    from transferlab.spec import ModelSpec
+
+    return load_backbone(ModelSpec(name="tiny-bert", max_length=16), seed=seed)
+
+
+def _batch(backbone, seed: int = 0) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, int(backbone.config.vocab_size), (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # padding in one row
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def _grads_and_saved(backbone, batch, seed: int = 0) -> tuple[dict, int]:
+    """Gradients of a fixed function of the last two hidden states (dropout on, torch seeded), and the bytes
+    the autograd graph keeps for the backward."""
+    import torch
+
+    saved = [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    backbone.train()
+    backbone.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        hidden, _ = backbone(**batch)
+    w = torch.linspace(-1, 1, hidden[-1].numel(), dtype=hidden[-1].dtype).view_as(hidden[-1])
+    (hidden[-1] * w + hidden[-2] ** 2).sum().backward()
+    return {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}, saved[0]
+
+
+def _hide_newer(model, branch: str) -> list:
+    """Make the HF model look like an older transformers: ``gradient`` hides activation_checkpointing_enable
+    (5.17: only the old name; where the old name now delegates to the new one, it calls the library's own
+    implementation), ``own`` hides both. Returns the calls the old name received."""
+    calls: list = []
+    if branch in ("gradient", "own"):
+        impl = getattr(model, "_activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+
+        def old_name(gradient_checkpointing_kwargs=None, **kw):
+            calls.append(gradient_checkpointing_kwargs)
+            return impl(gradient_checkpointing_kwargs, **kw)
+
+        model.activation_checkpointing_enable = None  # an instance attribute: what the class has is hidden
+        model.gradient_checkpointing_enable = old_name if branch == "gradient" else None
+    return calls
+
+
+@pytest.mark.parametrize("branch", ["installed", "activation", "gradient", "own"])
+def test_checkpoint_layers_fallbacks_give_the_plain_gradients(branch, float64):
+    import torch
+
+    plain = _backbone()
+    batch = _batch(plain)
+    want, full = _grads_and_saved(plain, batch)
+    other, _ = _grads_and_saved(plain, batch, seed=1)
+    assert any(not torch.equal(want[n], other[n]) for n in want)  # dropout is on: the seed matters
+
+    ckpt = _backbone()
+    model = ckpt.model
+    if branch == "activation" and not callable(getattr(model, "activation_checkpointing_enable", None)):
+        pytest.skip("the installed transformers has no activation_checkpointing_enable (< 5.18)")
+    calls = _hide_newer(model, branch)
+    ckpt.checkpoint_layers()
+    layers = list(model.encoder.layer)
+    hf_flag = all(getattr(layer, "gradient_checkpointing", False) for layer in layers)
+    own = all(getattr(layer, "_transferlab_checkpointed", False) for layer in layers)
+    assert (hf_flag, own) == ((False, True) if branch == "own" else (True, False))
+    assert calls == ([{"use_reentrant": False}] if branch == "gradient" else [])
+    got, kept = _grads_and_saved(ckpt, batch)
+    assert kept < full / 2  # the layers' activations are recomputed, not kept
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12, msg=name)
+    ckpt.eval()
+    with torch.no_grad():  # evaluation: no recomputation, the same outputs
+        assert torch.equal(ckpt(**batch)[0][-1], plain.eval()(**batch)[0][-1])
+
+
+def test_checkpoint_layers_without_any_mechanism_is_one_line(monkeypatch):
+    """No HF checkpointing and no layer schema: a ModelError naming the field, not an AttributeError."""
+    from transferlab.errors import ModelError
+
+    backbone = _backbone()
+    _hide_newer(backbone.model, "own")
+    monkeypatch.setattr(backbone, "family", "no-such-family")
+    with pytest.raises(ModelError, match="train.checkpoint_layers: .* no layer schema"):
+        backbone.checkpoint_layers()
