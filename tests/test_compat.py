@@ -258,8 +258,49 @@ def test_checkpoint_layers_without_any_mechanism_is_one_line(monkeypatch):
     """No HF checkpointing and no layer schema: a ModelError naming the field, not an AttributeError."""
     from transferlab.errors import ModelError
 
+    from transferlab.models import backbone as backbone_module
+
     backbone = _backbone()
     _hide_newer(backbone.model, "own")
-    monkeypatch.setattr(backbone, "family", "no-such-family")
+    monkeypatch.setattr(backbone_module, "family_of", lambda model_type: None)
     with pytest.raises(ModelError, match="train.checkpoint_layers: .* no layer schema"):
         backbone.checkpoint_layers()
+
+
+@pytest.mark.parametrize("branch", ["installed", "gradient", "own"])
+def test_mlm_pretraining_checkpoints_by_the_same_detection(branch, float64):
+    """The MLM model (a head on the base model) takes the same fallbacks: its layers recompute, same gradients."""
+    import torch
+
+    import transformers as tf
+
+    from transferlab.models.backbone import _tiny_config
+    from transferlab.pretrain.mlm import MaskedLM
+
+    def model():
+        torch.manual_seed(0)
+        return MaskedLM(tf.AutoModelForMaskedLM.from_config(_tiny_config("tiny-bert")[0]))
+
+    ids = torch.randint(5, 90, (2, 10), generator=torch.Generator().manual_seed(0))
+    labels = torch.where(torch.arange(10) % 3 == 0, ids, torch.full_like(ids, -100))
+
+    def grads(m):
+        m.train()
+        torch.manual_seed(1)
+        loss = m(ids, torch.ones_like(ids), labels)[0]
+        loss.sum().backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    want = grads(model())
+    ckpt = model()
+    calls = _hide_newer(ckpt.backbone, branch)
+    ckpt.checkpoint_layers()
+    layers = list(ckpt.backbone.base_model.encoder.layer)
+    flags = (all(getattr(x, "gradient_checkpointing", False) for x in layers),
+             all(getattr(x, "_transferlab_checkpointed", False) for x in layers))
+    assert flags == ((False, True) if branch == "own" else (True, False))
+    assert calls == ([{"use_reentrant": False}] if branch == "gradient" else [])
+    got = grads(ckpt)
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12, msg=name)

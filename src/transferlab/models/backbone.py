@@ -254,25 +254,8 @@ class Backbone(nn.Module):
         return True
 
     def checkpoint_layers(self) -> None:
-        """Recompute each layer in the backward (RNG state kept, so dropout masks and results are unchanged).
-
-        Detected, not assumed (the floor is transformers 5.17): Hugging Face's ``activation_checkpointing_enable``
-        (5.18 on), else its older name ``gradient_checkpointing_enable`` (5.17; a deprecated alias later), else
-        our own ``torch.utils.checkpoint`` around each module of the family's layer stack."""
-        model, kwargs = self.model, {"use_reentrant": False}
-        if not getattr(model, "supports_gradient_checkpointing", False):
-            raise ModelError(f"train.checkpoint_layers: the {self.family} model ({type(model).__name__}) "
-                             "does not support activation checkpointing; set it to false")
-        if callable(getattr(model, "activation_checkpointing_enable", None)):
-            model.activation_checkpointing_enable(kwargs)
-        elif callable(getattr(model, "gradient_checkpointing_enable", None)):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        else:
-            family = family_of(self.family)
-            if family is None:
-                raise ModelError(f"train.checkpoint_layers: this transformers has no activation checkpointing and "
-                                 f"the {self.family} model has no layer schema to recompute; set it to false")
-            checkpoint_each(model.get_submodule(family.layer_stack()))
+        """Recompute each layer in the backward (RNG state kept, so dropout masks and results are unchanged)."""
+        checkpoint_model_layers(self.model, f"the {self.family} model ({type(self.model).__name__})")
 
     def padding_mask(self, mask: Tensor) -> Tensor:
         """The (B, 1, 1, T) padding mask the layers take: boolean for SDPA, additive otherwise."""
@@ -347,6 +330,28 @@ def layer_loop(hf: nn.Module, input_ids: Tensor | None, inputs_embeds: Tensor | 
         x = out[0] if isinstance(out, tuple) else out
         hidden.append(x)
     return tuple(hidden)
+
+
+def checkpoint_model_layers(model: nn.Module, what: str) -> None:
+    """train.checkpoint_layers on a Hugging Face model (a base model, or one with a head: MLM pretraining).
+
+    Detected, not assumed (the floor is transformers 5.17): Hugging Face's ``activation_checkpointing_enable``
+    (5.18 on), else its older name ``gradient_checkpointing_enable`` (5.17; a deprecated alias later), else
+    our own ``torch.utils.checkpoint`` around each module of the family's layer stack (:func:`checkpoint_each`)."""
+    kwargs = {"use_reentrant": False}
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ModelError(f"train.checkpoint_layers: {what} does not support activation checkpointing; "
+                         "set it to false")
+    if callable(getattr(model, "activation_checkpointing_enable", None)):
+        model.activation_checkpointing_enable(kwargs)
+    elif callable(getattr(model, "gradient_checkpointing_enable", None)):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        family = family_of(str(model.config.model_type))
+        if family is None:
+            raise ModelError(f"train.checkpoint_layers: this transformers has no activation checkpointing and "
+                             f"{what} has no layer schema to recompute by; set it to false")
+        checkpoint_each(getattr(model, "base_model", model).get_submodule(family.layer_stack()))
 
 
 def checkpoint_each(layers: nn.Module) -> None:
