@@ -147,10 +147,20 @@ from transferlab.store import Store
 db = {str(tmp_path / "s.db")!r}
 codes = [main(["run", {str(tmp_path)!r} + f"/{{n}}.yaml", "--store", db, "--quiet"]) for n in ("csv", "token", "hub")]
 print(codes, sorted(r.status for r in Store(db).runs()), [m for m in ("seqeval", "datasets", "deepsig") if m in sys.modules])
+from transferlab.data import build_task
+from transferlab.errors import UserError
+from transferlab.spec import TaskSpec
+try:
+    build_task(TaskSpec(name="rte"))  # no task.path: GLUE from the hub, through datasets
+except UserError as e:
+    print("UserError:", e)
 """
     done = python(code, blocker=blocker, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "[0, 0, 2] ['finished', 'finished'] []"
+    assert done.stdout.strip().splitlines()[-2:] == [
+        "[0, 0, 2] ['finished', 'finished'] []",
+        "UserError: task rte (its data from the Hugging Face hub; or set task.path) needs the datasets package, "
+        "which is not installed: pip install 'transferlab[hub]'"]
     err = [line for line in done.stderr.splitlines() if line.startswith("transferlab: error")]
     assert err == ["transferlab: error: task hub needs the datasets package, which is not installed: "
                    "pip install 'transferlab[hub]'"], done.stderr[-3000:]
