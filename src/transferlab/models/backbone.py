@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import types
 from pathlib import Path
 from typing import Any
 
@@ -354,22 +355,21 @@ def checkpoint_model_layers(model: nn.Module, what: str) -> None:
         checkpoint_each(getattr(model, "base_model", model).get_submodule(family.layer_stack()))
 
 
+def recomputed_forward(self: nn.Module, *args, **kwargs):
+    """A layer's forward, recomputed in the backward while it trains with gradients on (bound to the layer
+    by :func:`checkpoint_each`; a bound method, so a deep copy of the model binds it to the copied layer)."""
+    forward = type(self).forward.__get__(self)
+    if not (self.training and torch.is_grad_enabled()):
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
 def checkpoint_each(layers: nn.Module) -> None:
     """Our own activation checkpointing (where the installed transformers has none): each module of
-    ``layers`` (a ModuleList) recomputes its forward in the backward while it trains with gradients on;
-    ``torch.utils.checkpoint`` keeps the RNG state, so dropout masks and gradients are unchanged."""
+    ``layers`` (a ModuleList) runs :func:`recomputed_forward`; ``torch.utils.checkpoint`` keeps the RNG
+    state, so dropout masks and gradients are unchanged."""
     for layer in layers:
-        if getattr(layer, "_transferlab_checkpointed", False):
-            continue
-        forward = layer.forward
-
-        def recomputed(*args, _forward=forward, _layer=layer, **kwargs):
-            if not (_layer.training and torch.is_grad_enabled()):
-                return _forward(*args, **kwargs)
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-
-        layer.forward = recomputed
-        layer._transferlab_checkpointed = True
+        layer.forward = types.MethodType(recomputed_forward, layer)
 
 
 def drop_output_capture_hooks(model: nn.Module) -> None:
