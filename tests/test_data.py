@@ -234,6 +234,7 @@ def test_glue_spec_errors(tmp_path):
 
 
 def test_hub_offline_without_cache_is_a_clear_error(tmp_path):
+    pytest.importorskip("datasets", reason="the hub task's datasets package (the `hub` extra) is not installed")
     code = (
         "from transferlab.data import build_task\nfrom transferlab.spec import TaskSpec\n"
         "from transferlab.errors import DataError\n"
@@ -566,7 +567,7 @@ def test_registry_names_and_aliases():
 
 def test_hub_rows_are_converted(monkeypatch):
     """The hub path without the hub: a fake DatasetDict in the hub's column layout."""
-    import datasets
+    datasets = pytest.importorskip("datasets", reason="the hub task's datasets package (the `hub` extra) is not installed")
 
     from transferlab.data import glue, imdb
 
