@@ -566,7 +566,7 @@ def test_registry_names_and_aliases():
 
 def test_hub_rows_are_converted(monkeypatch):
     """The hub path without the hub: a fake DatasetDict in the hub's column layout."""
-    import datasets
+    datasets = pytest.importorskip("datasets", reason="the hub task's datasets package (the `hub` extra) is not installed")
 
     from transferlab.data import glue, imdb
 

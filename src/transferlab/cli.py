@@ -37,7 +37,6 @@ import threading
 from pathlib import Path
 
 from transferlab.errors import FaultError, UserError
-from transferlab.report.tables import format_table
 from transferlab.store import DEFAULT_STORE
 
 
@@ -286,9 +285,14 @@ def one_line(error: Exception) -> str:
 
 
 def quiet_libraries() -> None:
-    """Our own progress bars say what happens; the libraries' per-file bars and advice are noise."""
+    """Our own progress bars say what happens; the libraries' per-file bars and advice are noise.
+
+    transformers reads both variables when it is imported (inside a command, never for ``--help``: the
+    command line starts without it); one imported already (``main`` called in-process) is told directly."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" not in sys.modules:
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -408,6 +412,7 @@ def dry_run(spec, store_path: str) -> int:
 
 
 def cmd_study(args, data: dict) -> int:
+    from transferlab.report.tables import format_table
     from transferlab.store import Store
     from transferlab.study.expand import plan_study
     from transferlab.study.runner import check_workers, describe_plan, run_study
@@ -487,6 +492,7 @@ def too_large(study, args) -> bool:
 
 
 def cmd_runs(args) -> int:
+    from transferlab.report.tables import format_table
     from transferlab.store import Store
 
     store = Store(args.store, create=False)
@@ -634,6 +640,7 @@ def cmd_report(args) -> int:
 def cmd_plan_seeds(args) -> int:
     from transferlab.report import cells
     from transferlab.report.analysis import PLAN_HEADER, plan_rows
+    from transferlab.report.tables import format_table
     from transferlab.store import Store
 
     path = Path(args.store_path or args.store)
@@ -687,6 +694,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_surgery(args) -> int:
+    from transferlab.report.tables import format_table
     from transferlab.store import Store
     from transferlab.surgery import run_surgery, table
 

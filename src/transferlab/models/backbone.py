@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import transformers as tf
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from transferlab.errors import ModelError, SpecError
 from transferlab.models.common import minilm_path, seeded
@@ -253,12 +254,25 @@ class Backbone(nn.Module):
         return True
 
     def checkpoint_layers(self) -> None:
-        """Recompute each layer in the backward (Hugging Face's activation checkpointing, RNG state kept,
-        so dropout masks and results are unchanged)."""
-        if not getattr(self.model, "supports_gradient_checkpointing", False):
-            raise ModelError(f"train.checkpoint_layers: the {self.family} model ({type(self.model).__name__}) "
+        """Recompute each layer in the backward (RNG state kept, so dropout masks and results are unchanged).
+
+        Detected, not assumed (the floor is transformers 5.17): Hugging Face's ``activation_checkpointing_enable``
+        (5.18 on), else its older name ``gradient_checkpointing_enable`` (5.17; a deprecated alias later), else
+        our own ``torch.utils.checkpoint`` around each module of the family's layer stack."""
+        model, kwargs = self.model, {"use_reentrant": False}
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ModelError(f"train.checkpoint_layers: the {self.family} model ({type(model).__name__}) "
                              "does not support activation checkpointing; set it to false")
-        self.model.activation_checkpointing_enable({"use_reentrant": False})
+        if callable(getattr(model, "activation_checkpointing_enable", None)):
+            model.activation_checkpointing_enable(kwargs)
+        elif callable(getattr(model, "gradient_checkpointing_enable", None)):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            family = family_of(self.family)
+            if family is None:
+                raise ModelError(f"train.checkpoint_layers: this transformers has no activation checkpointing and "
+                                 f"the {self.family} model has no layer schema to recompute; set it to false")
+            checkpoint_each(model.get_submodule(family.layer_stack()))
 
     def padding_mask(self, mask: Tensor) -> Tensor:
         """The (B, 1, 1, T) padding mask the layers take: boolean for SDPA, additive otherwise."""
@@ -333,6 +347,24 @@ def layer_loop(hf: nn.Module, input_ids: Tensor | None, inputs_embeds: Tensor | 
         x = out[0] if isinstance(out, tuple) else out
         hidden.append(x)
     return tuple(hidden)
+
+
+def checkpoint_each(layers: nn.Module) -> None:
+    """Our own activation checkpointing (where the installed transformers has none): each module of
+    ``layers`` (a ModuleList) recomputes its forward in the backward while it trains with gradients on;
+    ``torch.utils.checkpoint`` keeps the RNG state, so dropout masks and gradients are unchanged."""
+    for layer in layers:
+        if getattr(layer, "_transferlab_checkpointed", False):
+            continue
+        forward = layer.forward
+
+        def recomputed(*args, _forward=forward, _layer=layer, **kwargs):
+            if not (_layer.training and torch.is_grad_enabled()):
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = recomputed
+        layer._transferlab_checkpointed = True
 
 
 def drop_output_capture_hooks(model: nn.Module) -> None:

@@ -31,6 +31,7 @@ import transformers as tf
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from transferlab.data.common import hub_datasets
 from transferlab.errors import DataError, ModelError, SpecError
 from transferlab.models.backbone import (
     TINY_ALIASES,
@@ -63,7 +64,7 @@ def _sample(items: list, n: int | None, seed: int) -> list:
 
 
 def _dataset_texts(c: CorpusSpec) -> list[str]:
-    import datasets
+    datasets = hub_datasets("corpus.dataset")
 
     path = Path(c.dataset).expanduser()
     builders = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}

@@ -289,6 +289,7 @@ def check_device(name: str, precision: str) -> torch.device:
 
 def check_task(task: TaskSpec, seed: int = 0):
     from transferlab.data.build import _register_tasks, build_task
+    from transferlab.data.common import hub_datasets
     from transferlab.data.task import TASKS
 
     _register_tasks()
@@ -298,6 +299,8 @@ def check_task(task: TaskSpec, seed: int = 0):
         raise DataError(f"task.path: {task.path} does not exist")
     if TASKS.canonical(task.name) in FILE_TASKS:
         return build_task(task, seed=seed)  # the user's own files: read exactly as the run reads them
+    if TASKS.canonical(task.name) == "hub":
+        hub_datasets("task hub")  # an optional package: missing, one line before any run row
     files = []
     if root is not None and root.is_dir():
         files = [p for p in sorted(root.iterdir()) if p.suffix in TEXT_SUFFIXES and p.is_file()]
