@@ -207,7 +207,7 @@ def prepare(data: Path, carry: Path) -> int:
 
 def check_carry(carry: Path) -> int:
     """0 when ``carry`` was prepared for this Python and the current package set; else one line, exit 2."""
-    fix = f"run: bash benchmarks/gpu_check.sh --prepare --data RTE_FOLDER"
+    fix = "run: bash benchmarks/gpu_check.sh --prepare --data RTE_FOLDER"
     manifest = carry / "manifest.json"
     if not manifest.is_file():
         return _bad(f"gpu_check: carried folder {carry} is missing or incomplete (no manifest.json); {fix}")
