@@ -184,7 +184,8 @@ def _bench_parser(sub) -> None:
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--repeat", type=int, default=1, help="run all rows this many times in rotation; report medians")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file (each row as measured)")
+    p.add_argument("--append", action="store_true", help="keep the rows already in the --json file")
     p.add_argument("--profile", default=None, metavar="DIR", help="profile the timed steps; Chrome traces into DIR")
     p.add_argument("--task", default=None, help="a GLUE task (e.g. rte): train on its real data (needs --data)")
     p.add_argument("--data", default=None, metavar="PATH", help="the task's folder (GLUE layout)")
@@ -669,7 +670,7 @@ def cmd_pretrain(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from transferlab.bench import bench, write_json
+    from transferlab.bench import bench
 
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
@@ -680,10 +681,9 @@ def cmd_bench(args) -> int:
     result = bench(args.model, batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup, seeds=seeds,
                    rows=tuple(r.strip() for r in args.rows.split(",") if r.strip()), device=args.device,
                    precision=args.precision, compile=args.compile, repeat=args.repeat, profile=args.profile,
-                   task=args.task, data=args.data, checkpoint_layers=args.checkpoint_layers, optim=args.optim)
-    if args.json:
-        write_json(result, args.json)
-    return 0
+                   task=args.task, data=args.data, checkpoint_layers=args.checkpoint_layers, optim=args.optim,
+                   json_path=args.json, append=args.append)
+    return 0 if not result["failed"] else 1
 
 
 def cmd_demo(args) -> int:
