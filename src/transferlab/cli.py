@@ -583,7 +583,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from transferlab.predict import predict, write_predictions
+    from transferlab.predict import as_text, predict, write_predictions
     from transferlab.store import Store
 
     check_output(args.output, args.input, args.force)
@@ -594,7 +594,7 @@ def cmd_predict(args) -> int:
     if args.output:
         print(f"wrote {len(frame)} predictions to {write_predictions(frame, Path(args.output))}", file=sys.stderr)
     else:
-        frame.to_csv(sys.stdout, index=False)
+        as_text(frame).to_csv(sys.stdout, index=False)
     return 0
 
 
