@@ -51,7 +51,9 @@ def evaluate_with_predictions(model, enc: Encoded, task: Task, batch_size: int, 
     if (shape := shape_of(task)) is not None:
         return shape.evaluate(model, enc, task, batch_size, device, amp, desc), None
     preds = predict(model, enc, task, batch_size, device, amp, desc)
-    return compute(task.metrics, preds, enc.labels, task.num_labels if task.problem != "regression" else None), preds
+    if task.problem == "regression":
+        return compute(task.metrics, preds, enc.labels), preds
+    return compute(task.metrics, preds, enc.labels, task.num_labels, task.label_names), preds
 
 
 class TaskEvaluator:

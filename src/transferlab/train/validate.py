@@ -298,6 +298,9 @@ def check_task(task: TaskSpec, seed: int = 0):
         raise DataError(f"task.path: {task.path} does not exist")
     if TASKS.canonical(task.name) in FILE_TASKS:
         return build_task(task, seed=seed)  # the user's own files: read exactly as the run reads them
+    from transferlab.data.glue import check_path
+
+    check_path(task)  # not another GLUE task's folder
     files = []
     if root is not None and root.is_dir():
         files = [p for p in sorted(root.iterdir()) if p.suffix in TEXT_SUFFIXES and p.is_file()]
