@@ -89,6 +89,7 @@ def _runs_parser(sub) -> None:
     p = sub.add_parser("runs", help="list stored runs with their metrics")
     p.add_argument("--study", default=None)
     p.add_argument("--all", action="store_true", help="every attempt, not only the newest per run id")
+    p.add_argument("--task", default=None, help="only runs that train this task (a multi-task run lists under each)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="table (default), csv or json (one object per run, every metric and differing field)")
     _store_arg(p)
@@ -490,11 +491,14 @@ def cmd_runs(args) -> int:
 
     store = Store(args.store, create=False)
     rows = store.runs(study=args.study, latest=not args.all)
+    if args.task is not None:
+        rows = [r for r in rows if args.task in run_tasks(r.spec)]
     if args.study is not None and not rows and args.study not in {s for s, _, _ in store.studies()}:
         raise UserError(f"--study: no study {args.study!r} in {store.path}; studies: "
                         + (", ".join(s for s, _, _ in store.studies()) or "none"))
     if not rows:
-        print(f"no runs in {store.path}" + (f" for study {args.study}" if args.study else ""))
+        print(f"no runs in {store.path}" + (f" for study {args.study}" if args.study else "")
+              + (f" for task {args.task}" if args.task else ""))
         return 0
     header, table = runs_table(rows)
     if args.format == "json":
@@ -516,6 +520,12 @@ RUN_COLUMNS = ["uid", "name", "study", "task", "model", "seed", "status", "steps
                "samples_s", "error"]
 
 
+def run_tasks(spec: dict) -> list[str]:
+    """The tasks a run trains: a multi-task run's every task, else its one task."""
+    tasks = (spec.get("multitask") or {}).get("tasks") or [spec.get("task") or {}]
+    return [str(t.get("name", "")) for t in tasks]
+
+
 def runs_table(rows) -> tuple[list[str], list[list]]:
     """One row per run: identity, status, error, every dev_/test_ metric, and every spec field whose
     value differs between the listed runs (seed and name have their own columns)."""
@@ -530,7 +540,7 @@ def runs_table(rows) -> tuple[list[str], list[list]]:
     for r, f in zip(rows, flat):
         error = (r.error or r.summary.get("error") or "").strip().splitlines()
         values = {f"{split}_{m}": v for split in ("dev", "test") for m, v in (r.summary.get(split) or {}).items()}
-        table.append([r.uid, r.name or "", r.study or "", f.get("task.name", ""), f.get("model.name", ""), r.seed,
+        table.append([r.uid, r.name or "", r.study or "", "+".join(run_tasks(r.spec)), f.get("model.name", ""), r.seed,
                       r.status, r.summary.get("steps", ""), round(r.duration_s, 1) if r.duration_s else "",
                       r.summary.engine.label() if r.summary.steps else "", r.summary.engine.device if r.summary.steps
                       else "", round(r.summary.samples_per_s, 1) if r.summary.samples_per_s else "",
