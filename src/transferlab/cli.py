@@ -331,6 +331,10 @@ def cmd_run(args) -> int:
     if result.summary.get("n_params"):
         s = result.summary
         print(f"  trainable: {s['n_trainable']:,} of {s['n_params']:,} parameters ({s['trainable_share']:.2%})")
+    if result.summary.get("data_sizes"):
+        from transferlab.records import format_sizes
+
+        print(f"  data: {format_sizes(result.summary['data_sizes'])}")
     for split, metrics in (("dev", result.dev), ("test", result.test)):
         if metrics:
             print(f"  {split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -397,14 +401,26 @@ def dry_run(spec, store_path: str) -> int:
     from transferlab.train.validate import validate_run
 
     store = Store(store_path, create=False) if Path(store_path).is_file() else None
-    validate_run(spec, store=store)
+    task = validate_run(spec, store=store)
     rid = run_id(spec)
     state = "todo"
     if store is not None:
         state = "done (--rerun to run it again)" if store.finished(rid) else "todo"
     print(yaml.safe_dump(to_dict(spec), sort_keys=False).rstrip())
+    print(f"# data {loaded_sizes(spec, task)}")
     print(f"# run id {rid}  state {state}  store {store_path}")
     return 0
+
+
+def loaded_sizes(spec, task=None) -> str:
+    """The examples a run of ``spec`` loads per split (its task built as the run builds it)."""
+    from transferlab.data.build import build_task
+    from transferlab.records import data_sizes, format_sizes
+
+    if spec.multitask is not None:
+        return "  ".join(f"{t.name}: {format_sizes(data_sizes(build_task(t, seed=spec.seed).splits))}"
+                         for t in spec.multitask.tasks)
+    return format_sizes(data_sizes((task if task is not None else build_task(spec.task, seed=spec.seed)).splits))
 
 
 def cmd_study(args, data: dict) -> int:
@@ -517,7 +533,7 @@ def cmd_runs(args) -> int:
 
 
 RUN_COLUMNS = ["uid", "name", "study", "task", "model", "seed", "status", "steps", "time_s", "engine", "device",
-               "samples_s", "error"]
+               "samples_s", "error", "data"]
 
 
 def run_tasks(spec: dict) -> list[str]:
@@ -545,6 +561,7 @@ def runs_table(rows) -> tuple[list[str], list[list]]:
                       r.summary.engine.label() if r.summary.steps else "", r.summary.engine.device if r.summary.steps
                       else "", round(r.summary.samples_per_s, 1) if r.summary.samples_per_s else "",
                       error[-1][:300] if error else "",  # a traceback's last line says what went wrong
+                      " ".join(f"{k}={n}" for k, n in (r.summary.get("data_sizes") or {}).items()),
                       *[values.get(m, "") for m in metrics], *[f.get(k, "") for k in differ]])
     return RUN_COLUMNS + metrics + differ, table
 
@@ -554,7 +571,7 @@ def runs_text_table(header: list[str], table: list[list]) -> tuple[list[str], li
     n_fixed = len(RUN_COLUMNS)
     metric_cols = [i for i, h in enumerate(header) if i >= n_fixed and h.startswith(("dev_", "test_"))]
     differ_cols = [i for i in range(n_fixed, len(header)) if i not in metric_cols]
-    out_header = ["uid", "name", "task", "model", "seed", "status", "time", "engine", "dev", "test", "differs",
+    out_header = ["uid", "name", "task", "model", "seed", "status", "time", "engine", "data", "dev", "test", "differs",
                   "error"]
     col = {h: i for i, h in enumerate(header)}
     out = []
@@ -565,7 +582,7 @@ def runs_text_table(header: list[str], table: list[list]) -> tuple[list[str], li
         differs = " ".join(f"{header[i]}={r[i]}" for i in differ_cols)
         time_s = r[col["time_s"]]
         out.append([r[0], r[1], r[3], r[4], r[5], r[6], f"{time_s:.0f}s" if time_s != "" else "", r[col["engine"]],
-                    joined("dev_"), joined("test_"), differs, r[col["error"]][:60]])
+                    r[col["data"]], joined("dev_"), joined("test_"), differs, r[col["error"]][:60]])
     keep = [j for j, h in enumerate(out_header) if h in ("uid", "status") or any(row[j] != "" for row in out)]
     return [out_header[j] for j in keep], [[row[j] for j in keep] for row in out]
 
