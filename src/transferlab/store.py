@@ -457,9 +457,10 @@ class Store:
         return rows
 
     def get(self, ref: str) -> RunRow:
-        """A run by uid, by run id (newest attempt), or by a unique prefix of either."""
+        """A run by uid, by run id (newest attempt), by its ``name`` (one run id of that name), or by a
+        unique prefix of a uid."""
         rows = self.runs()
-        exact = [r for r in rows if ref in (r.uid, r.run_id)]
+        exact = [r for r in rows if ref in (r.uid, r.run_id)] or [r for r in rows if r.name == ref]
         hits = exact or [r for r in rows if r.uid.startswith(ref)]
         if not hits:
             raise UserError(f"no run {ref!r} in store {self.path} (see `transferlab runs`)")
