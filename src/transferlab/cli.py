@@ -88,6 +88,7 @@ def _runs_parser(sub) -> None:
     p = sub.add_parser("runs", help="list stored runs with their metrics")
     p.add_argument("--study", default=None)
     p.add_argument("--all", action="store_true", help="every attempt, not only the newest per run id")
+    p.add_argument("--task", default=None, help="only runs that train this task (a multi-task run lists under each)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="table (default), csv or json (one object per run, every metric and differing field)")
     _store_arg(p)
@@ -335,6 +336,10 @@ def cmd_run(args) -> int:
     if result.summary.get("n_params"):
         s = result.summary
         print(f"  trainable: {s['n_trainable']:,} of {s['n_params']:,} parameters ({s['trainable_share']:.2%})")
+    if result.summary.get("data_sizes"):
+        from transferlab.records import format_sizes
+
+        print(f"  data: {format_sizes(result.summary['data_sizes'])}")
     for split, metrics in (("dev", result.dev), ("test", result.test)):
         if metrics:
             print(f"  {split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -401,14 +406,26 @@ def dry_run(spec, store_path: str) -> int:
     from transferlab.train.validate import validate_run
 
     store = Store(store_path, create=False) if Path(store_path).is_file() else None
-    validate_run(spec, store=store)
+    task = validate_run(spec, store=store)
     rid = run_id(spec)
     state = "todo"
     if store is not None:
         state = "done (--rerun to run it again)" if store.finished(rid) else "todo"
     print(yaml.safe_dump(to_dict(spec), sort_keys=False).rstrip())
+    print(f"# data {loaded_sizes(spec, task)}")
     print(f"# run id {rid}  state {state}  store {store_path}")
     return 0
+
+
+def loaded_sizes(spec, task=None) -> str:
+    """The examples a run of ``spec`` loads per split (its task built as the run builds it)."""
+    from transferlab.data.build import build_task
+    from transferlab.records import data_sizes, format_sizes
+
+    if spec.multitask is not None:
+        return "  ".join(f"{t.name}: {format_sizes(data_sizes(build_task(t, seed=spec.seed).splits))}"
+                         for t in spec.multitask.tasks)
+    return format_sizes(data_sizes((task if task is not None else build_task(spec.task, seed=spec.seed)).splits))
 
 
 def cmd_study(args, data: dict) -> int:
@@ -497,11 +514,14 @@ def cmd_runs(args) -> int:
 
     store = Store(args.store, create=False)
     rows = store.runs(study=args.study, latest=not args.all)
+    if args.task is not None:
+        rows = [r for r in rows if args.task in run_tasks(r.spec)]
     if args.study is not None and not rows and args.study not in {s for s, _, _ in store.studies()}:
         raise UserError(f"--study: no study {args.study!r} in {store.path}; studies: "
                         + (", ".join(s for s, _, _ in store.studies()) or "none"))
     if not rows:
-        print(f"no runs in {store.path}" + (f" for study {args.study}" if args.study else ""))
+        print(f"no runs in {store.path}" + (f" for study {args.study}" if args.study else "")
+              + (f" for task {args.task}" if args.task else ""))
         return 0
     header, table = runs_table(rows)
     if args.format == "json":
@@ -520,7 +540,13 @@ def cmd_runs(args) -> int:
 
 
 RUN_COLUMNS = ["uid", "name", "study", "task", "model", "seed", "status", "steps", "time_s", "engine", "device",
-               "samples_s", "error"]
+               "samples_s", "error", "data"]
+
+
+def run_tasks(spec: dict) -> list[str]:
+    """The tasks a run trains: a multi-task run's every task, else its one task."""
+    tasks = (spec.get("multitask") or {}).get("tasks") or [spec.get("task") or {}]
+    return [str(t.get("name", "")) for t in tasks]
 
 
 def runs_table(rows) -> tuple[list[str], list[list]]:
@@ -537,11 +563,12 @@ def runs_table(rows) -> tuple[list[str], list[list]]:
     for r, f in zip(rows, flat):
         error = (r.error or r.summary.get("error") or "").strip().splitlines()
         values = {f"{split}_{m}": v for split in ("dev", "test") for m, v in (r.summary.get(split) or {}).items()}
-        table.append([r.uid, r.name or "", r.study or "", f.get("task.name", ""), f.get("model.name", ""), r.seed,
+        table.append([r.uid, r.name or "", r.study or "", "+".join(run_tasks(r.spec)), f.get("model.name", ""), r.seed,
                       r.status, r.summary.get("steps", ""), round(r.duration_s, 1) if r.duration_s else "",
                       r.summary.engine.label() if r.summary.steps else "", r.summary.engine.device if r.summary.steps
                       else "", round(r.summary.samples_per_s, 1) if r.summary.samples_per_s else "",
                       error[-1][:300] if error else "",  # a traceback's last line says what went wrong
+                      " ".join(f"{k}={n}" for k, n in (r.summary.get("data_sizes") or {}).items()),
                       *[values.get(m, "") for m in metrics], *[f.get(k, "") for k in differ]])
     return RUN_COLUMNS + metrics + differ, table
 
@@ -551,7 +578,7 @@ def runs_text_table(header: list[str], table: list[list]) -> tuple[list[str], li
     n_fixed = len(RUN_COLUMNS)
     metric_cols = [i for i, h in enumerate(header) if i >= n_fixed and h.startswith(("dev_", "test_"))]
     differ_cols = [i for i in range(n_fixed, len(header)) if i not in metric_cols]
-    out_header = ["uid", "name", "task", "model", "seed", "status", "time", "engine", "dev", "test", "differs",
+    out_header = ["uid", "name", "task", "model", "seed", "status", "time", "engine", "data", "dev", "test", "differs",
                   "error"]
     col = {h: i for i, h in enumerate(header)}
     out = []
@@ -562,7 +589,7 @@ def runs_text_table(header: list[str], table: list[list]) -> tuple[list[str], li
         differs = " ".join(f"{header[i]}={r[i]}" for i in differ_cols)
         time_s = r[col["time_s"]]
         out.append([r[0], r[1], r[3], r[4], r[5], r[6], f"{time_s:.0f}s" if time_s != "" else "", r[col["engine"]],
-                    joined("dev_"), joined("test_"), differs, r[col["error"]][:60]])
+                    r[col["data"]], joined("dev_"), joined("test_"), differs, r[col["error"]][:60]])
     keep = [j for j, h in enumerate(out_header) if h in ("uid", "status") or any(row[j] != "" for row in out)]
     return [out_header[j] for j in keep], [[row[j] for j in keep] for row in out]
 
@@ -590,7 +617,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from transferlab.predict import predict, write_predictions
+    from transferlab.predict import as_text, predict, write_predictions
     from transferlab.store import Store
 
     check_output(args.output, args.input, args.force)
@@ -601,7 +628,7 @@ def cmd_predict(args) -> int:
     if args.output:
         print(f"wrote {len(frame)} predictions to {write_predictions(frame, Path(args.output))}", file=sys.stderr)
     else:
-        frame.to_csv(sys.stdout, index=False)
+        as_text(frame).to_csv(sys.stdout, index=False)
     return 0
 
 

@@ -53,7 +53,8 @@ class Recorder:
 
     # ------------------------------------------------------------------ what the loop writes
     def start_run(self, run_id: str, recipe_hash: str, seed: int, spec: dict, *, name: str | None = None,
-                  study: str | None = None, kind: str = "train", provenance: dict | None = None) -> str:
+                  study: str | None = None, kind: str = "train", provenance: dict | None = None,
+                  fingerprint: dict | None = None) -> str:  # the driver's claim stored the fingerprint
         claim = self.claims.get((recipe_hash, seed))
         if claim is None:
             raise UserError(f"run {run_id} was not claimed by the driver (recipe {recipe_hash[:12]}, seed {seed})")

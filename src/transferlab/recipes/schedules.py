@@ -4,7 +4,13 @@ A schedule is a pure function ``(step, total_steps, warmup_steps, spec) -> facto
 every parameter group at ``step`` (optimizer steps already taken, from 0) is its own base LR
 times that factor, so layer-wise LR ratios hold throughout training.
 
-    constant            linear warmup 0 -> 1, then 1
+    constant            1 from the first step, as Hugging Face's ``constant``
+                        (= transformers.get_constant_schedule): ``warmup_ratio`` does not apply;
+                        an explicit ``warmup_steps`` > 0 still warms up over those steps
+                        (= get_constant_schedule_with_warmup), as the FPT examples ask
+    constant_with_warmup  linear warmup 0 -> 1 (``warmup_steps`` or ``warmup_ratio``), then 1
+                        (= transformers.get_constant_schedule_with_warmup; HF's
+                        ``constant_with_warmup``). Before issue 26 ``constant`` meant this.
     linear              linear warmup, then linear decay to 0 at total_steps
                         (= transformers.get_linear_schedule_with_warmup)
     cosine              linear warmup, then cosine with ``num_cycles`` (0.5: one half-wave to 0)
@@ -38,6 +44,11 @@ def _warmup(step: int, warmup: int) -> float:
 
 @SCHEDULES.register("constant")
 def constant(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
+    return _warmup(step, warmup) if step < warmup else 1.0  # warmup: warmup_steps only (resolve_warmup)
+
+
+@SCHEDULES.register("constant_with_warmup")
+def constant_with_warmup(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     return _warmup(step, warmup) if step < warmup else 1.0
 
 
@@ -82,8 +93,11 @@ def _check(spec: ScheduleSpec) -> None:
 
 
 def resolve_warmup(spec: ScheduleSpec, total_steps: int) -> int:
-    """Warmup steps: ``warmup_steps`` when > 0, else ``round(warmup_ratio * total_steps)``."""
-    return spec.warmup_steps if spec.warmup_steps > 0 else round(spec.warmup_ratio * total_steps)
+    """Warmup steps: ``warmup_steps`` when > 0, else ``round(warmup_ratio * total_steps)``; ``constant``
+    (Hugging Face's: no warmup) reads ``warmup_steps`` only."""
+    if spec.warmup_steps > 0 or SCHEDULES.canonical(spec.name) == "constant":
+        return spec.warmup_steps
+    return round(spec.warmup_ratio * total_steps)
 
 
 def lr_factor(spec: ScheduleSpec | str, step: int, total_steps: int, warmup_steps: int | None = None) -> float:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from transferlab.errors import FaultError, StoreError, UserError
+from transferlab.fingerprint import fingerprint
 from transferlab.models import artifacts as ckpt
 from transferlab.models.artifacts import save_weights
 from transferlab.recipes.freeze import build_freezer
@@ -122,7 +123,8 @@ class RunSink(Protocol):
     """Exactly what the engine (and the checkpoints it resumes from) calls on a store."""
 
     def start_run(self, run_id: str, recipe_hash: str, seed: int, spec: dict, *, name: str | None = None,
-                  study: str | None = None, kind: str = "train", provenance: dict | None = None) -> str: ...
+                  study: str | None = None, kind: str = "train", provenance: dict | None = None,
+                  fingerprint: dict | None = None) -> str: ...
 
     def update_run(self, uid: str, **fields: Any) -> None: ...
 
@@ -151,8 +153,10 @@ class MemorySink:
     def __init__(self, folder: Path):
         self.folder, self.rows, self.eval_rows, self.curve_rows = folder, {}, [], []
 
-    def start_run(self, run_id, recipe_hash, seed, spec, *, name=None, study=None, kind="train", provenance=None):
-        self.rows = {"run_id": run_id, "seed": seed, "kind": kind, "provenance": provenance or {}}
+    def start_run(self, run_id, recipe_hash, seed, spec, *, name=None, study=None, kind="train", provenance=None,
+                  fingerprint=None):
+        self.rows = {"run_id": run_id, "seed": seed, "kind": kind, "provenance": provenance or {},
+                     "fingerprint": fingerprint}
         return run_id
 
     def update_run(self, uid, **fields):
@@ -285,7 +289,8 @@ class Engine:
             self.sink.update_run(seed.uid, provenance=self.provenance)
             return
         seed.uid = self.sink.start_run(seed.run_id, spec_hash(seed.spec), seed.spec.seed, to_dict(seed.spec),
-                                       name=seed.spec.name, study=self.study, provenance=self.provenance)
+                                       name=seed.spec.name, study=self.study, provenance=self.provenance,
+                                       fingerprint=fingerprint(seed.spec))  # as a claim stores it
 
     def _record(self, seed: SeedRun, summary: RunSummary) -> None:
         self.sink.finish_run(seed.uid, seed.status, summary=summary, duration_s=seed.duration_s,

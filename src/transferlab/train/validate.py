@@ -301,6 +301,9 @@ def check_task(task: TaskSpec, seed: int = 0):
         return build_task(task, seed=seed)  # the user's own files: read exactly as the run reads them
     if TASKS.canonical(task.name) == "hub":
         hub_datasets("task hub")  # an optional package: missing, one line before any run row
+    from transferlab.data.glue import check_path
+
+    check_path(task)  # not another GLUE task's folder
     files = []
     if root is not None and root.is_dir():
         files = [p for p in sorted(root.iterdir()) if p.suffix in TEXT_SUFFIXES and p.is_file()]
