@@ -10,7 +10,7 @@
     transferlab report [--store PATH] [--study NAME] -o DIR [--tost-margin M] [--include-search-seeds]
     transferlab plan-seeds STORE --study NAME --delta D [--alpha 0.05] [--power 0.8]   (seeds needed)
     transferlab surgery RUN -s "init layers=5 scheme=xavier_uniform" [-s ...] [--split dev]
-    transferlab demo [-o DIR]
+    transferlab demo [-o DIR] [--seeds N] [--train-samples N] [--epochs N]
     transferlab pretrain SPEC.yaml [--set key=value ...]   (MLM / masked modelling -> a HF folder)
     transferlab bench [--model minilm|bert-base|...] [--batch 32] [--seq 64] [--seeds 1,4,8,20]   (throughput)
 
@@ -166,7 +166,10 @@ def _pretrain_parser(sub) -> None:
 def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="offline CPU demo: pretrained vs random MiniLM on digit patches")
     p.add_argument("-o", "--out", default="demo_out", help="folder for the store and the report")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3; both arms run the same seeds)")
+    p.add_argument("--train-samples", type=int, default=None, metavar="N",
+                   help="train on N of the 1,257 training images (a faster, smaller demo)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -716,7 +719,11 @@ def cmd_bench(args) -> int:
 def cmd_demo(args) -> int:
     from transferlab.demo import demo
 
-    demo(Path(args.out), seeds=args.seeds, progress=not args.quiet)
+    for name, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--train-samples", args.train_samples)):
+        if value is not None and value < 1:
+            raise UserError(f"{name}: expected a whole number >= 1, got {value}")
+    demo(Path(args.out), seeds=args.seeds, progress=not args.quiet, train_samples=args.train_samples,
+         epochs=args.epochs)
     return 0
 
 
