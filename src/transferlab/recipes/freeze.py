@@ -46,6 +46,7 @@ class FreezerCaps:
     fused: bool = False  # works on the fused encoder's stacked parameters
     multitask: bool = True  # works on a MultiTaskModel (a head per task under ``head.<task>.``)
     pretrain: bool = False  # works on a pretraining model (no new head: the whole model is ``backbone.``)
+    per_slot: bool = False  # slots of one stacked group may use different policies (per-slot gradient masks)
 
 
 FREEZERS: Registry[type] = Registry("freeze policy", FreezerCaps)

@@ -44,11 +44,13 @@ from transferlab.recipes.hooks import Event, Hook
 from transferlab.recipes.optim import build_optimizer
 from transferlab.recipes.param_groups import build_param_groups
 from transferlab.recipes.schedules import build_schedule
+from transferlab.recipes.slots import build_slot_optimizer
 from transferlab.recipes.stabilisers import build_stabilisers
 from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.spec import spec_hash, to_dict
 from transferlab.train import distributed
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
+from transferlab.train.support import per_slot_optim
 from transferlab.train.steps import eval_schedule
 
 log = logging.getLogger(__name__)
@@ -307,9 +309,13 @@ class Engine:
         self.hooks = (self.freezer, *own, *self.user_hooks, *stabilisers)
         self.loss_hooks = [h for h in self.hooks if hasattr(h, Event.LOSS.value)]
         self.log_hooks = [h for h in self.hooks if isinstance(h, Hook) and h.logs()]  # train/track.py
-        groups = build_param_groups(model, spec.optim, model.num_layers)
-        self.optimizer = build_optimizer(groups, spec.optim, self.device.type)
-        self.scheduler = build_schedule(self.optimizer, spec.schedule, self.total)
+        if self.stacked and per_slot_optim(self.specs):  # slots with their own optimizer/schedule values
+            self.optimizer, self.scheduler = build_slot_optimizer(
+                model, [s.optim for s in self.specs], [s.schedule for s in self.specs], model.num_layers, self.total)
+        else:
+            groups = build_param_groups(model, spec.optim, model.num_layers)
+            self.optimizer = build_optimizer(groups, spec.optim, self.device.type)
+            self.scheduler = build_schedule(self.optimizer, spec.schedule, self.total)
         self.run_event(Event.TRAIN_START, model, self.optimizer, self.total)
         self.counts = trainee.counts()
         for seed in seeds:
@@ -349,7 +355,7 @@ class Engine:
             if self.ddp is not None:  # data parallel: the ranks' gradients averaged before clipping
                 self.ddp.reduce_grads(trainee.module)
             norms = trainee.clip(self.spec.optim.max_grad_norm, self.optimizer)
-            lr = max(self.scheduler.get_last_lr())
+            lr = self.scheduler.slot_lrs() if hasattr(self.scheduler, "slot_lrs") else max(self.scheduler.get_last_lr())
             self.watch.step(step, losses, norms)
             self.run_event(Event.BEFORE_OPTIMIZER_STEP, trainee.module, step)
             optimizer_step(self.optimizer, self.scheduler, trainee.scaler)
@@ -412,6 +418,8 @@ class Engine:
         if keep and len(keep) < len(active):
             trainee.keep(keep, self.optimizer)
             self.watch.keep(keep)
+            if hasattr(self.scheduler, "keep"):  # per-slot LRs (recipes/slots.py)
+                self.scheduler.keep(keep)
         return [active[i] for i in keep]
 
     # ------------------------------------------------------------------ one run's end
