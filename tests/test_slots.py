@@ -71,12 +71,35 @@ def test_adabelief_slots_with_their_own_lrs(data, tmp_path, float64):
 
 
 def test_a_slot_leaving_early_keeps_the_others_exact(data, tmp_path, float64):
-    """Per-slot early stopping with per-slot LRs: a slot leaves, the others' LR columns stay theirs."""
-    slots = [(0, {"optim.lr": 1e-3}), (1, {"optim.lr": 3e-2}), (2, {"optim.name": "bertadam", "optim.lr": 1e-2})]
+    """Per-slot early stopping with per-slot LRs and freezing: a slot leaves, the others' LR columns, masks and
+    step counts stay theirs."""
+    slots = [(0, {"optim.lr": 1e-3}), (1, {"optim.lr": 3e-2, "freeze.name": "backbone_for_steps", "freeze.steps": 3}),
+             (2, {"optim.name": "bertadam", "optim.lr": 1e-2})]
     over = {"train.max_steps": 10, "train.num_evals": 10, "train.early_stopping_patience": 1,
             "task.problem": "regression"}
     _, _, results = check_slots(data, tmp_path, slots, **over)
     assert len({r.steps for r in results}) >= 2
+
+
+FREEZING = [
+    (0, {}),
+    (1, {"freeze.name": "backbone_for_steps", "freeze.steps": 2}),
+    (2, {"freeze.name": "gradual", "freeze.options": {"every_steps": 1}, "optim.name": "bertadam"}),
+    (0, {"freeze.name": "bitfit", "optim.lr": 1e-2}),
+    (3, {"freeze.name": "fpt", "optim.weight_decay": 0.0}),
+]
+
+
+@pytest.mark.parametrize("engine", ["general", "auto"])
+def test_per_slot_freezing_equals_each_runs_own_policy(engine, data, tmp_path, float64):
+    """Frozen for N steps and gradual unfreezing beside full fine-tuning (and BitFit, FPT): per-slot gradient
+    masks; each slot's trainable counts, gradient norms, moments and steps are its own run's."""
+    runs = slot_specs(data, FREEZING)
+    assert len({stack_key(s) for s in runs}) == 1
+    _, par, results = check_slots(data, tmp_path, FREEZING, engine, **{"optim.layer_decay": 0.8})
+    counts = [par.get(r.uid).summary["n_trainable"] for r in results]
+    assert len(set(counts)) >= 3  # the policies train different sets
+    assert par.get(results[1].uid).summary.get("n_trainable_start") < counts[1]  # unfrozen at step 2
 
 
 def test_refusals_name_the_field_and_the_flag(data):

@@ -68,6 +68,7 @@ class SlotOptimizer(torch.optim.Optimizer):
         super().__init__(groups, {"lr": 0.0, "betas": betas, "eps": eps, "weight_decay": 0.0})
         self.bias = as_t([1.0 if b else 0.0 for b in bias_correction])
         self.factor = torch.ones_like(self.bias)
+        self.masks: dict[int, Tensor] | None = None  # per-slot freezing (recipes/freeze.py SlotFreezer): (S,) 1/0
 
     def _coefs(self, lr: Tensor, t: int, b1: float, b2: float, eps: float) -> tuple[Tensor, Tensor]:
         """(S,) step sizes and denominators' eps terms at step count ``t`` (see the module docstring)."""
@@ -91,6 +92,9 @@ class SlotOptimizer(torch.optim.Optimizer):
             lr = group["slot_lr"] * self.factor  # (S,) this step's LR of each slot
             keep, coefs = 1 - lr * group["slot_wd"], {}
             for p, g, m, v, t in zip(params, grads, ms, vs, steps):
+                if self.masks is not None:
+                    self._masked(p, g, m, v, lr, group["slot_wd"], b1, b2, eps)
+                    continue
                 if t not in coefs:
                     coefs[t] = self._coefs(lr, t, b1, b2, eps)
                 size, floor = coefs[t]
@@ -105,9 +109,35 @@ class SlotOptimizer(torch.optim.Optimizer):
                 p.sub_(m / v.sqrt().add_(floor.view(shape)) * size.view(shape))
         return loss
 
+    def _masked(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, lr: Tensor, wd: Tensor, b1: float, b2: float,
+                eps: float) -> None:
+        """The update with per-slot freezing: slots where ``p`` is frozen (mask 0, zero gradient) keep p, m, v and
+        their step count; the others count their own steps from the step ``p`` first trained in them."""
+        on = self.masks.get(id(p)) if self.masks else None
+        on = torch.ones_like(lr) if on is None else on
+        state = self.state[p]
+        if "slot_t" not in state:
+            state["slot_t"] = torch.zeros_like(lr)
+        t = state["slot_t"].add_(on).clamp_min(1)  # (S,) each slot's step count (1 where it never trained)
+        bias = self.bias if self.update == "adam" else torch.ones_like(lr)
+        c1, c2 = 1 - bias * b1 ** t, (1 - bias * b2 ** t).sqrt()
+        shape = (-1, *[1] * (p.dim() - 1))
+        p.mul_((1 - lr * wd * on).view(shape))
+        m.mul_((1 - (1 - b1) * on).view(shape)).add_(g, alpha=1 - b1)
+        if self.update == "adam":
+            v.mul_((1 - (1 - b2) * on).view(shape)).addcmul_(g, g, value=1 - b2)
+        else:
+            r = (g - m) * on.view(shape)
+            v.mul_((1 - (1 - b2) * on).view(shape)).addcmul_(r, r, value=1 - b2).add_((eps * on).view(shape))
+        p.sub_(m / v.sqrt().add_((eps * c2).view(shape)) * (lr * c2 / c1 * on).view(shape))
+
     def keep(self, slots: list[int]) -> None:
         """Only ``slots`` stay (the moments are dropped with the weights: StackedModel.keep)."""
         index = torch.tensor(slots, device=self.bias.device)
+        before = self.bias.shape[0]
+        for state in self.state.values():  # per-slot step counts (StackedModel.keep cut those shaped like p)
+            if "slot_t" in state and state["slot_t"].shape[0] == before:
+                state["slot_t"] = state["slot_t"].index_select(0, index)
         for g in self.param_groups:
             g["slot_lr"], g["slot_wd"] = g["slot_lr"].index_select(0, index), g["slot_wd"].index_select(0, index)
         self.bias = self.bias.index_select(0, index)
@@ -147,9 +177,11 @@ class SlotSchedule:
 
 
 def build_slot_optimizer(model: nn.Module, optims: list[OptimSpec], schedules: list[ScheduleSpec],
-                         num_layers: int, total_steps: int) -> tuple[SlotOptimizer, SlotSchedule]:
-    """The per-slot optimizer and schedule of a stacked group whose slots differ in optim/schedule values
-    (train/support.py checked that every part declares ``per_slot`` and the optimizers share an update)."""
+                         num_layers: int, total_steps: int, masks: dict | None = None
+                         ) -> tuple[SlotOptimizer, SlotSchedule]:
+    """The per-slot optimizer and schedule of a stacked group whose slots differ in optim/schedule values or
+    freezing (train/support.py checked that every part declares ``per_slot`` and the optimizers share an
+    update). ``masks``: the SlotFreezer's per-slot gradient masks, read at every step."""
     caps = [OPTIMIZERS.caps(OPTIMIZERS.canonical(o.name)) for o in optims]
     if not all(c.per_slot for c in caps) or len({c.slot_update for c in caps}) != 1:
         raise SpecError("optim.name: " + ", ".join(sorted({o.name for o in optims})) + " cannot share a stacked group "
@@ -168,5 +200,6 @@ def build_slot_optimizer(model: nn.Module, optims: list[OptimSpec], schedules: l
         check_schedule(spec)
     optimizer = SlotOptimizer(groups, caps[0].slot_update, tuple(optims[0].betas), optims[0].eps,
                               [c.bias_correction for c in caps])
+    optimizer.masks = masks
     return optimizer, SlotSchedule(optimizer, schedules, total_steps)
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from transferlab.errors import FaultError, StoreError, UserError
 from transferlab.models import artifacts as ckpt
 from transferlab.models.artifacts import save_weights
-from transferlab.recipes.freeze import build_freezer
+from transferlab.recipes.freeze import SlotFreezer, build_freezer
 from transferlab.recipes.hooks import Event, Hook
 from transferlab.recipes.optim import build_optimizer
 from transferlab.recipes.param_groups import build_param_groups
@@ -50,7 +50,7 @@ from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.spec import spec_hash, to_dict
 from transferlab.train import distributed
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
-from transferlab.train.support import per_slot_optim
+from transferlab.train.support import per_slot_freeze, per_slot_optim
 from transferlab.train.steps import eval_schedule
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,10 @@ class Engine:
         """Freezer, the mode's hooks, the user's, stabilisers, optimizer and schedule, in this order."""
         model, spec = trainee.module, self.spec
         self.steps_per_epoch, self.total = self.plan(seeds)
-        self.freezer = build_freezer(spec.freeze, model, self.steps_per_epoch)  # before the optimizer: LoRA
+        if self.stacked and per_slot_freeze(self.specs):  # each slot's own policy: gradient masks
+            self.freezer = SlotFreezer([s.freeze for s in self.specs], model, self.steps_per_epoch)
+        else:
+            self.freezer = build_freezer(spec.freeze, model, self.steps_per_epoch)  # before the optimizer: LoRA
         own = self.mode_hooks(model) if self.mode_hooks else []  # after the freezer: LoRA's modules in place
         stabilisers = build_stabilisers(spec.stabilisers, problem=self.problem, freeze=spec.freeze.name,
                                         seed=spec.seed, device=self.device, batches=self.fisher_batches,
@@ -311,15 +314,23 @@ class Engine:
         self.log_hooks = [h for h in self.hooks if isinstance(h, Hook) and h.logs()]  # train/track.py
         if self.stacked and per_slot_optim(self.specs):  # slots with their own optimizer/schedule values
             self.optimizer, self.scheduler = build_slot_optimizer(
-                model, [s.optim for s in self.specs], [s.schedule for s in self.specs], model.num_layers, self.total)
+                model, [s.optim for s in self.specs], [s.schedule for s in self.specs], model.num_layers, self.total,
+                getattr(self.freezer, "masks", None))
         else:
             groups = build_param_groups(model, spec.optim, model.num_layers)
             self.optimizer = build_optimizer(groups, spec.optim, self.device.type)
             self.scheduler = build_schedule(self.optimizer, spec.schedule, self.total)
         self.run_event(Event.TRAIN_START, model, self.optimizer, self.total)
         self.counts = trainee.counts()
+        self.trainable0 = {seed.uid: self._trainable(slot, trainee) for slot, seed in enumerate(seeds)}
         for seed in seeds:
-            self.sink.update_run(seed.uid, n_params=self.counts[0], n_trainable=self.counts[1])
+            self.sink.update_run(seed.uid, n_params=self.counts[0], n_trainable=self.trainable0[seed.uid])
+
+    def _trainable(self, slot: int, trainee: Trainee) -> int:
+        """Values slot ``slot`` trains now: its own policy's (per-slot freezing), else the trainee's count."""
+        if hasattr(self.freezer, "trainable_count"):
+            return self.freezer.trainable_count(slot)
+        return trainee.counts()[1]
 
     def plan(self, seeds: list[SeedRun]) -> tuple[int, int]:
         return plan_steps(seeds[0].source.epoch_batches(), self.tspec)
@@ -420,6 +431,8 @@ class Engine:
             self.watch.keep(keep)
             if hasattr(self.scheduler, "keep"):  # per-slot LRs (recipes/slots.py)
                 self.scheduler.keep(keep)
+            if hasattr(self.freezer, "keep"):  # per-slot freezing (recipes/freeze.py SlotFreezer)
+                self.freezer.keep(keep)
         return [active[i] for i in keep]
 
     # ------------------------------------------------------------------ one run's end
@@ -446,8 +459,8 @@ class Engine:
 
     def _finish(self, seed: SeedRun, slot: int, step: int, trainee: Trainee) -> None:
         """Best state back, policies finished, final dev and test, the summary, the weights, the row."""
-        tspec, n_params, n_trainable = self.tspec, *self.counts
-        n_trainable_final = trainee.counts()[1]
+        tspec, n_params, n_trainable = self.tspec, self.counts[0], self.trainable0[seed.uid]
+        n_trainable_final = self._trainable(slot, trainee)
         model = trainee.model_for(slot)
         self.run_event(Event.TRAIN_END, model)  # e.g. a weight average put in place
         final_step = step

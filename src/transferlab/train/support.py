@@ -34,7 +34,6 @@ OPTIM_FIELDS = ("optim.name", "optim.lr", "optim.head_lr", "optim.layer_decay", 
 # Why the other fields must match (the shared structure of one stacked model), named in refusals.
 SHARED = {"model": "the backbone's architecture and its dropout are shared by the stack",
           "head": "the head's structure and dropout are shared by the stack",
-          "freeze": "freeze policies do not declare 'per_slot' (FreezerCaps): one policy toggles the stack",
           "task": "the slots train on one task", "train": "the slots share the step plan, batches and evaluations",
           "optim": "the optimizer's betas, eps, clipping and state dtype are shared",
           "stabilisers": "stabilisers are shared by the stack", "distill": "distillation is shared by the stack",
@@ -62,8 +61,9 @@ def unsupported(specs: list[RunSpec], hooks: list | tuple = ()) -> str | None:
     if not OPTIMIZERS.supports(spec.optim.name, "elementwise"):
         return (f"optim.name: optimizer {spec.optim.name!r} does not declare 'elementwise'; a seed-stacked update "
                 "must be S independent updates")
-    if not FREEZERS.supports(spec.freeze.name, "seed_stacked"):
-        return f"freeze.name: policy {spec.freeze.name!r} does not declare 'seed_stacked'"
+    for name in dict.fromkeys(s.freeze.name for s in specs):
+        if not FREEZERS.supports(name, "seed_stacked"):
+            return f"freeze.name: policy {name!r} does not declare 'seed_stacked'"
     if spec.distill.kind != "none" and not Distiller.seed_stacked:
         return f"distill.kind: the {spec.distill.kind} hook (Distiller) does not declare 'seed_stacked'"
     for stabiliser in spec.stabilisers:
@@ -122,6 +122,12 @@ def slot_difference(specs: list[RunSpec]) -> str | None:
         values = ", ".join(dict.fromkeys(repr(f.get(key)) for f in flats))
         if key in OPTIM_FIELDS:
             optim = True
+        elif key.startswith("freeze."):
+            optim = True  # frozen slots are skipped by the per-slot optimizer
+            for spec in specs:
+                if not FREEZERS.supports(spec.freeze.name, "per_slot"):
+                    return (f"{key}: the runs differ ({values}); policy {spec.freeze.name!r} does not declare "
+                            "'per_slot' (FreezerCaps)")
         elif key.startswith("schedule."):
             for spec in specs:
                 if not SCHEDULES.supports(spec.schedule.name, "per_slot"):
@@ -133,9 +139,15 @@ def slot_difference(specs: list[RunSpec]) -> str | None:
 
 
 def per_slot_optim(specs: list[RunSpec]) -> bool:
-    """Do the slots differ in optimizer or schedule values (recipes/slots.py then builds the update)?"""
+    """Do the slots differ in optimizer, schedule or freezing values (recipes/slots.py then builds the update)?"""
     first = specs[0]
-    return any(s.optim != first.optim or s.schedule != first.schedule for s in specs[1:])
+    return any(s.optim != first.optim or s.schedule != first.schedule or s.freeze != first.freeze
+               for s in specs[1:])
+
+
+def per_slot_freeze(specs: list[RunSpec]) -> bool:
+    """Do the slots differ in their freezing policy (recipes/freeze.py SlotFreezer: per-slot gradient masks)?"""
+    return any(s.freeze != specs[0].freeze for s in specs[1:])
 
 
 def stack_key(spec: RunSpec) -> str:
@@ -146,6 +158,8 @@ def stack_key(spec: RunSpec) -> str:
     flat = _flat(spec)
     per_slot_opt = spec.optim.name in OPTIMIZERS and OPTIMIZERS.supports(spec.optim.name, "per_slot")
     drop = set(WEIGHT_FIELDS) | (set(OPTIM_FIELDS) if per_slot_opt else set())
+    if per_slot_opt and spec.freeze.name in FREEZERS and FREEZERS.supports(spec.freeze.name, "per_slot"):
+        drop |= {k for k in flat if k.startswith("freeze.")}
     if spec.schedule.name in SCHEDULES and SCHEDULES.supports(spec.schedule.name, "per_slot"):
         drop |= {k for k in flat if k.startswith("schedule.")}
     key = {k: v for k, v in flat.items() if k not in drop}
@@ -165,7 +179,8 @@ def fused_unsupported(specs: list[RunSpec], hooks: list | tuple = (), modality: 
         return f"model.name: the {model_type_of(spec.model)} family does not declare 'layer_loop' (BERT-shaped)"
     if modality != "text":
         return f"task: a {modality} task enters through an input adapter; the fused encoder reads token ids"
-    parts = [("head.name", HEADS, spec.head.name), ("freeze.name", FREEZERS, spec.freeze.name)]
+    parts = [("head.name", HEADS, spec.head.name)]
+    parts += [("freeze.name", FREEZERS, name) for name in dict.fromkeys(s.freeze.name for s in specs)]
     parts += [("optim.name", OPTIMIZERS, name) for name in dict.fromkeys(s.optim.name for s in specs)]
     for field, registry, name in parts:
         if name not in registry or not registry.supports(name, "fused"):  # task-kind heads: not in HEADS
