@@ -206,6 +206,21 @@ def test_lora_beside_full_fine_tuning_is_refused_under_on_and_split_under_auto(d
     assert full == ["1: 2 slots, fused"] * 2 and all(r[7].endswith("1 run, single") for r in rows if r[2] == "lora")
 
 
+def test_arms_of_different_structure_form_their_own_groups_under_on(data, tmp_path, capsys):
+    """A head or a backbone no flag could share: separate groups, no refusal (AdaBelief beside Adam is refused)."""
+    arms = {"cls": {"head.name": "cls"}, "mean": {"head.name": "mean", "optim.lr": 1e-2},
+            "roberta": {"model.name": "tiny-roberta"}}
+    rows = _dry(capsys, _study(data, tmp_path, arms, seeds=range(3)), "--seed-parallel", "on")
+    assert {r[2]: r[7] for r in rows} == {"cls": "1: 3 slots, fused", "mean": "2: 3 slots, fused",
+                                          "roberta": "3: 3 slots, fused"}
+    from transferlab.cli import main
+
+    path = _study(data, tmp_path, {"adamw": {"optim.name": "adamw"}, "belief": {"optim.name": "adabelief"}})
+    assert main(["run", path, "--dry-run", "--seed-parallel", "on"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optim.name" in err[0] and "OptimCaps.slot_update" in err[0], err
+
+
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_max_slots_below_one_is_one_line_exit_2_before_any_row(value, data, tmp_path, capsys):
     from transferlab.cli import main

@@ -65,12 +65,19 @@ def slot_limit(specs: list, max_slots: int | None) -> int:
     return max_slots
 
 
-def _split_reason(buckets: list[list[Job]], specs: dict) -> str:
-    """Why the first two stack keys differ: the field and the part's flag (train/support.py)."""
-    from transferlab.train.support import slot_difference
+def _split_reason(buckets: list[list[Job]], specs: dict) -> str | None:
+    """Why two groups are not one where only a part's missing per-slot flag splits them (the field and the
+    flag, train/support.py slot_refusal); None when every split is the runs' own structure (task, model, head,
+    step plan...), which no flag could join."""
+    from transferlab.train.support import slot_refusal
 
-    a, b = specs[buckets[0][0].index], specs[buckets[1][0].index]
-    return f"{a.name} and {b.name} cannot share a stacked group: {slot_difference([a, b]) or 'their stack keys differ'}"
+    firsts = [specs[bucket[0].index] for bucket in buckets]
+    for i, a in enumerate(firsts):
+        for b in firsts[i + 1:]:
+            found = slot_refusal([a, b])
+            if found is not None and found[1]:
+                return f"{a.name} and {b.name} cannot share a stacked group: {found[0]}"
+    return None
 
 
 def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False,
@@ -81,8 +88,9 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False,
     Order: jobs come seed by seed (study/expand.py) and a group takes them in that order (seed-major: a
     group holds every arm of the first seeds), and groups of different stack keys interleave: the first
     group of every key, in order of first appearance, then the second, so a study stopped early has runs
-    of every arm. This order is the execution order that ``--dry-run`` lists. ``on`` with runs that cannot
-    share a group refuses (one line naming the field and the flag); ``auto`` logs the split."""
+    of every arm. This order is the execution order that ``--dry-run`` lists. ``on`` with runs that only a
+    part's missing per-slot flag keeps apart refuses (one line naming the field and the flag); ``auto`` logs
+    that split. Runs of different structure (task, model, head, step plan) simply form separate groups."""
     if mode not in ("auto", "on", "off"):
         raise UserError(f"--seed-parallel: {mode!r} is not one of auto, on, off")
     if max_slots is not None and jobs:
@@ -96,9 +104,8 @@ def seed_groups(jobs: list[Job], mode: str = "auto", has_hooks: bool = False,
     for job in jobs:
         by_key.setdefault((job.store, stack_key(specs[job.index])), []).append(job)
     buckets = list(by_key.values())
-    if len(buckets) > 1 and (mode == "on" or _cuda_run(jobs[0].spec)):
-        why = _split_reason(buckets, specs)
-        if mode == "on":
+    if len(buckets) > 1 and (mode == "on" or _cuda_run(jobs[0].spec)) and (why := _split_reason(buckets, specs)):
+        if mode == "on":  # arms a part's flag keeps apart: asked for explicitly, refused
             raise Unsupported(f"--seed-parallel on: {why}")
         log.warning("seed-parallel: %d stacked groups, not one: %s", len(buckets), why)
     rounds: list[list[list[Job]]] = []  # rounds[k]: the k-th group of every key

@@ -112,30 +112,31 @@ def _optim_refusal(specs: list[RunSpec]) -> str | None:
 def slot_difference(specs: list[RunSpec]) -> str | None:
     """None when ``specs`` may be the slots of one stacked group, else the first field that differs and
     cannot be per slot, with the part's flag (or why it is shared structure)."""
+    found = slot_refusal(specs)
+    return None if found is None else found[0]
+
+
+def slot_refusal(specs: list[RunSpec]) -> tuple[str, bool] | None:
+    """(reason, by_flag) as :func:`slot_difference`; ``by_flag``: the runs differ only where a part could hold
+    values per slot but does not declare it (they would share a group if it did), not in shared structure."""
     flats = [_flat(s) for s in specs]
     differs = [k for k in flats[0] if any(f.get(k) != flats[0][k] for f in flats[1:])]
     differs += sorted({k for f in flats[1:] for k in f if k not in flats[0]})
-    optim = False
+    parts = [k for k in differs if k in OPTIM_FIELDS or k.startswith(("freeze.", "schedule."))]
     for key in differs:
-        if key in WEIGHT_FIELDS:
-            continue
+        if key not in WEIGHT_FIELDS and key not in parts:
+            values = ", ".join(dict.fromkeys(repr(f.get(key)) for f in flats))
+            return f"{key}: the runs differ ({values}); {SHARED.get(key.split('.')[0], 'it is not per-slot')}", False
+    for key in parts:
         values = ", ".join(dict.fromkeys(repr(f.get(key)) for f in flats))
-        if key in OPTIM_FIELDS:
-            optim = True
-        elif key.startswith("freeze."):
-            optim = True  # frozen slots are skipped by the per-slot optimizer
-            for spec in specs:
-                if not FREEZERS.supports(spec.freeze.name, "per_slot"):
-                    return (f"{key}: the runs differ ({values}); policy {spec.freeze.name!r} does not declare "
-                            "'per_slot' (FreezerCaps)")
-        elif key.startswith("schedule."):
-            for spec in specs:
-                if not SCHEDULES.supports(spec.schedule.name, "per_slot"):
-                    return f"schedule: {spec.schedule.name!r} does not declare 'per_slot' (ScheduleCaps)"
-        else:
-            section = key.split(".")[0]
-            return f"{key}: the runs differ ({values}); {SHARED.get(section, 'it is not per-slot')}"
-    return _optim_refusal(specs) if optim else None
+        for spec in specs:
+            if key.startswith("freeze.") and not FREEZERS.supports(spec.freeze.name, "per_slot"):
+                return (f"{key}: the runs differ ({values}); policy {spec.freeze.name!r} does not declare 'per_slot' "
+                        "(FreezerCaps)"), True
+            if key.startswith("schedule.") and not SCHEDULES.supports(spec.schedule.name, "per_slot"):
+                return f"schedule: {spec.schedule.name!r} does not declare 'per_slot' (ScheduleCaps)", True
+    why = _optim_refusal(specs) if parts else None  # per-slot LRs, schedules and masks: the per-slot optimizer
+    return None if why is None else (why, True)
 
 
 def per_slot_optim(specs: list[RunSpec]) -> bool:
@@ -160,7 +161,7 @@ def stack_key(spec: RunSpec) -> str:
     drop = set(WEIGHT_FIELDS) | (set(OPTIM_FIELDS) if per_slot_opt else set())
     if per_slot_opt and spec.freeze.name in FREEZERS and FREEZERS.supports(spec.freeze.name, "per_slot"):
         drop |= {k for k in flat if k.startswith("freeze.")}
-    if spec.schedule.name in SCHEDULES and SCHEDULES.supports(spec.schedule.name, "per_slot"):
+    if per_slot_opt and spec.schedule.name in SCHEDULES and SCHEDULES.supports(spec.schedule.name, "per_slot"):
         drop |= {k for k in flat if k.startswith("schedule.")}
     key = {k: v for k, v in flat.items() if k not in drop}
     if per_slot_opt:
