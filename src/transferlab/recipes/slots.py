@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from transferlab.errors import SpecError
-from transferlab.recipes.optim import OPTIMIZERS, _grads
+from transferlab.recipes.optim import OPTIMIZERS, Scratch, _grads
 from transferlab.recipes.param_groups import build_param_groups, group_lr
 from transferlab.recipes.schedules import SCHEDULES, lr_factor, resolve_warmup
 from transferlab.recipes.schedules import _check as check_schedule
@@ -69,6 +69,7 @@ class SlotOptimizer(torch.optim.Optimizer):
         self.bias = as_t([1.0 if b else 0.0 for b in bias_correction])
         self.factor = torch.ones_like(self.bias)
         self.masks: dict[int, Tensor] | None = None  # per-slot freezing (recipes/freeze.py SlotFreezer): (S,) 1/0
+        self.scratch, self.scaled = Scratch(), Scratch()
 
     def _coefs(self, lr: Tensor, t: int, b1: float, b2: float, eps: float) -> tuple[Tensor, Tensor]:
         """(S,) step sizes and denominators' eps terms at step count ``t`` (see the module docstring)."""
@@ -101,12 +102,14 @@ class SlotOptimizer(torch.optim.Optimizer):
                 shape = (-1, *[1] * (p.dim() - 1))
                 p.mul_(keep.view(shape))
                 m.mul_(b1).add_(g, alpha=1 - b1)
+                d = self.scratch.like(p)  # reused buffers, no temporaries per parameter
                 if self.update == "adam":
                     v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 else:
-                    r = g - m
-                    v.mul_(b2).addcmul_(r, r, value=1 - b2).add_(eps)
-                p.sub_(m / v.sqrt().add_(floor.view(shape)) * size.view(shape))
+                    torch.sub(g, m, out=d)  # the residual g - m
+                    v.mul_(b2).addcmul_(d, d, value=1 - b2).add_(eps)
+                torch.sqrt(v, out=d).add_(floor.view(shape))
+                p.addcdiv_(torch.mul(m, size.view(shape), out=self.scaled.like(p)), d, value=-1)
         return loss
 
     def _masked(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, lr: Tensor, wd: Tensor, b1: float, b2: float,
