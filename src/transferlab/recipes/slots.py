@@ -63,8 +63,8 @@ class SlotOptimizer(torch.optim.Optimizer):
         like = groups[0]["params"][0]
         self.update, self.names = update, STATE[update]
         as_t = lambda xs: torch.tensor(xs, dtype=like.dtype, device=like.device)  # noqa: E731
-        for g in groups:
-            g["slot_lr"], g["slot_wd"] = as_t(g["slot_lr"]), as_t(g["slot_wd"])
+        for g in groups:  # the host floats kept for the curve's LRs (as exact as the single run's)
+            g["slot_base"], g["slot_lr"], g["slot_wd"] = list(g["slot_lr"]), as_t(g["slot_lr"]), as_t(g["slot_wd"])
         super().__init__(groups, {"lr": 0.0, "betas": betas, "eps": eps, "weight_decay": 0.0})
         self.bias = as_t([1.0 if b else 0.0 for b in bias_correction])
         self.factor = torch.ones_like(self.bias)
@@ -153,10 +153,15 @@ class SlotSchedule:
 
     def __init__(self, optimizer: SlotOptimizer, specs: list[ScheduleSpec], total_steps: int):
         self.optimizer, self.k, self.total = optimizer, 0, total_steps
-        warm = [resolve_warmup(s, total_steps) for s in specs]
-        self.host = [[lr_factor(s, k, total_steps, w) for s, w in zip(specs, warm)] for k in range(total_steps + 1)]
-        self.base = [[float(x) for x in g["slot_lr"].tolist()] for g in optimizer.param_groups]  # once, at build
-        self.table = torch.tensor(self.host, dtype=optimizer.bias.dtype, device=optimizer.bias.device)
+        columns: dict[tuple, list[float]] = {}  # one column per distinct schedule (slots often share one)
+        for spec in specs:
+            key = (repr(spec), resolve_warmup(spec, total_steps))
+            if key not in columns:
+                columns[key] = [lr_factor(spec, k, total_steps, key[1]) for k in range(total_steps + 1)]
+        self.host = torch.tensor([columns[(repr(s), resolve_warmup(s, total_steps))] for s in specs],
+                                 dtype=torch.float64).t().contiguous()  # (steps + 1, S) on the host, float64
+        self.base = torch.tensor([g["slot_base"] for g in optimizer.param_groups], dtype=torch.float64)  # (G, S)
+        self.table = self.host.to(dtype=optimizer.bias.dtype, device=optimizer.bias.device)
         self.optimizer.factor = self.table[0]
 
     def step(self) -> None:
@@ -165,15 +170,13 @@ class SlotSchedule:
 
     def slot_lrs(self) -> list[float]:
         """Each slot's LR now (the largest of its groups'), as its own run logs ``max(get_last_lr())``."""
-        row = self.host[self.k]
-        return [max(base[s] * row[s] for base in self.base) for s in range(len(row))]
+        return (self.base * self.host[self.k]).amax(0).tolist()  # host tensors: no device sync
 
     def get_last_lr(self) -> list[float]:
-        return [max(b * f for b, f in zip(base, self.host[self.k])) for base in self.base]
+        return (self.base * self.host[self.k]).amax(1).tolist()
 
     def keep(self, slots: list[int]) -> None:
-        self.host = [[row[s] for s in slots] for row in self.host]
-        self.base = [[base[s] for s in slots] for base in self.base]
+        self.host, self.base = self.host[:, slots].contiguous(), self.base[:, slots].contiguous()
         self.table = self.table[:, slots].contiguous()
         self.optimizer.keep(slots)
         self.optimizer.factor = self.table[self.k]
