@@ -69,7 +69,11 @@ def _run_parser(sub) -> None:
     g.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: per executor)")
     g.add_argument("--seed-parallel", choices=["auto", "on", "off"], default="auto",
-                   help="train runs that differ only in seed together in one process (auto: on CUDA only)")
+                   help="train a study's runs as the slots of stacked groups in one process: seeds, and arms "
+                        "that differ only in per-slot fields (auto: on CUDA only)")
+    g.add_argument("--max-slots", type=int, default=None, metavar="N",
+                   help="runs one stacked group holds at most (default: what fits in the device's memory by the "
+                        "per-slot estimate, train/memory.py)")
     g.add_argument("--gpus-per-task", type=float, default=None,
                    help="Ray: GPUs per seed group (fractional, e.g. 0.25: four groups share a GPU)")
     g.add_argument("--ray-retries", type=int, default=1, help="Ray: retries of a task whose worker or node died")
@@ -182,7 +186,8 @@ def _bench_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--seeds", default="1,4,8,20", help="seed counts of the seed-parallel rows (comma-separated)")
     p.add_argument("--rows", default="trainer,single,parallel",
-                   help="which rows (comma-separated): trainer, single, parallel, fast, fast-padded")
+                   help="which rows (comma-separated): trainer, single, parallel, fast, fast-padded, slots (mixed arms "
+                        "as the slots of one stacked group)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on CUDA)")
@@ -445,15 +450,15 @@ def cmd_study(args, data: dict) -> int:
     existing = Store(args.store, create=False) if Path(args.store).is_file() else None
     plan = plan_study(study, store=existing)  # expanded and validated once (stored references too), then handed on
     if args.dry_run:
-        rows = describe_plan(study, existing, args.seed_parallel, plan)
+        rows = describe_plan(study, existing, args.seed_parallel, plan, max_slots=args.max_slots)
         if study.search is not None:
             from transferlab.study.search import plan_lines
 
             print("\n".join(plan_lines(study)))
-        print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
+        print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state", "group"], rows))
         runs = [r for r in rows if not r[5].startswith("(")]
         waiting = sum(r[0] == "main" and r[5].startswith("(") for r in rows)
-        print(f"{study.study}: {sum(r[-1] != 'done' for r in runs)} of {len(runs)} runs to do"
+        print(f"{study.study}: {sum(r[6] != 'done' for r in runs)} of {len(runs)} runs to do"
               + (f"; then {waiting} cells x {len(study.seeds)} seeds at the "
                  + ("best trial's values" if study.search else "LRs chosen on validation") if waiting else ""))
         return 0
@@ -479,7 +484,8 @@ def cmd_study(args, data: dict) -> int:
     except BaseException:
         executor.close(cancel=True)
         raise
-    result = run_study(study, store, executor=executor, skip_failed=args.skip_failed, new=args.new_study, plan=plan)
+    result = run_study(study, store, executor=executor, skip_failed=args.skip_failed, new=args.new_study, plan=plan,
+                       max_slots=args.max_slots)
     if result.interrupted:
         return 130
     if result.failed:  # 0: every run finished or diverged; 1: some failed (listed above); one line on stderr

@@ -25,6 +25,7 @@ A new schedule is one function under ``@SCHEDULES.register("name")``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from collections.abc import Callable
 from functools import partial
 
@@ -35,14 +36,21 @@ from transferlab.registry import Registry
 from transferlab.spec import ScheduleSpec
 
 Schedule = Callable[[int, int, int, ScheduleSpec], float]
-SCHEDULES: Registry[Schedule] = Registry("schedule")
+
+
+@dataclass(frozen=True)
+class ScheduleCaps:
+    per_slot: bool = False  # a pure function of the step: tabulated per slot of a stacked group (recipes/slots.py)
+
+
+SCHEDULES: Registry[Schedule] = Registry("schedule", ScheduleCaps)
 
 
 def _warmup(step: int, warmup: int) -> float:
     return step / max(1, warmup)
 
 
-@SCHEDULES.register("constant")
+@SCHEDULES.register("constant", per_slot=True)
 def constant(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     return _warmup(step, warmup) if step < warmup else 1.0  # warmup: warmup_steps only (resolve_warmup)
 
@@ -52,14 +60,14 @@ def constant_with_warmup(step: int, total: int, warmup: int, spec: ScheduleSpec)
     return _warmup(step, warmup) if step < warmup else 1.0
 
 
-@SCHEDULES.register("linear")
+@SCHEDULES.register("linear", per_slot=True)
 def linear(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     if step < warmup:
         return _warmup(step, warmup)
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-@SCHEDULES.register("cosine")
+@SCHEDULES.register("cosine", per_slot=True)
 def cosine(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     if step < warmup:
         return _warmup(step, warmup)
@@ -67,7 +75,7 @@ def cosine(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * spec.num_cycles * 2.0 * progress)))
 
 
-@SCHEDULES.register("slanted_triangular", "stlr")
+@SCHEDULES.register("slanted_triangular", "stlr", per_slot=True)
 def slanted_triangular(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     """ULMFiT eq. 3 with t = step, T = total: cut = floor(T * cut_frac) (at least 1),
     p = t / cut before the cut, else 1 - (t - cut) / (cut * (1 / cut_frac - 1)); factor = (1 + p (ratio - 1)) / ratio."""

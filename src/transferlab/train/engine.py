@@ -40,16 +40,18 @@ from transferlab.errors import FaultError, StoreError, UserError
 from transferlab.fingerprint import fingerprint
 from transferlab.models import artifacts as ckpt
 from transferlab.models.artifacts import save_weights
-from transferlab.recipes.freeze import build_freezer
+from transferlab.recipes.freeze import SlotFreezer, build_freezer
 from transferlab.recipes.hooks import Event, Hook
 from transferlab.recipes.optim import build_optimizer
 from transferlab.recipes.param_groups import build_param_groups
 from transferlab.recipes.schedules import build_schedule
+from transferlab.recipes.slots import build_slot_optimizer
 from transferlab.recipes.stabilisers import build_stabilisers
 from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.spec import spec_hash, to_dict
 from transferlab.train import distributed
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
+from transferlab.train.support import per_slot_freeze, per_slot_optim
 from transferlab.train.steps import eval_schedule
 
 log = logging.getLogger(__name__)
@@ -309,7 +311,10 @@ class Engine:
         """Freezer, the mode's hooks, the user's, stabilisers, optimizer and schedule, in this order."""
         model, spec = trainee.module, self.spec
         self.steps_per_epoch, self.total = self.plan(seeds)
-        self.freezer = build_freezer(spec.freeze, model, self.steps_per_epoch)  # before the optimizer: LoRA
+        if self.stacked and per_slot_freeze(self.specs):  # each slot's own policy: gradient masks
+            self.freezer = SlotFreezer([s.freeze for s in self.specs], model, self.steps_per_epoch)
+        else:
+            self.freezer = build_freezer(spec.freeze, model, self.steps_per_epoch)  # before the optimizer: LoRA
         own = self.mode_hooks(model) if self.mode_hooks else []  # after the freezer: LoRA's modules in place
         stabilisers = build_stabilisers(spec.stabilisers, problem=self.problem, freeze=spec.freeze.name,
                                         seed=spec.seed, device=self.device, batches=self.fisher_batches,
@@ -317,13 +322,25 @@ class Engine:
         self.hooks = (self.freezer, *own, *self.user_hooks, *stabilisers)
         self.loss_hooks = [h for h in self.hooks if hasattr(h, Event.LOSS.value)]
         self.log_hooks = [h for h in self.hooks if isinstance(h, Hook) and h.logs()]  # train/track.py
-        groups = build_param_groups(model, spec.optim, model.num_layers)
-        self.optimizer = build_optimizer(groups, spec.optim, self.device.type)
-        self.scheduler = build_schedule(self.optimizer, spec.schedule, self.total)
+        if self.stacked and per_slot_optim(self.specs):  # slots with their own optimizer/schedule values
+            self.optimizer, self.scheduler = build_slot_optimizer(
+                model, [s.optim for s in self.specs], [s.schedule for s in self.specs], model.num_layers, self.total,
+                getattr(self.freezer, "masks", None))
+        else:
+            groups = build_param_groups(model, spec.optim, model.num_layers)
+            self.optimizer = build_optimizer(groups, spec.optim, self.device.type)
+            self.scheduler = build_schedule(self.optimizer, spec.schedule, self.total)
         self.run_event(Event.TRAIN_START, model, self.optimizer, self.total)
         self.counts = trainee.counts()
+        self.trainable0 = {seed.uid: self._trainable(slot, trainee) for slot, seed in enumerate(seeds)}
         for seed in seeds:
-            self.sink.update_run(seed.uid, n_params=self.counts[0], n_trainable=self.counts[1])
+            self.sink.update_run(seed.uid, n_params=self.counts[0], n_trainable=self.trainable0[seed.uid])
+
+    def _trainable(self, slot: int, trainee: Trainee) -> int:
+        """Values slot ``slot`` trains now: its own policy's (per-slot freezing), else the trainee's count."""
+        if hasattr(self.freezer, "trainable_count"):
+            return self.freezer.trainable_count(slot)
+        return trainee.counts()[1]
 
     def plan(self, seeds: list[SeedRun]) -> tuple[int, int]:
         return plan_steps(seeds[0].source.epoch_batches(), self.tspec)
@@ -359,7 +376,7 @@ class Engine:
             if self.ddp is not None:  # data parallel: the ranks' gradients averaged before clipping
                 self.ddp.reduce_grads(trainee.module)
             norms = trainee.clip(self.spec.optim.max_grad_norm, self.optimizer)
-            lr = max(self.scheduler.get_last_lr())
+            lr = self.scheduler.slot_lrs() if hasattr(self.scheduler, "slot_lrs") else max(self.scheduler.get_last_lr())
             self.watch.step(step, losses, norms)
             self.run_event(Event.BEFORE_OPTIMIZER_STEP, trainee.module, step)
             optimizer_step(self.optimizer, self.scheduler, trainee.scaler)
@@ -422,6 +439,10 @@ class Engine:
         if keep and len(keep) < len(active):
             trainee.keep(keep, self.optimizer)
             self.watch.keep(keep)
+            if hasattr(self.scheduler, "keep"):  # per-slot LRs (recipes/slots.py)
+                self.scheduler.keep(keep)
+            if hasattr(self.freezer, "keep"):  # per-slot freezing (recipes/freeze.py SlotFreezer)
+                self.freezer.keep(keep)
         return [active[i] for i in keep]
 
     # ------------------------------------------------------------------ one run's end
@@ -448,8 +469,8 @@ class Engine:
 
     def _finish(self, seed: SeedRun, slot: int, step: int, trainee: Trainee) -> None:
         """Best state back, policies finished, final dev and test, the summary, the weights, the row."""
-        tspec, n_params, n_trainable = self.tspec, *self.counts
-        n_trainable_final = trainee.counts()[1]
+        tspec, n_params, n_trainable = self.tspec, self.counts[0], self.trainable0[seed.uid]
+        n_trainable_final = self._trainable(slot, trainee)
         model = trainee.model_for(slot)
         self.run_event(Event.TRAIN_END, model)  # e.g. a weight average put in place
         final_step = step
