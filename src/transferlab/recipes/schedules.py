@@ -55,7 +55,7 @@ def constant(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     return _warmup(step, warmup) if step < warmup else 1.0  # warmup: warmup_steps only (resolve_warmup)
 
 
-@SCHEDULES.register("constant_with_warmup")
+@SCHEDULES.register("constant_with_warmup", per_slot=True)
 def constant_with_warmup(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     return _warmup(step, warmup) if step < warmup else 1.0
 
