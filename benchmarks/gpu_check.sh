@@ -1,131 +1,187 @@
 #!/usr/bin/env bash
-# All GPU verification of transferlab in one call, in under 9 minutes on a fresh H100/H200 with torch
-# preinstalled (issue 13). Every figure goes to one file: $OUT/gpu_check.md (or ./gpu_check_out/).
+# All GPU verification of transferlab in one call on the bare GPU image (issue 22), proven first on the CPU.
 #
-#   bash benchmarks/gpu_check.sh [--rte PATH]      # a GPU machine (PATH: GLUE RTE folder, for the study)
-#   bash benchmarks/gpu_check.sh --cpu             # the same steps on the CPU with a tiny model, in seconds
+#   bash benchmarks/gpu_check.sh --prepare --data RTE_FOLDER   # the CPU machine: write .carry/ (ignored by git)
+#   bash benchmarks/gpu_check.sh                               # the device (device tool: carry [".carry"])
+#   bash benchmarks/gpu_check.sh --cpu                         # the very same steps on the CPU, tiny model
+#   bash benchmarks/gpu_check.sh --check-carry                 # exit 0 when .carry/ fits this Python; else 2
 #
-# Steps (each under its own time limit, so one slow step cannot eat the others' time):
-#   1. environment: torch, device, flash-attn present or not (the package runs from PYTHONPATH=src: nothing is
-#      installed, so a shared environment is never repointed; torch and transformers must be preinstalled)
-#   2. the GPU tests: the fused encoder against Hugging Face on the device, the CUDA tests of the suite
-#   3. bench rows of the targets: BERT-base shape (random init, no hub), batch 32, 128 tokens, Trainer,
-#      single, S = 1, 8, 20 fast and general (eager), and the fused S = 20 step compiled (regional compile)
-#   4. a torch.profiler table of the fused S = 20 step's top kernels
-#   5. the real-data study: 2 arms x 20 seeds x 3 epochs of MiniLM on RTE, load to report, wall time
-#   6. peak memory per seed (from bench) and what 20 seeds need
-set -uo pipefail
-MODE=gpu
-RTE=""
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --cpu) MODE=cpu; shift ;;
-    --rte) RTE="$2"; shift 2 ;;
-    *) echo "gpu_check.sh: unknown argument $1 (use --cpu, --rte PATH)" >&2; exit 2 ;;
-  esac
-done
+# --prepare (benchmarks/gpu_check_lib.py): the wheels that transferlab's core needs and the image lacks (for its
+# Python 3.12), a bf16 safetensors copy of MiniLM with its tokenizer, RTE's train/dev; checks tree + .carry/
+# <= 60 MiB and prints the one-line device command. A run installs the carried wheels into a temporary site folder
+# (pip --target, on PYTHONPATH; never into the image), then runs the steps below in priority order, each under
+# `timeout -k 5 BUDGET` (the budgets sum to <= 540 s), its exit status and full output recorded. $OUT (default
+# ./gpu_check_out) gets 4 files: summary.md (the step table, every step's last lines, the target figures),
+# rows.json (every bench row as soon as it is measured, and the study's), profile.txt (the profiler step's output),
+# logs.tar.gz (every step's full log). Exit: 0 every step passed, 1 a step failed, 2 bad input (.carry/ missing
+# or stale: one line naming it and --prepare). Environment: PYTHON (default python3), OUT, CARRY (default .carry),
+# GC_ONLY (step names to run, the others recorded as skipped: device_env.sh --short), GC_BUDGET_SCALE (the budgets'
+# multiplier: 1 on the device, 3 in --cpu mode on a 2-core machine).
+set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DEST="${OUT:-$ROOT/gpu_check_out}"
-mkdir -p "$DEST"
-FIG="$DEST/gpu_check.md"
-PY="${PYTHON:-python}"
-export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-START=$(date +%s)
-note() { echo "$*" | tee -a "$FIG"; }
-step() { note ""; note "## $1 ($(( $(date +%s) - START )) s in)"; }
+SELF="$ROOT/benchmarks/gpu_check.sh"
+LIB="$ROOT/benchmarks/gpu_check_lib.py"
+PY="${PYTHON:-python3}"
+CARRY="${CARRY:-$ROOT/.carry}"
 
-if [[ "$MODE" == cpu ]]; then
-  MODEL=tiny-bert; BATCH=4; SEQ=16; SEEDS=1,2; BIG=2; STEPS=2; WARM=1; DEVICE=cpu; LIMIT=120; STUDY_SEEDS=2
-  STUDY_MODEL=tiny-bert; STUDY_LIMITS="max_train_samples: 64, max_eval_samples: 32, "; STUDY_TRAIN="max_steps: 2"
-else
-  MODEL=bert-base; BATCH=32; SEQ=128; SEEDS=1,8,20; BIG=20; STEPS=10; WARM=3; DEVICE=cuda; LIMIT=240; STUDY_SEEDS=20
-  STUDY_MODEL=minilm; STUDY_LIMITS=""; STUDY_TRAIN="epochs: 3"
-fi
-
-: > "$FIG"
-note "# transferlab gpu_check ($MODE) $(date -u +%Y-%m-%dT%H:%MZ)"
-step "1. environment"
-$PY - <<'EOF' 2>&1 | tee -a "$FIG"
-import torch, transformers
-from transferlab.train.fused import flash_varlen_available
-dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-print(f"torch {torch.__version__}, transformers {transformers.__version__}, device {dev}, "
-      f"flash-attn varlen: {'present' if flash_varlen_available() else 'absent (block-per-sequence fallback)'}")
-EOF
-
-step "2. tests"
-PICK="on_device or (logits_and_gradients and cls)"
-(cd "$ROOT" && timeout $LIMIT $PY -m pytest tests/test_fused.py -q -m "not slow" -k "$PICK" -p no:cacheprovider 2>&1 \
-   | tail -3) | tee -a "$FIG"
-if [[ "$MODE" == gpu ]]; then
-  (cd "$ROOT" && timeout $LIMIT $PY -m pytest tests -q -m "not slow" -k "cuda" -p no:cacheprovider 2>&1 | tail -3) \
-    | tee -a "$FIG"
-fi
-
-step "3. bench rows (eager), $MODEL, batch $BATCH, $SEQ tokens"
-BENCH=(-m transferlab.cli bench --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARM"
-       --device "$DEVICE")
-timeout $((LIMIT + 60)) $PY "${BENCH[@]}" --compile off --seeds "$SEEDS" --rows trainer,single,parallel,fast \
-  --json "$DEST/bench.json" 2>&1 | grep -E '^\||bench:|FAILED' | tee -a "$FIG"
-note ""
-note "fused S=$BIG with train.checkpoint_layers (each layer recomputed in the backward: the memory row):"
-timeout $LIMIT $PY "${BENCH[@]}" --compile off --seeds "$BIG" --rows fast --checkpoint-layers \
-  --json "$DEST/bench_ckpt.json" 2>&1 | grep -E '^\| fast|FAILED' | tee -a "$FIG"
-if [[ "$MODE" == gpu ]]; then  # on the CPU a compile takes minutes: the CPU mode skips this row
-  note ""
-  note "compiled fused S=$BIG (regional compile of one layer function):"
-  timeout $LIMIT $PY "${BENCH[@]}" --compile on --seeds "$BIG" --rows fast --json "$DEST/bench_compiled.json" \
-    2>&1 | grep -E '^\| fast|FAILED|compile' | tee -a "$FIG"
-fi
-
-step "4. profile of the fused S=$BIG step (top kernels)"
-timeout $LIMIT $PY "${BENCH[@]}" --compile off --seeds "$BIG" --rows fast --steps 2 --warmup 2 --profile "$DEST/traces" 2>&1 \
-  | sed -n '/^profile of/,/^  fast/p' | head -40 | tee -a "$FIG"
-
-step "5. real-data study: 2 arms x $STUDY_SEEDS seeds ($STUDY_TRAIN), $STUDY_MODEL on RTE"
-if [[ -n "$RTE" && -d "$RTE" ]]; then
-  STUDY="$DEST/study_rte.yaml"
-  cat > "$STUDY" <<EOF
+if [[ "${1:-}" == --step ]]; then   # one step, run by the loop below under its timeout (settings in GC_*)
+  cd "$ROOT"
+  BENCH=("$PY" -m transferlab.cli bench --model "$GC_MODEL" --batch "$GC_BATCH" --seq "$GC_SEQ" --steps "$GC_STEPS"
+         --warmup "$GC_WARM" --device "$GC_DEVICE")
+  case "$2" in
+    wheels)
+      shopt -s nullglob; wheels=("$CARRY"/wheels/*.whl)
+      echo "carried wheels: ${#wheels[@]} -> $GC_SITE"
+      [[ ${#wheels[@]} -eq 0 ]] || "$PY" -m pip install --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target "$GC_SITE" "${wheels[@]}" ;;
+    environment)
+      "$PY" "$LIB" environment
+      command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm \
+        --format=csv || true ;;
+    equivalence)
+      "$PY" -m pytest tests/test_fused.py -q -m "not slow" -p no:cacheprovider \
+        -k "fused_on_device or (logits_and_gradients and cls)" ;;
+    bench-baselines)
+      "${BENCH[@]}" --compile off --rows trainer,single --json "$GC_ROWS" --append ;;
+    bench-fused-eager)
+      "${BENCH[@]}" --compile off --rows fast --seeds "$GC_SEEDS" --json "$GC_ROWS" --append ;;
+    bench-fused-compiled)
+      "${BENCH[@]}" --compile on --rows fast --seeds "$GC_SEEDS" --json "$GC_ROWS" --append ;;
+    study)
+      cat >"$GC_WORK/study.yaml" <<EOF
 study: gpu-check-rte
 base:
-  model: {name: $STUDY_MODEL, max_length: 128}
-  task: {name: rte, ${STUDY_LIMITS}path: $RTE}
+  model: {name: $GC_STUDY_MODEL, max_length: 128}
+  task: {name: rte, ${GC_STUDY_LIMITS}path: $CARRY/rte}
   head: {name: cls, dropout: 0.1}
   optim: {name: adamw, lr: 2.0e-5, weight_decay: 0.01}
   schedule: {name: linear, warmup_ratio: 0.1}
-  train: {$STUDY_TRAIN, batch_size: 32, num_evals: 3, save_model: false, device: $DEVICE}
-seeds: [$(seq -s, 0 $((STUDY_SEEDS - 1)))]
+  train: {$GC_STUDY_TRAIN, batch_size: 32, num_evals: 3, save_model: false, device: $GC_DEVICE}
+seeds: [$(seq -s, 0 $((GC_STUDY_SEEDS - 1)))]
 arms:
   adamw: {optim.name: adamw}
   bertadam: {optim.name: bertadam}
 baseline: adamw
 EOF
-  T0=$(date +%s%N)
-  timeout $LIMIT $PY -m transferlab.cli run "$STUDY" --seed-parallel on --quiet --store "$DEST/study.db" >/dev/null 2>"$DEST/study.err" \
-    && timeout 60 $PY -m transferlab.cli report --store "$DEST/study.db" --study gpu-check-rte -o "$DEST/report" >/dev/null 2>>"$DEST/study.err"
-  RC=$?
-  note "study + report: exit $RC, $(( ($(date +%s%N) - T0) / 1000000 )) ms wall (target < 60 s)"
-  [[ $RC -ne 0 ]] && tail -3 "$DEST/study.err" | tee -a "$FIG"
-else
-  note "skipped: no --rte PATH given (the GLUE RTE folder)"
+      cat "$GC_WORK/study.yaml"
+      t0=$(date +%s%N); rc=0
+      "$PY" -m transferlab.cli run "$GC_WORK/study.yaml" --seed-parallel on --store "$GC_WORK/study.db" \
+        && "$PY" -m transferlab.cli report --store "$GC_WORK/study.db" --study gpu-check-rte -o "$GC_WORK/report" \
+        || rc=$?
+      secs=$(( ($(date +%s%N) - t0) / 1000000 ))
+      echo "study + report: exit $rc, $secs ms wall, load to report (target < 60 s on the GPU)"
+      "$PY" "$LIB" study-row --rows "$GC_ROWS" --name "study rte 2 arms x $GC_STUDY_SEEDS seeds ($GC_STUDY_TRAIN)" \
+        --seconds "$(awk "BEGIN {print $secs / 1000}")" --exit "$rc"
+      exit "$rc" ;;
+    profile)
+      "${BENCH[@]}" --compile off --rows fast --seeds "$GC_SEEDS" --steps 2 --warmup 2 --profile "$GC_WORK/traces" ;;
+    memory)
+      "${BENCH[@]}" --compile off --rows fast --seeds "$GC_SEEDS" --steps 2 --checkpoint-layers --json "$GC_ROWS" --append
+      "$PY" "$LIB" memory --rows "$GC_ROWS" ;;
+    *) echo "gpu_check.sh: unknown step $2" >&2; exit 2 ;;
+  esac
+  exit 0
 fi
 
-step "6. peak memory per seed"
-$PY - "$DEST/bench.json" "$DEST/bench_ckpt.json" <<'EOF' 2>&1 | tee -a "$FIG"
-import json, os, sys
-for path, how in ((sys.argv[1], "all activations kept"), (sys.argv[2], "train.checkpoint_layers")):
-    if not os.path.exists(path):
-        print(f"{how}: no figures ({os.path.basename(path)} missing)")
-        continue
-    rows = json.load(open(path))["rows"]
-    for r in rows:
-        if r["mem_per_seed_mb"] is not None:
-            print(f"{how}, {r['name']}: {r['mem_per_seed_mb']:.0f} MiB per seed")
-    fast = [r for r in rows if r["name"].startswith("fast S=") and r["mem_per_seed_mb"]]
-    if fast:
-        top = max(fast, key=lambda r: r["seeds"])
-        need = 20 * top["mem_per_seed_mb"] / 1024
-        print(f"{how}: 20 seeds at {top['name']}'s per-seed peak: {need:.1f} GiB (fits 80 GB: {need < 74.5})")
-EOF
-note ""
-note "total: $(( $(date +%s) - START )) s"
+MODE=gpu
+DATA=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --cpu) MODE=cpu; shift ;;
+    --prepare) MODE=prepare; shift ;;
+    --check-carry) MODE=check; shift ;;
+    --data) [[ $# -ge 2 ]] || { echo "gpu_check.sh: --data needs the GLUE RTE folder" >&2; exit 2; }
+            DATA="$2"; shift 2 ;;
+    *) echo "gpu_check.sh: unknown argument $1 (use --prepare --data FOLDER, --cpu, --check-carry)" >&2; exit 2 ;;
+  esac
+done
+if [[ "$MODE" == prepare ]]; then
+  [[ -n "$DATA" ]] || { echo "gpu_check.sh --prepare: --data FOLDER is required (the GLUE RTE folder)" >&2; exit 2; }
+  exec "$PY" "$LIB" prepare --data "$DATA" --carry "$CARRY"
+fi
+command -v "$PY" >/dev/null || { echo "gpu_check.sh: PYTHON=$PY is not a command" >&2; exit 2; }
+"$PY" "$LIB" check-carry --carry "$CARRY" || exit 2
+[[ "$MODE" == check ]] && exit 0
+
+DEST="${OUT:-$ROOT/gpu_check_out}"
+mkdir -p "$DEST"
+rm -f "$DEST/summary.md" "$DEST/rows.json" "$DEST/profile.txt" "$DEST/logs.tar.gz"
+GC_WORK="$(mktemp -d)"
+trap 'rm -rf "$GC_WORK"' EXIT
+mkdir -p "$GC_WORK/logs" "$GC_WORK/site"
+export GC_WORK GC_SITE="$GC_WORK/site" GC_ROWS="$DEST/rows.json" PYTHON="$PY" CARRY
+export PYTHONPATH="$ROOT/src:$GC_WORK/site" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 \
+       TRANSFERLAB_MINILM="$CARRY/minilm" TRANSFORMERS_VERBOSITY=error
+if [[ "$MODE" == cpu ]]; then
+  export GC_MODEL=tiny-bert GC_BATCH=4 GC_SEQ=16 GC_SEEDS=2 GC_STEPS=2 GC_WARM=1 GC_DEVICE=cpu GC_STUDY_SEEDS=2 \
+         GC_STUDY_MODEL=tiny-bert GC_STUDY_LIMITS="max_train_samples: 64, max_eval_samples: 32, " GC_STUDY_TRAIN="max_steps: 2"
+else
+  export GC_MODEL=bert-base GC_BATCH=32 GC_SEQ=128 GC_SEEDS=20 GC_STEPS=10 GC_WARM=3 GC_DEVICE=cuda GC_STUDY_SEEDS=20 \
+         GC_STUDY_MODEL=minilm GC_STUDY_LIMITS="" GC_STUDY_TRAIN="epochs: 3"
+fi
+
+# budgets as written below on the device; the CPU mode (2 shared cores) multiplies them by GC_BUDGET_SCALE (3)
+SCALE="${GC_BUDGET_SCALE:-$([[ "$MODE" == cpu ]] && echo 3 || echo 1)}"
+START=$(date +%s)
+STEP_NO=0
+FAILED=0
+: >"$GC_WORK/status.tsv"
+run_step() {  # NAME BUDGET_S: the step under `timeout -k 5`, its output to the console and its log, its status kept
+  local name="$1" budget=$(( $2 * SCALE )) rc t0 log
+  STEP_NO=$((STEP_NO + 1))
+  if [[ -n "${GC_ONLY:-}" && " $GC_ONLY " != *" $name "* ]]; then
+    printf '%s\t%s\t0\t-\tskipped\n' "$name" "$budget" >>"$GC_WORK/status.tsv"
+    return 0
+  fi
+  log="$GC_WORK/logs/$(printf '%02d' "$STEP_NO")-$name.log"
+  echo "=== step $STEP_NO: $name (budget $budget s, $(( $(date +%s) - START )) s in) ==="
+  t0=$(date +%s)
+  set +e
+  timeout -k 5 "$budget" bash "$SELF" --step "$name" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  local status=passed
+  [[ $rc -eq 0 ]] || { status=failed; FAILED=$((FAILED + 1)); }
+  [[ $rc -eq 124 || $rc -eq 137 ]] && status="timed out"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$budget" "$(( $(date +%s) - t0 ))" "$rc" "$status" >>"$GC_WORK/status.tsv"
+  echo "=== step $name: $status (exit $rc, $(( $(date +%s) - t0 )) s) ==="
+}
+# priority order; budgets in seconds (sum <= 540: tests/test_gpu_check.py parses these lines)
+run_step wheels 15
+run_step environment 30
+run_step equivalence 60
+run_step bench-baselines 70
+run_step bench-fused-eager 50
+run_step bench-fused-compiled 100
+run_step study 110
+run_step profile 40
+run_step memory 40
+
+{
+  echo "# transferlab gpu_check ($MODE) $(date -u +%Y-%m-%dT%H:%MZ), $(( $(date +%s) - START )) s"
+  echo
+  echo "| step | budget s | took s | exit | status |"
+  echo "| --- | ---: | ---: | ---: | --- |"
+  while IFS=$'\t' read -r name budget took rc status; do echo "| $name | $budget | $took | $rc | $status |"; done \
+    <"$GC_WORK/status.tsv"
+  echo
+  echo "$FAILED of $STEP_NO steps failed${GC_ONLY:+ (run: $GC_ONLY)}."
+  echo
+  echo "## figures"
+  echo '```'
+  "$PY" "$LIB" figures --rows "$GC_ROWS" 2>&1 || echo "(figures: exit $?)"
+  echo '```'
+  for log in "$GC_WORK"/logs/*.log; do
+    echo
+    echo "## $(basename "$log" .log): last lines (full log in logs.tar.gz)"
+    echo '```'
+    tail -n 30 "$log"
+    echo '```'
+  done
+} >"$DEST/summary.md"
+for log in "$GC_WORK"/logs/*-profile.log; do cp "$log" "$DEST/profile.txt"; done
+tar -czf "$DEST/logs.tar.gz" -C "$GC_WORK" logs
+sed -n '1,/^## figures/p' "$DEST/summary.md"
+"$PY" "$LIB" figures --rows "$GC_ROWS" 2>&1 || true
+echo "gpu_check ($MODE): $FAILED of $STEP_NO steps failed${GC_ONLY:+ (run: $GC_ONLY)}; figures in $DEST (summary.md, rows.json, profile.txt, logs.tar.gz)"
+[[ $FAILED -eq 0 ]]

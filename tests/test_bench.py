@@ -152,3 +152,63 @@ def test_bench_checkpoint_layers_recomputes_in_every_row_but_trainer(tmp_path, m
     assert result["setup"]["checkpoint_layers"] is True
     assert [r["name"] for r in result["rows"]] == ["single", "parallel S=2", "fast S=2"]
     assert calls[0] >= 3 * 3 * 2  # 3 rows x (1 warm-up + 2 timed steps) x tiny-bert's 2 layers
+
+
+def test_bench_rows_reach_the_json_as_measured_and_survive_a_kill(tmp_path):
+    """bench writes each row as soon as it is measured: killed (SIGKILL) right after its first row, the JSON
+    file holds that row; a later bench with --append keeps it beside its own."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "transferlab.cli", "bench", "--model", "tiny-bert", "--batch", "2", "--seq", "8",
+            "--steps", "2", "--warmup", "1", "--rows", "single,parallel", "--seeds", "8", "--threads", "1",
+            "--device", "cpu", "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("  single (1/1):"):  # printed right after the row is written
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["single"] and rows[0]["samples_s"] > 0
+    assert rows[0]["model"] == "tiny-bert" and rows[0]["compile"] is False  # the row carries its setup
+    assert main(["bench", "--model", "tiny-bert", "--batch", "2", "--seq", "8", "--steps", "1", "--warmup", "0",
+                 "--rows", "single", "--threads", "1", "--device", "cpu", "--checkpoint-layers",
+                 "--json", str(out), "--append"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["name"], r["checkpoint_layers"]) for r in rows] == [("single", False), ("single", True)]
+    out.write_text("not json")
+    assert main(["bench", "--model", "tiny-bert", "--rows", "single", "--json", str(out), "--append"]) == 2
+
+
+def test_synthetic_rows_of_bert_base_and_tiny_bert_never_load_minilm(tmp_path, monkeypatch):
+    """The GPU image lacks MiniLM's package: synthetic bench rows use a tokenizer built in-process. With MiniLM
+    made unreachable (TRANSFERLAB_MINILM pointing nowhere), a tiny-bert row still runs and bert-base's folder
+    has a full tokenizer."""
+    import transformers as tf
+
+    from transferlab.bench import bench, resolve_model
+    from transferlab.errors import ModelError
+    from transferlab.models.common import minilm_path
+
+    monkeypatch.setenv("TRANSFERLAB_MINILM", str(tmp_path / "nowhere"))
+    with pytest.raises(ModelError, match="TRANSFERLAB_MINILM"):
+        minilm_path()
+    result = bench("tiny-bert", batch=2, seq=8, steps=1, warmup=0, rows=("single",), device="cpu",
+                   json_path=tmp_path / "rows.json", out=lambda *_: None)
+    assert [r["name"] for r in result["rows"]] == ["single"] and result["rows"][0]["samples_s"] > 0
+    tok = tf.AutoTokenizer.from_pretrained(resolve_model("bert-base", tmp_path))
+    assert len(tok) == 30522 and (tok.pad_token_id, tok.cls_token_id, tok.sep_token_id) == (0, 101, 102)
+    ids = tok("the film was good", add_special_tokens=False)["input_ids"]
+    assert ids and tok.unk_token_id not in ids  # letters and ## pieces: no text is unknown
+    assert tf.AutoConfig.from_pretrained(resolve_model("bert-base", tmp_path)).hidden_size == 768

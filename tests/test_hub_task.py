@@ -2,7 +2,6 @@
 
 import random
 
-import datasets
 import numpy as np
 import pytest
 import yaml
@@ -12,6 +11,8 @@ from transferlab.cli import main
 from transferlab.data.build import build_task
 from transferlab.errors import DataError, SpecError
 from transferlab.spec import TaskSpec, spec_from_dict
+
+datasets = pytest.importorskip("datasets", reason="the hub task's datasets package (the `hub` extra) is not installed")
 
 
 def toy_dataset(n_train=40, n_dev=12, n_test=6, seed=0) -> datasets.DatasetDict:

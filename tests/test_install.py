@@ -56,6 +56,18 @@ def test_optional_backends_are_extras_not_core():
     assert "pytest" in test and "ray" in test and "tracking" in test
 
 
+def test_the_gpu_images_missing_packages_are_not_core_and_the_floor_is_its_versions():
+    """The GPU image (Python 3.12, torch 2.11, transformers 5.17) lacks datasets, seqeval and deepsig: none
+    is a core dependency, and the declared floor of torch and transformers is what the image ships."""
+    project = _project()
+    core = {_name(r): r for r in project["dependencies"]}
+    assert not set(core) & {"datasets", "seqeval", "deepsig"}
+    assert core["torch"] == "torch>=2.11" and core["transformers"] == "transformers>=5.17"
+    assert "datasets" in " ".join(project["optional-dependencies"]["hub"])
+    assert "transferlab[" in " ".join(project["optional-dependencies"]["test"]) and "hub" in \
+        " ".join(project["optional-dependencies"]["test"])
+
+
 def _commands(text: str) -> list[str]:
     """Shell commands split on && (leading `cd`, venv creation and activation dropped), -q removed."""
     out = []

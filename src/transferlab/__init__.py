@@ -1,8 +1,19 @@
-"""transferlab: run, compare and trust transfer-learning recipes for pretrained transformers."""
+"""transferlab: run, compare and trust transfer-learning recipes for pretrained transformers.
 
-import transferlab.recipes  # noqa: F401  (the recipes register the checks of their spec sections)
+``import transferlab`` imports no torch, transformers or other heavy library (``transferlab --version``
+starts at once): the spec reader is plain Python, the recipes that check spec sections are loaded on the
+first check, and :func:`run` imports the training loop when it is called.
+"""
+
 from transferlab._version import __version__
-from transferlab.spec import RunSpec, load_spec
+from transferlab.spec import RunSpec, load_section_checks_from, load_spec
+
+
+def _load_recipe_checks() -> None:
+    import transferlab.recipes  # noqa: F401  (the recipes register the checks of their spec sections)
+
+
+load_section_checks_from(_load_recipe_checks)
 
 
 def run(spec, store=None, **kwargs):

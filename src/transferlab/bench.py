@@ -60,7 +60,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transferlab.errors import UserError
 from transferlab.recipes.hooks import Hook
 
-ROWS = ("trainer", "single", "parallel", "fast", "fast-padded")
+ROWS = ("trainer", "single", "parallel", "fast", "fast-padded", "slots")
 ENGINES = {"parallel": "general", "fast": "fused", "fast-padded": "fused-padded"}
 
 
@@ -101,18 +101,56 @@ def make_data(folder: Path, tokenizer, n: int, seq: int, seed: int = 0) -> Path:
     return folder
 
 
-def resolve_model(name: str, folder: Path) -> str:
-    """``bert-base``: a folder with BERT-base's config (random weights) and MiniLM's tokenizer."""
-    if name != "bert-base":
-        return name
+SPECIAL = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}  # MiniLM's ids (schema TEXT)
+
+
+def synthetic_tokenizer(folder: Path, vocab_size: int = 30522):
+    """A WordPiece tokenizer built here, no download: BERT's special tokens at MiniLM's ids (the tiny configs' pad,
+    bos and eos), ``[unusedN]`` fillers, the letters and their ``##`` continuations (any lower-case word has
+    pieces: no text is unknown tokens only), then four-letter words ``aafa``, ``aafb``... up to ``vocab_size``, each
+    one token, as :func:`make_data`'s sentences need. Saved in ``folder`` and returned."""
+    import string
+
     import transformers as tf
 
-    from transferlab.models.common import minilm_path
+    ids = {i: t for t, i in SPECIAL.items()}
+    top = max(SPECIAL.values()) + 1
+    words = [ids.get(i, f"[unused{i}]") for i in range(top)]
+    words += list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowercase]
+    for i in range(len(words), vocab_size):
+        n, w = i, ""
+        for _ in range(4):
+            n, r = divmod(n, 26)
+            w = chr(97 + r) + w
+        words.append(w)
+    tok = tf.BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    tok.save_pretrained(folder)
+    return tok
 
-    out = folder / "bert-base"
-    tf.BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                  vocab_size=30522).save_pretrained(out)
-    tf.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(out)
+
+def resolve_model(name: str, folder: Path, synthetic: bool = True) -> str:
+    """``bert-base``: a folder with BERT-base's config (random weights); a tiny text alias (``tiny-bert``...) on
+    synthetic data: a folder with its config. Their tokenizer: :func:`synthetic_tokenizer` on synthetic sentences
+    (MiniLM is not loaded: the GPU image lacks its package), MiniLM's for real data (``--task``: real lengths)."""
+    import transformers as tf
+
+    from transferlab.models.backbone import TINY_FAMILIES, TEXT_FAMILIES, _tiny_config
+
+    if name == "bert-base":
+        config = tf.BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                               vocab_size=30522)
+    elif synthetic and TINY_FAMILIES.get(name) in TEXT_FAMILIES:
+        config = _tiny_config(name)[0]
+    else:
+        return name
+    out = folder / name
+    config.save_pretrained(out)
+    if synthetic:
+        synthetic_tokenizer(out, int(config.vocab_size))
+    else:
+        from transferlab.models.common import minilm_path
+
+        tf.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(out)
     return str(out)
 
 
@@ -412,12 +450,36 @@ def _plan(rows, seeds, make, store, dev, amp, probe) -> list[tuple[str, int, Any
             go = run_seeds if s > 1 else (lambda sp, *a, **k: [run(sp[0], *a, **k)])
             plan.append((f"{row} S={s}", s,
                          lambda t, specs=specs, go=go: go(specs, store, progress=False, hooks=[t], force=True)))
+    if "slots" in rows:
+        plan += _slot_rows(seeds, make, store)
+    return plan
+
+
+# the mixed slots of the "slots" row (issue 24), taken in turn, seed-major: every arm of a seed, then the next seed
+SLOT_ARMS = ({}, {"optim.name": "bertadam", "optim.lr": 5e-5},
+             {"optim.lr": 1e-4, "optim.weight_decay": 0.0, "schedule.name": "cosine"},
+             {"init.reinit_layers": 1, "optim.layer_decay": 0.9, "schedule.warmup_steps": 2})
+
+
+def _slot_rows(seeds, make, store) -> list[tuple[str, int, Any]]:
+    """``slots S=n``: n runs of different arms (LR, BERTAdam beside AdamW, weight decay, schedule, re-init and
+    layer decay) as the slots of one stacked group (auto: the fused encoder where it applies)."""
+    from transferlab.spec import load_spec, to_dict
+    from transferlab.train.loop import run_seeds
+
+    plan: list[tuple[str, int, Any]] = []
+    for s in (n for n in seeds if n > 1):
+        specs = [load_spec(to_dict(make(i // len(SLOT_ARMS), "auto")), SLOT_ARMS[i % len(SLOT_ARMS)])
+                 for i in range(s)]
+        plan.append((f"slots S={s}", s,
+                     lambda t, specs=specs: run_seeds(specs, store, progress=False, hooks=[t], force=True)))
     return plan
 
 
 def _measure(plan, repeat: int, warmup: int, steps: int, batch: int, dev, profile, out,
-             count_bytes: bool = True) -> dict[str, list[Timer]]:
-    """Every row ``repeat`` times in rotation (slow drifts in the machine's load hit every row alike)."""
+             count_bytes: bool = True, measured=None) -> dict[str, list[Timer]]:
+    """Every row ``repeat`` times in rotation (slow drifts in the machine's load hit every row alike);
+    ``measured(row, timers)`` is called as soon as a row has been measured (bench's JSON file is written then)."""
     timers: dict[str, list[Timer]] = {row: [] for row, _, _ in plan}
     for rep in range(repeat):
         for row, s, train in plan:
@@ -431,6 +493,8 @@ def _measure(plan, repeat: int, warmup: int, steps: int, batch: int, dev, profil
                     torch.cuda.empty_cache()
                 continue
             timers[row].append(timer)
+            if measured is not None:
+                measured(row, timers)
             if timer.table:
                 out(f"profile of {row} (trace: {timer.trace}):\n{timer.table}")
             out(f"  {row} ({rep + 1}/{repeat}): {s * batch / timer.step_seconds:.1f} samples/s")
@@ -461,11 +525,14 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
           seeds: tuple[int, ...] = (1, 4, 8, 20), rows: tuple[str, ...] = ROWS[:3], device: str = "auto",
           precision: str = "auto", compile: str = "auto", repeat: int = 1, profile: str | Path | None = None,
           task: str | None = None, data: str | Path | None = None, checkpoint_layers: bool = False,
-          optim: str = "adamw", out=print) -> dict[str, Any]:
+          optim: str = "adamw", json_path: str | Path | None = None, append: bool = False,
+          out=print) -> dict[str, Any]:
     """Run the rows ``repeat`` times in rotation; returns ``{"setup": {...}, "rows": [Row...]}`` (as
     dicts) and prints a table. ``profile``: a folder; the timed steps are profiled (slower) and traced there.
     ``task``/``data``: a GLUE task and its folder (real lengths) instead of synthetic sentences.
-    ``checkpoint_layers``: every row but Trainer recomputes its layers in the backward (train.checkpoint_layers)."""
+    ``checkpoint_layers``: every row but Trainer recomputes its layers in the backward (train.checkpoint_layers).
+    ``json_path``: each row is written there as soon as it is measured (:class:`RowFile`; ``append``: rows already
+    in the file stay), so a bench killed midway keeps the rows it measured."""
     from transferlab.models.backbone import load_backbone
     from transferlab.models.heads import build_head
     from transferlab.models.model import TransferModel
@@ -483,7 +550,7 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
     total = warmup + steps + 1
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        name = resolve_model(model, tmp)
+        name = resolve_model(model, tmp, synthetic=task is None)
         backbone = load_backbone(ModelSpec(name=name, init="random", max_length=seq))
         task_spec = ({"name": task, "path": str(data), "max_eval_samples": 16} if task else  # evaluation is untimed
                      {"name": "csv", "path": str(make_data(tmp / "data", backbone.tokenizer, batch * total, seq))})
@@ -504,11 +571,24 @@ def bench(model: str = "minilm", *, batch: int = 32, seq: int = 64, steps: int =
                                                           compile_, seed=i, engine=engine,
                                                           checkpoint_layers=checkpoint_layers, optim=optim),
                      store, dev, amp, probe)
-        timers = _measure(plan, repeat, warmup, steps, batch, dev, profile, out, count_bytes=not compile_)
+        writer = None if json_path is None else RowFile(json_path, setup, append)
+
+        def measured(row: str, timers: dict[str, list[Timer]]) -> None:
+            if writer is not None:  # this row (and Trainer's, for its ratio) summarised so far
+                part = [p for p in plan if p[0] in (row, "trainer") and timers[p[0]]]
+                writer.put(next(r for r in _summarise(part, timers, batch, steps, repeat, flops_at, peak)
+                                if r.name == row))
+
+        flops_at = (lambda tokens: flops_per_sample(reference, tokens if task else seq))  # noqa: E731
+        timers = _measure(plan, repeat, warmup, steps, batch, dev, profile, out, count_bytes=not compile_,
+                          measured=measured)
         store.close()
-    results = _summarise(plan, timers, batch, steps, repeat,
-                         lambda tokens: flops_per_sample(reference, tokens if task else seq), peak)
+    results = _summarise(plan, timers, batch, steps, repeat, flops_at, peak)
     failed = sorted(row for row, _, _ in plan if len(timers[row]) < repeat)
+    if writer is not None:
+        writer.failed = failed
+        for r in results:  # the final medians (the same as written per row when repeat is 1)
+            writer.put(r)
     out(format_rows(results))
     return {"setup": setup, "rows": [asdict(r) for r in results], "failed": failed}
 
@@ -539,3 +619,34 @@ def format_rows(rows: list[Row], header: bool = True) -> str:
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(result, indent=1))
+
+
+class RowFile:
+    """bench's ``--json`` file, rewritten whole (a temporary file renamed over it) each time a row is measured, so
+    a bench killed midway keeps every row it measured. Each row carries the setup it was measured under (model,
+    device, precision, compile, checkpoint_layers...), so rows of several commands can share one file: with
+    ``append`` the rows already there are kept (benchmarks/gpu_check.sh gathers its bench steps this way)."""
+
+    ROW_SETUP = ("model", "device", "device_name", "precision", "compile", "batch", "seq", "task", "checkpoint_layers",
+                 "optim", "date")
+
+    def __init__(self, path: str | Path, setup: dict[str, Any], append: bool = False):
+        self.path, self.setup, self.failed = Path(path), setup, []
+        self.kept: list[dict[str, Any]] = []
+        if append and self.path.is_file():
+            try:
+                self.kept = list(json.loads(self.path.read_text()).get("rows", []))
+            except (ValueError, AttributeError):
+                raise UserError(f"--json: {self.path} is not a bench JSON file (cannot append to it)") from None
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.write()
+
+    def put(self, row: Row) -> None:
+        self.rows[row.name] = {**asdict(row), **{k: self.setup[k] for k in self.ROW_SETUP}}
+        self.write()
+
+    def write(self) -> None:
+        data = {"setup": self.setup, "rows": self.kept + list(self.rows.values()), "failed": self.failed}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self.path)

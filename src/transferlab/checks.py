@@ -3,6 +3,8 @@
     check_utf8(path, "task file")            the file is readable and UTF-8 (the line of a bad byte named)
     check_writable_dir(path, "-o")           the folder exists or can be made, is a folder, and is writable
     utf8_error(path, data, err)              a UnicodeDecodeError as a DataError naming the file and line
+    optional_module("datasets", "task hub", "transferlab[hub]")   an optional dependency, or one line naming
+                                             what needs it and how to install it (never a traceback)
 
 Lowest layer (beside errors.py): used by the spec reader, the store, the data readers and the CLI.
 """
@@ -10,12 +12,26 @@ Lowest layer (beside errors.py): used by the spec reader, the store, the data re
 from __future__ import annotations
 
 import codecs
+import importlib
 import os
 from pathlib import Path
 
 from transferlab.errors import DataError, UserError
 
 _CHUNK = 1 << 20
+
+
+def optional_module(name: str, needed_by: str, extra: str):
+    """The module ``name`` (an optional dependency, imported where it is used), or a UserError naming what
+    needs it and the package extra that installs it. A module that is there but fails on import of one
+    of its own dependencies keeps its traceback: that is a broken install, not a missing option."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] != name.split(".")[0]:
+            raise
+        raise UserError(f"{needed_by} needs the {name.split('.')[0]} package, which is not installed: "
+                        f"pip install '{extra}'") from None
 
 
 def utf8_error(path: Path | str, line: int, err: UnicodeDecodeError, what: str = "file") -> DataError:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
@@ -25,13 +27,35 @@ from transferlab.registry import Registry
 
 # Checks of a section's values that need the module owning the section (recipes/init.py checks an
 # InitRule's scheme): that module registers its check here under the dataclass's name, so this
-# file never imports a higher layer. transferlab/__init__.py imports the recipes, so every check is
-# registered before any spec is built.
+# file never imports a higher layer. The modules that register checks import torch, so they are
+# loaded on the first check, not on ``import transferlab``: the package root names them with
+# ``load_section_checks_from`` (a loader this file calls, never a module it imports), and any spec
+# built anywhere is checked in full.
 SECTION_CHECKS: Registry = Registry("spec section check")
+_CHECK_LOADERS: list[Callable[[], object]] = []
+_CHECK_LOCK = threading.RLock()  # a check run while a loader imports (same thread) goes on with what is there
+
+
+def load_section_checks_from(loader: Callable[[], object]) -> None:
+    """Call ``loader`` (it imports the modules that register section checks) before the next check."""
+    with _CHECK_LOCK:
+        _CHECK_LOADERS.append(loader)
+
+
+def _load_checks() -> None:
+    with _CHECK_LOCK:
+        while _CHECK_LOADERS:
+            loader = _CHECK_LOADERS.pop(0)
+            try:
+                loader()
+            except BaseException:
+                _CHECK_LOADERS.insert(0, loader)  # not loaded: the next check tries again, never skips
+                raise
 
 
 def check_section(section: Any) -> None:
     """Run the registered check of ``section``'s dataclass, if any."""
+    _load_checks()
     name = type(section).__name__
     if name in SECTION_CHECKS:
         SECTION_CHECKS.get(name)(section)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
+from transferlab.checks import optional_module
 from transferlab.data.task import Split
 from transferlab.errors import DataError, SpecError
 
@@ -63,12 +63,17 @@ def carve(split: Split, fraction: float, seed: int, stratify: bool = True) -> tu
     return split.subset(rest), split.subset(part)
 
 
+def hub_datasets(needed_by: str):
+    """The ``datasets`` package (the ``hub`` extra; the GPU image lacks it), or one line naming ``needed_by``."""
+    return optional_module("datasets", needed_by, "transferlab[hub]")
+
+
 def load_hub(repo: str, config: str | None, spec):
     """``datasets.load_dataset(repo, config)``; a DataError when the hub (or its cache) cannot serve it.
 
     ``HF_HUB_OFFLINE=1`` is honoured by ``datasets`` itself (cache only).
     """
-    import datasets
+    datasets = hub_datasets(f"task {spec.name} (its data from the Hugging Face hub; or set task.path)")
 
     options = spec.options
     try:
@@ -90,6 +95,8 @@ def _offline() -> bool:
 
 def stratified_split(labels: np.ndarray, dev: float, test: float, seed: int) -> dict[str, np.ndarray]:
     """Seeded, stratified indices {train, dev, test} with ``dev`` and ``test`` as fractions of all."""
+    from sklearn.model_selection import train_test_split
+
     for name, value in (("dev_fraction", dev), ("test_fraction", test)):
         if not 0 < value < 1:
             raise SpecError(f"task.options.{name}: must lie in (0, 1), got {value!r}")

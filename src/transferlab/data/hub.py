@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.common import HUB_OPTIONS, carve, check_options, load_hub
+from transferlab.data.common import HUB_OPTIONS, carve, check_options, hub_datasets, load_hub
 from transferlab.data.files import _key, _metrics, _problem, check_columns, label_ids, text_values
 from transferlab.data.task import TASKS, Split, Task
 from transferlab.errors import DataError, SpecError
@@ -48,7 +48,7 @@ def _file_splits(spec, path: Path) -> dict[str, str]:
 
 def load(spec, options: dict):
     """A DatasetDict (or a Dataset, taken as train) from the hub, a folder or files."""
-    import datasets
+    datasets = hub_datasets("task hub")
 
     source = options.get("dataset") or spec.path
     if source is None:
@@ -79,7 +79,7 @@ def load(spec, options: dict):
 
 def _pick(data, options: dict, name: str) -> tuple[dict, str]:
     """{our split: the data set's split} and a name for messages."""
-    import datasets
+    datasets = hub_datasets("task hub")
 
     if isinstance(data, datasets.Dataset):
         data = datasets.DatasetDict({"train": data})
@@ -104,7 +104,7 @@ def _pick(data, options: dict, name: str) -> tuple[dict, str]:
 @TASKS.register("hub")
 def hub(spec) -> Task:
     """A text task from ``datasets`` (see the module doc)."""
-    import datasets
+    datasets = hub_datasets("task hub")
 
     options = check_options(spec, OPTIONS)
     check_columns(spec)

@@ -20,12 +20,14 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import types
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers as tf
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from transferlab.errors import ModelError, SpecError
 from transferlab.models.common import minilm_path, seeded
@@ -253,12 +255,8 @@ class Backbone(nn.Module):
         return True
 
     def checkpoint_layers(self) -> None:
-        """Recompute each layer in the backward (Hugging Face's activation checkpointing, RNG state kept,
-        so dropout masks and results are unchanged)."""
-        if not getattr(self.model, "supports_gradient_checkpointing", False):
-            raise ModelError(f"train.checkpoint_layers: the {self.family} model ({type(self.model).__name__}) "
-                             "does not support activation checkpointing; set it to false")
-        self.model.activation_checkpointing_enable({"use_reentrant": False})
+        """Recompute each layer in the backward (RNG state kept, so dropout masks and results are unchanged)."""
+        checkpoint_model_layers(self.model, f"the {self.family} model ({type(self.model).__name__})")
 
     def padding_mask(self, mask: Tensor) -> Tensor:
         """The (B, 1, 1, T) padding mask the layers take: boolean for SDPA, additive otherwise."""
@@ -333,6 +331,45 @@ def layer_loop(hf: nn.Module, input_ids: Tensor | None, inputs_embeds: Tensor | 
         x = out[0] if isinstance(out, tuple) else out
         hidden.append(x)
     return tuple(hidden)
+
+
+def checkpoint_model_layers(model: nn.Module, what: str) -> None:
+    """train.checkpoint_layers on a Hugging Face model (a base model, or one with a head: MLM pretraining).
+
+    Detected, not assumed (the floor is transformers 5.17): Hugging Face's ``activation_checkpointing_enable``
+    (5.18 on), else its older name ``gradient_checkpointing_enable`` (5.17; a deprecated alias later), else
+    our own ``torch.utils.checkpoint`` around each module of the family's layer stack (:func:`checkpoint_each`)."""
+    kwargs = {"use_reentrant": False}
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ModelError(f"train.checkpoint_layers: {what} does not support activation checkpointing; "
+                         "set it to false")
+    if callable(getattr(model, "activation_checkpointing_enable", None)):
+        model.activation_checkpointing_enable(kwargs)
+    elif callable(getattr(model, "gradient_checkpointing_enable", None)):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        family = family_of(str(model.config.model_type))
+        if family is None:
+            raise ModelError(f"train.checkpoint_layers: this transformers has no activation checkpointing and "
+                             f"{what} has no layer schema to recompute by; set it to false")
+        checkpoint_each(getattr(model, "base_model", model).get_submodule(family.layer_stack()))
+
+
+def recomputed_forward(self: nn.Module, *args, **kwargs):
+    """A layer's forward, recomputed in the backward while it trains with gradients on (bound to the layer
+    by :func:`checkpoint_each`; a bound method, so a deep copy of the model binds it to the copied layer)."""
+    forward = type(self).forward.__get__(self)
+    if not (self.training and torch.is_grad_enabled()):
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def checkpoint_each(layers: nn.Module) -> None:
+    """Our own activation checkpointing (where the installed transformers has none): each module of
+    ``layers`` (a ModuleList) runs :func:`recomputed_forward`; ``torch.utils.checkpoint`` keeps the RNG
+    state, so dropout masks and gradients are unchanged."""
+    for layer in layers:
+        layer.forward = types.MethodType(recomputed_forward, layer)
 
 
 def drop_output_capture_hooks(model: nn.Module) -> None:

@@ -31,6 +31,7 @@ import transformers as tf
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from transferlab.data.common import hub_datasets
 from transferlab.errors import DataError, ModelError, SpecError
 from transferlab.models.backbone import (
     TINY_ALIASES,
@@ -38,6 +39,7 @@ from transferlab.models.backbone import (
     _offline,
     _set_dropout,
     _tiny_config,
+    checkpoint_model_layers,
     minilm_path,
     seeded,
 )
@@ -63,7 +65,7 @@ def _sample(items: list, n: int | None, seed: int) -> list:
 
 
 def _dataset_texts(c: CorpusSpec) -> list[str]:
-    import datasets
+    datasets = hub_datasets("corpus.dataset")
 
     path = Path(c.dataset).expanduser()
     builders = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
@@ -332,11 +334,9 @@ class MaskedLM(nn.Module):
         return _mlm_terms(self.backbone, {"input_ids": input_ids, "attention_mask": attention_mask}, labels)
 
     def checkpoint_layers(self) -> None:
-        """train.checkpoint_layers: Hugging Face's activation checkpointing (RNG state kept)."""
-        if not getattr(self.backbone, "supports_gradient_checkpointing", False):
-            raise ModelError(f"train.checkpoint_layers: {type(self.backbone).__name__} does not support "
-                             "activation checkpointing; set it to false")
-        self.backbone.activation_checkpointing_enable({"use_reentrant": False})
+        """train.checkpoint_layers: each layer recomputed in the backward (RNG state kept; the mechanism the
+        installed transformers has, models/backbone.py)."""
+        checkpoint_model_layers(self.backbone, type(self.backbone).__name__)
 
 
 def _head(model: nn.Module) -> nn.Module:
