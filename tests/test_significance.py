@@ -241,8 +241,9 @@ def test_sentence_better_only_when_significant_after_holm():
                                  "power 0.8)" in s
     unpaired = sig.sentence({**BASE_CMP, "paired": False, "n_b": 3, "test": "Welch t", "p_holm": 0.3})
     assert "(accuracy, test, 5 vs 3 seeds)" in unpaired and "4 seeds per arm needed" in unpaired
-    assert "too few seeds for a test" in sig.sentence({**BASE_CMP, "n_a": 1, "n_b": 1, "p": math.nan,
-                                                       "p_holm": math.nan, "ci_low": math.nan})
+    one_seed = sig.sentence({**BASE_CMP, "n_a": 1, "n_b": 1, "p": math.nan, "p_holm": math.nan, "ci_low": math.nan,
+                             "aso": 0.0})
+    assert "too few seeds for a test" in one_seed and one_seed.endswith("; ASO: too few seeds")
 
 
 def test_aso_is_worded_by_eps_and_never_a_win_alone():

@@ -93,7 +93,8 @@ def comparisons_paired(store: Store, cells: list[Cell], margin: float | None = N
         y = np.array([b[s] for s in common] if is_paired else list(b.values()))
         diff = float(x.mean() - y.mean()) if len(x) and len(y) else math.nan
         sign = 1 if higher else -1  # ASO asks "is A better": flip errors
-        eps = sig.aso(sign * x, sign * y, num_comparisons=len(pairs), seed=seed) if len(x) and len(y) else math.nan
+        # ASO compares two distributions: one seed per arm has none (eps_min would read 0 or 1)
+        eps = sig.aso(sign * x, sign * y, num_comparisons=len(pairs), seed=seed) if min(len(x), len(y)) >= 2 else math.nan
         m = tost_margin(store, c.study, margin)
         row = {"study": c.study, "task": c.task, "arm": c.arm, "study_arm": c.study_arm, "baseline": base.arm,
                "metric": metric, "split": c.split, "paired": is_paired, "n_a": len(x), "n_b": len(y),

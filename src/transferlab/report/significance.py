@@ -321,7 +321,7 @@ def sentence(c: Mapping, alpha: float = ALPHA) -> str:
                 f"needed for power {POWER:g}" if needed else "more than 100000 seeds needed")
         text = (f"{head}: no difference detected (Δ {_num(c['diff'])}, {ci}, {test}; power "
                 f"{_num(c.get('power', math.nan), '.2f')} for this Δ with these seeds; {need})")
-    text += "; " + aso_words(c["aso"], arm, base)
+    text += "; " + aso_words(c["aso"] if min(c["n_a"], c["n_b"]) >= 2 else math.nan, arm, base)
     if c.get("tost"):  # equivalence within the study's report.tost_margin
         t = c["tost"]
         text += (f"; {'equivalent' if t['equivalent'] else 'not shown equivalent'} within ±{t['margin']:g} "
