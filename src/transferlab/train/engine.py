@@ -292,7 +292,8 @@ class Engine:
             return
         seed.uid = self.sink.start_run(seed.run_id, spec_hash(seed.spec), seed.spec.seed, to_dict(seed.spec),
                                        name=seed.spec.name, study=self.study, provenance=self.provenance,
-                                       fingerprint=fingerprint(seed.spec))  # as a claim stores it
+                                       fingerprint=fingerprint(seed.spec) if hasattr(seed.spec, "task") else None)
+        # a training run's data and model fingerprint, as a claim stores it (pretraining writes a folder)
 
     def _record(self, seed: SeedRun, summary: RunSummary) -> None:
         self.sink.finish_run(seed.uid, seed.status, summary=summary, duration_s=seed.duration_s,
