@@ -210,7 +210,7 @@ def test_cross_modal_study_dry_run_lists_its_runs(tmp_path, capsys):
     assert not db.exists()
     lines = [line.split() for line in out.splitlines()]
     search = [w for w in lines if w and w[0] == "lr"]
-    assert len(search) == 72 and len({w[-2] for w in search}) == 72  # 72 distinct run ids
+    assert len(search) == 72 and len({w[6] for w in search}) == 72  # 72 distinct run ids (then state, group)
     cells = {(w[2], w[3]) for w in search}
     freezes = {"freeze=none", "freeze=backbone_for_steps/300", "freeze=backbone_for_steps/600"}
     assert cells == {(a, f) for a in ("transplant", "xavier", "normal", "minilm") for f in freezes}
