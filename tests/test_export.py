@@ -384,5 +384,8 @@ def test_export_files_are_0644_and_loading_never_prompts(tmp_path, head, monkeyp
 
     monkeypatch.setattr(builtins, "input", no_prompt)
     again = load_exported(tmp_path / "out")
+    remote = json.loads((tmp_path / "out" / "head.json").read_text())["layout"] == "remote"
+    tf.AutoTokenizer.from_pretrained(tmp_path / "out", **({"trust_remote_code": False} if remote else {}))
+    assert ("trust_remote_code=False" in (tmp_path / "out" / "README.md").read_text()) == remote
     enc = again.backbone.tokenizer(SENTENCES, padding=True, return_tensors="pt")
     assert torch.allclose(logits(model, enc), logits(again, enc), atol=1e-6)

@@ -21,6 +21,9 @@ Four layouts:
   copied next to the weights, so ``from_pretrained(folder, trust_remote_code=True)`` and
   ``pipeline("text-classification", model=folder, trust_remote_code=True)`` give our logits.
   Without ``trust_remote_code`` the load fails (unknown ``model_type``): never a random classifier.
+  The tokenizer is a plain one: transferlab reads it with ``trust_remote_code=False`` and the card says
+  so; transformers 5.24's bare ``AutoTokenizer.from_pretrained(folder)`` reads config.json first and,
+  finding remote code there, asks y/N (the hf-* layouts hold no remote code and never ask).
 * ``backbone+head``: a model with an input adapter (non-text inputs), or a token/span head on a family
   without the HF class: the base model's
   ``save_pretrained`` plus ``head.safetensors`` (``head.*`` and ``input_adapter.*`` tensors);
@@ -95,7 +98,8 @@ def load_line(layout: str) -> str:
     """How the model card says to load an export of ``layout``."""
     if layout in ("hf-token", "hf-span"):
         return f"{KIND_CLASSES[layout[3:]][0]}.from_pretrained(folder)"
-    return {"remote": "AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)",
+    return {"remote": "AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`; "
+                      "tokenizer: `AutoTokenizer.from_pretrained(folder, trust_remote_code=False)",
             "backbone+head": "transferlab.models.load_exported(folder)"}.get(
         layout, "AutoModelForSequenceClassification.from_pretrained(folder)")  # hf-bert, hf-roberta
 
