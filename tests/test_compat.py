@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -147,10 +148,20 @@ from transferlab.store import Store
 db = {str(tmp_path / "s.db")!r}
 codes = [main(["run", {str(tmp_path)!r} + f"/{{n}}.yaml", "--store", db, "--quiet"]) for n in ("csv", "token", "hub")]
 print(codes, sorted(r.status for r in Store(db).runs()), [m for m in ("seqeval", "datasets", "deepsig") if m in sys.modules])
+from transferlab.data import build_task
+from transferlab.errors import UserError
+from transferlab.spec import TaskSpec
+try:
+    build_task(TaskSpec(name="rte"))  # no task.path: GLUE from the hub, through datasets
+except UserError as e:
+    print("UserError:", e)
 """
     done = python(code, blocker=blocker, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "[0, 0, 2] ['finished', 'finished'] []"
+    assert done.stdout.strip().splitlines()[-2:] == [
+        "[0, 0, 2] ['finished', 'finished'] []",
+        "UserError: task rte (its data from the Hugging Face hub; or set task.path) needs the datasets package, "
+        "which is not installed: pip install 'transferlab[hub]'"]
     err = [line for line in done.stderr.splitlines() if line.startswith("transferlab: error")]
     assert err == ["transferlab: error: task hub needs the datasets package, which is not installed: "
                    "pip install 'transferlab[hub]'"], done.stderr[-3000:]
@@ -223,11 +234,24 @@ def _hide_newer(model, branch: str) -> list:
     return calls
 
 
+def _mechanism(model) -> str:
+    """Which checkpointing the layers of a HF model run: Hugging Face's flag, our own forward, or none."""
+    from transferlab.models.backbone import recomputed_forward
+
+    layers = list(model.base_model.encoder.layer)
+    hf = [getattr(layer, "gradient_checkpointing", False) for layer in layers]
+    own = [getattr(layer.forward, "__func__", None) is recomputed_forward and layer.forward.__self__ is layer
+           for layer in layers]
+    assert len(set(hf)) == 1 and len(set(own)) == 1 and not (hf[0] and own[0])
+    return "hf" if hf[0] else "own" if own[0] else "none"
+
+
 @pytest.mark.parametrize("branch", ["installed", "activation", "gradient", "own"])
 def test_checkpoint_layers_fallbacks_give_the_plain_gradients(branch, float64):
     import torch
 
     plain = _backbone()
+    assert _mechanism(plain.model) == "none"
     batch = _batch(plain)
     want, full = _grads_and_saved(plain, batch)
     other, _ = _grads_and_saved(plain, batch, seed=1)
@@ -239,10 +263,7 @@ def test_checkpoint_layers_fallbacks_give_the_plain_gradients(branch, float64):
         pytest.skip("the installed transformers has no activation_checkpointing_enable (< 5.18)")
     calls = _hide_newer(model, branch)
     ckpt.checkpoint_layers()
-    layers = list(model.encoder.layer)
-    hf_flag = all(getattr(layer, "gradient_checkpointing", False) for layer in layers)
-    own = all(getattr(layer, "_transferlab_checkpointed", False) for layer in layers)
-    assert (hf_flag, own) == ((False, True) if branch == "own" else (True, False))
+    assert _mechanism(model) == ("own" if branch == "own" else "hf")
     assert calls == ([{"use_reentrant": False}] if branch == "gradient" else [])
     got, kept = _grads_and_saved(ckpt, batch)
     assert kept < full / 2  # the layers' activations are recomputed, not kept
@@ -252,14 +273,75 @@ def test_checkpoint_layers_fallbacks_give_the_plain_gradients(branch, float64):
     ckpt.eval()
     with torch.no_grad():  # evaluation: no recomputation, the same outputs
         assert torch.equal(ckpt(**batch)[0][-1], plain.eval()(**batch)[0][-1])
+    copy = deepcopy(ckpt)  # a copy (stacked seeds, EMA) recomputes with its own layers, not the original's
+    with torch.no_grad():
+        for p in copy.parameters():
+            p.add_(0.5)
+    assert _mechanism(copy.model) == _mechanism(model)
+    assert not torch.equal(copy(**batch)[0][-1], ckpt(**batch)[0][-1])
 
 
 def test_checkpoint_layers_without_any_mechanism_is_one_line(monkeypatch):
     """No HF checkpointing and no layer schema: a ModelError naming the field, not an AttributeError."""
     from transferlab.errors import ModelError
 
+    from transferlab.models import backbone as backbone_module
+
     backbone = _backbone()
     _hide_newer(backbone.model, "own")
-    monkeypatch.setattr(backbone, "family", "no-such-family")
+    monkeypatch.setattr(backbone_module, "family_of", lambda model_type: None)
     with pytest.raises(ModelError, match="train.checkpoint_layers: .* no layer schema"):
         backbone.checkpoint_layers()
+
+
+@pytest.mark.parametrize("branch", ["installed", "gradient", "own"])
+def test_mlm_pretraining_checkpoints_by_the_same_detection(branch, float64):
+    """The MLM model (a head on the base model) takes the same fallbacks: its layers recompute, same gradients."""
+    import torch
+
+    import transformers as tf
+
+    from transferlab.models.backbone import _tiny_config
+    from transferlab.pretrain.mlm import MaskedLM
+
+    def model():
+        torch.manual_seed(0)
+        return MaskedLM(tf.AutoModelForMaskedLM.from_config(_tiny_config("tiny-bert")[0]))
+
+    ids = torch.randint(5, 90, (2, 10), generator=torch.Generator().manual_seed(0))
+    labels = torch.where(torch.arange(10) % 3 == 0, ids, torch.full_like(ids, -100))
+
+    def grads(m):
+        m.train()
+        torch.manual_seed(1)
+        loss = m(ids, torch.ones_like(ids), labels)[0]
+        loss.sum().backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    want = grads(model())
+    ckpt = model()
+    calls = _hide_newer(ckpt.backbone, branch)
+    ckpt.checkpoint_layers()
+    assert _mechanism(ckpt.backbone) == ("own" if branch == "own" else "hf")
+    assert calls == ([{"use_reentrant": False}] if branch == "gradient" else [])
+    got = grads(ckpt)
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_libraries_stay_quiet_when_transformers_comes_after_the_cli():
+    """The CLI no longer imports transformers to quiet it: the variables it sets do, on transformers' import."""
+    code = """
+import os
+for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY"):
+    os.environ.pop(name, None)
+import sys
+from transferlab.cli import quiet_libraries
+quiet_libraries()
+assert "transformers" not in sys.modules
+from transformers.utils import logging
+print(logging.get_verbosity() == logging.ERROR, logging.is_progress_bar_enabled())
+"""
+    done = python(code)
+    assert done.returncode == 0 and done.stdout.split() == ["True", "False"], done.stderr

@@ -234,6 +234,7 @@ def test_glue_spec_errors(tmp_path):
 
 
 def test_hub_offline_without_cache_is_a_clear_error(tmp_path):
+    pytest.importorskip("datasets", reason="the hub task's datasets package (the `hub` extra) is not installed")
     code = (
         "from transferlab.data import build_task\nfrom transferlab.spec import TaskSpec\n"
         "from transferlab.errors import DataError\n"

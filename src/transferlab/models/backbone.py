@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import types
 from pathlib import Path
 from typing import Any
 
@@ -254,25 +255,8 @@ class Backbone(nn.Module):
         return True
 
     def checkpoint_layers(self) -> None:
-        """Recompute each layer in the backward (RNG state kept, so dropout masks and results are unchanged).
-
-        Detected, not assumed (the floor is transformers 5.17): Hugging Face's ``activation_checkpointing_enable``
-        (5.18 on), else its older name ``gradient_checkpointing_enable`` (5.17; a deprecated alias later), else
-        our own ``torch.utils.checkpoint`` around each module of the family's layer stack."""
-        model, kwargs = self.model, {"use_reentrant": False}
-        if not getattr(model, "supports_gradient_checkpointing", False):
-            raise ModelError(f"train.checkpoint_layers: the {self.family} model ({type(model).__name__}) "
-                             "does not support activation checkpointing; set it to false")
-        if callable(getattr(model, "activation_checkpointing_enable", None)):
-            model.activation_checkpointing_enable(kwargs)
-        elif callable(getattr(model, "gradient_checkpointing_enable", None)):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        else:
-            family = family_of(self.family)
-            if family is None:
-                raise ModelError(f"train.checkpoint_layers: this transformers has no activation checkpointing and "
-                                 f"the {self.family} model has no layer schema to recompute; set it to false")
-            checkpoint_each(model.get_submodule(family.layer_stack()))
+        """Recompute each layer in the backward (RNG state kept, so dropout masks and results are unchanged)."""
+        checkpoint_model_layers(self.model, f"the {self.family} model ({type(self.model).__name__})")
 
     def padding_mask(self, mask: Tensor) -> Tensor:
         """The (B, 1, 1, T) padding mask the layers take: boolean for SDPA, additive otherwise."""
@@ -349,22 +333,43 @@ def layer_loop(hf: nn.Module, input_ids: Tensor | None, inputs_embeds: Tensor | 
     return tuple(hidden)
 
 
+def checkpoint_model_layers(model: nn.Module, what: str) -> None:
+    """train.checkpoint_layers on a Hugging Face model (a base model, or one with a head: MLM pretraining).
+
+    Detected, not assumed (the floor is transformers 5.17): Hugging Face's ``activation_checkpointing_enable``
+    (5.18 on), else its older name ``gradient_checkpointing_enable`` (5.17; a deprecated alias later), else
+    our own ``torch.utils.checkpoint`` around each module of the family's layer stack (:func:`checkpoint_each`)."""
+    kwargs = {"use_reentrant": False}
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ModelError(f"train.checkpoint_layers: {what} does not support activation checkpointing; "
+                         "set it to false")
+    if callable(getattr(model, "activation_checkpointing_enable", None)):
+        model.activation_checkpointing_enable(kwargs)
+    elif callable(getattr(model, "gradient_checkpointing_enable", None)):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        family = family_of(str(model.config.model_type))
+        if family is None:
+            raise ModelError(f"train.checkpoint_layers: this transformers has no activation checkpointing and "
+                             f"{what} has no layer schema to recompute by; set it to false")
+        checkpoint_each(getattr(model, "base_model", model).get_submodule(family.layer_stack()))
+
+
+def recomputed_forward(self: nn.Module, *args, **kwargs):
+    """A layer's forward, recomputed in the backward while it trains with gradients on (bound to the layer
+    by :func:`checkpoint_each`; a bound method, so a deep copy of the model binds it to the copied layer)."""
+    forward = type(self).forward.__get__(self)
+    if not (self.training and torch.is_grad_enabled()):
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
 def checkpoint_each(layers: nn.Module) -> None:
     """Our own activation checkpointing (where the installed transformers has none): each module of
-    ``layers`` (a ModuleList) recomputes its forward in the backward while it trains with gradients on;
-    ``torch.utils.checkpoint`` keeps the RNG state, so dropout masks and gradients are unchanged."""
+    ``layers`` (a ModuleList) runs :func:`recomputed_forward`; ``torch.utils.checkpoint`` keeps the RNG
+    state, so dropout masks and gradients are unchanged."""
     for layer in layers:
-        if getattr(layer, "_transferlab_checkpointed", False):
-            continue
-        forward = layer.forward
-
-        def recomputed(*args, _forward=forward, _layer=layer, **kwargs):
-            if not (_layer.training and torch.is_grad_enabled()):
-                return _forward(*args, **kwargs)
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-
-        layer.forward = recomputed
-        layer._transferlab_checkpointed = True
+        layer.forward = types.MethodType(recomputed_forward, layer)
 
 
 def drop_output_capture_hooks(model: nn.Module) -> None:

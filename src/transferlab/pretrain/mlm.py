@@ -39,6 +39,7 @@ from transferlab.models.backbone import (
     _offline,
     _set_dropout,
     _tiny_config,
+    checkpoint_model_layers,
     minilm_path,
     seeded,
 )
@@ -333,11 +334,9 @@ class MaskedLM(nn.Module):
         return _mlm_terms(self.backbone, {"input_ids": input_ids, "attention_mask": attention_mask}, labels)
 
     def checkpoint_layers(self) -> None:
-        """train.checkpoint_layers: Hugging Face's activation checkpointing (RNG state kept)."""
-        if not getattr(self.backbone, "supports_gradient_checkpointing", False):
-            raise ModelError(f"train.checkpoint_layers: {type(self.backbone).__name__} does not support "
-                             "activation checkpointing; set it to false")
-        self.backbone.activation_checkpointing_enable({"use_reentrant": False})
+        """train.checkpoint_layers: each layer recomputed in the backward (RNG state kept; the mechanism the
+        installed transformers has, models/backbone.py)."""
+        checkpoint_model_layers(self.backbone, type(self.backbone).__name__)
 
 
 def _head(model: nn.Module) -> nn.Module:
