@@ -75,3 +75,34 @@ def test_study_filter(store_path, capsys):
     assert main(["runs", "--store", store_path, "--study", "lrs", "--format", "json"]) == 0
     (only,) = json.loads(capsys.readouterr().out)
     assert only["study"] == "lrs" and "optim.lr" not in only  # one run: nothing differs
+
+
+def test_loaded_sizes_and_fingerprint_of_a_single_run(tmp_path, capsys):
+    """The train/dev sizes the run loaded (after max_train_samples) in --dry-run, the run's output, the
+    summary and `runs`; the run row holds the data and model fingerprint (docs/methods/studies.md)."""
+    import yaml
+
+    from transferlab.fingerprint import fingerprint
+
+    data = write_sentiment_csv(tmp_path / "d", n_train=96, n_dev=40)
+    spec = tiny_spec_dict(data, epochs=1, num_evals=1)
+    spec["task"]["max_train_samples"] = 48
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    store = tmp_path / "s.db"
+    capsys.readouterr()
+    assert main(["run", str(path), "--store", str(store), "--dry-run"]) == 0
+    assert "# data train 48  dev 40" in capsys.readouterr().out.splitlines()
+    assert main(["run", str(path), "--store", str(store), "--quiet"]) == 0
+    assert "  data: train 48  dev 40" in capsys.readouterr().out.splitlines()
+    row = Store(store).runs()[-1]
+    assert row.summary.data_sizes == {"train": 48, "dev": 40} and row.summary["data_sizes"]["train"] == 48
+    assert row.fingerprint == fingerprint(load_spec(spec)) and row.fingerprint["data"]
+    assert main(["runs", "--store", str(store), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["data"] == "train=48 dev=40"
+    assert main(["runs", "--store", str(store)]) == 0
+    assert "train=48 dev=40" in capsys.readouterr().out
+    # a row started directly (not claimed) keeps the fingerprint it is given
+    s = Store(store)
+    uid = s.start_run("direct-s0", "abc", 0, {}, fingerprint={"data": "d1", "model": "m1"})
+    assert s.get(uid).fingerprint == {"data": "d1", "model": "m1"}

@@ -622,3 +622,30 @@ def test_an_mnli_run_evaluates_matched_and_mismatched(tmp_path, one_thread):
     splits = {split for _, split, _, _ in store.evals(result.uid)}
     assert {"dev", "dev_mm"} <= splits
     assert not build_task(TaskSpec(name="rte", path=str(write_glue(tmp_path, "rte")))).extra["eval_splits"]
+
+
+def test_glue_path_of_another_tasks_folder_is_one_line(tmp_path, capsys):
+    """task.path naming another GLUE task's folder is refused before anything runs (never read as this
+    task's data); the GLUE root still leads to the task's own folder, which the task records as its source."""
+    import yaml
+
+    from transferlab.cli import main
+    from transferlab.errors import SpecError
+
+    write_glue(tmp_path / "glue", "rte")
+    write_glue(tmp_path / "glue", "mrpc")
+    with pytest.raises(SpecError, match=r"task.path: .*RTE is the GLUE RTE folder, but task.name is wnli"):
+        build_task(TaskSpec(name="wnli", path=str(tmp_path / "glue" / "RTE")))
+    assert build_task(TaskSpec(name="mrpc", path=str(tmp_path / "glue"))).extra["source"] == \
+        str(tmp_path / "glue" / "MRPC")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"model": {"name": "tiny-bert"}, "head": {"name": "cls"},
+                                    "task": {"name": "mrpc", "path": str(tmp_path / "glue" / "RTE")}}))
+    capsys.readouterr()
+    assert main(["run", str(spec), "--store", str(tmp_path / "s.db"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "GLUE RTE folder" in err[0] and "task.name is mrpc" in err[0]
+    if (tmp_path / "s.db").exists():
+        from transferlab.store import Store
+
+        assert Store(tmp_path / "s.db").runs() == []  # refused before any run row

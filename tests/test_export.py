@@ -3,6 +3,7 @@
 import ast
 import json
 
+import numpy as np
 import pytest
 import torch
 import transformers as tf
@@ -213,3 +214,175 @@ def test_cli_export_writes_a_card_with_the_study_cell(tmp_path, toy_task_dir, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not empty" in err[0] and "--force" in err[0]
     assert main(["export", results[0].uid, "-o", str(out), "--store", str(store.path), "--force"]) == 0
+
+
+# ---------------------------------------------------------------- token and span heads: plain HF classes
+
+
+def kind_task(kind):
+    from transferlab.data.conll import CONLL2003_TAGS
+
+    if kind == "token":
+        return Task(name="conll2003", splits={}, problem="classification", num_labels=len(CONLL2003_TAGS),
+                    metrics=("entity_f1",), main_metric="entity_f1", label_names=list(CONLL2003_TAGS), kind="token")
+    return Task(name="squad", splits={}, problem="classification", num_labels=2, metrics=("span_f1",),
+                main_metric="span_f1", kind="span", extra={"doc_stride": None, "max_answer_length": 30, "n_best": 20})
+
+
+def kind_model(kind, backbone="tiny-bert", scale=3.0):
+    """A token/span model whose head is moved well off its init (varied tags and answers), in eval mode."""
+    from transferlab.models.model import build_model
+
+    spec = RunSpec(seed=5, model=ModelSpec(name=backbone, max_length=256), head=HeadSpec(name=kind))
+    model = build_model(spec, kind_task(kind))
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-roberta"])
+@pytest.mark.parametrize("kind", ["token", "span"])
+def test_token_and_span_heads_export_as_plain_hf_models(tmp_path, kind, backbone):
+    model = kind_model(kind, backbone)
+    task = kind_task(kind)
+    export_model(model, task, tmp_path)
+    meta = json.loads((tmp_path / "head.json").read_text())
+    assert meta["layout"] == f"hf-{kind}" and meta["kind"] == kind
+    assert not (tmp_path / "modeling_transferlab.py").exists()
+    auto = tf.AutoModelForTokenClassification if kind == "token" else tf.AutoModelForQuestionAnswering
+    hf = auto.from_pretrained(tmp_path).eval()  # no trust_remote_code: a plain transformers class
+    assert type(hf).__name__.endswith("ForTokenClassification" if kind == "token" else "ForQuestionAnswering")
+    card = (tmp_path / "README.md").read_text()
+    assert f"{auto.__name__}.from_pretrained(folder)" in card
+    assert ("token-classification" if kind == "token" else "question-answering") in card
+    if kind == "token":
+        assert hf.config.id2label[1] == "B-PER" and hf.config.label2id["I-MISC"] == task.label_names.index("I-MISC")
+    tok = tf.AutoTokenizer.from_pretrained(tmp_path)
+    enc = tok(["EU rejects German call to boycott British lamb .", "Peter Blackburn"], padding=True,
+              return_tensors="pt")
+    ours = logits(model, enc)
+    again = logits(load_exported(tmp_path), enc)
+    with torch.no_grad():
+        out = hf(**enc)
+    real = enc["attention_mask"].bool()
+    if kind == "token":
+        assert (ours - out.logits).abs().max() < 1e-5 and torch.allclose(ours, again, atol=1e-6)
+    else:
+        assert (ours[:, 0][real] - out.start_logits[real]).abs().max() < 1e-5
+        assert (ours[:, 1][real] - out.end_logits[real]).abs().max() < 1e-5
+        assert torch.allclose(ours[:, :, real[0]], again[:, :, real[0]], atol=1e-6)
+
+
+def conll_sentences(n):
+    """Dev sentences whose words are each one pre-token (letters/digits only, or one character): the
+    pipeline's word boundaries (WordPiece's ## continuations) then equal the whitespace words."""
+    from conftest import SHARED_DATA
+
+    from transferlab.data import build_task
+    from transferlab.spec import TaskSpec
+
+    words = build_task(TaskSpec(name="conll2003", path=str(SHARED_DATA / "conll2003"))).splits["dev"].words
+    return [w for w in words if all(x.isalnum() or len(x) == 1 for x in w) and len(w) <= 40][:n]
+
+
+def test_token_pipeline_on_the_export_equals_predict(tmp_path):
+    from conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    from transferlab.predict import predict
+
+    model, task = kind_model("token"), kind_task("token")
+    folder = tmp_path / "export"
+    export_model(model, task, folder)
+    sentences = conll_sentences(60)
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({"tokens": w}) + "\n" for w in sentences))
+    ours = predict(folder, new)["entities"].tolist()
+    pipe = tf.pipeline("token-classification", model=str(folder), aggregation_strategy="first")
+    total = 0
+    for words, mine, theirs in zip(sentences, ours, pipe(sentences, is_split_into_words=True), strict=True):
+        total += len(theirs)
+        assert [(e["entity_group"], e["start"], e["end"]) for e in theirs] == \
+            [(e["entity_group"], e["start"], e["end"]) for e in mine]
+        assert all(abs(float(a["score"]) - b["score"]) < 1e-5 for a, b in zip(theirs, mine))
+        assert all(b["word"] == " ".join(words)[b["start"]:b["end"]] for b in mine)
+    assert total > 50 and len({e["entity_group"] for row in ours for e in row}) == 4  # all four types occur
+
+
+def hf_qa_answer(hf, tok, question, context, max_length=256, stride=85, n_best=20, max_answer=30):
+    """The standard extractive-QA decoding (run_qa.py's postprocess) on AutoModelForQuestionAnswering:
+    windows over the context, the n-best start and end logits of each, the best valid span by start + end."""
+    enc = tok(question, context, truncation="only_second", max_length=max_length, stride=stride,
+              return_overflowing_tokens=True, return_offsets_mapping=True, padding=True, return_tensors="pt")
+    offsets = enc.pop("offset_mapping")
+    enc.pop("overflow_to_sample_mapping")
+    with torch.no_grad():
+        out = hf(**enc)
+    best = None
+    for w in range(len(offsets)):
+        context_tokens = [i for i, s in enumerate(enc.sequence_ids(w)) if s == 1]
+        start, end = out.start_logits[w], out.end_logits[w]
+        top = lambda x: sorted(context_tokens, key=lambda i: -float(x[i]))[:n_best]  # noqa: E731
+        for i in top(start):
+            for j in top(end):
+                if i <= j < i + max_answer:
+                    score = float(start[i] + end[j])
+                    if best is None or score > best[0]:
+                        best = (score, int(offsets[w][i][0]), int(offsets[w][j][1]))
+    return context[best[1]:best[2]], best[1], best[2]
+
+
+def test_qa_export_through_hf_equals_predict(tmp_path):
+    """transformers 5.24 has no "question-answering" pipeline (pipelines.SUPPORTED_TASKS): the export is
+    read by AutoModelForQuestionAnswering and decoded the standard way, which must give predict's answers."""
+    from conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    from transferlab.data import build_task
+    from transferlab.predict import predict
+    from transferlab.spec import TaskSpec
+
+    assert "question-answering" not in tf.pipelines.SUPPORTED_TASKS  # else compare with the pipeline itself
+    model, task = kind_model("span", scale=1.0), kind_task("span")
+    folder = tmp_path / "export"
+    export_model(model, task, folder)
+    dev = build_task(TaskSpec(name="squad", path=str(SHARED_DATA / "squad"), options={"dev_articles": 0.5}))
+    rows = dev.splits["dev"].subset(np.arange(0, 400, 8))  # 50 questions over several paragraphs
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({"question": q, "context": c}) + "\n" for q, c in zip(rows.texts, rows.text_pairs)))
+    frame = predict(folder, new)
+    hf = tf.AutoModelForQuestionAnswering.from_pretrained(folder).eval()
+    tok = tf.AutoTokenizer.from_pretrained(folder)
+    theirs = [hf_qa_answer(hf, tok, q, c) for q, c in zip(rows.texts, rows.text_pairs)]
+    assert [(a, s, e) for a, s, e in zip(frame["answer"], frame["start"], frame["end"])] == theirs
+    assert frame["answer"].nunique() > 10
+
+
+@pytest.mark.parametrize("head", ["cls", "mean", "token"])
+def test_export_files_are_0644_and_loading_never_prompts(tmp_path, head, monkeypatch):
+    """Weights, config and tokenizer files are readable by others (mode 0644) even under umask 077; reading
+    the export back (load_exported, predict's tokenizer) never asks the y/N remote-code question."""
+    import builtins
+    import os
+
+    task = kind_task("token") if head == "token" else make_task()
+    model = kind_model("token") if head == "token" else trained_like("tiny-bert", head, task)
+    old = os.umask(0o077)
+    try:
+        export_model(model, task, tmp_path / "out")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in files}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o644" for p in files}
+
+    def no_prompt(*args, **kwargs):
+        raise AssertionError(f"interactive prompt: {args}")
+
+    monkeypatch.setattr(builtins, "input", no_prompt)
+    again = load_exported(tmp_path / "out")
+    enc = again.backbone.tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    assert torch.allclose(logits(model, enc), logits(again, enc), atol=1e-6)

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from transferlab.errors import SpecError
 from transferlab.models.artifacts import load_run_model
+from transferlab.models.schema import SCHEMAS
 from transferlab.recipes.freeze import FREEZERS, build_freezer
 from transferlab.spec import FreezeSpec, load_spec
 from transferlab.store import Store
@@ -193,3 +194,57 @@ def test_freeze_spec_errors():
     with pytest.raises(SpecError, match="freeze.steps: only used by backbone_for_steps"):
         FreezeSpec(name="bitfit", steps=3)
     assert {"none", "backbone_for_steps", "fpt", "gradual", "linear_probe", "bitfit", "lora"} <= set(FREEZERS.names())
+
+
+LORA_FAMILIES = [n for n in SCHEMAS.names() if SCHEMAS.get(n).tiny is not None]  # every row with a tiny config
+
+
+@pytest.mark.parametrize("model_type", LORA_FAMILIES)
+def test_lora_keeps_the_schema_of_every_family(model_type):
+    """Every registered family with LoRA injected (its row's LoRA targets): the schema still reads the
+    adapted modules (under peft's ``base_layer``) and gives each adapter the layer and role it adapts."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from transferlab.models.backbone import model_from_config
+    from transferlab.models.schema import schema_of
+
+    family = SCHEMAS.get(model_type)
+    torch.manual_seed(0)
+    model = model_from_config(family.tiny_config(model_type))
+    before = schema_of(model).read()
+    transpose = any(s.transpose for s in family.layer_slots(model.config).values())
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=list(family.lora_targets), fan_in_fan_out=transpose),
+                            model)
+    schema = schema_of(model)
+    after = schema.read()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    adapters = [n for n in schema.roles if ".lora_" in n]
+    assert adapters and all(schema.roles[n][0] is not None for n in adapters)
+    for name in adapters:
+        base = name.split(".lora_")[0] + ".base_layer.weight"
+        assert schema.roles[name] == schema.roles[base] and schema.depth(name) == schema.depth(base)
+
+
+@pytest.mark.parametrize("options", [{}, {"r": 2, "alpha": 4}, {"dropout": 0.1},
+                                     {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}])
+def test_vit_trains_with_lora(tmp_path, options):
+    """ViT + LoRA (issue 26: ``vit schema: layers.0.attention.q_proj.weight is not in the vit model``): an
+    image run trains its adapters and stores a merged model that differs from the pretrained one."""
+    from transferlab.models.artifacts import load_run_model
+    from transferlab.models.model import build_model
+
+    spec = load_spec({"model": {"name": "tiny-vit"}, "task": {"name": "digits", "max_train_samples": 64,
+                                                            "max_eval_samples": 32},
+                      "head": {"name": "mean"}, "freeze": {"name": "lora", "options": {"r": 4, **options}},
+                      "optim": {"lr": 1e-2}, "train": {"max_steps": 4, "batch_size": 16, "num_evals": 1}})
+    store = Store(tmp_path / "s.db")
+    result = run(spec, store, progress=False)
+    assert result.status == "finished"
+    stored, task = load_run_model(store, result.uid)
+    assert not any(".lora_" in n for n, _ in stored.named_parameters())
+    pretrained = build_model(spec, task).state_dict()
+    q = "backbone.model.layers.0.attention.q_proj.weight"
+    k = "backbone.model.layers.0.attention.k_proj.weight"
+    assert not torch.equal(stored.state_dict()[q], pretrained[q])  # the merged adapter moved q
+    adapted_k = "k_proj" in str(options.get("target_modules"))
+    assert torch.equal(stored.state_dict()[k], pretrained[k]) != adapted_k

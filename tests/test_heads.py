@@ -205,3 +205,16 @@ def test_vector_and_token_adapters():
         build_model(spec, make_task(modality="vectors"))
     with pytest.raises(DataError, match=r"\(B, T, 5\)"):
         vec(inputs=torch.randn(2, 7, 4))
+
+
+def test_every_registered_head_is_documented():
+    """docs/methods/heads.md has a table row for every pooling head (``last`` included) and names the
+    token and span heads."""
+    from pathlib import Path
+
+    from transferlab.models.token_heads import KIND_HEADS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods" / "heads.md").read_text()
+    missing = [h for h in HEADS.primary_names() if f"\n| `{h}` |" not in text]
+    assert not missing, f"heads without a row in docs/methods/heads.md: {missing}"
+    assert all(f"`{k}`" in text for k in KIND_HEADS.names())

@@ -83,7 +83,8 @@ def test_ci_mirrors_the_readme_install_and_test_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("## Three commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     readme_cmds = _commands(block)
-    assert readme_cmds == ['pip install torch==2.13.0', 'pip install -e . -c constraints.txt',
+    assert readme_cmds == ['pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu',
+                           'pip install -e . -c constraints.txt',
                            'pip install -e ".[test]" -c constraints.txt', 'python -m pytest']
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert _commands(ci) == readme_cmds

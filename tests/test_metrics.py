@@ -135,6 +135,10 @@ def test_binary_metrics_and_averages_match_sklearn():
     # num_classes fixes the class count when a split misses the top class
     assert set(compute(["f1_per_class"], np.array([0, 1]), np.array([0, 1]), num_classes=3)) == \
         {"f1_per_class[0]", "f1_per_class[1]", "f1_per_class[2]"}
+    named = compute(["f1_per_class"], P, Y, 2, ["negative", "positive"])
+    assert named == {"f1_per_class[negative]": pytest.approx(skm.f1_score(Y, P, pos_label=0)),
+                     "f1_per_class[positive]": pytest.approx(skm.f1_score(Y, P))}
+    assert higher_is_better("f1_per_class[positive]")
 
 
 def test_regression_metrics_on_any_number_of_classes():
@@ -189,5 +193,7 @@ def test_accuracy_f1_on_a_three_class_task_trains(tmp_path):
     spec["task"]["options"] = {"metrics": ["accuracy", "f1", "f1_per_class"]}
     result = run(spec_from_dict(spec), Store(tmp_path / "s.db"), progress=False)
     assert result.status == "finished"
-    assert set(result.dev) == {"accuracy", "f1", "f1_per_class[0]", "f1_per_class[1]", "f1_per_class[2]"}
-    assert result.dev["f1"] == pytest.approx(np.mean([result.dev[f"f1_per_class[{i}]"] for i in range(3)]))
+    # per-class values are keyed by the class's name (issue 26), not its index
+    assert set(result.dev) == {"accuracy", "f1", "f1_per_class[a]", "f1_per_class[b]", "f1_per_class[c]"}
+    assert result.dev["f1"] == pytest.approx(np.mean([result.dev[f"f1_per_class[{c}]"] for c in "abc"]))
+    assert set(result.summary["baselines"]["dev"]) == set(result.dev)

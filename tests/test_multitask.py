@@ -68,7 +68,13 @@ def test_multitask_run_is_one_run_with_per_task_metrics(tmp_path, capsys):
     assert len(store.runs()) == 1
     evals = {(split, m) for _, split, m, _ in store.evals(result.uid)}
     assert ("dev", "joint") in evals and ("dev", "tsv.accuracy") in evals
-    assert main(["runs", "--store", str(tmp_path / "s.db")]) == 0  # the run lists like any other
+    capsys.readouterr()
+    assert main(["runs", "--store", str(tmp_path / "s.db"), "--format", "csv"]) == 0  # the run lists like any other
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[1].split(",")[3] == "csv+tsv"  # under all its tasks, not the first one
+    for task, n in (("csv", 2), ("tsv", 2), ("rte", 1)):  # header + the run, or nothing for another task
+        assert main(["runs", "--store", str(tmp_path / "s.db"), "--format", "csv", "--task", task]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == n
     # exporting one task's model from it is refused in one line
     assert main(["export", result.uid, "-o", str(tmp_path / "x"), "--store", str(tmp_path / "s.db")]) == 2
     err = capsys.readouterr().err.strip()

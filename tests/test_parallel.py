@@ -167,7 +167,8 @@ def test_study_executor_uses_the_engine_transparently(tmp_path, float64):
     rids = sorted(r.run_id for r in off.runs(study=study.study))
     assert len(rids) == 16 and rids == sorted(r.run_id for r in on.runs(study=study.study))
     assert all(r.provenance["engine"]["kind"] == "single" and "group_seeds" not in r.provenance for r in off.runs())
-    assert {tuple(r.provenance["group_seeds"]) for r in on.runs()} == {tuple(range(8))}  # one group per arm
+    # one group: both arms' 8 seeds as 16 slots, seed-major (issue 24)
+    assert {tuple(r.provenance["group_seeds"]) for r in on.runs()} == {tuple(s for s in range(8) for _ in "ab")}
     assert_same_runs(off, on, rids, weights=False)
 
 
@@ -177,11 +178,14 @@ def test_groups_and_refusals(data, tmp_path):
 
     runs = specs(data, seeds=(0, 1, 2)) + specs(data, seeds=(0, 1), **{"optim.name": "bertadam"})
     jobs = [Job(i, s, "st", str(tmp_path / "s.db")) for i, s in enumerate(runs)]
-    assert [[j.index for j in g] for g in seed_groups(jobs, "on")] == [[0, 1, 2], [3, 4]]
+    # AdamW and BERTAdam arms are slots of one group (issue 24: bias correction per slot), seed-major as planned
+    assert [[j.index for j in g] for g in seed_groups(jobs, "on")] == [[0, 1, 2, 3, 4]]
     assert [[j.index for j in g] for g in seed_groups(jobs, "off")] == [[i] for i in range(5)]
     assert [[j.index for j in g] for g in seed_groups(jobs, "auto")] == [[i] for i in range(5)]  # auto: CUDA only
     # what the engine refuses, it says why; such groups run one by one
-    assert unsupported(runs) == "the runs differ in more than their seed (and name)"
+    assert unsupported(runs) is None
+    assert unsupported(specs(data, seeds=(0,)) + specs(data, seeds=(1,), **{"head.name": "mean"})).startswith(
+        "head.name: the runs differ")
     assert "share a seed" in unsupported(specs(data, seeds=(1, 1)))
     assert "lora" in unsupported(specs(data, seeds=(0, 1), **{"freeze.name": "lora"}))
     assert "vit family" in unsupported(specs(data, seeds=(0, 1), **{"model.name": "tiny-vit"}))

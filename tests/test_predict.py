@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_spec_dict, write_sentiment_csv
+from conftest import SHARED_DATA, needs_shared_data, tiny_spec_dict, write_sentiment_csv
 
 from transferlab.cli import main
 from transferlab.models.artifacts import load_run_model
@@ -177,3 +177,141 @@ def test_predict_from_a_damaged_folder_or_file_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "none.db").exists()
+
+
+# ---------------------------------------------------------------- token classification and extractive QA
+
+
+def conll_rows(n=200):
+    from transferlab.data import build_task
+    from transferlab.spec import TaskSpec
+
+    return build_task(TaskSpec(name="conll2003", path=str(SHARED_DATA / "conll2003"))).splits["dev"].subset(
+        np.arange(n))
+
+
+def trained_kind(tmp_path, kind):
+    """A tiny BERT trained a few steps on CoNLL-2003 (token head) or SQuAD (span head)."""
+    store = Store(tmp_path / "s.db")
+    if kind == "token":
+        task = {"name": "conll2003", "path": str(SHARED_DATA / "conll2003"), "max_train_samples": 400,
+                "max_eval_samples": 50}
+        model, optim, steps = {"name": "tiny-bert", "max_length": 64}, {"lr": 5e-3}, 60
+    else:
+        task = {"name": "squad", "path": str(SHARED_DATA / "squad"), "options": {"dev_articles": 0.5},
+                "max_train_samples": 200, "max_eval_samples": 20}
+        model, optim, steps = {"name": "tiny-bert", "max_length": 128}, {"lr": 3e-3}, 10
+    spec = {"name": kind, "model": model, "head": {"name": kind}, "task": task, "optim": optim,
+            "schedule": {"name": "constant", "warmup_ratio": 0.0},
+            "train": {"max_steps": steps, "batch_size": 16, "num_evals": 1, "log_every": 5}}
+    result = run(spec_from_dict(spec), store, progress=False)
+    assert result.status == "finished"
+    return store, result.uid
+
+
+@needs_shared_data
+def test_token_predict_200_rows_equals_evaluation(tmp_path, capsys):
+    import json
+
+    from transferlab.data.tagging import tag_metrics
+    from transferlab.train.shapes import TokenShape, outputs
+
+    store, uid = trained_kind(tmp_path, "token")
+    rows = conll_rows()
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({"tokens": w}) + "\n" for w in rows.words))
+    frame = predict(uid, new, store=store, batch_size=7)
+    assert len(frame) == 200 and list(frame["line"]) == list(range(1, 201))
+    model, task = load_run_model(store, uid)
+    enc = TokenShape.encode(rows, task, model.backbone.tokenizer, 64)
+    reference = TokenShape.decode(outputs(model, enc, 16, torch.device("cpu")), enc, task)
+    assert frame["tags"].tolist() == reference
+    gold = TokenShape.metrics(reference, enc, task)
+    assert tag_metrics(enc.extra["gold"], frame["tags"].tolist()) == gold
+    n_entities = sum(len(e) for e in frame["entities"])
+    assert n_entities > 20 and gold["entity_f1"] > 0  # it learned something: the entities are not empty
+    for tags, entities, words in zip(frame["tags"], frame["entities"], rows.words):
+        text = " ".join(words)
+        starts = {sum(len(w) + 1 for w in words[:k]): t for k, t in enumerate(tags)}
+        for e in entities:  # every entity starts at a word tagged with its type and covers its text
+            assert starts[e["start"]][2:] == e["entity_group"] and text[e["start"]:e["end"]] == e["word"]
+            assert 0 < e["score"] <= 1
+        assert len(entities) == sum(t.startswith("B-") or (t.startswith("I-") and (k == 0 or tags[k - 1][2:] != t[2:]))
+                                    for k, t in enumerate(tags))
+    # a text column, split at whitespace, gives the same tags; the CLI writes JSON lists into CSV
+    text = tmp_path / "new.csv"
+    pd.DataFrame({"text": [" ".join(w) for w in rows.words[:20]]}).to_csv(text, index=False)
+    assert predict(uid, text, store=store)["tags"].tolist() == reference[:20]
+    out = tmp_path / "pred.csv"
+    assert main(["predict", uid, "--input", str(text), "--output", str(out), "--store", str(store.path),
+                 "--quiet"]) == 0
+    assert [json.loads(t) for t in pd.read_csv(out)["tags"]] == reference[:20]
+
+
+@needs_shared_data
+def test_span_predict_200_rows_equals_evaluation(tmp_path):
+    from transferlab.data import build_task
+    from transferlab.data.squad import qa_metrics
+    from transferlab.spec import TaskSpec
+    from transferlab.train.shapes import SpanShape, outputs
+
+    store, uid = trained_kind(tmp_path, "span")
+    rows = build_task(TaskSpec(name="squad", path=str(SHARED_DATA / "squad"),
+                               options={"dev_articles": 0.5})).splits["dev"].subset(np.arange(200))
+    new = tmp_path / "new.csv"
+    pd.DataFrame({"question": rows.texts, "context": rows.text_pairs}).to_csv(new, index=False)
+    frame = predict(uid, new, store=store, batch_size=5)
+    assert len(frame) == 200 and list(frame.columns) == ["line", "answer", "score", "start", "end"]
+    model, task = load_run_model(store, uid)
+    task.extra.update(n_best=20, max_answer_length=30, doc_stride=None)
+    enc = SpanShape.encode(rows, task, model.backbone.tokenizer, 128)
+    nbest = SpanShape.decode(outputs(model, enc, 16, torch.device("cpu")), enc, task)
+    reference = [nbest[t["id"]][0][1] for t in rows.targets]
+    assert frame["answer"].tolist() == reference
+    assert qa_metrics(dict(zip([t["id"] for t in rows.targets], frame["answer"])), rows.targets) == \
+        SpanShape.metrics(nbest, enc, task)
+    for answer, start, end, context, score in zip(frame["answer"], frame["start"], frame["end"], rows.text_pairs,
+                                                  frame["score"]):
+        assert context[start:end] == answer and 0 < score <= 1 and end - start >= 1
+    assert frame["answer"].nunique() > 20  # not one fixed answer
+
+
+def test_pair_model_reads_its_task_columns_and_refuses_one_column(tmp_path, capsys):
+    """A pair task's model reads the task's own columns by default (not ``text``), from a run and from its
+    export; a file or an option giving one column is one line, exit 2."""
+    from transferlab.data.build import input_columns
+
+    assert input_columns({"name": "rte"}) == [["sentence1", "sentence2"]]
+    assert input_columns({"name": "mrpc"}) == [["#1 String", "#2 String"], ["sentence1", "sentence2"]]
+    assert input_columns({"name": "sst-2"}) == [["sentence", None]]
+    data = tmp_path / "d"
+    data.mkdir()
+    rng = random.Random(0)
+    for split, n in (("train", 64), ("dev", 40)):
+        rows = [(" ".join(rng.sample(["good", "bad", "film", "plot", "the"], 3)), rng.choice(["good", "bad"]))
+                for _ in range(n)]
+        pd.DataFrame({"premise": [p for p, _ in rows], "hypothesis": [h for _, h in rows],
+                      "label": [int(h in p) for p, h in rows]}).to_csv(data / f"{split}.csv", index=False)
+    spec = tiny_spec_dict(data, epochs=1, num_evals=1)
+    spec["task"].update(text_column="premise", text_pair_column="hypothesis")
+    store = Store(tmp_path / "s.db")
+    uid = run(spec_from_dict(spec), store, progress=False).uid
+    new = tmp_path / "new.csv"
+    pd.read_csv(data / "dev.csv")[["hypothesis", "premise"]].to_csv(new, index=False)
+    frame = predict(uid, new, store=store)
+    reference, task = own_evaluation(store, uid, data)
+    assert frame["label"].tolist() == [task.label_names[i] for i in reference]
+    folder = tmp_path / "export"
+    assert main(["export", uid, "-o", str(folder), "--store", str(store.path)]) == 0
+    assert np.allclose(predict(folder, new)["prob_1"], frame["prob_1"], atol=1e-5)
+    single = tmp_path / "single.csv"
+    pd.read_csv(data / "dev.csv")[["premise"]].to_csv(single, index=False)
+    for source, args in ((uid, ["--input", str(single)]), (str(folder), ["--input", str(single)]),
+                         (uid, ["--input", str(new), "--text-column", "premise"])):
+        capsys.readouterr()
+        code = main(["predict", source, *args, "--store", str(store.path), "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        if args[-1] == "premise":  # one column named, the pair column is still the task's: it reads the pair
+            assert code == 0
+            continue
+        assert code == 2 and len(err) == 1 and "sentence pairs" in err[0] and "hypothesis" in err[0], err

@@ -23,13 +23,14 @@ from transferlab.recipes.optim import OPTIMIZERS
 from transferlab.recipes.schedules import SCHEDULES
 from transferlab.recipes.stabilisers import STABILISERS
 from transferlab.study.executors import EXECUTORS
+import transferlab.study.ray_executor  # noqa: F401,E402  (registers the ray executor, as study/runner.py does)
 
 _register_tasks()
 CARDS = "\n".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "docs" / "methods").glob("*.md"))
 
 # one row per registered name: what a quick check of that part needs (None: covered by the named test file)
 OPTIMIZER_SETTINGS = {"adamw": {}, "bertadam": {}, "adabelief": {}, "sgd": {"lr": 0.1}}
-SCHEDULE_SETTINGS = {"constant": {}, "linear": {}, "cosine": {}, "slanted_triangular": {}}
+SCHEDULE_SETTINGS = {"constant": {}, "constant_with_warmup": {}, "linear": {}, "cosine": {}, "slanted_triangular": {}}
 FREEZER_SETTINGS = {"none": {}, "backbone_for_steps": {"steps": 2}, "fpt": {}, "gradual": {}, "linear_probe": {},
                     "bitfit": {}, "lora": {}}
 INIT_SETTINGS = {"pretrained": {}, "normal": {"std": 0.02}, "xavier_uniform": {}, "xavier_normal": {},

@@ -97,10 +97,14 @@ def test_report_statistics_are_those_of_the_stored_runs(study_store):
     assert "so every comparison is PAIRED" in md
     p = sig.paired(values["bertadam"], values["adamw"])
     assert f"| csv | bertadam | adamw | accuracy (test) | paired, 3 seeds | {p['diff']:+.4f} |" in md
-    assert re.search(r"bertadam beats adamw on [01] of 1 task, Holm-adjusted p < 0.05 on [01].* \(paired t test\)", md)
+    # the conclusion: "worse"/"better" only with a Holm-adjusted paired t p < 0.05, else "no difference detected"
+    line = next(x for x in md.splitlines() if x.startswith("- rep: bertadam vs adamw on csv (accuracy, test, 3 paired"))
+    assert ("is better than adamw" in line or "is worse than adamw" in line) == (p["t_p"] < 0.05)
+    assert ("no difference detected" in line) == (p["t_p"] >= 0.05)
     header = next(line for line in md.splitlines() if line.startswith("| task | arm | vs | seeds now"))
     assert header.count("|") == 10  # 9 columns: no stray pipes in the power table
-    assert "equivalent within ±0.05 (TOST) on" in md
+    tost = sig.tost(values["bertadam"], values["adamw"], 0.05, paired=True)
+    assert f"equivalent within ±0.05 (TOST p {tost['p']:.3f})" in line
     assert values["adamw"].mean() > 0.6  # the runs learned: the statistics are not those of constants
 
 

@@ -55,7 +55,8 @@ def test_cosine_matches_transformers(total, warmup, cycles):
 
 
 def test_formulas_at_chosen_steps():
-    assert [lr_factor("constant", t, 100, 10) for t in (0, 5, 10, 99)] == [0.0, 0.5, 1.0, 1.0]
+    assert [lr_factor("constant", t, 100, 10) for t in (0, 5, 10, 99)] == [0.0, 0.5, 1.0, 1.0]  # explicit warmup
+    assert [lr_factor("constant_with_warmup", t, 100, 10) for t in (0, 5, 10, 99)] == [0.0, 0.5, 1.0, 1.0]
     assert [lr_factor("linear", t, 100, 10) for t in (0, 5, 10, 55, 100)] == [0.0, 0.5, 1.0, 0.5, 0.0]
     assert lr_factor("cosine", 55, 100, 10) == pytest.approx(0.5)  # half-way through the decay
     assert lr_factor("cosine", 100, 100, 10) == pytest.approx(0.0)
@@ -113,3 +114,18 @@ def test_scheduler_state_dict_round_trip():
 def test_bad_values_raise_spec_error(kw, total, field):
     with pytest.raises(SpecError, match=field):
         build_schedule(optimizer(), ScheduleSpec(**kw), total)
+
+
+def test_constant_is_hugging_faces_constant():
+    """``constant`` = transformers.get_constant_schedule (no warmup, whatever the default warmup_ratio);
+    ``constant_with_warmup`` = get_constant_schedule_with_warmup (warmup from the ratio too)."""
+    total = 50
+    ref_opt, our_opt = optimizer(), optimizer()
+    ref = lrs_over_training(transformers.get_constant_schedule(ref_opt), ref_opt, total)
+    ours = lrs_over_training(build_schedule(our_opt, ScheduleSpec("constant"), total), our_opt, total)
+    assert ScheduleSpec("constant").warmup_ratio == 0.1 and ours == pytest.approx(ref, abs=1e-15)
+    assert lr_factor("constant", 0, total) == 1.0
+    ref_opt, our_opt = optimizer(), optimizer()
+    ref = lrs_over_training(transformers.get_constant_schedule_with_warmup(ref_opt, 5), ref_opt, total)
+    ours = lrs_over_training(build_schedule(our_opt, ScheduleSpec("constant_with_warmup"), total), our_opt, total)
+    assert ours == pytest.approx(ref, abs=1e-15)  # 0.1 * 50 = 5 warmup steps

@@ -149,12 +149,17 @@ def test_aggregate_ranks_iqm_and_friedman():
     assert math.isnan(two["friedman_p"]) and two["mean_rank"]["a"] == 1.25
 
 
-def test_conclusion_in_words():
+def test_conclusion_in_words_counts_only_significant_tasks():
     rows = [{"diff": 0.02, "p_holm": 0.01}, {"diff": 0.01, "p_holm": 0.2}, {"diff": 0.03, "p_holm": 0.03},
             {"diff": -0.01, "p_holm": 0.5}]
-    assert sig.conclusion("A", "B", rows) == "A beats B on 3 of 4 tasks, Holm-adjusted p < 0.05 on 2; " \
-                                              "it is worse on 1 (significantly on 0)"
-    assert sig.conclusion("A", "B", rows, higher=False).startswith("A beats B on 1 of 4 tasks")
+    assert sig.conclusion("A", "B", rows) == ("A vs B on 4 tasks (Holm-adjusted p < 0.05): better on 2, worse on 0, "
+                                              "no difference detected on 2")
+    assert sig.conclusion("A", "B", rows, higher=False).endswith("better on 0, worse on 2, no difference detected on 2")
+    # the over-read: a positive Δ with p 0.11 is not a win
+    assert "better on 0" in sig.conclusion("reinit-top2", "no-reinit", [{"diff": 0.016, "p_holm": 0.11}])
+    both_degenerate = {"diff": 0.02, "p_holm": 0.001, "degenerate_a": (4, 4), "degenerate_b": (4, 4)}
+    assert sig.conclusion("bertadam", "adam", [both_degenerate]).endswith(
+        "better on 0, worse on 0, no difference detected on 0, both arms degenerate on 1")
 
 
 def test_churn_equals_a_pairwise_loop():
@@ -211,3 +216,95 @@ def test_across_tasks_section_from_report_cells():
     assert [r[1] for r in rows] == ["a", "b", "c"]  # sorted by mean rank
     assert [float(r[2]) for r in rows] == pytest.approx([round(ref["mean_rank"][a], 2) for a in "abc"])
     assert f"Friedman chi2 {ref['friedman']:.2f}" in note and f"{ref['cd']:.2f}" in note
+
+
+# ----------------------------------------------------------------------------- conclusion sentences
+
+BASE_CMP = {"arm": "new", "baseline": "old", "task": "rte", "metric": "accuracy", "split": "test", "higher": True,
+            "paired": True, "n_a": 5, "n_b": 5, "diff": 0.03, "ci_low": 0.01, "ci_high": 0.05, "test": "paired t",
+            "p": 0.004, "p_holm": 0.012, "power": 0.93, "seeds_needed": 4, "aso": 0.1,
+            "degenerate_a": (0, 5), "degenerate_b": (0, 5)}
+
+
+def test_sentence_better_only_when_significant_after_holm():
+    s = sig.sentence(BASE_CMP)
+    assert s.startswith("new vs old on rte (accuracy, test, 5 paired seeds): new is better than old (Δ +0.0300, "
+                        "95% CI [+0.0100, +0.0500], paired t p 0.004, Holm-adjusted 0.012 < 0.05)")
+    worse = sig.sentence({**BASE_CMP, "diff": -0.03, "ci_low": -0.05, "ci_high": -0.01})
+    assert "new is worse than old" in worse
+    lower_is_better = sig.sentence({**BASE_CMP, "metric": "mse", "higher": False})
+    assert "new is worse than old" in lower_is_better
+    # significant raw p, not after Holm: no difference detected
+    s = sig.sentence({**BASE_CMP, "p": 0.03, "p_holm": 0.09, "ci_low": -0.005})
+    assert "better" not in s and "no difference detected (Δ +0.0300, 95% CI [-0.0050, +0.0500], paired t p 0.030, " \
+                                 "Holm-adjusted 0.090; power 0.93 for this Δ with these seeds; 4 seeds needed for " \
+                                 "power 0.8)" in s
+    unpaired = sig.sentence({**BASE_CMP, "paired": False, "n_b": 3, "test": "Welch t", "p_holm": 0.3})
+    assert "(accuracy, test, 5 vs 3 seeds)" in unpaired and "4 seeds per arm needed" in unpaired
+    one_seed = sig.sentence({**BASE_CMP, "n_a": 1, "n_b": 1, "p": math.nan, "p_holm": math.nan, "ci_low": math.nan,
+                             "aso": 0.0})
+    assert "too few seeds for a test" in one_seed and one_seed.endswith("; ASO: too few seeds")
+
+
+def test_aso_is_worded_by_eps_and_never_a_win_alone():
+    words = {eps: sig.sentence({**BASE_CMP, "aso": eps, "p_holm": 0.4}) for eps in (0.1, 0.19, 0.2, 0.35, 0.49, 0.5, 0.8)}
+    for eps in (0.1, 0.19):
+        assert f"ASO eps_min {eps:.2f} < 0.2: new almost stochastically dominates old" in words[eps]
+    for eps in (0.2, 0.35, 0.49):
+        assert f"ASO eps_min {eps:.2f}: weak dominance of new at most (0.2-0.5; not a claim" in words[eps]
+    for eps in (0.5, 0.8):
+        assert f"ASO eps_min {eps:.2f}: no dominance of new over old" in words[eps]
+    assert all("better" not in s and "no difference detected" in s for s in words.values())
+
+
+def test_degenerate_arms_in_the_sentence():
+    both = {**BASE_CMP, "arm": "bertadam", "baseline": "adam", "n_a": 4, "n_b": 4, "degenerate_a": (4, 4),
+            "degenerate_b": (4, 4), "p_holm": 0.001}
+    s = sig.sentence(both)
+    assert "bertadam vs adam on rte (accuracy, test, 4 paired seeds): both arms are degenerate (4/4 and 4/4 runs " \
+           "not above the constant prediction): no conclusion about the methods" in s
+    assert "better" not in s and "beats" not in s and sig.verdict(both) == "degenerate"
+    one = sig.sentence({**BASE_CMP, "degenerate_b": (5, 5), "degenerate_a": (1, 5)})
+    assert "new is better than old" in one
+    assert one.endswith("; degenerate runs: new 1/5, old 5/5 (old learned nothing: every run at the constant prediction)")
+    assert "degenerate" not in sig.sentence(BASE_CMP)
+
+
+def test_u_distribution_and_hodges_lehmann_interval():
+    from itertools import combinations
+
+    from transferlab.report import stats
+
+    for m, n in ((3, 3), (4, 6), (5, 5)):  # U's null distribution against enumerating every ordering
+        counts = [0] * (m * n + 1)
+        for xs in combinations(range(m + n), m):
+            ys = [i for i in range(m + n) if i not in xs]
+            counts[sum(x > y for x in xs for y in ys)] += 1
+        assert list(stats._u_counts(m, n)) == counts
+        assert stats.u_cdf(2, m, n) == pytest.approx(sum(counts[:3]) / math.comb(m + n, m))
+    rng = np.random.default_rng(3)
+    for m, n in ((5, 4), (8, 8), (10, 7)):
+        a, b = rng.normal(1, 1, m), rng.normal(0, 1, n)
+        h = stats.hodges_lehmann(a, b)
+        assert h["shift"] == pytest.approx(np.median(np.subtract.outer(a, b)))
+        assert 0.95 <= h["confidence"] < 0.99
+        # the interval is the shifts the exact two-sided Mann-Whitney test does not reject at 1 - confidence
+        for delta, inside in ((h["low"] + 1e-9, True), (h["high"] - 1e-9, True), (h["low"] - 1e-9, False),
+                              (h["high"] + 1e-9, False)):
+            p = sps.mannwhitneyu(a - delta, b, method="exact").pvalue
+            assert (p > 1 - h["confidence"] + 1e-12) == inside, (m, n, delta, p)
+    few = stats.hodges_lehmann([0.7, 0.72, 0.71], [0.6, 0.61, 0.65])  # 3 vs 3 cannot reach 95%
+    assert few["confidence"] == pytest.approx(0.9) and (few["low"], few["high"]) == pytest.approx((0.05, 0.12))
+
+
+def test_welch_interval_of_the_difference_by_hand():
+    from transferlab.report import stats
+
+    a, b = np.array([0.71, 0.74, 0.70, 0.73, 0.75]), np.array([0.60, 0.63, 0.61])
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
+    half = sps.t.ppf(0.975, df) * math.sqrt(va + vb)
+    r = stats.compare(a, b)
+    d = a.mean() - b.mean()
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((d - half, d + half))
+    assert math.isnan(stats.compare([0.5], [0.4])["ci_low"])

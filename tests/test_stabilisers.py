@@ -13,6 +13,7 @@ from torch import nn
 from transferlab.cli import main
 from transferlab.errors import ModelError, SpecError
 from transferlab.recipes import stabilisers as st
+from transferlab.recipes.hooks import Hook
 from transferlab.spec import StabiliserSpec, load_spec
 from transferlab.store import Store
 from transferlab.train.loop import run
@@ -77,7 +78,7 @@ def train_steps(model, hooks, steps=5, lr=0.05, wd=0.0):
         opt.step()
         opt.zero_grad()
         for h in hooks:
-            h.on_after_optimizer_step(model, step + 1)
+            h.on_after_optimizer_step(model, step)  # the engine's convention: the update's index, from 0
         losses.append(float(loss.detach()))
     return losses
 
@@ -324,3 +325,55 @@ def test_seed_parallel_grouping_leaves_stabilised_recipes_sequential(tmp_path):
     with pytest.raises(Unsupported, match="'ema' does not declare 'seed_stacked'"):
         seed_groups(stabilised, mode="on")  # asked for explicitly: refused, naming the flag
     assert [len(g) for g in seed_groups(stabilised, mode="auto")] == [1, 1, 1]  # seed_stacked=False: one by one
+
+
+class Trajectory(Hook):
+    """Records the trainable weights at the start and after every optimizer step (names in order)."""
+
+    def on_train_start(self, model, optimizer, total_steps):
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.steps = [[p.detach().clone() for p in model.parameters() if p.requires_grad]]
+
+    def on_after_optimizer_step(self, model, step):
+        self.steps.append([p.detach().clone() for p in model.parameters() if p.requires_grad])
+
+
+@pytest.mark.parametrize("name, options", [("ema", {"decay": 0.8}), ("swa", {"start": 0.5, "every": 2})])
+def test_ema_and_swa_change_the_stored_and_evaluated_weights(tmp_path, name, options):
+    """Through the loop: training is the baseline's (same curve), but the stored model and the dev metric
+    are those of the average, computed here by hand from the weights after every step."""
+    from transferlab.data.build import build_task
+    from transferlab.models.artifacts import load_run_model
+    from transferlab.train.batches import encode
+    from transferlab.train.evaluate import evaluate
+
+    data = write_sentiment_csv(tmp_path / "toy", n_train=64, n_dev=40)
+    base = tiny_spec_dict(data, epochs=1, num_evals=1, log_every=1)  # 4 steps of 16
+    base["model"]["max_length"] = 16
+    store = Store(tmp_path / "s.db")
+    plain, traj = Trajectory(), Trajectory()
+    baseline = run(load_spec(base), store, progress=False, hooks=[plain])
+    averaged = run(load_spec({**base, "stabilisers": [{"name": name, "options": options}]}), store,
+                   progress=False, hooks=[traj])
+    assert baseline.status == averaged.status == "finished"
+    steps = traj.steps
+    assert len(steps) == 5 and all(torch.equal(a, b) for a, b in zip(plain.steps[-1], steps[-1]))  # same training
+    if name == "ema":
+        hand = [w.clone() for w in steps[0]]
+        for ws in steps[1:]:
+            hand = [0.8 * h + 0.2 * w for h, w in zip(hand, ws)]
+    else:  # start 0.5 of 4 steps: the weights after steps 2 and 4 (every 2), equally weighted
+        hand = [(a + b) / 2 for a, b in zip(steps[2], steps[4])]
+    stored, task = load_run_model(store, averaged.uid)
+    plain_model, _ = load_run_model(store, baseline.uid)
+    state, plain_state = dict(stored.named_parameters()), dict(plain_model.named_parameters())
+    bad = [n for n, h in zip(traj.names, hand) if not torch.allclose(state[n], h, atol=1e-6)]
+    assert not bad, f"stored weights are not the {name} average: {bad[:3]}"
+    assert any(not torch.allclose(state[n], plain_state[n]) for n in traj.names)  # not the baseline's weights
+    dev = encode(build_task(load_spec(base).task).splits["dev"], task, stored.backbone.tokenizer, 16)
+    assert evaluate(stored, dev, task, 16, torch.device("cpu")) == pytest.approx(averaged.dev)
+    texts = build_task(load_spec(base).task).splits["dev"].texts[:8]
+    with torch.no_grad():  # the evaluated model is not the baseline's: its outputs differ
+        enc = stored.backbone.tokenizer(texts, padding=True, return_tensors="pt")
+        assert not torch.allclose(stored.eval()(**enc), plain_model.eval()(**enc), atol=1e-4)
+    assert store.curve(averaged.uid) == store.curve(baseline.uid)  # the average does not change training

@@ -282,3 +282,45 @@ def test_a_width_mismatch_names_both_widths():
     line = str(err.value)
     assert "\n" not in line and "the source is 64 wide and the target 32 wide" in line and "wide-bert" in line
     assert all(torch.equal(v, narrow.state_dict()[k]) for k, v in before.items())  # nothing copied
+
+
+def test_the_classifier_transplant_example_validates_and_runs(tmp_path, capsys):
+    """examples/classifier_transplant*.yaml as shipped (tiny model, toy data, few steps by --set): the source
+    run, the transplant's --dry-run, and a short run whose encoder and head start as the source's."""
+    import json
+    from pathlib import Path
+
+    from conftest import write_sentiment_csv
+
+    from transferlab.cli import main
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    source_data = write_sentiment_csv(tmp_path / "books", n_train=64, n_dev=32, seed=0)
+    target_data = write_sentiment_csv(tmp_path / "films", n_train=64, n_dev=32, seed=1)
+    store = str(tmp_path / "s.db")
+    fast = ["--set", "model.name=tiny-bert", "--set", "model.max_length=16", "--set", "train.max_steps=3",
+            "--set", "train.num_evals=1", "--store", store, "--quiet"]
+    assert main(["run", str(examples / "classifier_transplant_source.yaml"), "--set", f"task.path={source_data}",
+                 *fast]) == 0
+    target = ["run", str(examples / "classifier_transplant.yaml"), "--set", f"task.path={target_data}",
+              "--set", "task.few_sample=16", *fast]
+    capsys.readouterr()
+    assert main([*target, "--dry-run"]) == 0
+    assert "reviews-source" in capsys.readouterr().out
+    assert main(target) == 0
+    rows = {r.name: r for r in Store(store).runs()}
+    assert set(rows) == {"reviews-source", "reviews-transplant"}
+    moved = json.loads((Store(store).artifact_dir(rows["reviews-transplant"].uid) / "transfer.json").read_text())
+    (report,) = moved["transplant"]
+    assert "head" in report["modules"] and report["layers"]  # the classifier and every encoder layer arrived
+    assert rows["reviews-transplant"].summary.transfer["transplant"]  # the run's summary says what moved
+    # a target whose labels differ from the source's is refused before the run, in one line
+    three = tmp_path / "three"
+    three.mkdir()
+    for split in ("train", "dev"):
+        (three / f"{split}.csv").write_text("text,label\n" + "".join(f"row {i},{i % 3}\n" for i in range(12)))
+    capsys.readouterr()
+    assert main(["run", str(examples / "classifier_transplant.yaml"), "--set", f"task.path={three}",
+                 "--set", "task.few_sample=null", *fast]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "transplant.modules: head" in err[0]

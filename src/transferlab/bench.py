@@ -60,7 +60,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transferlab.errors import UserError
 from transferlab.recipes.hooks import Hook
 
-ROWS = ("trainer", "single", "parallel", "fast", "fast-padded")
+ROWS = ("trainer", "single", "parallel", "fast", "fast-padded", "slots")
 ENGINES = {"parallel": "general", "fast": "fused", "fast-padded": "fused-padded"}
 
 
@@ -450,6 +450,29 @@ def _plan(rows, seeds, make, store, dev, amp, probe) -> list[tuple[str, int, Any
             go = run_seeds if s > 1 else (lambda sp, *a, **k: [run(sp[0], *a, **k)])
             plan.append((f"{row} S={s}", s,
                          lambda t, specs=specs, go=go: go(specs, store, progress=False, hooks=[t], force=True)))
+    if "slots" in rows:
+        plan += _slot_rows(seeds, make, store)
+    return plan
+
+
+# the mixed slots of the "slots" row (issue 24), taken in turn, seed-major: every arm of a seed, then the next seed
+SLOT_ARMS = ({}, {"optim.name": "bertadam", "optim.lr": 5e-5},
+             {"optim.lr": 1e-4, "optim.weight_decay": 0.0, "schedule.name": "cosine"},
+             {"init.reinit_layers": 1, "optim.layer_decay": 0.9, "schedule.warmup_steps": 2})
+
+
+def _slot_rows(seeds, make, store) -> list[tuple[str, int, Any]]:
+    """``slots S=n``: n runs of different arms (LR, BERTAdam beside AdamW, weight decay, schedule, re-init and
+    layer decay) as the slots of one stacked group (auto: the fused encoder where it applies)."""
+    from transferlab.spec import load_spec, to_dict
+    from transferlab.train.loop import run_seeds
+
+    plan: list[tuple[str, int, Any]] = []
+    for s in (n for n in seeds if n > 1):
+        specs = [load_spec(to_dict(make(i // len(SLOT_ARMS), "auto")), SLOT_ARMS[i % len(SLOT_ARMS)])
+                 for i in range(s)]
+        plan.append((f"slots S={s}", s,
+                     lambda t, specs=specs: run_seeds(specs, store, progress=False, hooks=[t], force=True)))
     return plan
 
 

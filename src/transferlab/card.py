@@ -16,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from transferlab.data.build import input_columns
 from transferlab.models.artifacts import load_run_model
 from transferlab.models.backbone import TINY_ALIASES
-from transferlab.models.export import check_out_dir, export_layout, export_model
+from transferlab.models.export import check_out_dir, export_layout, export_model, load_line
 from transferlab.store import RunRow, Store
 
 KNOWN_BASES = {"minilm": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0")}
@@ -90,10 +91,9 @@ def model_card(store: Store, row: RunRow, layout: str, label_names: list[str] | 
     cell = study_cell(store, row)
     prov = row.provenance or {}
     hw = prov.get("hardware") or {}
-    load = {"remote": "AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)",
-            "backbone+head": "transferlab.models.load_exported(folder)"}.get(
-        layout, "AutoModelForSequenceClassification.from_pretrained(folder)")  # hf-bert, hf-roberta
-    front = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags: [transferlab]"]
+    load = load_line(layout)
+    tag = {"hf-token": "token-classification", "hf-span": "question-answering"}.get(layout, "text-classification")
+    front = ["---", "library_name: transformers", f"pipeline_tag: {tag}", "tags: [transferlab]"]
     if licence:
         front.append(f"license: {licence}")
     recipe = {k: v for k, v in spec.items() if k not in ("seed", "name")}
@@ -134,4 +134,9 @@ def export_run(store: Store, ref: str, out_dir: Path, *, force: bool = False) ->
     model, task = load_run_model(store, ref)
     layout = export_layout(model)
     card = model_card(store, row, layout, task.label_names if task.problem != "regression" else None)
-    return export_model(model, task, out_dir, force=force, card=card)
+    task_spec = dict(row.spec.get("task") or {})
+    options = task_spec.get("options") or {}
+    decode = {"doc_stride": options.get("doc_stride"), "max_answer_length": options.get("max_answer_length", 30),
+              "n_best": options.get("n_best", 20)} if task.kind == "span" else None
+    return export_model(model, task, out_dir, force=force, card=card, columns=input_columns(task_spec),
+                        decode=decode)

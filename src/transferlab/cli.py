@@ -10,7 +10,7 @@
     transferlab report [--store PATH] [--study NAME] -o DIR [--tost-margin M] [--include-search-seeds]
     transferlab plan-seeds STORE --study NAME --delta D [--alpha 0.05] [--power 0.8]   (seeds needed)
     transferlab surgery RUN -s "init layers=5 scheme=xavier_uniform" [-s ...] [--split dev]
-    transferlab demo [-o DIR]
+    transferlab demo [-o DIR] [--seeds N] [--train-samples N] [--epochs N]
     transferlab pretrain SPEC.yaml [--set key=value ...]   (MLM / masked modelling -> a HF folder)
     transferlab bench [--model minilm|bert-base|...] [--batch 32] [--seq 64] [--seeds 1,4,8,20]   (throughput)
 
@@ -69,7 +69,11 @@ def _run_parser(sub) -> None:
     g.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: per executor)")
     g.add_argument("--seed-parallel", choices=["auto", "on", "off"], default="auto",
-                   help="train runs that differ only in seed together in one process (auto: on CUDA only)")
+                   help="train a study's runs as the slots of stacked groups in one process: seeds, and arms "
+                        "that differ only in per-slot fields (auto: on CUDA only)")
+    g.add_argument("--max-slots", type=int, default=None, metavar="N",
+                   help="runs one stacked group holds at most (default: what fits in the device's memory by the "
+                        "per-slot estimate, train/memory.py)")
     g.add_argument("--gpus-per-task", type=float, default=None,
                    help="Ray: GPUs per seed group (fractional, e.g. 0.25: four groups share a GPU)")
     g.add_argument("--ray-retries", type=int, default=1, help="Ray: retries of a task whose worker or node died")
@@ -88,6 +92,7 @@ def _runs_parser(sub) -> None:
     p = sub.add_parser("runs", help="list stored runs with their metrics")
     p.add_argument("--study", default=None)
     p.add_argument("--all", action="store_true", help="every attempt, not only the newest per run id")
+    p.add_argument("--task", default=None, help="only runs that train this task (a multi-task run lists under each)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="table (default), csv or json (one object per run, every metric and differing field)")
     _store_arg(p)
@@ -165,7 +170,10 @@ def _pretrain_parser(sub) -> None:
 def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="offline CPU demo: pretrained vs random MiniLM on digit patches")
     p.add_argument("-o", "--out", default="demo_out", help="folder for the store and the report")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3; both arms run the same seeds)")
+    p.add_argument("--train-samples", type=int, default=None, metavar="N",
+                   help="train on N of the 1,257 training images (a faster, smaller demo)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -178,7 +186,8 @@ def _bench_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--seeds", default="1,4,8,20", help="seed counts of the seed-parallel rows (comma-separated)")
     p.add_argument("--rows", default="trainer,single,parallel",
-                   help="which rows (comma-separated): trainer, single, parallel, fast, fast-padded")
+                   help="which rows (comma-separated): trainer, single, parallel, fast, fast-padded, slots (mixed arms "
+                        "as the slots of one stacked group)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on CUDA)")
@@ -335,6 +344,10 @@ def cmd_run(args) -> int:
     if result.summary.get("n_params"):
         s = result.summary
         print(f"  trainable: {s['n_trainable']:,} of {s['n_params']:,} parameters ({s['trainable_share']:.2%})")
+    if result.summary.get("data_sizes"):
+        from transferlab.records import format_sizes
+
+        print(f"  data: {format_sizes(result.summary['data_sizes'])}")
     for split, metrics in (("dev", result.dev), ("test", result.test)):
         if metrics:
             print(f"  {split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -401,14 +414,26 @@ def dry_run(spec, store_path: str) -> int:
     from transferlab.train.validate import validate_run
 
     store = Store(store_path, create=False) if Path(store_path).is_file() else None
-    validate_run(spec, store=store)
+    task = validate_run(spec, store=store)
     rid = run_id(spec)
     state = "todo"
     if store is not None:
         state = "done (--rerun to run it again)" if store.finished(rid) else "todo"
     print(yaml.safe_dump(to_dict(spec), sort_keys=False).rstrip())
+    print(f"# data {loaded_sizes(spec, task)}")
     print(f"# run id {rid}  state {state}  store {store_path}")
     return 0
+
+
+def loaded_sizes(spec, task=None) -> str:
+    """The examples a run of ``spec`` loads per split (its task built as the run builds it)."""
+    from transferlab.data.build import build_task
+    from transferlab.records import data_sizes, format_sizes
+
+    if spec.multitask is not None:
+        return "  ".join(f"{t.name}: {format_sizes(data_sizes(build_task(t, seed=spec.seed).splits))}"
+                         for t in spec.multitask.tasks)
+    return format_sizes(data_sizes((task if task is not None else build_task(spec.task, seed=spec.seed)).splits))
 
 
 def cmd_study(args, data: dict) -> int:
@@ -425,15 +450,15 @@ def cmd_study(args, data: dict) -> int:
     existing = Store(args.store, create=False) if Path(args.store).is_file() else None
     plan = plan_study(study, store=existing)  # expanded and validated once (stored references too), then handed on
     if args.dry_run:
-        rows = describe_plan(study, existing, args.seed_parallel, plan)
+        rows = describe_plan(study, existing, args.seed_parallel, plan, max_slots=args.max_slots)
         if study.search is not None:
             from transferlab.study.search import plan_lines
 
             print("\n".join(plan_lines(study)))
-        print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state"], rows))
+        print(format_table(["phase", "task", "cell", "seed", "lr", "run id", "state", "group"], rows))
         runs = [r for r in rows if not r[5].startswith("(")]
         waiting = sum(r[0] == "main" and r[5].startswith("(") for r in rows)
-        print(f"{study.study}: {sum(r[-1] != 'done' for r in runs)} of {len(runs)} runs to do"
+        print(f"{study.study}: {sum(r[6] != 'done' for r in runs)} of {len(runs)} runs to do"
               + (f"; then {waiting} cells x {len(study.seeds)} seeds at the "
                  + ("best trial's values" if study.search else "LRs chosen on validation") if waiting else ""))
         return 0
@@ -459,7 +484,8 @@ def cmd_study(args, data: dict) -> int:
     except BaseException:
         executor.close(cancel=True)
         raise
-    result = run_study(study, store, executor=executor, skip_failed=args.skip_failed, new=args.new_study, plan=plan)
+    result = run_study(study, store, executor=executor, skip_failed=args.skip_failed, new=args.new_study, plan=plan,
+                       max_slots=args.max_slots)
     if result.interrupted:
         return 130
     if result.failed:  # 0: every run finished or diverged; 1: some failed (listed above); one line on stderr
@@ -497,11 +523,14 @@ def cmd_runs(args) -> int:
 
     store = Store(args.store, create=False)
     rows = store.runs(study=args.study, latest=not args.all)
+    if args.task is not None:
+        rows = [r for r in rows if args.task in run_tasks(r.spec)]
     if args.study is not None and not rows and args.study not in {s for s, _, _ in store.studies()}:
         raise UserError(f"--study: no study {args.study!r} in {store.path}; studies: "
                         + (", ".join(s for s, _, _ in store.studies()) or "none"))
     if not rows:
-        print(f"no runs in {store.path}" + (f" for study {args.study}" if args.study else ""))
+        print(f"no runs in {store.path}" + (f" for study {args.study}" if args.study else "")
+              + (f" for task {args.task}" if args.task else ""))
         return 0
     header, table = runs_table(rows)
     if args.format == "json":
@@ -520,7 +549,13 @@ def cmd_runs(args) -> int:
 
 
 RUN_COLUMNS = ["uid", "name", "study", "task", "model", "seed", "status", "steps", "time_s", "engine", "device",
-               "samples_s", "error"]
+               "samples_s", "error", "data"]
+
+
+def run_tasks(spec: dict) -> list[str]:
+    """The tasks a run trains: a multi-task run's every task, else its one task."""
+    tasks = (spec.get("multitask") or {}).get("tasks") or [spec.get("task") or {}]
+    return [str(t.get("name", "")) for t in tasks]
 
 
 def runs_table(rows) -> tuple[list[str], list[list]]:
@@ -537,11 +572,12 @@ def runs_table(rows) -> tuple[list[str], list[list]]:
     for r, f in zip(rows, flat):
         error = (r.error or r.summary.get("error") or "").strip().splitlines()
         values = {f"{split}_{m}": v for split in ("dev", "test") for m, v in (r.summary.get(split) or {}).items()}
-        table.append([r.uid, r.name or "", r.study or "", f.get("task.name", ""), f.get("model.name", ""), r.seed,
+        table.append([r.uid, r.name or "", r.study or "", "+".join(run_tasks(r.spec)), f.get("model.name", ""), r.seed,
                       r.status, r.summary.get("steps", ""), round(r.duration_s, 1) if r.duration_s else "",
                       r.summary.engine.label() if r.summary.steps else "", r.summary.engine.device if r.summary.steps
                       else "", round(r.summary.samples_per_s, 1) if r.summary.samples_per_s else "",
                       error[-1][:300] if error else "",  # a traceback's last line says what went wrong
+                      " ".join(f"{k}={n}" for k, n in (r.summary.get("data_sizes") or {}).items()),
                       *[values.get(m, "") for m in metrics], *[f.get(k, "") for k in differ]])
     return RUN_COLUMNS + metrics + differ, table
 
@@ -551,7 +587,7 @@ def runs_text_table(header: list[str], table: list[list]) -> tuple[list[str], li
     n_fixed = len(RUN_COLUMNS)
     metric_cols = [i for i, h in enumerate(header) if i >= n_fixed and h.startswith(("dev_", "test_"))]
     differ_cols = [i for i in range(n_fixed, len(header)) if i not in metric_cols]
-    out_header = ["uid", "name", "task", "model", "seed", "status", "time", "engine", "dev", "test", "differs",
+    out_header = ["uid", "name", "task", "model", "seed", "status", "time", "engine", "data", "dev", "test", "differs",
                   "error"]
     col = {h: i for i, h in enumerate(header)}
     out = []
@@ -562,7 +598,7 @@ def runs_text_table(header: list[str], table: list[list]) -> tuple[list[str], li
         differs = " ".join(f"{header[i]}={r[i]}" for i in differ_cols)
         time_s = r[col["time_s"]]
         out.append([r[0], r[1], r[3], r[4], r[5], r[6], f"{time_s:.0f}s" if time_s != "" else "", r[col["engine"]],
-                    joined("dev_"), joined("test_"), differs, r[col["error"]][:60]])
+                    r[col["data"]], joined("dev_"), joined("test_"), differs, r[col["error"]][:60]])
     keep = [j for j, h in enumerate(out_header) if h in ("uid", "status") or any(row[j] != "" for row in out)]
     return [out_header[j] for j in keep], [[row[j] for j in keep] for row in out]
 
@@ -590,7 +626,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from transferlab.predict import predict, write_predictions
+    from transferlab.predict import as_text, predict, write_predictions
     from transferlab.store import Store
 
     check_output(args.output, args.input, args.force)
@@ -601,7 +637,7 @@ def cmd_predict(args) -> int:
     if args.output:
         print(f"wrote {len(frame)} predictions to {write_predictions(frame, Path(args.output))}", file=sys.stderr)
     else:
-        frame.to_csv(sys.stdout, index=False)
+        as_text(frame).to_csv(sys.stdout, index=False)
     return 0
 
 
@@ -689,7 +725,11 @@ def cmd_bench(args) -> int:
 def cmd_demo(args) -> int:
     from transferlab.demo import demo
 
-    demo(Path(args.out), seeds=args.seeds, progress=not args.quiet)
+    for name, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--train-samples", args.train_samples)):
+        if value is not None and value < 1:
+            raise UserError(f"{name}: expected a whole number >= 1, got {value}")
+    demo(Path(args.out), seeds=args.seeds, progress=not args.quiet, train_samples=args.train_samples,
+         epochs=args.epochs)
     return 0
 
 

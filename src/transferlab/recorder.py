@@ -50,10 +50,15 @@ class Recorder:
         self._by_run_id: dict[str, Claim] = {}
         self._staging = None if location is not None else Path(tempfile.mkdtemp(prefix="transferlab-run-"))
         self.path = Path("<recorder>")  # not a store file: nothing may open it
+        # called with a run's final record as soon as it ends (a slot that leaves its stacked group): the driver
+        # stores it then, so a group killed later reruns only its unfinished slots
+        self.on_finish: Any = None
+        self.sent: set[str] = set()
 
     # ------------------------------------------------------------------ what the loop writes
     def start_run(self, run_id: str, recipe_hash: str, seed: int, spec: dict, *, name: str | None = None,
-                  study: str | None = None, kind: str = "train", provenance: dict | None = None) -> str:
+                  study: str | None = None, kind: str = "train", provenance: dict | None = None,
+                  fingerprint: dict | None = None) -> str:  # the driver's claim stored the fingerprint
         claim = self.claims.get((recipe_hash, seed))
         if claim is None:
             raise UserError(f"run {run_id} was not claimed by the driver (recipe {recipe_hash[:12]}, seed {seed})")
@@ -72,6 +77,9 @@ class Recorder:
                    error_step: int | None = None, duration_s: float | None = None) -> None:
         self.update_run(uid, status=status, summary=summary or {}, error=error, error_step=error_step,
                         duration_s=duration_s, finished_at=time.time())
+        if self.on_finish is not None and status in ("finished", "diverged"):
+            self.sent.add(uid)
+            self.on_finish(self._with_files(self._records[uid]))
 
     def log_evals(self, uid: str, step: int, split: str, metrics: dict[str, float]) -> None:
         self._records[uid].evals.extend((step, split, k, float(v)) for k, v in metrics.items())
@@ -137,10 +145,10 @@ class Recorder:
     # ------------------------------------------------------------------ for the driver
     def records(self) -> list[RunRecord]:
         """Every record started here; without a shared location each carries its final files."""
-        out = []
-        for record in self._records.values():
-            if self.location is None and record.status in ("finished", "diverged"):
-                files = read_files(self._staging / safe_name(record.uid))
-                record.files = {k: v for k, v in files.items() if not k.endswith(".pt")}  # checkpoints stay
-            out.append(record)
-        return out
+        return [self._with_files(record) for record in self._records.values()]
+
+    def _with_files(self, record: RunRecord) -> RunRecord:
+        if self.location is None and record.status in ("finished", "diverged"):
+            files = read_files(self._staging / safe_name(record.uid))
+            record.files = {k: v for k, v in files.items() if not k.endswith(".pt")}  # checkpoints stay
+        return record

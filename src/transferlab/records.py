@@ -18,6 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def data_sizes(splits: Mapping[str, Any], prefix: str = "") -> dict[str, int]:
+    """{split: number of examples} of a task's loaded splits (``task.splits``), train first."""
+    order = sorted(splits, key=lambda n: (n != "train", n != "dev", n != "test", n))
+    return {f"{prefix}{name}": len(splits[name]) for name in order}
+
+
+def format_sizes(sizes: Mapping[str, int]) -> str:
+    """``train 2490  dev 277  test 3000`` (the run output, --dry-run); ``""`` when unknown."""
+    return "  ".join(f"{name} {n:,}" for name, n in sizes.items())
+
+
 @dataclass
 class EngineInfo:
     """Which engine trained a run: ``single`` (one model) or ``stacked`` (``seeds`` models stacked)."""
@@ -66,6 +77,9 @@ class RunSummary(Mapping):
     sampler: str | None = None
     task_steps: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # what other commands add (surgery, ...)
+    # examples loaded per split, after max_*_samples and few-shot draws: {"train": 2490, "dev": 277}
+    # (a multi-task run: "rte.train", ...); :func:`data_sizes`
+    data_sizes: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ JSON form
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +95,7 @@ class RunSummary(Mapping):
         for key in ("tasks", "sampler", "task_steps"):  # a multi-task run stored before these were fields
             if key in known["transfer"] and not known.get(key):
                 known[key] = known["transfer"].pop(key)
-        for key in ("dev", "test", "extra_evals", "baseline", "baselines", "extra", "tasks", "task_steps"):
+        for key in ("dev", "test", "extra_evals", "baseline", "baselines", "extra", "tasks", "task_steps", "data_sizes"):
             known[key] = known.get(key) or {}
         return cls(**known)
 

@@ -290,17 +290,21 @@ class Store:
     def start_run(
         self, run_id: str, recipe_hash: str, seed: int, spec: dict, *, name: str | None = None,
         study: str | None = None, kind: str = "train", provenance: dict | None = None,
+        fingerprint: dict | None = None,
     ) -> str:
-        """Record a new attempt of ``run_id`` as running; returns its uid."""
+        """Record a new attempt of ``run_id`` as running; returns its uid. ``fingerprint``: the data and
+        model fingerprint of the run (fingerprint.py), as ``claim`` stores it."""
         now = time.time()
         with self._tx() as db:
             (last,) = db.execute("SELECT COALESCE(MAX(attempt), 0) FROM runs WHERE run_id=?", (run_id,)).fetchone()
             uid = f"{run_id}/{last + 1}"
             db.execute(
                 "INSERT INTO runs (uid, run_id, attempt, recipe_hash, seed, name, study, kind, status, spec,"
-                " provenance, host, pid, created_at, heartbeat_at, artifacts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " provenance, host, pid, created_at, heartbeat_at, artifacts, fingerprint)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (uid, run_id, last + 1, recipe_hash, seed, name, study, kind, "running", json.dumps(spec),
-                 json.dumps(provenance or {}), socket.gethostname(), os.getpid(), now, now, self._named()),
+                 json.dumps(provenance or {}), socket.gethostname(), os.getpid(), now, now, self._named(),
+                 json.dumps(fingerprint) if fingerprint is not None else None),
             )
         self.started = True
         return uid
@@ -366,6 +370,17 @@ class Store:
             self._db.row_factory = None
         self.started = True
         return uid, earlier
+
+    def withdraw(self, uid: str) -> None:
+        """Remove this process's own claim that never started (running, no provenance: the engine never
+        started it; no evaluation or curve):
+        a run refused for a user's mistake after claiming leaves the store as it was (the row is this
+        process's own, made moments before; nothing else is ever deleted)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM runs WHERE uid=? AND status='running' AND pid=? AND host=? AND provenance IS NULL"
+                       " AND NOT EXISTS (SELECT 1 FROM evals WHERE evals.uid=runs.uid)"
+                       " AND NOT EXISTS (SELECT 1 FROM curve WHERE curve.uid=runs.uid)",
+                       (uid, os.getpid(), socket.gethostname()))
 
     def heartbeat(self, uids: list[str], lease_s: float = LEASE_S) -> None:
         """Refresh the leases of runs in flight."""
@@ -453,9 +468,10 @@ class Store:
         return rows
 
     def get(self, ref: str) -> RunRow:
-        """A run by uid, by run id (newest attempt), or by a unique prefix of either."""
+        """A run by uid, by run id (newest attempt), by its ``name`` (one run id of that name), or by a
+        unique prefix of a uid."""
         rows = self.runs()
-        exact = [r for r in rows if ref in (r.uid, r.run_id)]
+        exact = [r for r in rows if ref in (r.uid, r.run_id)] or [r for r in rows if r.name == ref]
         hits = exact or [r for r in rows if r.uid.startswith(ref)]
         if not hits:
             raise UserError(f"no run {ref!r} in store {self.path} (see `transferlab runs`)")

@@ -93,3 +93,21 @@ def build_task(spec, seed: int = 0) -> Task:
                 idx = stratified_indices(split.labels, spec.max_eval_samples, s, stratify and split.labelled)
                 task.splits[name] = split.subset(idx)
     return validate(task)
+
+
+def input_columns(task_spec: dict) -> list[list]:
+    """The columns a file of new inputs for this task holds, [[text, pair or None], ...], the first the
+    default: a GLUE task's own columns (the files' names, then the hub's), SQuAD's question and context,
+    a token task's ``tokens`` (or whitespace-split ``text``), else ``task.text_column``/``text_pair_column``."""
+    from transferlab.data.glue import GLUE
+
+    name = str(task_spec.get("name") or "")
+    if name.lower() in GLUE or name.lower().replace("-", "") in ("stsb", "sst2"):
+        g = GLUE[{"stsb": "sts-b", "sst2": "sst-2"}.get(name.lower(), name.lower())]
+        found = [list(g.columns), list(g.hub_columns)]
+        return [[c[0], c[1] if g.pair else None] for i, c in enumerate(found) if c not in found[:i]]
+    if name == "squad":
+        return [["question", "context"]]
+    if name == "conll2003":
+        return [["tokens", None], ["text", None]]
+    return [[task_spec.get("text_column") or "text", task_spec.get("text_pair_column")]]

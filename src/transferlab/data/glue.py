@@ -165,17 +165,28 @@ def load_glue_file(name: str, path: str | Path, split: str = "train") -> tuple[S
     return Split(np.asarray(labels, dtype=dtype), texts, pairs if g.pair else None), skipped
 
 
-def _folder(g: Glue, root: Path) -> Path:
+def _folder(g: Glue, root: Path, name: str = "") -> Path:
     if not root.is_dir():
         raise DataError(f"task.path: folder {root} does not exist")
+    other = next((x.folder for x in GLUE.values() if x.folder.lower() == root.name.lower()), None)
+    if other is not None and other != g.folder:  # never read another task's files as this task's
+        raise SpecError(f"task.path: {root} is the GLUE {other} folder, but task.name is {name or g.hub}; point "
+                        f"task.path at the {g.folder} folder (or the GLUE root holding it), or set task.name")
     first = g.files[0][1]
     if not (root / first).exists() and (root / g.folder).is_dir():
         return root / g.folder  # the GLUE root holding the task folder
     return root
 
 
+def check_path(spec) -> None:
+    """Before a run starts: a GLUE task's ``task.path`` must not be another GLUE task's folder."""
+    name = TASKS.canonical(spec.name) if spec.name in TASKS else spec.name
+    if name in GLUE and spec.path is not None and Path(spec.path).expanduser().is_dir():
+        _folder(GLUE[name], Path(spec.path).expanduser(), name)
+
+
 def _from_folder(name: str, g: Glue, spec) -> tuple[dict[str, Split], dict[str, int]]:
-    root = _folder(g, Path(spec.path).expanduser())
+    root = _folder(g, Path(spec.path).expanduser(), name)
     explicit = {"train": spec.train_file, "dev": spec.dev_file, "test": spec.test_file}
     splits, skipped = {}, {}
     for split, file, _ in g.files:
@@ -225,10 +236,12 @@ def build_glue(name: str, spec) -> Task:
     g = GLUE[name]
     _check_spec(name, g, spec)
     skipped: dict[str, int] = {}
+    source = f"hub:nyu-mll/glue/{g.hub}"
     if spec.path is None:
         splits = _from_hub(name, g, spec)
     else:
         splits, skipped = _from_folder(name, g, spec)
+        source = str(_folder(g, Path(spec.path).expanduser(), name))  # the folder read (the task's, under a root)
     return Task(
         name=name,
         splits=splits,
@@ -237,7 +250,7 @@ def build_glue(name: str, spec) -> Task:
         metrics=g.metrics,
         main_metric=g.main,
         label_names=list(g.label_names) if g.label_names else None,
-        extra={"pair": g.pair, "source": spec.path or f"hub:nyu-mll/glue/{g.hub}", "skipped_rows": skipped,
+        extra={"pair": g.pair, "source": source, "skipped_rows": skipped,
                # evaluated at the end besides dev (train/extra_evals.py): MNLI's mismatched dev set
                "eval_splits": [n for n in ("dev_mm",) if n in splits and splits[n].labelled]},
     )

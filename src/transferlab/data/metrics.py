@@ -12,8 +12,9 @@ scikit-learn's and scipy's; only the glue (names, nan handling) is ours.
 Classification (any number of classes): ``accuracy``; ``matthews`` (alias ``mcc``);
 ``precision``, ``recall``, ``f1``: binary with class 1 (the second label) positive on two
 classes, and the **macro** average on more (sklearn's binary F1 is undefined there);
-``*_macro`` and ``*_weighted`` averages; ``*_per_class``: one value per class, reported as
-``f1_per_class[0]``, ``f1_per_class[1]``, ... (never a main metric). Regression:
+``*_macro`` and ``*_weighted`` averages; ``*_per_class``: one value per class, reported under the
+class's name, ``f1_per_class[negative]``, ``f1_per_class[positive]`` (by index, ``f1_per_class[0]``,
+only when the task has no label names; never a main metric). Regression:
 ``pearson``, ``spearman``, ``mse``, ``rmse``; on a classification task they compare the
 class ids as ordered numbers (e.g. star ratings). :func:`check_metrics` refuses, before
 training, a classification metric on a regression task and a per-class main metric.
@@ -94,8 +95,8 @@ METRICS.register("rmse")(Metric(lambda p, y: float(np.sqrt(skm.mean_squared_erro
 
 
 def base_name(key: str) -> str:
-    """``f1_per_class[2]`` -> ``f1_per_class``; other names unchanged."""
-    return re.sub(r"\[\d+\]$", "", key)
+    """``f1_per_class[2]``, ``f1_per_class[positive]`` -> ``f1_per_class``; other names unchanged."""
+    return re.sub(r"_per_class\[[^\]]*\]$", "_per_class", key)
 
 # Scored by a task shape from decoded outputs (tag sequences, answer texts; train/shapes.py), or the mean
 # main metric of a multi-task run: not functions of class ids, so not in METRICS; all higher-is-better.
@@ -127,10 +128,10 @@ def check_metrics(metrics: Sequence[str], main: str, problem: str, field: str = 
 
 
 def compute(names: Sequence[str], preds: np.ndarray, labels: np.ndarray,
-            num_classes: int | None = None) -> dict[str, float]:
+            num_classes: int | None = None, label_names: Sequence | None = None) -> dict[str, float]:
     """The named metrics of ``preds`` against ``labels``, as plain floats. ``num_classes`` (default:
     the largest class id seen + 1) sizes the per-class metrics and makes f1/precision/recall binary
-    (2 classes) or macro (more)."""
+    (2 classes) or macro (more); ``label_names`` (one per class) name the per-class values."""
     preds, labels = np.asarray(preds), np.asarray(labels)
     if labels.ndim == 2:  # per-token labels (bit tasks): every position is one prediction
         preds, labels = preds.reshape(-1), labels.reshape(-1)
@@ -150,7 +151,8 @@ def compute(names: Sequence[str], preds: np.ndarray, labels: np.ndarray,
             continue
         n = num_classes or int(max(y.max(initial=0), p.max(initial=0))) + 1
         if metric.per_class:
-            out.update({f"{name}[{i}]": float(v) for i, v in enumerate(metric.fn(p, y, n))})
+            keys = [str(x) for x in label_names] if label_names is not None and len(label_names) == n else range(n)
+            out.update({f"{name}[{k}]": float(v) for k, v in zip(keys, metric.fn(p, y, n))})
         else:
             out[name] = metric.fn(p, y, n)
     return out
@@ -175,7 +177,9 @@ def baseline(task, split: str = "dev") -> dict[str, float]:
     else:
         counts = np.bincount(train.astype(np.int64).ravel(), minlength=task.num_labels)
         preds = np.full(target.shape, int(counts.argmax()))
-    return compute(task.metrics, preds, target, task.num_labels if task.problem != "regression" else None)
+    if task.problem == "regression":
+        return compute(task.metrics, preds, target)
+    return compute(task.metrics, preds, target, task.num_labels, task.label_names)
 
 
 def constant_baselines(task: Task) -> dict[str, dict[str, float]]:
@@ -191,7 +195,7 @@ def constant_baselines(task: Task) -> dict[str, dict[str, float]]:
         if task.problem == "regression":
             out[name] = compute(task.metrics, np.full(len(labels), float(np.mean(labels))), labels)
             continue
-        per_class = [compute(task.metrics, np.full(labels.shape, c), labels, task.num_labels)
+        per_class = [compute(task.metrics, np.full(labels.shape, c), labels, task.num_labels, task.label_names)
                      for c in range(task.num_labels)]
         keys = list(per_class[0])  # the metric names, per-class ones expanded (f1_per_class[0], ...)
         out[name] = {m: (max if higher_is_better(m) else min)(s[m] for s in per_class) for m in keys}

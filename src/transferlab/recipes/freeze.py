@@ -46,6 +46,7 @@ class FreezerCaps:
     fused: bool = False  # works on the fused encoder's stacked parameters
     multitask: bool = True  # works on a MultiTaskModel (a head per task under ``head.<task>.``)
     pretrain: bool = False  # works on a pretraining model (no new head: the whole model is ``backbone.``)
+    per_slot: bool = False  # slots of one stacked group may use different policies (SlotFreezer: gradient masks)
 
 
 FREEZERS: Registry[type] = Registry("freeze policy", FreezerCaps)
@@ -107,10 +108,10 @@ class Freezer(Hook):
         return name.startswith("head.") or (name.startswith("input_adapter.") and self.opts.get("train_input", True))
 
 
-FREEZERS.register("none", seed_stacked=True, fused=True, pretrain=True)(Freezer)
+FREEZERS.register("none", seed_stacked=True, fused=True, pretrain=True, per_slot=True)(Freezer)
 
 
-@FREEZERS.register("backbone_for_steps", "freeze_for_steps", seed_stacked=True, fused=True)
+@FREEZERS.register("backbone_for_steps", "freeze_for_steps", seed_stacked=True, fused=True, per_slot=True)
 class BackboneForSteps(Freezer):
     def trainable(self, name: str, step: int) -> bool:
         return not name.startswith("backbone.") or step >= self.spec.steps
@@ -136,7 +137,7 @@ def role_categories(model: nn.Module) -> dict[str, str]:
     return out
 
 
-@FREEZERS.register("fpt", seed_stacked=True, fused=True)
+@FREEZERS.register("fpt", seed_stacked=True, fused=True, per_slot=True)
 class FPT(Freezer):
     options: ClassVar[dict[str, Any]] = {"train_ffn": False, "train_attention": False, "freeze_positions": False,
                                          "freeze_layernorm": False}
@@ -153,7 +154,7 @@ class FPT(Freezer):
         return self.rule[self.category[name]]
 
 
-@FREEZERS.register("gradual", "gradual_unfreezing", seed_stacked=True, fused=True)
+@FREEZERS.register("gradual", "gradual_unfreezing", seed_stacked=True, fused=True, per_slot=True)
 class Gradual(Freezer):
     options: ClassVar[dict[str, Any]] = {"every_steps": None}  # null: one layer group per epoch
 
@@ -172,7 +173,7 @@ class Gradual(Freezer):
         return {self.every() * k for k in range(1, self.num_layers + 2)}
 
 
-@FREEZERS.register("linear_probe", seed_stacked=True, fused=True)
+@FREEZERS.register("linear_probe", seed_stacked=True, fused=True, per_slot=True)
 class LinearProbe(Freezer):
     options: ClassVar[dict[str, Any]] = {"train_input": True}
 
@@ -180,7 +181,7 @@ class LinearProbe(Freezer):
         return self.new_weights(name)
 
 
-@FREEZERS.register("bitfit", seed_stacked=True, fused=True, pretrain=True)
+@FREEZERS.register("bitfit", seed_stacked=True, fused=True, pretrain=True, per_slot=True)
 class BitFit(Freezer):
     options: ClassVar[dict[str, Any]] = {"train_input": True}
 
@@ -257,3 +258,59 @@ def build_freezer(spec, model: nn.Module, steps_per_epoch: int = 1) -> Freezer:
     freezer = FREEZERS.get(spec.name, "freeze.name")(spec, steps_per_epoch)
     freezer.prepare(model)
     return freezer
+
+
+class SlotFreezer(Hook):
+    """Each slot's own policy on one stacked model (every policy declaring ``FreezerCaps.per_slot``).
+
+    A parameter trains (``requires_grad``) when it trains in any slot; in the slots where its policy freezes it,
+    a hook on the parameter zeroes its gradient before clipping (so each slot's gradient norm is its run's),
+    and the per-slot optimizer (recipes/slots.py) leaves it untouched there: no decay, no moments, its own
+    step count from the step it first trains, as its run's optimizer that never saw a gradient for it.
+    ``masks``: id(parameter) -> (S,) 1 where it trains, 0 where it is frozen (absent: it trains everywhere)."""
+
+    def __init__(self, specs: list, model: nn.Module, steps_per_epoch: int = 1):
+        self.freezers = [build_freezer(spec, model, steps_per_epoch) for spec in specs]
+        self.params = dict(model.named_parameters())
+        self.masks: dict[int, Any] = {}
+        self.flags: dict[str, list[bool]] = {}
+        self.hooked: set[int] = set()
+        self.step = 0
+
+    def _mask(self, key: int, grad):
+        mask = self.masks.get(key)
+        return grad if mask is None else grad * mask.view(-1, *[1] * (grad.dim() - 1))
+
+    def apply(self, step: int) -> None:
+        import torch
+
+        for name, p in self.params.items():
+            flags = self.flags[name] = [f.trainable(name, step) for f in self.freezers]
+            p.requires_grad_(any(flags))
+            if any(flags) and not all(flags):  # host to device only here, at the policies' boundaries
+                self.masks[id(p)] = torch.tensor(flags, dtype=p.dtype, device=p.device)
+                if id(p) not in self.hooked:
+                    p.register_hook(lambda grad, key=id(p): self._mask(key, grad))
+                    self.hooked.add(id(p))
+            else:
+                self.masks.pop(id(p), None)
+        for freezer in self.freezers:
+            freezer.step = step
+        self.step = step
+
+    def on_train_start(self, model, optimizer, total_steps: int) -> None:
+        self._bounds = set().union(*(f.boundaries() for f in self.freezers))
+        self.apply(0)
+
+    def on_step_start(self, step: int) -> None:
+        if step in self._bounds:
+            self.apply(step)
+
+    def trainable_count(self, slot: int) -> int:
+        """Values slot ``slot``'s own policy trains now (its run's ``n_trainable``)."""
+        return sum(p[0].numel() for name, p in self.params.items() if self.flags[name][slot])
+
+    def keep(self, slots: list[int]) -> None:
+        """Only ``slots`` stay (after the weights were cut to them)."""
+        self.freezers = [self.freezers[i] for i in slots]
+        self.apply(self.step)

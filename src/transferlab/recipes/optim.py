@@ -35,6 +35,11 @@ class OptimCaps:
     elementwise: bool = False  # each element's update reads only its own state: a stacked update is S updates
     fused: bool = False  # the fused encoder's stacked parameters may use it
     state_dtype: bool = False  # honours optim.state_dtype (bf16 moments for seed-stacked runs)
+    # per-slot hyper-parameters in one stacked group (recipes/slots.py: lr, head LR, layer decay, weight decay
+    # and the schedule per slot); optimizers may share a group when their ``slot_update`` is the same
+    per_slot: bool = False
+    slot_update: str = ""  # the update rule a slot group runs: "adam" (bias correction per slot), "adabelief"
+    bias_correction: bool = True  # Adam's bias correction (BERTAdam: off), per slot in an "adam" slot group
 
 
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", OptimCaps)
@@ -243,7 +248,7 @@ def _speed(device_type: str) -> dict:
     return {"fused": True} if device_type == "cuda" else {"foreach": True}
 
 
-@OPTIMIZERS.register("adamw", elementwise=True, fused=True, state_dtype=True)
+@OPTIMIZERS.register("adamw", elementwise=True, fused=True, state_dtype=True, per_slot=True, slot_update="adam")
 def adamw(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torch.optim.Optimizer:
     # torch's fused AdamW runs on CUDA and on the CPU; on the CPU it took a third of the foreach
     # path's time for MiniLM's 22.7M parameters (2-core machine), a real share of a training step.
@@ -255,13 +260,15 @@ def adamw(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torc
                              weight_decay=spec.weight_decay, **({"fused": True} if fused else {"foreach": True}))
 
 
-@OPTIMIZERS.register("bertadam", elementwise=True, fused=True, state_dtype=True)
+@OPTIMIZERS.register("bertadam", elementwise=True, fused=True, state_dtype=True, per_slot=True,
+                     slot_update="adam", bias_correction=False)
 def bertadam(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torch.optim.Optimizer:
     return AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay,
                  bias_correction=False, state_dtype=STATE_DTYPES[spec.state_dtype])
 
 
-@OPTIMIZERS.register("adabelief", elementwise=True, fused=True, state_dtype=True)
+@OPTIMIZERS.register("adabelief", elementwise=True, fused=True, state_dtype=True, per_slot=True,
+                     slot_update="adabelief")
 def adabelief(groups: list[dict], spec: OptimSpec, device_type: str = "cpu") -> torch.optim.Optimizer:
     return AdaBelief(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay,
                      state_dtype=STATE_DTYPES[spec.state_dtype])

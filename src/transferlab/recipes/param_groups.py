@@ -111,6 +111,13 @@ def _check(spec: OptimSpec) -> None:
         raise SpecError(f"optim.weight_decay: {spec.weight_decay} must be >= 0")
 
 
+def group_lr(spec: OptimSpec, layer: int, num_layers: int) -> float:
+    """The base LR of the parameters at depth ``layer``: head_lr (or lr) for the head, else lr decayed per layer."""
+    if layer == num_layers + 1:
+        return spec.head_lr or spec.lr
+    return spec.lr * spec.layer_decay ** (num_layers + 1 - layer)
+
+
 def build_param_groups(model: nn.Module, spec: OptimSpec, num_layers: int | None = None) -> list[dict]:
     """All parameters of ``model`` (frozen ones too) in groups keyed by (layer, decay or not).
 
@@ -136,7 +143,7 @@ def build_param_groups(model: nn.Module, spec: OptimSpec, num_layers: int | None
         if group is None:
             top = layer == num_layers + 1
             label = "head" if top else f"layer{layer}"
-            lr = (spec.head_lr or spec.lr) if top else spec.lr * spec.layer_decay ** (num_layers + 1 - layer)
+            lr = group_lr(spec, layer, num_layers)
             group = buckets[(layer, decay)] = {
                 "params": [], "lr": lr, "weight_decay": spec.weight_decay if decay else 0.0,
                 "name": f"{label}.{'decay' if decay else 'no_decay'}", "layer": layer, "param_names": [],

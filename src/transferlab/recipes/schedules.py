@@ -4,7 +4,13 @@ A schedule is a pure function ``(step, total_steps, warmup_steps, spec) -> facto
 every parameter group at ``step`` (optimizer steps already taken, from 0) is its own base LR
 times that factor, so layer-wise LR ratios hold throughout training.
 
-    constant            linear warmup 0 -> 1, then 1
+    constant            1 from the first step, as Hugging Face's ``constant``
+                        (= transformers.get_constant_schedule): ``warmup_ratio`` does not apply;
+                        an explicit ``warmup_steps`` > 0 still warms up over those steps
+                        (= get_constant_schedule_with_warmup), as the FPT examples ask
+    constant_with_warmup  linear warmup 0 -> 1 (``warmup_steps`` or ``warmup_ratio``), then 1
+                        (= transformers.get_constant_schedule_with_warmup; HF's
+                        ``constant_with_warmup``). Before issue 26 ``constant`` meant this.
     linear              linear warmup, then linear decay to 0 at total_steps
                         (= transformers.get_linear_schedule_with_warmup)
     cosine              linear warmup, then cosine with ``num_cycles`` (0.5: one half-wave to 0)
@@ -19,6 +25,7 @@ A new schedule is one function under ``@SCHEDULES.register("name")``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from collections.abc import Callable
 from functools import partial
 
@@ -29,26 +36,38 @@ from transferlab.registry import Registry
 from transferlab.spec import ScheduleSpec
 
 Schedule = Callable[[int, int, int, ScheduleSpec], float]
-SCHEDULES: Registry[Schedule] = Registry("schedule")
+
+
+@dataclass(frozen=True)
+class ScheduleCaps:
+    per_slot: bool = False  # a pure function of the step: tabulated per slot of a stacked group (recipes/slots.py)
+
+
+SCHEDULES: Registry[Schedule] = Registry("schedule", ScheduleCaps)
 
 
 def _warmup(step: int, warmup: int) -> float:
     return step / max(1, warmup)
 
 
-@SCHEDULES.register("constant")
+@SCHEDULES.register("constant", per_slot=True)
 def constant(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
+    return _warmup(step, warmup) if step < warmup else 1.0  # warmup: warmup_steps only (resolve_warmup)
+
+
+@SCHEDULES.register("constant_with_warmup", per_slot=True)
+def constant_with_warmup(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     return _warmup(step, warmup) if step < warmup else 1.0
 
 
-@SCHEDULES.register("linear")
+@SCHEDULES.register("linear", per_slot=True)
 def linear(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     if step < warmup:
         return _warmup(step, warmup)
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-@SCHEDULES.register("cosine")
+@SCHEDULES.register("cosine", per_slot=True)
 def cosine(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     if step < warmup:
         return _warmup(step, warmup)
@@ -56,7 +75,7 @@ def cosine(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * spec.num_cycles * 2.0 * progress)))
 
 
-@SCHEDULES.register("slanted_triangular", "stlr")
+@SCHEDULES.register("slanted_triangular", "stlr", per_slot=True)
 def slanted_triangular(step: int, total: int, warmup: int, spec: ScheduleSpec) -> float:
     """ULMFiT eq. 3 with t = step, T = total: cut = floor(T * cut_frac) (at least 1),
     p = t / cut before the cut, else 1 - (t - cut) / (cut * (1 / cut_frac - 1)); factor = (1 + p (ratio - 1)) / ratio."""
@@ -82,8 +101,11 @@ def _check(spec: ScheduleSpec) -> None:
 
 
 def resolve_warmup(spec: ScheduleSpec, total_steps: int) -> int:
-    """Warmup steps: ``warmup_steps`` when > 0, else ``round(warmup_ratio * total_steps)``."""
-    return spec.warmup_steps if spec.warmup_steps > 0 else round(spec.warmup_ratio * total_steps)
+    """Warmup steps: ``warmup_steps`` when > 0, else ``round(warmup_ratio * total_steps)``; ``constant``
+    (Hugging Face's: no warmup) reads ``warmup_steps`` only."""
+    if spec.warmup_steps > 0 or SCHEDULES.canonical(spec.name) == "constant":
+        return spec.warmup_steps
+    return round(spec.warmup_ratio * total_steps)
 
 
 def lr_factor(spec: ScheduleSpec | str, step: int, total_steps: int, warmup_steps: int | None = None) -> float:

@@ -369,8 +369,11 @@ class SWA(Averaging):
             raise SpecError(f"{where}.every: {opts['every']!r} must be an integer >= 1")
 
     def on_after_optimizer_step(self, model, step):
-        first = int(self.opts["start"] * self.total)
-        if step < first or (step - first) % self.opts["every"]:
+        # ``step`` is the index of the update just made (the engine's, from 0): ``done`` updates so far.
+        # Snapshots after update first, first + every, ...: with start 0.5 of 4 steps and every 2, the
+        # weights after updates 2 and 4 (the last, 1.0 of the steps, always counts when every divides).
+        done, first = step + 1, max(1, int(self.opts["start"] * self.total))
+        if done < first or (done - first) % self.opts["every"]:
             return
         with torch.no_grad():
             if self.n == 0:

@@ -16,17 +16,18 @@ Every table is (header, rows of strings), like report/tables.py.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
+from transferlab.data.degenerate import is_degenerate
 from transferlab.data.metrics import higher_is_better
 from transferlab.errors import UserError
 from transferlab.models.artifacts import load_predictions
 from transferlab.report import significance as sig
 from transferlab.report import stats
 from transferlab.report.cells import Cell
-from transferlab.report.tables import KS, _f, _p, study_meta
+from transferlab.report.tables import DEFAULT_MARGIN, KS, _f, _p, _signed, study_meta
 from transferlab.store import Store
 
 
@@ -53,7 +54,33 @@ def tost_margin(store: Store, study: str, override: float | None) -> float | Non
     return override if override is not None else (study_meta(store, study).get("report") or {}).get("tost_margin")
 
 
+def degenerate_count(store: Store, cell: Cell) -> tuple[int, int]:
+    """(degenerate runs, runs with a verdict) of a cell's finished runs, at its study's degenerate_margin."""
+    margin = study_meta(store, cell.study).get("degenerate_margin", DEFAULT_MARGIN)
+    flags = [is_degenerate(r.summary, cell.split, margin) for r in cell.finished]
+    flags = [f for f in flags if f is not None]
+    return sum(flags), len(flags)
+
+
+def _test(x: np.ndarray, y: np.ndarray, is_paired: bool) -> dict:
+    """The primary test (paired t, else Welch's t) with its CI of Δ, and the rank test's p."""
+    if is_paired:
+        r = sig.paired(x, y)
+        return {"test": "paired t", "t_p": r["t_p"], "r_p": r["w_p"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
+    r = stats.compare(x, y)
+    return {"test": "Welch t", "t_p": r["t_p"], "r_p": r["u_p"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
+
+
+def _power(x: np.ndarray, y: np.ndarray, diff: float, is_paired: bool) -> dict:
+    """Power of the primary test for the observed Δ with these seeds, and the seeds power 0.8 needs."""
+    if len(x) < 2 or len(y) < 2 or math.isnan(diff) or diff == 0:
+        return {"power": math.nan, "seeds_needed": None}
+    plan = sig.plan_seeds(x, y, abs(diff), paired=is_paired)
+    return {"power": plan["power_now"], "seeds_needed": plan["seeds"]}
+
+
 def comparisons_paired(store: Store, cells: list[Cell], margin: float | None = None, seed: int = 0) -> list[dict]:
+    """Each cell against its baseline cell: paired when they share >= 2 seeds, else independent samples."""
     pairs = baseline_pairs(store, cells)
     out = []
     for c, base in pairs:
@@ -64,26 +91,24 @@ def comparisons_paired(store: Store, cells: list[Cell], margin: float | None = N
         is_paired = len(common) >= 2
         x = np.array([a[s] for s in common] if is_paired else list(a.values()))
         y = np.array([b[s] for s in common] if is_paired else list(b.values()))
-        if is_paired:
-            r = sig.paired(x, y)
-            res = {"t_p": r["t_p"], "r_p": r["w_p"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
-        else:
-            r = stats.compare(x, y)
-            low = high = math.nan
-            res = {"t_p": r["t_p"], "r_p": r["u_p"], "ci_low": low, "ci_high": high}
+        diff = float(x.mean() - y.mean()) if len(x) and len(y) else math.nan
         sign = 1 if higher else -1  # ASO asks "is A better": flip errors
-        eps = sig.aso(sign * x, sign * y, num_comparisons=len(pairs), seed=seed) if len(x) and len(y) else math.nan
+        # ASO compares two distributions: one seed per arm has none (eps_min would read 0 or 1)
+        eps = sig.aso(sign * x, sign * y, num_comparisons=len(pairs), seed=seed) if min(len(x), len(y)) >= 2 else math.nan
         m = tost_margin(store, c.study, margin)
         row = {"study": c.study, "task": c.task, "arm": c.arm, "study_arm": c.study_arm, "baseline": base.arm,
                "metric": metric, "split": c.split, "paired": is_paired, "n_a": len(x), "n_b": len(y),
-               "diff": float(x.mean() - y.mean()) if len(x) and len(y) else math.nan, "aso": eps,
-               "margin": m, "higher": higher, "x": x, "y": y, **res}
+               "diff": diff, "aso": eps, "margin": m, "higher": higher, "x": x, "y": y,
+               "degenerate_a": degenerate_count(store, c), "degenerate_b": degenerate_count(store, base),
+               **_test(x, y, is_paired), **_power(x, y, diff, is_paired)}
         if m is not None:
             row["tost"] = sig.tost(x, y, m, paired=is_paired)
         out.append(row)
     for key in ("t_p", "r_p"):
         for r, adj in zip(out, stats.holm([r[key] for r in out])):
             r[key + "_holm"] = float(adj)
+    for r in out:  # the primary test, as significance.sentence reads it
+        r["p"], r["p_holm"] = r["t_p"], r["t_p_holm"]
     return out
 
 
@@ -94,13 +119,14 @@ def paired_note(rows: list[dict]) -> str:
                "PAIRED: paired t test and Wilcoxon signed-rank on the per-seed differences, t CI of the mean "
                "difference.")
     elif n_paired == 0:
-        how = "The arms share no seeds: independent samples (Welch t test, Mann-Whitney U), no CI."
+        how = ("The arms share no seeds: independent samples (Welch t test, Mann-Whitney U); the CI of Δ is "
+               "Welch's t interval.")
     else:
         how = (f"{n_paired} of {len(rows)} comparisons share seeds and are paired (paired t, Wilcoxon); the rest "
-               "are independent (Welch, Mann-Whitney).")
+               "are independent (Welch, Mann-Whitney; Welch's t interval of Δ).")
     return (how + " p (Holm): adjusted over all comparisons of the report. ASO: eps_min of Almost Stochastic "
-            "Order (Dror et al. 2019; Bonferroni over the comparisons); < 0.5 means the arm is almost "
-            "stochastically better than the baseline. TOST: equivalence within ± the study's report.tost_margin.")
+            "Order (Dror et al. 2019; Bonferroni over the comparisons): < 0.2 the arm almost stochastically "
+            "dominates the baseline, 0.2-0.5 weak dominance (no claim), 0.5 and above none. TOST: equivalence within ± the study's report.tost_margin.")
 
 
 def paired_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -114,7 +140,7 @@ def paired_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         if "tost" in r:
             t = r["tost"]
             tost = f"±{r['margin']:g}: p {_p(t['p'])} ({'equivalent' if t['equivalent'] else 'not shown equivalent'})"
-        out.append([r["task"], r["arm"], r["baseline"], f"{r['metric']} ({r['split']})", test, f"{r['diff']:+.4f}",
+        out.append([r["task"], r["arm"], r["baseline"], f"{r['metric']} ({r['split']})", test, _signed(r["diff"]),
                     ci, _p(r["t_p"]), _p(r["t_p_holm"]), _p(r["r_p"]), _p(r["r_p_holm"]), _f(r["aso"], 3), tost])
     return header, out
 
@@ -197,21 +223,23 @@ def churn_table(store: Store, cells: list[Cell]) -> tuple[list[str], list[list[s
 
 
 def conclusions(rows: list[dict], cells: list[Cell], alpha: float = sig.ALPHA) -> list[str]:
-    """One line per (study, arm against the baseline), across tasks and grid points."""
+    """One sentence per comparison (significance.sentence), and per arm compared on several tasks or grid
+    points, the count of its verdicts; then the LR-search seeds left out."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["study"], r["arm"][len(r["study_arm"]):], r["study_arm"], r["baseline"])].append(r)
     lines = []
     for (study, point, arm, base), rs in groups.items():
-        per_task = [{"diff": r["diff"], "p_holm": r["t_p_holm"]} for r in rs]
-        line = sig.conclusion(arm + point, base, per_task, rs[0]["higher"], alpha)
-        line += f" ({'paired' if all(r['paired'] for r in rs) else 'unpaired'} t test)"
-        aso_wins = sum(r["aso"] < 0.5 for r in rs if not math.isnan(r["aso"]))
-        line += f"; ASO eps_min < 0.5 on {aso_wins} of {len(rs)}"
-        if any("tost" in r for r in rs):
-            eq = sum(r["tost"]["equivalent"] for r in rs if "tost" in r)
-            line += f"; equivalent within ±{rs[0]['margin']:g} (TOST) on {eq}"
-        lines.append(f"{study}: {line}.")
+        if len(rs) > 1:
+            per_task = [{"diff": r["diff"], "p_holm": r["p_holm"], "degenerate_a": r["degenerate_a"],
+                         "degenerate_b": r["degenerate_b"]} for r in rs]
+            line = sig.conclusion(arm + point, base, per_task, rs[0]["higher"], alpha)
+            lines.append(f"{study}: {line} ({rs[0]['test']} test).")
+        lines += [f"{study}: {sig.sentence(r, alpha)}." for r in rs]
+    for c in cells:  # a report made while the study runs: cells with nothing to compare yet
+        if c.study and c.runs and not c.finished:
+            states = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.status for r in c.runs).items()))
+            lines.append(f"{c.study}: {c.arm} on {c.task}: no finished run yet ({states}).")
     left_out = defaultdict(set)
     for c in cells:
         left_out[c.study].update(r.seed for r in c.excluded)

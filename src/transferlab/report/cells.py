@@ -41,7 +41,8 @@ class Cell:
 
     @property
     def main_metric(self) -> str:
-        return self.runs[0].summary.get("main_metric", "") if self.runs else ""
+        """The runs' main metric: from the first run that has one (a run still training has no summary)."""
+        return next((m for r in self.runs if (m := r.summary.get("main_metric"))), "")
 
 
 def search_seeds(store: Store, study: str, include: bool | None = None) -> set[int]:

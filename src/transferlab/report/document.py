@@ -54,10 +54,15 @@ def seed_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
     for c in all_cells:
         for r in sorted(c.runs, key=lambda r: r.seed):
             value = (r.summary.get(c.split) or {}).get(c.main_metric)
-            rows.append([c.task, c.arm, str(r.seed), r.status, f"{c.main_metric} ({c.split})",
-                         "-" if value is None else f"{value:.4f}", str(r.summary.get("best_step", "-")),
-                         str(r.summary.get("steps", "-")), r.uid])
+            rows.append([c.task, c.arm, str(r.seed), r.status, f"{c.main_metric} ({c.split})" if c.main_metric else "-",
+                         "-" if value is None else f"{value:.4f}", _dash(r.summary.get("best_step")),
+                         _dash(r.summary.get("steps") if r.status != "running" else None), r.uid])
     return header, rows
+
+
+def _dash(value) -> str:
+    """A stored number, or "-" where a run has none yet (a run still training has no summary)."""
+    return "-" if value is None or (isinstance(value, float) and value != value) else str(value)
 
 
 def config_diff_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
@@ -70,8 +75,13 @@ def config_diff_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]
     flat = [flatten(c.runs[0].spec) for c in shown]
     keys = list(dict.fromkeys(k for f in flat for k in f))
     differ = [k for k in keys if k not in ("seed", "name") and len({repr(f.get(k)) for f in flat}) > 1]
-    header = ["field", *[f"{c.task} | {c.arm}" for c in shown]]
-    return header, [[k, *[str(f.get(k, "-")) for f in flat]] for k in differ]
+    header = ["field", *[f"{c.arm} ({c.task})" for c in shown]]  # no "|" in a header cell: one cell per column
+    return header, [[k, *["-" if k not in f else _value(f[k]) for f in flat]] for k in differ]
+
+
+def _value(v) -> str:
+    """A spec value as its YAML spelling would read (null, not Python's None)."""
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def _engine_label(r: RunRow) -> str:
@@ -90,8 +100,8 @@ def provenance_table(all_cells: list[Cell]) -> tuple[list[str], list[list[str]]]
         for r in c.runs:
             p, hw = r.provenance, r.provenance.get("hardware") or {}
             device = hw.get("gpu") or hw.get("cpu") or "-"
-            key = (p.get("transferlab", "-"), p.get("torch", "-"), p.get("transformers", "-"), p.get("python", "-"),
-                   (p.get("git_commit") or "-")[:12], device, _engine_label(r))
+            key = (p.get("transferlab") or "-", p.get("torch") or "-", p.get("transformers") or "-",
+                   p.get("python") or "-", (p.get("git_commit") or "-")[:12], device, _engine_label(r))
             counts[key] = counts.get(key, 0) + 1
     header = ["transferlab", "torch", "transformers", "python", "git commit", "device", "engine", "runs"]
     return header, [[*map(str, k), str(n)] for k, n in counts.items()]
@@ -173,20 +183,24 @@ def curve_plot(store: Store, all_cells: list[Cell]) -> bytes | None:
     return data
 
 
-def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = None
+CONCLUSIONS_NOTE = ("In words, from the tables below. \"Better\" or \"worse\" only where the primary test (paired t "
+                    "when the arms share seeds, else Welch's t) has a Holm-adjusted p < 0.05 over all comparisons "
+                    "of the report; otherwise \"no difference detected\", with the difference, its 95% CI, the "
+                    "power these seeds have for it and the seeds power 0.8 needs. ASO eps_min: < 0.2 dominance, "
+                    "0.2-0.5 weak dominance (no claim), above none. Degenerate: runs not above the best constant "
+                    "prediction.")
+
+
+def _sections(store: Store, all_cells: list[Cell], compared: list[dict]
               ) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
-    """(title, note, table) of every section with rows."""
+    """(title, note, table) of every table section with rows (the conclusions and figures come first)."""
     from transferlab.report import analysis, tables
     from transferlab.report.stats import BCA_MIN_N
     from transferlab.study import search
 
     studies = list(dict.fromkeys(c.study for c in all_cells if c.study))
-    compared = analysis.comparisons_paired(store, all_cells, tost_margin)
-    lines = analysis.conclusions(compared, all_cells)
     across_header, across_rows, across_note = analysis.across_tasks_table(all_cells)
     sections = [
-        ("Conclusions", "In words, from the tables below (t test p-values Holm-adjusted over the report).",
-         (["conclusion"], [[line] for line in lines])),
         ("Runs", "Mean ± std over seeds of every final metric; failed counts failed and diverged runs.",
          summary_table(all_cells)),
         ("Statistics per cell", (f"Main metric. 95% CI of the mean: BCa bootstrap from {BCA_MIN_N} seeds, a t "
@@ -197,7 +211,9 @@ def _sections(store: Store, all_cells: list[Cell], tost_margin: float | None = N
         ("Paired comparison against the baseline arm", analysis.paired_note(compared),
          analysis.paired_table(compared)),
         ("Against the baseline arm (independent samples)", ("Two-sided Welch t-test and Mann-Whitney U, seeds "
-         "treated as independent; Holm-adjusted over all comparisons of the report."),
+         "treated as independent; Holm-adjusted over all comparisons of the report. CI of Δ: Welch's t interval "
+         "of the difference of means. HL shift: the Hodges-Lehmann estimate (median of all pairwise "
+         "differences) with the exact distribution-free interval that inverts the Mann-Whitney test."),
          tables.comparison_table(store, all_cells)),
         ("How many seeds?", ("Power analysis from these runs as a pilot (noncentral t; paired when the arms share "
          "seeds): the sd of the differences, the power the current seeds have for the observed difference, and the "
@@ -244,7 +260,8 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 def write_report(store: Store, out: Path, study: str | None = None, *, tost_margin: float | None = None,
                  include_search_seeds: bool | None = None) -> list[Path]:
     """``tost_margin`` overrides the study's report.tost_margin; ``include_search_seeds`` its
-    report.exclude_search_seeds (None: as the study says, excluded by default)."""
+    report.exclude_search_seeds (None: as the study says, excluded by default). The page reads top down:
+    the conclusions in words, the figures, then the tables they come from."""
     from transferlab.report import plots as study_plots
     from transferlab.report.significance import check_margin
 
@@ -252,7 +269,11 @@ def write_report(store: Store, out: Path, study: str | None = None, *, tost_marg
         check_margin(tost_margin, "--tost-margin")
     out.mkdir(parents=True, exist_ok=True)
     all_cells = cells(store, study, include_search_seeds)
-    sections = _sections(store, all_cells, tost_margin)
+    from transferlab.report import analysis
+
+    compared = analysis.comparisons_paired(store, all_cells, tost_margin)
+    lines = analysis.conclusions(compared, all_cells)
+    sections = _sections(store, all_cells, compared)
     plots = {
         "seeds.png": study_plots.seeds_plot(all_cells) or seed_plot(all_cells),
         "dev_curves.png": study_plots.dev_curve_plot(store, all_cells),
@@ -267,21 +288,35 @@ def write_report(store: Store, out: Path, study: str | None = None, *, tost_marg
         (out / name).write_bytes(data)
         written.append(out / name)
     title = f"transferlab report: {study or store.path.name}"
+    (out / "report.md").write_text(_markdown(title, lines, plots, sections), encoding="utf-8")
+    (out / "report.html").write_text(_html(title, lines, plots, sections), encoding="utf-8")
+    return [*written, out / "report.md", out / "report.html"]
+
+
+def _markdown(title: str, lines: list[str], plots: dict[str, bytes], sections: list) -> str:
     md = [f"# {md_text(title)}", ""]
+    if lines:
+        md += ["## Conclusions", "", CONCLUSIONS_NOTE, ""] + [f"- {md_text(line)}" for line in lines] + [""]
+    if plots:
+        md += ["## Figures", ""] + [f"![{name}]({name})" for name in plots] + [""]
     for name, note, (header, rows) in sections:
         md += [f"## {name}", "", note, "", markdown_table(header, rows), ""]
-    md += ["## Figures", ""] + [f"![{name}]({name})" for name in plots]
-    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    written.append(out / "report.md")
-    body = "".join(f"<h2>{html.escape(name)}</h2><p class='note'>{html.escape(note)}</p>{_html_table(*table)}"
-                   for name, note, table in sections)
-    body += "<h2>Figures</h2>" + "".join(
-        f'<p><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></p>' for n, d in plots.items())
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return "\n".join(md) + "\n"
+
+
+def _html(title: str, lines: list[str], plots: dict[str, bytes], sections: list) -> str:
+    body = ""
+    if lines:
+        body += (f"<h2>Conclusions</h2><p class='note'>{html.escape(CONCLUSIONS_NOTE)}</p><ul>"
+                 + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+    if plots:
+        body += "<h2>Figures</h2>" + "".join(
+            f'<p><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></p>'
+            for n, d in plots.items())
+    body += "".join(f"<h2>{html.escape(name)}</h2><p class='note'>{html.escape(note)}</p>{_html_table(*table)}"
+                    for name, note, table in sections)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}.note{color:#555;font-size:90%}"
-            "img{max-width:100%}</style></head>"
+            "li{margin-bottom:.4em}img{max-width:100%}</style></head>"
             f"<body><h1>{html.escape(title)}</h1>{body}</body></html>")
-    (out / "report.html").write_text(page, encoding="utf-8")
-    written.append(out / "report.html")
-    return written

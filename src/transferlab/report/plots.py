@@ -101,7 +101,8 @@ def dev_curve_plot(store: Store, cells: list[Cell]) -> bytes | None:
         ax.set_xlabel("step")
         ax.set_ylabel(f"{cs[0].main_metric} (dev)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a task whose runs have no evaluation yet has no line
+            ax.legend(fontsize=7)
     if not drawn:
         _plt().close(fig)
         return None

@@ -8,7 +8,10 @@
     tost(a, b, margin)            two one-sided tests: equivalence within +-margin (Schuirmann 1987)
     expected_max_unbiased(v, k)   unbiased estimate of E[max of k runs] (Tang et al. 2020) + jackknife variance
     aggregate(table)              across tasks: mean rank, IQM, Friedman, Nemenyi critical difference
-    conclusion(...)               the comparison in words
+    sentence(comparison)          one comparison in words: "better" only when the primary test is significant
+                                  after Holm, else "no difference detected (Δ, 95% CI, power, seeds needed)";
+                                  ASO worded by eps_min; degenerate arms flagged
+    conclusion(...)               an arm against the baseline over several tasks, counted the same way
     churn(predictions)            share of examples whose prediction changes between two seeds of a cell
 
 scipy does the tests and distributions. Written by hand (no maintained package does them, or the
@@ -122,7 +125,10 @@ def power(n: int, d: float, alpha: float = ALPHA, paired: bool = True) -> float:
         return math.nan
     df, ncp = (n - 1, d * math.sqrt(n)) if paired else (2 * n - 2, d * math.sqrt(n / 2))
     crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+    upper, lower = float(stats.nct.sf(crit, df, abs(ncp))), float(stats.nct.cdf(-crit, df, abs(ncp)))
+    # far in a tail scipy's noncentral t gives NaN: the far (lower) tail is then ~0, a NaN upper one ~1
+    upper = upper if not math.isnan(upper) else 1.0 if abs(ncp) > crit else 0.0
+    return min(1.0, upper + (0.0 if math.isnan(lower) else lower))
 
 
 def seeds_needed(d: float, alpha: float = ALPHA, target: float = POWER, paired: bool = True,
@@ -254,22 +260,109 @@ def aggregate(table: Mapping[str, Mapping[str, Sequence[float]]], higher: bool =
     return out
 
 
+ASO_DOMINANCE = 0.2  # eps_min below this: almost stochastic dominance (Dror et al. 2019; Ulmer et al. 2022)
+ASO_WEAK = 0.5  # eps_min below this (and not below ASO_DOMINANCE): weak dominance, no claim
+
+
+def aso_words(eps: float, arm: str, baseline: str) -> str:
+    """ASO's eps_min in words: < 0.2 dominance, 0.2-0.5 weak dominance (not a claim), else none."""
+    if math.isnan(eps):
+        return "ASO: too few seeds"
+    if eps < ASO_DOMINANCE:
+        return f"ASO eps_min {eps:.2f} < {ASO_DOMINANCE:g}: {arm} almost stochastically dominates {baseline}"
+    if eps < ASO_WEAK:
+        return (f"ASO eps_min {eps:.2f}: weak dominance of {arm} at most ({ASO_DOMINANCE:g}-{ASO_WEAK:g}; "
+                f"not a claim, which needs < {ASO_DOMINANCE:g})")
+    return f"ASO eps_min {eps:.2f}: no dominance of {arm} over {baseline}"
+
+
+def _num(x: float, fmt: str = "+.4f") -> str:
+    return "-" if x is None or math.isnan(x) else format(x, fmt)
+
+
+def _p_text(p: float) -> str:
+    return "-" if math.isnan(p) else f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def verdict(c: Mapping, alpha: float = ALPHA) -> str:
+    """"better", "worse", "no difference" or "degenerate" (both arms wholly degenerate: no verdict)."""
+    deg_a, deg_b = c.get("degenerate_a"), c.get("degenerate_b")
+    if deg_a and deg_b and deg_a[0] == deg_a[1] > 0 and deg_b[0] == deg_b[1] > 0:
+        return "degenerate"
+    p, diff = c["p_holm"], c["diff"]
+    if math.isnan(p) or math.isnan(diff) or p >= alpha or diff == 0:
+        return "no difference"
+    return "better" if (diff > 0) == c["higher"] else "worse"
+
+
+def sentence(c: Mapping, alpha: float = ALPHA) -> str:
+    """One comparison of an arm with the baseline in words. ``c``: arm, baseline, task, metric, split, higher,
+    paired, n_a, n_b, diff, ci_low, ci_high, test (the primary test's name), p_holm (its Holm-adjusted p),
+    power (for the observed Δ), seeds_needed (power 0.8; None: more than 100000), aso (eps_min), and
+    optionally degenerate_a / degenerate_b ((degenerate runs, runs) of each arm) and tost (``tost``'s result)."""
+    arm, base = c["arm"], c["baseline"]
+    seeds = f"{c['n_a']} paired seeds" if c["paired"] else f"{c['n_a']} vs {c['n_b']} seeds"
+    head = f"{arm} vs {base} on {c['task']} ({c['metric']}, {c['split']}, {seeds})"
+    ci = (f"95% CI [{_num(c['ci_low'])}, {_num(c['ci_high'])}]" if not math.isnan(c["ci_low"])
+          else "no 95% CI (too few seeds)")
+    test = f"{c['test']} p {_p_text(c['p'])}, Holm-adjusted {_p_text(c['p_holm'])}"
+    v = verdict(c, alpha)
+    if v == "degenerate":
+        (ka, na), (kb, nb) = c["degenerate_a"], c["degenerate_b"]
+        text = (f"{head}: both arms are degenerate ({ka}/{na} and {kb}/{nb} runs not above the constant "
+                f"prediction): no conclusion about the methods (Δ {_num(c['diff'])}, {test})")
+    elif v in ("better", "worse"):
+        text = f"{head}: {arm} is {v} than {base} (Δ {_num(c['diff'])}, {ci}, {test} < {alpha:g})"
+    elif c["n_a"] < 2 or c["n_b"] < 2:
+        text = f"{head}: no difference detected: too few seeds for a test (Δ {_num(c['diff'])})"
+    else:
+        needed = c.get("seeds_needed")
+        need = ("Δ is 0" if c["diff"] == 0 else f"{needed} seeds{' per arm' if not c['paired'] else ''} "
+                f"needed for power {POWER:g}" if needed else "more than 100000 seeds needed")
+        text = (f"{head}: no difference detected (Δ {_num(c['diff'])}, {ci}, {test}; power "
+                f"{_num(c.get('power', math.nan), '.2f')} for this Δ with these seeds; {need})")
+    text += "; " + aso_words(c["aso"] if min(c["n_a"], c["n_b"]) >= 2 else math.nan, arm, base)
+    if c.get("tost"):  # equivalence within the study's report.tost_margin
+        t = c["tost"]
+        text += (f"; {'equivalent' if t['equivalent'] else 'not shown equivalent'} within ±{t['margin']:g} "
+                 f"(TOST p {_p_text(t['p'])})")
+    return text + _degenerate_flag(c, arm, base, v)
+
+
+def _degenerate_flag(c: Mapping, arm: str, base: str, v: str) -> str:
+    """The degenerate runs of either arm, when there are any and the sentence has not said so already."""
+    if v == "degenerate":
+        return ""
+    flags, whole = [], []
+    for name, key in ((arm, "degenerate_a"), (base, "degenerate_b")):
+        k, n = c.get(key) or (0, 0)
+        if k:
+            flags.append(f"{name} {k}/{n}")
+        if k and k == n:
+            whole.append(name)
+    if not flags:
+        return ""
+    note = f" ({' and '.join(whole)} learned nothing: every run at the constant prediction)" if whole else ""
+    return f"; degenerate runs: {', '.join(flags)}{note}"
+
+
 def conclusion(arm: str, baseline: str, per_task: Sequence[dict], higher: bool = True,
                alpha: float = ALPHA, test: str = "p_holm") -> str:
-    """"A beats B on 3 of 4 tasks, Holm-adjusted p < 0.05 on 2" from per-task results with keys
-    ``diff`` (arm - baseline) and ``test`` (a Holm-adjusted p-value)."""
+    """An arm against the baseline over tasks, from per-task results with keys ``diff`` (arm - baseline)
+    and ``test`` (a Holm-adjusted p-value): "better" counts only significant tasks, the rest are "no
+    difference detected" whatever the sign of their Δ (and degenerate ones, ``verdict``, are counted apart)."""
     rows = [r for r in per_task if not math.isnan(r["diff"])]
     if not rows:
         return f"{arm} vs {baseline}: no task with results in both arms"
-    wins = [r for r in rows if (r["diff"] > 0) == higher and r["diff"] != 0]
-    losses = [r for r in rows if (r["diff"] < 0) == higher and r["diff"] != 0]
-    sig_w = sum(r[test] < alpha for r in wins if not math.isnan(r[test]))
-    sig_l = sum(r[test] < alpha for r in losses if not math.isnan(r[test]))
+    counts = {"better": 0, "worse": 0, "no difference": 0, "degenerate": 0}
+    for r in rows:
+        counts[verdict({**r, "p_holm": r[test], "higher": higher}, alpha)] += 1
     n = len(rows)
-    text = f"{arm} beats {baseline} on {len(wins)} of {n} task{'s' if n > 1 else ''}"
-    text += f", Holm-adjusted p < {alpha:g} on {sig_w}"
-    if losses:
-        text += f"; it is worse on {len(losses)} (significantly on {sig_l})"
+    text = (f"{arm} vs {baseline} on {n} task{'s' if n > 1 else ''} (Holm-adjusted p < {alpha:g}): "
+            f"better on {counts['better']}, worse on {counts['worse']}, no difference detected on "
+            f"{counts['no difference']}")
+    if counts["degenerate"]:
+        text += f", both arms degenerate on {counts['degenerate']}"
     return text
 
 

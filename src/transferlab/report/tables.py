@@ -6,7 +6,9 @@ Every table is (header, rows of strings), ready for Markdown and HTML:
                        steps to the threshold
     expected_max_table per cell: expected best score over k seeds, k = 1, 2, 3, 5, 10, 20 (up to n)
     comparison_table   each cell against the baseline arm's cell of the same task and grid point:
-                       difference of means, Welch's t and Mann-Whitney U with raw and Holm p-values
+                       difference of means, Welch's t and Mann-Whitney U with raw and Holm p-values and
+                       a CI of the difference for each (Welch's t interval; the Hodges-Lehmann shift's
+                       exact interval, stats.hodges_lehmann)
     lr_table           the learning rate each cell chose on validation, with every LR's score
     paper_table        mean ± std x 100 of the main metric, one row per cell and one column per task
 """
@@ -29,6 +31,10 @@ DEFAULT_MARGIN = 0.01
 
 def _f(x: float | None, digits: int = 4) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _signed(x: float) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:+.4f}"
 
 
 def _p(x: float) -> str:
@@ -58,7 +64,7 @@ def stats_table(store: Store, cells: list[Cell]) -> tuple[list[str], list[list[s
         ci += f" (t, n < {stats.BCA_MIN_N})" if d["ci_method"] == "t" and ci != "-" else ""
         excluded = getattr(c, "excluded", [])
         left_out = f"{len(excluded)} (seeds {', '.join(str(r.seed) for r in excluded)})" if excluded else "-"
-        rows.append([c.task, c.arm, split, metric, str(d["n"]), str(diverged), mean_std, _f(d["median"]),
+        rows.append([c.task, c.arm, split, metric or "-", str(d["n"]), str(diverged), mean_std, _f(d["median"]),
                      _f(d["min"]), _f(d["max"]), ci, degenerate, _threshold_cell(store, c, meta.get("threshold")),
                      left_out])
     return header, rows
@@ -115,11 +121,24 @@ def comparisons(store: Store, cells: list[Cell]) -> list[dict]:
     return out
 
 
+def _ci(low: float, high: float) -> str:
+    return "-" if math.isnan(low) else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _hl(r: dict) -> str:
+    """The Hodges-Lehmann shift with its interval, and the level it reaches when few seeds cannot give 95%."""
+    if math.isnan(r["hl"]):
+        return "-"
+    level = "" if r["hl_conf"] >= 0.95 - 1e-9 else f" ({r['hl_conf']:.0%}: the most these seeds allow)"
+    return f"{r['hl']:+.4f} {_ci(r['hl_low'], r['hl_high'])}{level}"
+
+
 def comparison_table(store: Store, cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
-    header = ["task", "arm", "vs", "metric", "Δ mean", "Welch t", "p", "p (Holm)", "Mann-Whitney U", "p",
-              "p (Holm)"]
-    rows = [[r["task"], r["arm"], r["baseline"], f"{r['metric']} ({r['split']})", f"{r['diff']:+.4f}",
-             _f(r["t"], 3), _p(r["t_p"]), _p(r["t_p_holm"]), _f(r["u"], 1), _p(r["u_p"]), _p(r["u_p_holm"])]
+    header = ["task", "arm", "vs", "metric", "Δ mean", "95% CI of Δ (Welch)", "Welch t", "p", "p (Holm)",
+              "HL shift [95% CI]", "Mann-Whitney U", "p", "p (Holm)"]
+    rows = [[r["task"], r["arm"], r["baseline"], f"{r['metric']} ({r['split']})", _signed(r["diff"]),
+             _ci(r["ci_low"], r["ci_high"]), _f(r["t"], 3), _p(r["t_p"]), _p(r["t_p_holm"]), _hl(r),
+             _f(r["u"], 1), _p(r["u_p"]), _p(r["u_p_holm"])]
             for r in comparisons(store, cells)]
     return header, rows
 

@@ -46,6 +46,7 @@ class Executor:
     shares_files = True  # the workers see this machine's files (the artifact folder)
     seed_parallel = "auto"
     hooks = None
+    emit: Callable[[Outcome], None] | None = None  # the driver's handler of an outcome yielded early (inline)
     log: Callable[[str], None] = staticmethod(lambda line: None)
 
     def map(self, groups: Iterable[list[Job]]) -> Iterator[Outcome]:
@@ -71,13 +72,14 @@ class InlineExecutor(Executor):
         self.hooks, self.threads, self.seed_parallel = hooks, threads, seed_parallel
 
     def map(self, groups: Iterable[list[Job]]) -> Iterator[Outcome]:
+        """``self.emit`` (set by the study's driver): each slot's outcome handed over as the slot ends."""
         from transferlab.study.seed_groups import execute_group
 
         for group in groups:
             for job in group:
                 job.threads = job.threads or self.threads
             if len(group) > 1:
-                yield from execute_group(group)
+                yield from execute_group(group, emit=self.emit)
             else:
                 yield execute(group[0], self.hooks(group[0]) if self.hooks else ())
 
@@ -118,7 +120,7 @@ def _worker_main(conn, parent: int, threads: int, gpu: int | None) -> None:
             return
         if group is None:
             return
-        conn.send(execute_group(group))
+        conn.send(("done", execute_group(group, emit=lambda outcome: conn.send(("slot", outcome)))))
 
 
 def _died(exitcode: int | None) -> str:
@@ -182,10 +184,18 @@ class ProcessExecutor(Executor):
                 yield from self._collect(slot, worker)
 
     def _collect(self, slot: int, worker: _Worker) -> Iterator[Outcome]:
+        got = False
         try:
-            if worker.conn.poll():
-                outcomes, worker.group = worker.conn.recv(), None
-                yield from outcomes
+            while worker.conn.poll():  # slots of a group come as they end, then the rest at once
+                kind, payload = worker.conn.recv()
+                if kind == "done":
+                    worker.group = None
+                    yield from payload
+                    return
+                worker.group = [job for job in worker.group or [] if job.index != payload.index]
+                got = True
+                yield payload
+            if got:
                 return
         except (EOFError, OSError, pickle.UnpicklingError):
             pass  # died while sending

@@ -73,10 +73,11 @@ def execute(job: Job, hooks: list | tuple = ()) -> Outcome:
     return execute_jobs([job], hooks)[0]
 
 
-def execute_jobs(jobs: list[Job], hooks: list | tuple = ()) -> list[Outcome]:
-    """Run jobs of one recipe that differ in seed (stacked when more than one; one by one when the
-    engine refuses) against a recorder; each outcome carries its run's record. The driver validated
-    the specs and computed their run ids: the loop takes both as they are."""
+def execute_jobs(jobs: list[Job], hooks: list | tuple = (), emit=None) -> list[Outcome]:
+    """Run the jobs of one stacked group (its slots; one by one when the engine refuses) against a recorder;
+    each outcome carries its run's record. The driver validated the specs and computed their run ids: the
+    loop takes both as they are. ``emit(outcome)``: called as each slot ends (it leaves the group), so the
+    driver stores it before the others end; the returned list then holds the jobs not emitted."""
     import torch
 
     from transferlab.errors import UserError
@@ -86,6 +87,9 @@ def execute_jobs(jobs: list[Job], hooks: list | tuple = ()) -> list[Outcome]:
     if jobs[0].threads:
         torch.set_num_threads(jobs[0].threads)  # results depend on it (summation order): the same everywhere
     recorder = recorder_for(jobs)
+    if emit is not None and len(jobs) > 1:
+        by_uid = {job.uid: job for job in jobs}
+        recorder.on_finish = lambda record: emit(outcome_of(by_uid[record.uid], record, None))
     specs = [job.spec for job in jobs]
     ids = [job.run_id or None for job in jobs]
     error, tracker = None, None
@@ -118,8 +122,8 @@ def execute_jobs(jobs: list[Job], hooks: list | tuple = ()) -> list[Outcome]:
             tracker.close()
         torch.set_num_threads(threads)
     records = {r.uid: r for r in recorder.records()}
-    outcomes = [outcome_of(job, records.get(job.uid), error) for job in jobs]
-    for job, outcome in zip(jobs, outcomes):
+    outcomes = [outcome_of(job, records.get(job.uid), error) for job in jobs if job.uid not in recorder.sent]
+    for job, outcome in zip([j for j in jobs if j.uid not in recorder.sent], outcomes):
         if job.phase_a:
             a = job.phase_a
             outcome.extra.append(settled(records.get(a["uid"]), a["uid"], a["run_id"],

@@ -161,7 +161,8 @@ def _ref_row(store: Store, row) -> dict:
 
 
 def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *, skip_failed: bool,
-             result: StudyResult, out: Callable[[str], None], prune: dict | None = None) -> None:
+             result: StudyResult, out: Callable[[str], None], prune: dict | None = None,
+             max_slots: int | None = None) -> None:
     from transferlab.study.seed_groups import seed_groups
 
     states = {p.run_id: state(store, p.run_id) for p in planned}
@@ -178,23 +179,31 @@ def _execute(study: StudySpec, store: Store, planned: list[Planned], executor, *
     tracking = to_dict(study.logging) if study.logging.enabled else None  # live, from inside each run
     jobs = [Job(i, p.spec, study.study, str(store.path), run_id=p.run_id, tracking=tracking,
                 prune=prune and {**prune, "pos": study.search.seeds.index(p.seed)}) for i, p in enumerate(todo)]
-    groups = seed_groups(jobs, executor.seed_parallel, has_hooks=getattr(executor, "hooks", None) is not None)
+    groups = seed_groups(jobs, executor.seed_parallel, has_hooks=getattr(executor, "hooks", None) is not None,
+                         max_slots=max_slots)
     artifacts = store.location.url if executor.shares_files or store.location_named else None
     progress = Progress(len(planned), done, executor.parallelism, study.degenerate_margin, out)
     beat, elsewhere = Heartbeat(store.path), []
+
+    def handle(outcome: Outcome) -> None:
+        for record in outcome.extra:  # phase A of an intermediate-task run, trained first
+            store.write_record(record)
+            beat.uids.discard(record.uid)
+        store.write_record(outcome.record)  # the driver is the only writer
+        beat.uids.discard(outcome.uid)
+        _report(todo[outcome.index], outcome, result, progress)
+
+    executor.emit = handle  # inline: a slot is stored as it leaves its group (study/jobs.py execute_jobs)
     try:
         claimed = _claimed(groups, todo, store, study.study, skip_failed=skip_failed, artifacts=artifacts,
                            beat=beat, elsewhere=elsewhere)
         for outcome in executor.map(claimed):
-            for record in outcome.extra:  # phase A of an intermediate-task run, trained first
-                store.write_record(record)
-                beat.uids.discard(record.uid)
-            store.write_record(outcome.record)  # the driver is the only writer
-            beat.uids.discard(outcome.uid)
-            _report(todo[outcome.index], outcome, result, progress)
+            handle(outcome)
     except BaseException:
         beat.close(store, release=True)
         raise
+    finally:
+        executor.emit = None
     beat.close(store)
     result.skipped += len(elsewhere)
     result.elsewhere += len(elsewhere)
@@ -222,13 +231,15 @@ def _report(p: Planned, outcome: Outcome, result: StudyResult, progress: Progres
 def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inline", workers: int = 1,
               address: str | None = None, threads: int | None = None, skip_failed: bool = False, new: bool = False,
               hooks: Callable[[Job], list] | None = None, out: Callable[[str], None] | None = None,
-              seed_parallel: str = "auto", plan: StudyPlan | None = None, **executor_options) -> StudyResult:
+              seed_parallel: str = "auto", plan: StudyPlan | None = None, max_slots: int | None = None,
+              **executor_options) -> StudyResult:
     """Run every planned run of ``study`` that is not done yet; returns counts. Ctrl-C stops cleanly.
 
     ``threads``: torch CPU threads per run (default: torch's own inline, cores / workers in
     processes, 1 on Ray). CPU results depend on it, so give the same number to compare executors.
     ``seed_parallel`` (auto, on, off): train runs that differ only in seed together (study/seed_groups.py);
-    auto does so on CUDA only. ``executor_options``: the Ray executor's ``gpus_per_task``, ``retries``
+    auto does so on CUDA only; ``max_slots``: runs a stacked group holds at most (default: what fits in the
+    device's memory, study/seed_groups.py slot_limit). ``executor_options``: the Ray executor's ``gpus_per_task``, ``retries``
     and ``resources`` (study/ray_executor.py). ``plan``: the study already planned (``plan_study``); with
     an Executor given too, its workers were checked with it (the CLI does both before it opens the store).
     """
@@ -239,6 +250,10 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
     out = out or (lambda line: print(line, flush=True))
     checked = plan is not None and not isinstance(executor, str)  # the caller checked this executor's workers
     plan = plan or plan_study(study, store=store)  # first: a study that cannot expand or validate is not registered
+    if max_slots is not None:  # 0, or more than fit: one line before anything is written
+        from transferlab.study.seed_groups import slot_limit
+
+        slot_limit([p.spec for p in plan.search + plan.main], max_slots)
     search, main = plan.search, plan.main
     if isinstance(executor, str):  # before anything is written: a bad cluster address leaves the store as it was
         kwargs = {"workers": workers, "address": address, "threads": threads, "hooks": hooks,
@@ -254,7 +269,7 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
     try:
         if study.lr_search is not None:
             store.plan_runs(study.study, [p.plan_row() for p in search])
-            _execute(study, store, search, ex, skip_failed=skip_failed, result=result, out=out)
+            _execute(study, store, search, ex, skip_failed=skip_failed, result=result, out=out, max_slots=max_slots)
             choices = lr_select.choose(store, search, study.lr_search.metric)
             lr_select.record(store, study.study, choices)
             for c in choices.values():
@@ -264,12 +279,13 @@ def run_study(study: StudySpec, store: Store, *, executor: str | Executor = "inl
             main = expand(study, result.lrs)
         if study.search is not None:
             def trial(planned: list[Planned], prune: dict | None) -> None:
-                _execute(study, store, planned, ex, skip_failed=skip_failed, result=result, out=out, prune=prune)
+                _execute(study, store, planned, ex, skip_failed=skip_failed, result=result, out=out, prune=prune,
+                         max_slots=max_slots)
 
             result.chosen = search_mod.run_search(study, store, trial, out)
             main = expand(study, chosen=result.chosen)
         store.plan_runs(study.study, [p.plan_row() for p in main])
-        _execute(study, store, main, ex, skip_failed=skip_failed, result=result, out=out)
+        _execute(study, store, main, ex, skip_failed=skip_failed, result=result, out=out, max_slots=max_slots)
     except KeyboardInterrupt:
         result.interrupted = True
         ex.close(cancel=True)
@@ -298,9 +314,9 @@ def check_workers(plan: StudyPlan, ex: Executor) -> None:
 
 
 def describe_plan(study: StudySpec, store: Store | None, seed_parallel: str = "auto",
-                  plan: StudyPlan | None = None) -> list[list[str]]:
-    """Rows for ``--dry-run``, in the order the runs execute (seed groups as the executor forms them):
-    phase, task, cell, seed, lr, run id, state in the store."""
+                  plan: StudyPlan | None = None, max_slots: int | None = None) -> list[list[str]]:
+    """Rows for ``--dry-run``, in the order the runs execute (stacked groups as the executor forms them):
+    phase, task, cell, seed, lr, run id, state in the store, and the group (number, slots, engine)."""
     from transferlab.study.seed_groups import seed_groups
 
     rows = []
@@ -312,23 +328,39 @@ def describe_plan(study: StudySpec, store: Store | None, seed_parallel: str = "a
     if study.search is not None:
         n = search_mod.budget(study.search)
         rows += [["search", c.task, c.cell, ",".join(map(str, study.search.seeds)), "-", f"({n} trials x "
-                  f"{len(study.search.seeds)} seeds)", "done" if (c.task, c.cell) in chosen else "todo"]
+                  f"{len(study.search.seeds)} seeds)", "done" if (c.task, c.cell) in chosen else "todo", "-"]
                  for c in cell_defs(study)]
+    n_groups = 0
     for phase in (search, expand(study, lrs or None, chosen or None) if (lrs or chosen) else plan.main):
         jobs = [Job(i, p.spec, study.study, path, run_id=p.run_id) for i, p in enumerate(phase)]
-        for group in seed_groups(jobs, seed_parallel):
+        for group in seed_groups(jobs, seed_parallel, max_slots=max_slots):
+            label = group_label(n_groups := n_groups + 1, [j.spec for j in group])
             for job in group:
                 p = phase[job.index]
                 st = state(store, p.run_id) if store is not None else "todo"
-                rows.append([p.phase, p.task, p.cell, str(p.seed), f"{p.lr:g}" if p.lr else "-", p.run_id, st])
+                rows.append([p.phase, p.task, p.cell, str(p.seed), f"{p.lr:g}" if p.lr else "-", p.run_id, st, label])
     if study.lr_search is not None:
         waiting = {(c.task, c.cell) for c in cell_defs(study)} - set(lrs)
         for task, cell in sorted(waiting):
             rows.append(["main", task, cell, ",".join(map(str, study.seeds)), "chosen on validation",
-                         "(after the LR search)", "todo"])
+                         "(after the LR search)", "todo", "-"])
     if study.search is not None:
         for c in cell_defs(study):
             if (c.task, c.cell) not in chosen:
                 rows.append(["main", c.task, c.cell, ",".join(map(str, study.seeds)), "-",
-                             "(at the best trial's values)", "todo"])
+                             "(at the best trial's values)", "todo", "-"])
     return rows
+
+
+def group_label(number: int, specs: list) -> str:
+    """``--dry-run``'s group column: its number, its slots and the engine it will use (train/support.py)."""
+    if len(specs) == 1:
+        return f"{number}: 1 run, single"
+    from transferlab.errors import UserError as _Refused
+    from transferlab.train.support import choose_engine
+
+    try:
+        kind, _ = choose_engine(specs)
+    except _Refused:
+        kind = "refused"
+    return f"{number}: {len(specs)} slots, {kind}"

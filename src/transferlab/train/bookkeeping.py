@@ -84,8 +84,8 @@ class Watch:
         self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, step + 1),
                                      self.first_bad)
 
-    def log(self, step: int, lr: float, norms: torch.Tensor) -> list[tuple[int, int, str]]:
-        """A curve point per seed; returns the seeds that diverged as (slot, step, error)."""
+    def log(self, step: int, lr: float | list[float], norms: torch.Tensor) -> list[tuple[int, int, str]]:
+        """A curve point per seed (``lr``: one for all, or each slot's); returns the seeds that diverged as (slot, step, error)."""
         mean = self.loss_sum / self.loss_n
         self.buf.append((step, mean, lr, norms.detach()))
         self.loss_sum, self.loss_n = torch.zeros_like(self.loss_sum), 0
@@ -110,7 +110,8 @@ class Watch:
             return []
         losses = torch.stack([b[1] for b in self.buf]).float().cpu().tolist()  # (points, seeds)
         norms = torch.stack([b[3].float() for b in self.buf]).cpu().tolist()
-        rows = [[(s, lo[i], lr, no[i]) for (s, _, lr, _), lo, no in zip(self.buf, losses, norms)]
+        rows = [[(s, lo[i], lr if isinstance(lr, float) else lr[i], no[i]) for (s, _, lr, _), lo, no
+                 in zip(self.buf, losses, norms)]
                 for i in range(len(losses[0]))]
         self.buf.clear()
         return rows

@@ -37,18 +37,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from transferlab.errors import FaultError, StoreError, UserError
+from transferlab.fingerprint import fingerprint
 from transferlab.models import artifacts as ckpt
 from transferlab.models.artifacts import save_weights
-from transferlab.recipes.freeze import build_freezer
+from transferlab.recipes.freeze import SlotFreezer, build_freezer
 from transferlab.recipes.hooks import Event, Hook
 from transferlab.recipes.optim import build_optimizer
 from transferlab.recipes.param_groups import build_param_groups
 from transferlab.recipes.schedules import build_schedule
+from transferlab.recipes.slots import build_slot_optimizer
 from transferlab.recipes.stabilisers import build_stabilisers
 from transferlab.records import EngineInfo, RunResult, RunSummary
 from transferlab.spec import spec_hash, to_dict
 from transferlab.train import distributed
 from transferlab.train.bookkeeping import Clock, SeedRun, Watch
+from transferlab.train.support import per_slot_freeze, per_slot_optim
 from transferlab.train.steps import eval_schedule
 
 log = logging.getLogger(__name__)
@@ -122,7 +125,8 @@ class RunSink(Protocol):
     """Exactly what the engine (and the checkpoints it resumes from) calls on a store."""
 
     def start_run(self, run_id: str, recipe_hash: str, seed: int, spec: dict, *, name: str | None = None,
-                  study: str | None = None, kind: str = "train", provenance: dict | None = None) -> str: ...
+                  study: str | None = None, kind: str = "train", provenance: dict | None = None,
+                  fingerprint: dict | None = None) -> str: ...
 
     def update_run(self, uid: str, **fields: Any) -> None: ...
 
@@ -151,8 +155,10 @@ class MemorySink:
     def __init__(self, folder: Path):
         self.folder, self.rows, self.eval_rows, self.curve_rows = folder, {}, [], []
 
-    def start_run(self, run_id, recipe_hash, seed, spec, *, name=None, study=None, kind="train", provenance=None):
-        self.rows = {"run_id": run_id, "seed": seed, "kind": kind, "provenance": provenance or {}}
+    def start_run(self, run_id, recipe_hash, seed, spec, *, name=None, study=None, kind="train", provenance=None,
+                  fingerprint=None):
+        self.rows = {"run_id": run_id, "seed": seed, "kind": kind, "provenance": provenance or {},
+                     "fingerprint": fingerprint}
         return run_id
 
     def update_run(self, uid, **fields):
@@ -197,12 +203,17 @@ def failure(e: BaseException) -> str:
 
 
 def fail_unstarted(sink, uids, e: BaseException) -> None:
-    """A claimed run (status running) that the engine never started is finished as failed with the cause;
-    nothing is written when the cause is the store itself being unwritable."""
+    """A claimed run (status running) that the engine never started is finished as failed with the cause,
+    or withdrawn when the cause is the user's mistake (nothing stored for a refused run); nothing is
+    written when the cause is the store itself being unwritable."""
     if unwritable(e):
         return
     for uid in uids:
-        if sink.runs(run_id=uid.rsplit("/", 1)[0])[-1].status == "running":  # claimed, never started
+        if sink.runs(run_id=uid.rsplit("/", 1)[0])[-1].status != "running":
+            continue
+        if isinstance(e, UserError) and hasattr(sink, "withdraw"):
+            sink.withdraw(uid)
+        else:
             sink.finish_run(uid, "failed", error=failure(e))
 
 
@@ -280,7 +291,9 @@ class Engine:
             self.sink.update_run(seed.uid, provenance=self.provenance)
             return
         seed.uid = self.sink.start_run(seed.run_id, spec_hash(seed.spec), seed.spec.seed, to_dict(seed.spec),
-                                       name=seed.spec.name, study=self.study, provenance=self.provenance)
+                                       name=seed.spec.name, study=self.study, provenance=self.provenance,
+                                       fingerprint=fingerprint(seed.spec) if hasattr(seed.spec, "task") else None)
+        # a training run's data and model fingerprint, as a claim stores it (pretraining writes a folder)
 
     def _record(self, seed: SeedRun, summary: RunSummary) -> None:
         self.sink.finish_run(seed.uid, seed.status, summary=summary, duration_s=seed.duration_s,
@@ -299,7 +312,10 @@ class Engine:
         """Freezer, the mode's hooks, the user's, stabilisers, optimizer and schedule, in this order."""
         model, spec = trainee.module, self.spec
         self.steps_per_epoch, self.total = self.plan(seeds)
-        self.freezer = build_freezer(spec.freeze, model, self.steps_per_epoch)  # before the optimizer: LoRA
+        if self.stacked and per_slot_freeze(self.specs):  # each slot's own policy: gradient masks
+            self.freezer = SlotFreezer([s.freeze for s in self.specs], model, self.steps_per_epoch)
+        else:
+            self.freezer = build_freezer(spec.freeze, model, self.steps_per_epoch)  # before the optimizer: LoRA
         own = self.mode_hooks(model) if self.mode_hooks else []  # after the freezer: LoRA's modules in place
         stabilisers = build_stabilisers(spec.stabilisers, problem=self.problem, freeze=spec.freeze.name,
                                         seed=spec.seed, device=self.device, batches=self.fisher_batches,
@@ -307,13 +323,25 @@ class Engine:
         self.hooks = (self.freezer, *own, *self.user_hooks, *stabilisers)
         self.loss_hooks = [h for h in self.hooks if hasattr(h, Event.LOSS.value)]
         self.log_hooks = [h for h in self.hooks if isinstance(h, Hook) and h.logs()]  # train/track.py
-        groups = build_param_groups(model, spec.optim, model.num_layers)
-        self.optimizer = build_optimizer(groups, spec.optim, self.device.type)
-        self.scheduler = build_schedule(self.optimizer, spec.schedule, self.total)
+        if self.stacked and per_slot_optim(self.specs):  # slots with their own optimizer/schedule values
+            self.optimizer, self.scheduler = build_slot_optimizer(
+                model, [s.optim for s in self.specs], [s.schedule for s in self.specs], model.num_layers, self.total,
+                getattr(self.freezer, "masks", None))
+        else:
+            groups = build_param_groups(model, spec.optim, model.num_layers)
+            self.optimizer = build_optimizer(groups, spec.optim, self.device.type)
+            self.scheduler = build_schedule(self.optimizer, spec.schedule, self.total)
         self.run_event(Event.TRAIN_START, model, self.optimizer, self.total)
         self.counts = trainee.counts()
+        self.trainable0 = {seed.uid: self._trainable(slot, trainee) for slot, seed in enumerate(seeds)}
         for seed in seeds:
-            self.sink.update_run(seed.uid, n_params=self.counts[0], n_trainable=self.counts[1])
+            self.sink.update_run(seed.uid, n_params=self.counts[0], n_trainable=self.trainable0[seed.uid])
+
+    def _trainable(self, slot: int, trainee: Trainee) -> int:
+        """Values slot ``slot`` trains now: its own policy's (per-slot freezing), else the trainee's count."""
+        if hasattr(self.freezer, "trainable_count"):
+            return self.freezer.trainable_count(slot)
+        return trainee.counts()[1]
 
     def plan(self, seeds: list[SeedRun]) -> tuple[int, int]:
         return plan_steps(seeds[0].source.epoch_batches(), self.tspec)
@@ -349,7 +377,7 @@ class Engine:
             if self.ddp is not None:  # data parallel: the ranks' gradients averaged before clipping
                 self.ddp.reduce_grads(trainee.module)
             norms = trainee.clip(self.spec.optim.max_grad_norm, self.optimizer)
-            lr = max(self.scheduler.get_last_lr())
+            lr = self.scheduler.slot_lrs() if hasattr(self.scheduler, "slot_lrs") else max(self.scheduler.get_last_lr())
             self.watch.step(step, losses, norms)
             self.run_event(Event.BEFORE_OPTIMIZER_STEP, trainee.module, step)
             optimizer_step(self.optimizer, self.scheduler, trainee.scaler)
@@ -412,6 +440,10 @@ class Engine:
         if keep and len(keep) < len(active):
             trainee.keep(keep, self.optimizer)
             self.watch.keep(keep)
+            if hasattr(self.scheduler, "keep"):  # per-slot LRs (recipes/slots.py)
+                self.scheduler.keep(keep)
+            if hasattr(self.freezer, "keep"):  # per-slot freezing (recipes/freeze.py SlotFreezer)
+                self.freezer.keep(keep)
         return [active[i] for i in keep]
 
     # ------------------------------------------------------------------ one run's end
@@ -438,8 +470,8 @@ class Engine:
 
     def _finish(self, seed: SeedRun, slot: int, step: int, trainee: Trainee) -> None:
         """Best state back, policies finished, final dev and test, the summary, the weights, the row."""
-        tspec, n_params, n_trainable = self.tspec, *self.counts
-        n_trainable_final = trainee.counts()[1]
+        tspec, n_params, n_trainable = self.tspec, self.counts[0], self.trainable0[seed.uid]
+        n_trainable_final = self._trainable(slot, trainee)
         model = trainee.model_for(slot)
         self.run_event(Event.TRAIN_END, model)  # e.g. a weight average put in place
         final_step = step

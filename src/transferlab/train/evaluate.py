@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transferlab.data.metrics import baseline, compute, constant_baselines, higher_is_better
 from transferlab.data.task import Task
 from transferlab.models.artifacts import save_predictions, task_meta
+from transferlab.records import data_sizes
 from transferlab.train.batches import Encoded, collate, eval_batches
 from transferlab.train.extra_evals import extra_splits
 from transferlab.train.fast import to_device
@@ -51,7 +52,9 @@ def evaluate_with_predictions(model, enc: Encoded, task: Task, batch_size: int, 
     if (shape := shape_of(task)) is not None:
         return shape.evaluate(model, enc, task, batch_size, device, amp, desc), None
     preds = predict(model, enc, task, batch_size, device, amp, desc)
-    return compute(task.metrics, preds, enc.labels, task.num_labels if task.problem != "regression" else None), preds
+    if task.problem == "regression":
+        return compute(task.metrics, preds, enc.labels), preds
+    return compute(task.metrics, preds, enc.labels, task.num_labels, task.label_names), preds
 
 
 class TaskEvaluator:
@@ -77,7 +80,8 @@ class TaskEvaluator:
         return (["test"] if "test" in self.data else []) + list(extra_splits(self.task))
 
     def summary(self, step: int, dev: dict, test: dict) -> dict:
-        return {"baseline": baseline(self.task, "dev"), "baselines": constant_baselines(self.task)}
+        return {"baseline": baseline(self.task, "dev"), "baselines": constant_baselines(self.task),
+                "data_sizes": data_sizes(self.task.splits)}
 
     def meta(self) -> dict:
         return task_meta(self.task)

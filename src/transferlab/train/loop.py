@@ -66,8 +66,10 @@ def run(spec: RunSpec, store: Store | None = None, *, study: str | None = None, 
 def run_seeds(specs: list[RunSpec], store: Store | None = None, *, study: str | None = None, force: bool = False,
               progress: bool = True, hooks: list | tuple = (), run_ids: list | None = None,
               validated: bool = False) -> list[RunResult]:
-    """Train ``specs`` (one recipe, distinct seeds) together, stacked; refused (Unsupported, before
-    anything is stored) when a part does not declare support. Results in order."""
+    """Train ``specs`` together as the slots of one stacked group: distinct seeds of one recipe, or runs that
+    differ only in per-slot fields (train/support.py slot_difference: initial weights, optimizer and schedule
+    values, freezing); refused (Unsupported, before anything is stored) when a part does not declare support.
+    Results in order."""
     if (why := unsupported(specs, hooks)) is not None:
         raise Unsupported(f"seed-parallel: {why}")
     return run_group(specs, store, study=study, force=force, progress=progress, hooks=hooks, run_ids=run_ids,

@@ -30,6 +30,7 @@ from transferlab.errors import SpecError
 from transferlab.models.artifacts import task_meta
 from transferlab.models.multitask import build_multitask_model
 from transferlab.provenance import provenance
+from transferlab.records import data_sizes
 from transferlab.recipes.distill import Distiller
 from transferlab.recipes.freeze import FREEZERS
 from transferlab.recipes.stabilisers import check_compatible
@@ -142,6 +143,7 @@ class JointEvaluator:
         dev_tasks, test_tasks = self.unflat(dev), self.unflat(test)
         return {"baseline": {"joint": joint_base}, "baselines": {"dev": {"joint": joint_base}},
                 "sampler": self.spec.multitask.sampler, "task_steps": self.source.task_steps(step),
+                "data_sizes": {k: v for n in self.names for k, v in data_sizes(self.tasks[n].splits, f"{n}.").items()},
                 "tasks": {n: {"dev": dev_tasks[n], "test": test_tasks[n], "baseline": bases[n],
                               "main_metric": self.tasks[n].main_metric} for n in self.names} if dev else {}}
 

@@ -154,23 +154,32 @@ class SpanShape:
         return out
 
     @staticmethod
-    def decode(outs, enc: Encoded, task: Task) -> dict[str, list[tuple]]:
-        """{question id: [(score, answer text), ...]}: the ``n_best`` best spans over all of a question's
-        windows, each at most ``max_answer_length`` tokens; best first."""
+    def spans(outs, enc: Encoded, task: Task) -> dict[int, list[tuple[float, float, int, int]]]:
+        """{question row: [(score, probability, char start, char end), ...]}: the ``n_best`` best spans
+        over all of a question's windows, each at most ``max_answer_length`` tokens, best first by score
+        (start + end logit); probability: p(start) * p(end), each a softmax over the window's context
+        tokens (as Hugging Face's question-answering pipeline reports it)."""
         n_best, max_len = int(task.extra.get("n_best", 20)), int(task.extra.get("max_answer_length", 30))
-        cands: dict[int, list[tuple[float, int, int]]] = {}
+        cands: dict[int, list[tuple[float, float, int, int]]] = {}
         for index, scores in outs:
             for row, w in enumerate(index):
                 chars = enc.extra["chars"][w]
                 n = len(chars)
-                found = best_spans(scores[row, 0, :n], scores[row, 1, :n], chars[:, 0] >= 0, n_best, max_len)
+                start, end, context = scores[row, 0, :n], scores[row, 1, :n], chars[:, 0] >= 0
+                found = best_spans(start, end, context, n_best, max_len)
+                norm = _logsumexp(start[context]) + _logsumexp(end[context]) if context.any() else 0.0
                 i = int(enc.extra["example"][w])
-                cands.setdefault(i, []).extend((s, int(chars[a, 0]), int(chars[b, 1])) for s, a, b in found)
+                cands.setdefault(i, []).extend((s, float(np.exp(s - norm)), int(chars[a, 0]), int(chars[b, 1]))
+                                               for s, a, b in found)
+        return {i: sorted(found, key=lambda c: -c[0])[:n_best] for i, found in cands.items()}
+
+    @classmethod
+    def decode(cls, outs, enc: Encoded, task: Task) -> dict[str, list[tuple]]:
+        """{question id: [(score, answer text), ...]}: :meth:`spans` as text; best first."""
         out = {}
-        for i, found in cands.items():
+        for i, found in cls.spans(outs, enc, task).items():
             context = enc.extra["contexts"][i]
-            best = sorted(found, key=lambda c: -c[0])[:n_best]
-            out[enc.extra["targets"][i]["id"]] = [(s, context[a:b]) for s, a, b in best] or [(0.0, "")]
+            out[enc.extra["targets"][i]["id"]] = [(s, context[a:b]) for s, _, a, b in found] or [(0.0, "")]
         return out
 
     @staticmethod
@@ -180,6 +189,12 @@ class SpanShape:
     @classmethod
     def evaluate(cls, model, enc: Encoded, task: Task, batch_size: int, device, amp=None, desc=None) -> dict:
         return cls.metrics(cls.decode(outputs(model, enc, batch_size, device, amp), enc, task), enc, task)
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    x = x.astype(np.float64)
+    top = x.max()
+    return float(top + np.log(np.exp(x - top).sum()))
 
 
 SHAPES = {"token": TokenShape, "span": SpanShape}

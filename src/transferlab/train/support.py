@@ -22,7 +22,22 @@ from transferlab.recipes.distill import Distiller
 from transferlab.recipes.freeze import FREEZERS
 from transferlab.recipes.optim import OPTIMIZERS
 from transferlab.recipes.stabilisers import STABILISERS
-from transferlab.spec import RunSpec, spec_hash
+from transferlab.recipes.schedules import SCHEDULES
+from transferlab.spec import RunSpec, spec_hash, to_dict
+
+# What may differ between the slots of one stacked group. Weights: each slot's model is built as its run
+# builds it alone (init scheme, re-init, transplant, pretrained or random), then stacked (load_slot).
+WEIGHT_FIELDS = ("seed", "name", "model.init", "init.reinit_layers", "init.reinit_pooler", "init.std", "init.rules",
+                 "transplant")
+# Optimizer values held per slot by recipes/slots.py when every optimizer declares OptimCaps.per_slot.
+OPTIM_FIELDS = ("optim.name", "optim.lr", "optim.head_lr", "optim.layer_decay", "optim.weight_decay")
+# Why the other fields must match (the shared structure of one stacked model), named in refusals.
+SHARED = {"model": "the backbone's architecture and its dropout are shared by the stack",
+          "head": "the head's structure and dropout are shared by the stack",
+          "task": "the slots train on one task", "train": "the slots share the step plan, batches and evaluations",
+          "optim": "the optimizer's betas, eps, clipping and state dtype are shared",
+          "stabilisers": "stabilisers are shared by the stack", "distill": "distillation is shared by the stack",
+          "input_adapter": "the input adapter's structure is shared by the stack"}
 
 
 class Unsupported(UserError):
@@ -33,11 +48,11 @@ def unsupported(specs: list[RunSpec], hooks: list | tuple = ()) -> str | None:
     """None when ``specs`` can train together, else the reason (for a log line or an error)."""
     if not specs:
         return "no runs"
-    if any(spec_hash(s) != spec_hash(specs[0]) for s in specs):
-        return "the runs differ in more than their seed (and name)"
-    seeds = [s.seed for s in specs]
-    if len(set(seeds)) != len(seeds):
-        return f"two runs share a seed ({seeds})"
+    if (why := slot_difference(specs)) is not None:
+        return why
+    runs = [(spec_hash(s), s.seed) for s in specs]
+    if len(set(runs)) != len(runs):
+        return f"two runs share a seed and recipe (seeds {[s.seed for s in specs]}): they are one run"
     spec = specs[0]
     if spec.multitask is not None:  # one shared model whose batches follow a task sampler
         return "multitask: a multi-task run trains one shared model (train/multitask.py), not seed-stacked"
@@ -46,8 +61,9 @@ def unsupported(specs: list[RunSpec], hooks: list | tuple = ()) -> str | None:
     if not OPTIMIZERS.supports(spec.optim.name, "elementwise"):
         return (f"optim.name: optimizer {spec.optim.name!r} does not declare 'elementwise'; a seed-stacked update "
                 "must be S independent updates")
-    if not FREEZERS.supports(spec.freeze.name, "seed_stacked"):
-        return f"freeze.name: policy {spec.freeze.name!r} does not declare 'seed_stacked'"
+    for name in dict.fromkeys(s.freeze.name for s in specs):
+        if not FREEZERS.supports(name, "seed_stacked"):
+            return f"freeze.name: policy {name!r} does not declare 'seed_stacked'"
     if spec.distill.kind != "none" and not Distiller.seed_stacked:
         return f"distill.kind: the {spec.distill.kind} hook (Distiller) does not declare 'seed_stacked'"
     for stabiliser in spec.stabilisers:
@@ -67,6 +83,92 @@ def unsupported(specs: list[RunSpec], hooks: list | tuple = ()) -> str | None:
     return None
 
 
+def _flat(spec: RunSpec) -> dict[str, object]:
+    """The spec as ``section.field`` -> value (one level: lists and nested mappings stay whole)."""
+    out: dict[str, object] = {}
+    for key, value in to_dict(spec).items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _optim_refusal(specs: list[RunSpec]) -> str | None:
+    names = list(dict.fromkeys(s.optim.name for s in specs))
+    for name in names:
+        if not OPTIMIZERS.supports(name, "per_slot"):
+            return (f"optim: the slots differ in their optimizer settings and optimizer {name!r} does not declare "
+                    "'per_slot' (OptimCaps)")
+    updates = {OPTIMIZERS.caps(n).slot_update for n in names}
+    if len(updates) > 1:
+        return (f"optim.name: {names[0]!r} beside {names[1]!r}: their OptimCaps.slot_update differ "
+                f"({', '.join(sorted(updates))}); one stacked group runs one update rule")
+    if any(s.optim.state_dtype != "fp32" for s in specs):
+        return "optim.state_dtype: per-slot optimizer settings keep fp32 moments (OptimCaps.per_slot)"
+    return None
+
+
+def slot_difference(specs: list[RunSpec]) -> str | None:
+    """None when ``specs`` may be the slots of one stacked group, else the first field that differs and
+    cannot be per slot, with the part's flag (or why it is shared structure)."""
+    found = slot_refusal(specs)
+    return None if found is None else found[0]
+
+
+def slot_refusal(specs: list[RunSpec]) -> tuple[str, bool] | None:
+    """(reason, by_flag) as :func:`slot_difference`; ``by_flag``: the runs differ only where a part could hold
+    values per slot but does not declare it (they would share a group if it did), not in shared structure."""
+    flats = [_flat(s) for s in specs]
+    differs = [k for k in flats[0] if any(f.get(k) != flats[0][k] for f in flats[1:])]
+    differs += sorted({k for f in flats[1:] for k in f if k not in flats[0]})
+    parts = [k for k in differs if k in OPTIM_FIELDS or k.startswith(("freeze.", "schedule."))]
+    for key in differs:
+        if key not in WEIGHT_FIELDS and key not in parts:
+            values = ", ".join(dict.fromkeys(repr(f.get(key)) for f in flats))
+            return f"{key}: the runs differ ({values}); {SHARED.get(key.split('.')[0], 'it is not per-slot')}", False
+    for key in parts:
+        values = ", ".join(dict.fromkeys(repr(f.get(key)) for f in flats))
+        for spec in specs:
+            if key.startswith("freeze.") and not FREEZERS.supports(spec.freeze.name, "per_slot"):
+                return (f"{key}: the runs differ ({values}); policy {spec.freeze.name!r} does not declare 'per_slot' "
+                        "(FreezerCaps)"), True
+            if key.startswith("schedule.") and not SCHEDULES.supports(spec.schedule.name, "per_slot"):
+                return f"schedule: {spec.schedule.name!r} does not declare 'per_slot' (ScheduleCaps)", True
+    why = _optim_refusal(specs) if parts else None  # per-slot LRs, schedules and masks: the per-slot optimizer
+    return None if why is None else (why, True)
+
+
+def per_slot_optim(specs: list[RunSpec]) -> bool:
+    """Do the slots differ in optimizer, schedule or freezing values (recipes/slots.py then builds the update)?"""
+    first = specs[0]
+    return any(s.optim != first.optim or s.schedule != first.schedule or s.freeze != first.freeze
+               for s in specs[1:])
+
+
+def per_slot_freeze(specs: list[RunSpec]) -> bool:
+    """Do the slots differ in their freezing policy (recipes/freeze.py SlotFreezer: per-slot gradient masks)?"""
+    return any(s.freeze != specs[0].freeze for s in specs[1:])
+
+
+def stack_key(spec: RunSpec) -> str:
+    """What must match for runs to share a stacked group: the spec without the per-slot fields (the optimizer
+    values kept when the optimizer does not declare ``per_slot``; its ``slot_update`` otherwise)."""
+    import json
+
+    flat = _flat(spec)
+    per_slot_opt = spec.optim.name in OPTIMIZERS and OPTIMIZERS.supports(spec.optim.name, "per_slot")
+    drop = set(WEIGHT_FIELDS) | (set(OPTIM_FIELDS) if per_slot_opt else set())
+    if per_slot_opt and spec.freeze.name in FREEZERS and FREEZERS.supports(spec.freeze.name, "per_slot"):
+        drop |= {k for k in flat if k.startswith("freeze.")}
+    if per_slot_opt and spec.schedule.name in SCHEDULES and SCHEDULES.supports(spec.schedule.name, "per_slot"):
+        drop |= {k for k in flat if k.startswith("schedule.")}
+    key = {k: v for k, v in flat.items() if k not in drop}
+    if per_slot_opt:
+        key["optim.slot_update"] = OPTIMIZERS.caps(spec.optim.name).slot_update
+    return json.dumps(key, sort_keys=True, default=str)
+
+
 def fused_unsupported(specs: list[RunSpec], hooks: list | tuple = (), modality: str = "text") -> str | None:
     """None when the fused encoder (train/fused.py) can train ``specs``, else the part lacking support.
     It needs all that stacking needs, a BERT-shaped family, and ``fused`` from head, freezer and optimizer."""
@@ -78,8 +180,10 @@ def fused_unsupported(specs: list[RunSpec], hooks: list | tuple = (), modality: 
         return f"model.name: the {model_type_of(spec.model)} family does not declare 'layer_loop' (BERT-shaped)"
     if modality != "text":
         return f"task: a {modality} task enters through an input adapter; the fused encoder reads token ids"
-    for field, registry, name in (("head.name", HEADS, spec.head.name), ("freeze.name", FREEZERS, spec.freeze.name),
-                                  ("optim.name", OPTIMIZERS, spec.optim.name)):
+    parts = [("head.name", HEADS, spec.head.name)]
+    parts += [("freeze.name", FREEZERS, name) for name in dict.fromkeys(s.freeze.name for s in specs)]
+    parts += [("optim.name", OPTIMIZERS, name) for name in dict.fromkeys(s.optim.name for s in specs)]
+    for field, registry, name in parts:
         if name not in registry or not registry.supports(name, "fused"):  # task-kind heads: not in HEADS
             return f"{field}: {name!r} does not declare 'fused'"
     return None

@@ -154,11 +154,11 @@ def check_depth(spec: RunSpec) -> None:
     init = spec.init
     if init.reinit_layers < 0:
         raise SpecError(f"init.reinit_layers: must be >= 0, got {init.reinit_layers}")
-    if not init.reinit_layers and not init.rules:
+    if not init.reinit_layers and not init.rules and spec.model.num_layers is None:
         return
     from transferlab.recipes.init import init_rules, select
 
-    skeleton = _skeleton(spec)
+    skeleton = _skeleton(spec)  # model.num_layers beyond the model raises here, naming the field
     if skeleton is None:
         return  # no schema without a model (LSTM, unknown family): apply_init reports it, as before
     from transferlab.models.schema.base import schema_of
@@ -301,6 +301,9 @@ def check_task(task: TaskSpec, seed: int = 0):
         return build_task(task, seed=seed)  # the user's own files: read exactly as the run reads them
     if TASKS.canonical(task.name) == "hub":
         hub_datasets("task hub")  # an optional package: missing, one line before any run row
+    from transferlab.data.glue import check_path
+
+    check_path(task)  # not another GLUE task's folder
     files = []
     if root is not None and root.is_dir():
         files = [p for p in sorted(root.iterdir()) if p.suffix in TEXT_SUFFIXES and p.is_file()]

@@ -234,10 +234,12 @@ class ModelSchema:
         self.slots: dict[str, tuple[str, Slot]] = {}  # canonical key -> (HF key, slot)
         self.roles: dict[str, tuple[int | None, str]] = {}  # HF key -> (layer or None, role)
         self.shared = self.family.shared_layers(self.config)
+        # a module LoRA (peft) wrapped keeps its weights under ``.base_layer.``: the schema reads them there
+        wrapped = {k.replace(".base_layer.", "."): k for k in self.state if ".base_layer." in k}
         for i in range(self.num_layers):  # a shared layer's tensors get the top layer that uses them
             pre = self.family.layer_path(self.config, i)
             for key, slot in self.family.layer_slots(self.config).items():
-                name = pre + slot.name
+                name = wrapped.get(pre + slot.name, pre + slot.name)
                 if name not in self.state:
                     if key in self.family.optional:
                         continue  # e.g. no biases in this config; ModernBERT's layer 0 has no attention norm
@@ -248,11 +250,21 @@ class ModelSchema:
         for name in self.state:
             if name in claimed:
                 continue
+            if ".lora_" in name:  # an adapter's A/B: the layer and role of the module it adapts (not a slot)
+                self.roles[name] = self._adapted(name)
+                continue
             role = next((r for p, r in self.family.global_roles(self.config) if name.startswith(p)), None)
             if role is None:
                 raise ModelError(f"{self.family.name} schema: parameter {name} of the {model_type} model has no role")
             self.slots[f"{role}:{name}"] = (name, Slot(name))
             self.roles[name] = (None, role)
+
+    def _adapted(self, name: str) -> tuple[int | None, str]:
+        module = name.split(".lora_")[0] + ".base_layer."
+        found = next((r for k, r in self.roles.items() if k.startswith(module)), None)
+        if found is None:
+            raise ModelError(f"{self.family.name} schema: LoRA parameter {name} adapts no module of the schema")
+        return found
 
     # ------------------------------------------------------------------ keys and views
     def keys(self, pattern: str = "*") -> list[str]:
