@@ -129,7 +129,7 @@ echo "device_env: gpu_check.sh --cpu exit $rc (figures: $OUT_DIR)"
 if [[ "$MODE" == full ]]; then
   trc=0
   (cd "$ROOT" && TRANSFERLAB_MINILM="$ROOT/.carry/minilm" PYTHONPATH="$ROOT/src" \
-     "$VPY" -m pytest -p no:cacheprovider -q ${PYTEST_ARGS:-}) || trc=$?
+     "$VPY" -m pytest -p no:cacheprovider ${PYTEST_ARGS:-}) || trc=$?
   echo "device_env: the default test suite in the device venv: pytest exit $trc"
   [[ $trc -eq 0 ]] || rc=1
 fi

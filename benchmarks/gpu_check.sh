@@ -179,7 +179,7 @@ run_step memory 40
     echo '```'
   done
 } >"$DEST/summary.md"
-for log in "$GC_WORK"/logs/*-profile.log; do cp "$log" "$DEST/profile.txt"; done
+[[ ! -f "$GC_WORK/logs/08-profile.log" ]] || cp "$GC_WORK/logs/08-profile.log" "$DEST/profile.txt"
 tar -czf "$DEST/logs.tar.gz" -C "$GC_WORK" logs
 sed -n '1,/^## figures/p' "$DEST/summary.md"
 "$PY" "$LIB" figures --rows "$GC_ROWS" 2>&1 || true

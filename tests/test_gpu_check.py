@@ -60,10 +60,10 @@ def _stand_in(tmp_path: Path, plant: str | None) -> Path:
     return fake
 
 
-def _run(tmp_path: Path, plant: str | None, mode: str = "--cpu"):
+def _run(tmp_path: Path, plant: str | None, mode: str = "--cpu", **extra: str):
     out = tmp_path / ("out_" + (plant or "none").replace(" ", "_"))
     env = {**os.environ, "OUT": str(out), "PYTHON": str(_stand_in(tmp_path, plant)), "GC_BUDGET_SCALE": "1",
-           "CARRY": str(_carry(tmp_path / f"carry_{out.name}"))}
+           "CARRY": str(_carry(tmp_path / f"carry_{out.name}")), **extra}
     done = subprocess.run(["bash", str(SCRIPT), mode], env=env, capture_output=True, text=True, timeout=120)
     return done, out
 
@@ -92,6 +92,18 @@ def test_out_holds_at_most_six_files(tmp_path, plant):
     assert done.returncode in (0, 1) and len(files) <= 6 and set(files) <= OUT_FILES, files
     assert {"summary.md", "logs.tar.gz", "rows.json"} <= set(files)  # rows.json: the study's row at least
     assert all(p.is_file() for p in out.iterdir())  # flat: the device tool takes files two folders down at most
+
+
+def test_steps_left_out_are_recorded_as_skipped(tmp_path):
+    """device_env.sh --short runs a subset (GC_ONLY): the others are listed as skipped, and do not fail the check."""
+    done, out = _run(tmp_path, None, GC_ONLY="wheels environment study")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = (out / "summary.md").read_text()
+    assert re.search(r"\| profile \| 40 \| 0 \| - \| skipped \|", summary) and "| study | 110 |" in summary
+    assert not (out / "profile.txt").exists()
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        assert sorted(n.split("-", 1)[1] for n in tar.getnames() if n.endswith(".log")) == [
+            "environment.log", "study.log", "wheels.log"]
 
 
 def test_step_budgets_fit_one_device_command():
