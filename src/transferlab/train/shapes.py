@@ -55,6 +55,44 @@ def _fast(tokenizer, task: Task):
                         f"offsets); {type(tokenizer).__name__} is not one")
 
 
+def context_windows(tokenizer, questions: list[str], contexts: list[str], max_length: int, stride: int):
+    """(question, context) pairs -> windows of at most ``max_length`` tokens, each the question beside
+    consecutive context tokens, consecutive windows sharing ``stride`` tokens: what a fast tokenizer's
+    ``truncation="only_second", return_overflowing_tokens=True`` returns (tests/test_extractive_qa.py
+    checks they are equal), built here because tokenizers 0.23.2 (the GPU image's) returns at most two
+    windows there and loses the rest of a long context. Returns (tokenizers Encodings, their example)."""
+    backend = tokenizer.backend_tokenizer
+    truncation, padding = backend.truncation, backend.padding
+    backend.no_truncation()
+    backend.no_padding()
+    try:
+        windows, example = [], []
+        pair_extra = backend.num_special_tokens_to_add(True)
+        for i, (question, context) in enumerate(zip(questions, contexts)):
+            n = len(backend.encode(context, add_special_tokens=False).ids)
+            room = max_length - pair_extra - len(backend.encode(question, add_special_tokens=False).ids)
+            bounds, start = [], 0
+            while True:
+                end = min(start + room, n)
+                bounds.append((start, end))
+                if end >= n:
+                    break
+                start = end - stride
+            cuts = backend.encode_batch([context] * len(bounds), add_special_tokens=False)
+            asks = backend.encode_batch([question] * len(bounds), add_special_tokens=False)
+            for (start, end), cut, ask in zip(bounds, cuts, asks):
+                cut.truncate(end, direction="right")
+                cut.truncate(end - start, direction="left")
+                windows.append(backend.post_process(ask, cut, add_special_tokens=True))
+                example.append(i)
+        return windows, np.asarray(example, dtype=np.int64)
+    finally:
+        if truncation:
+            backend.enable_truncation(**truncation)
+        if padding:
+            backend.enable_padding(**padding)
+
+
 # ---------------------------------------------------------------- token classification
 
 
@@ -134,22 +172,19 @@ class SpanShape:
         if room < 2:
             raise DataError(f"model.max_length: {max_length} leaves no room for the context beside the question")
         stride = min(task.extra.get("doc_stride") or max_length // 3, room - 1)
-        enc = tokenizer(questions, split.text_pairs, truncation="only_second", max_length=max_length,
-                        stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                        return_attention_mask=False, return_token_type_ids=True)
-        example = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+        windows, example = context_windows(tokenizer, questions, split.text_pairs, max_length, stride)
         labels = np.zeros((len(example), 2), dtype=np.int64)
         chars = []
         for w, i in enumerate(example):
-            seq = enc.sequence_ids(w)
-            span = np.array([o if s == 1 else (-1, -1) for o, s in zip(enc["offset_mapping"][w], seq)],
+            win = windows[w]
+            span = np.array([o if s == 1 else (-1, -1) for o, s in zip(win.offsets, win.sequence_ids)],
                             dtype=np.int64).reshape(-1, 2)
             chars.append(span)
             start, end = split.labels[i]
             inside = np.flatnonzero(span[:, 0] >= 0)
             if len(inside) and span[inside[0], 0] <= start and span[inside[-1], 1] >= end:
                 labels[w] = (inside[span[inside, 0] <= start][-1], inside[span[inside, 1] >= end][0])
-        out = pack(enc["input_ids"], enc.get("token_type_ids"), labels, tokenizer)
+        out = pack([w.ids for w in windows], [w.type_ids for w in windows], labels, tokenizer)
         out.extra = {"example": example, "chars": chars, "contexts": split.text_pairs, "targets": split.targets}
         return out
 
