@@ -21,9 +21,12 @@ import json
 import math
 from dataclasses import dataclass
 
+from transferlab.errors import DataError, UserError
+
 CPU_FLOPS = 5.7 * 4.19e9  # docs/benchmarks.md, "CPU: MiniLM on the 2-core development machine"
 GPU_FLOPS = 1019.4 * 67.0e9  # docs/benchmarks.md, H100 bert-base `single`, compile off
 START_S = {"cpu": 10.0, "gpu": 5.0}  # loading the model and the data, per run (a guess, not measured)
+GENERATED_TASKS = ("digits", "bit_memory", "bit_xor")  # built here without a path; any other task needs task.path
 SOURCE = ("recorded figures in docs/benchmarks.md (CPU: MiniLM 5.7 samples/s at 4.19 GFLOP on the 2-core "
           "machine; GPU: BERT-base 1019 samples/s at 67 GFLOP on one H100)")
 
@@ -37,12 +40,15 @@ def _duration(seconds: float) -> str:
 class Estimate:
     runs: int
     seconds: dict  # device ("cpu", "gpu") -> summed seconds; a device the runs name, or both for device auto
-    unknown: int  # runs without an estimate (no model config here)
+    unknown: int  # runs without an estimate (no model config, no task data here)
 
     def line(self) -> str:
         where = {"cpu": "on the 2-core CPU", "gpu": "on one GPU (H100)"}
         times = " or ".join(f"about {_duration(s)} {where[d]}" for d, s in self.seconds.items())
-        miss = f"; {self.unknown} runs without a figure (no model config here)" if self.unknown else ""
+        miss = (f"; {self.unknown} runs without a figure (the model's config or the task's data is not here)"
+                if self.unknown else "")
+        if not self.seconds:
+            return f"expected wall time: no estimate for {self.runs} runs{miss}"
         return (f"expected wall time (rough estimate): {times} for {self.runs} runs one after another, from the "
                 f"{SOURCE}{miss}")
 
@@ -70,6 +76,8 @@ def _task_shape(spec, cache: dict) -> tuple[int, int, int]:
     """(train examples, evaluated examples, tokens per example) of the run's task, built once per task spec."""
     from transferlab.data.build import build_task
 
+    if spec.task.path is None and spec.task.name not in GENERATED_TASKS:
+        raise DataError(f"task {spec.task.name}: no task.path; its data would come from the hub")  # not fetched here
     key = json.dumps([spec.task.__dict__, spec.seed if spec.task.few_sample else 0], sort_keys=True, default=str)
     if key not in cache:
         task = build_task(spec.task, seed=spec.seed)
@@ -102,9 +110,14 @@ def run_flops(spec, tasks: dict, models: dict) -> float | None:
     weights = _linear_weights(spec, models)
     if weights is None or spec.multitask is not None:
         return None
-    n_train, n_eval, tokens = _task_shape(spec, tasks)
+    try:
+        n_train, n_eval, tokens = _task_shape(spec, tasks)
+    except (UserError, OSError):  # the task's data is not here (a hub task offline, a path left null)
+        return None
     batch = spec.train.batch_size * spec.train.grad_accum
     steps = spec.train.max_steps or math.ceil(spec.train.epochs * n_train / batch)
+    if spec.intermediate is not None:  # STILTs: the intermediate task's steps first, at the same batch
+        steps += spec.intermediate.steps
     return 6 * tokens * weights * (steps * batch + n_eval / 3)
 
 
