@@ -62,46 +62,54 @@ def test_every_findings_study_dry_runs_under_both_profiles(path, profile, tmp_pa
     assert not db.exists()
 
 
-# ------------------------------------------------------------------ the row that was run: (c), fpt-digits@cpu
+# ------------------------------------------------------------------ the rows that were run
 
-CSV_RUNS = ROOT / "docs" / "findings" / "fpt-digits-cpu" / "runs.csv"
+RUN_ROWS = {  # claim -> (stored study, its CSV folder, baseline arm, other arm, main metric on test)
+    "c": ("fpt-digits@cpu", "fpt-digits-cpu", "frozen-random", "frozen-pretrained", "accuracy"),
+}
 
 
-def fpt_row() -> dict:
-    """The numbers docs/findings.md states for claim (c)'s CPU run."""
-    row = next(line for line in FINDINGS.read_text().splitlines() if line.startswith("| (c) "))
+def row_numbers(claim: str, arms: tuple[str, str]) -> dict:
+    """The numbers docs/findings.md states for a claim's CPU run."""
+    row = next(line for line in FINDINGS.read_text().splitlines() if line.startswith(f"| ({claim}) "))
     delta, lo, hi = (float(x) for x in re.search(
         r"Δ ([+-][\d.]+), 95% CI \[([+-][\d.]+), ([+-][\d.]+)\]", row).groups())
     p = float(re.search(r"paired t p ([\d.e-]+)", row).group(1))
-    lrs = {arm: float(lr) for arm, lr in re.findall(r"(frozen-\w+) LR ([\d.e-]+)", row)}
-    means = {arm: float(m) for arm, m in re.findall(r"(frozen-\w+) ([01]\.\d{4}) ±", row)}
+    names = "|".join(re.escape(a) for a in arms)
+    lrs = {arm: float(lr) for arm, lr in re.findall(rf"({names}) LR ([\d.e-]+)", row)}
+    means = {arm: float(m) for arm, m in re.findall(rf"({names}) (-?[01]\.\d{{4}}) ±", row)}
     return {"delta": delta, "ci": (lo, hi), "p": p, "lrs": lrs, "means": means}
 
 
-def per_seed(arm: str, lr: float, search_seeds=(100,)) -> dict[int, float]:
+def per_seed(csv_runs: Path, study: str, arm: str, lr: float, metric: str, search_seeds=(100,)) -> dict[int, float]:
+    """Test metric per seed of the arm's main runs at its chosen LR (the search seeds' runs left out)."""
     out = {}
-    with CSV_RUNS.open(newline="", encoding="utf-8") as f:
+    with csv_runs.open(newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             spec, summary = json.loads(r["spec"]), json.loads(r["summary"] or "{}")
-            if (r["study"] == "fpt-digits@cpu" and r["name"] == arm and r["status"] == "finished"
+            if (r["study"] == study and r["name"] == arm and r["status"] == "finished"
                     and spec["optim"]["lr"] == lr and int(r["seed"]) not in search_seeds):
-                out[int(r["seed"])] = summary["test"]["accuracy"]
+                out[int(r["seed"])] = summary["test"][metric]
     return out
 
 
-def test_the_csv_of_the_run_row_recomputes_its_numbers():
+@pytest.mark.parametrize("claim", sorted(RUN_ROWS))
+def test_the_csv_of_a_run_row_recomputes_its_numbers(claim):
     from scipy import stats
 
-    row = fpt_row()
-    assert set(row["lrs"]) == {"frozen-pretrained", "frozen-random"}
-    a = per_seed("frozen-pretrained", row["lrs"]["frozen-pretrained"])
-    b = per_seed("frozen-random", row["lrs"]["frozen-random"])
-    assert sorted(a) == sorted(b) == [0, 1, 2, 3, 4]
-    d = np.array([a[s] - b[s] for s in sorted(a)])
+    study, folder, base, other, metric = RUN_ROWS[claim]
+    row = row_numbers(claim, (other, base))
+    assert set(row["lrs"]) == set(row["means"]) == {other, base}
+    csv_runs = ROOT / "docs" / "findings" / folder / "runs.csv"
+    a = per_seed(csv_runs, study, other, row["lrs"][other], metric)
+    b = per_seed(csv_runs, study, base, row["lrs"][base], metric)
+    assert sorted(a) == sorted(b) and len(a) >= 2
+    seeds = sorted(a)
+    d = np.array([a[s] - b[s] for s in seeds])
     assert round(float(d.mean()), 4) == row["delta"]
     half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
     assert (round(float(d.mean() - half), 4), round(float(d.mean() + half), 4)) == row["ci"]
-    p = stats.ttest_rel([a[s] for s in sorted(a)], [b[s] for s in sorted(a)]).pvalue
+    p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue
     assert f"{p:.1e}" == f"{row['p']:.1e}"
-    assert round(float(np.mean(list(a.values()))), 4) == row["means"]["frozen-pretrained"]
-    assert round(float(np.mean(list(b.values()))), 4) == row["means"]["frozen-random"]
+    assert round(float(np.mean(list(a.values()))), 4) == row["means"][other]
+    assert round(float(np.mean(list(b.values()))), 4) == row["means"][base]
