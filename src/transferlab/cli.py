@@ -1,7 +1,7 @@
 """The ``transferlab`` command line.
 
     transferlab run SPEC.yaml [--set key=value ...] [--store PATH] [--rerun]
-    transferlab run STUDY.yaml [--dry-run] [--executor inline|processes|ray] [--workers N] [--address A]
+    transferlab run STUDY.yaml [--profile cpu|gpu|...] [--dry-run] [--executor inline|processes|ray] [--workers N] [--address A]
                                [--skip-failed] [--new-study] [--yes]   (--yes: more than 10,000 runs)
     transferlab runs [--store PATH] [--study NAME] [--all]
     transferlab export RUN -o DIR [--force]   (a Hugging Face folder with the tokenizer and a model card)
@@ -64,6 +64,8 @@ def _run_parser(sub) -> None:
     t.add_argument("--wandb", metavar="PROJECT", help="log the run to this Weights & Biases project")
     t.add_argument("--wandb-mode", choices=["offline", "online"], default=None, help="W&B mode (default offline)")
     g = p.add_argument_group("studies (a YAML file with a top-level `study:` key)")
+    g.add_argument("--profile", default=None, metavar="NAME", help=(
+        "a size profile the study file declares under `profiles:` (e.g. cpu, gpu); stored as <study>@<NAME>"))
     g.add_argument("--executor", default="inline", help="inline (default), processes or ray")
     g.add_argument("--workers", type=int, default=2, help="worker processes, or local Ray CPUs (default 2)")
     g.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
@@ -319,6 +321,8 @@ def cmd_run(args) -> int:
         if args.nproc != 1:
             raise UserError("--nproc: trains one run across processes; a study's runs go to --executor processes")
         return cmd_study(args, data)
+    if args.profile is not None:
+        raise UserError(f"--profile {args.profile}: profiles belong to study files; {args.spec} is a run spec")
     spec = load_spec(data, args.overrides)
     if args.dry_run:
         return dry_run(spec, args.store)
@@ -443,7 +447,7 @@ def cmd_study(args, data: dict) -> int:
     from transferlab.study.runner import check_workers, describe_plan, run_study
     from transferlab.study.spec import load_study
 
-    study = load_study(data, args.overrides)
+    study = load_study(data, args.overrides, profile=args.profile)
     study.logging = tracking_from_args(args, study.logging)
     if too_large(study, args):
         return 0
@@ -461,6 +465,9 @@ def cmd_study(args, data: dict) -> int:
         print(f"{study.study}: {sum(r[6] != 'done' for r in runs)} of {len(runs)} runs to do"
               + (f"; then {waiting} cells x {len(study.seeds)} seeds at the "
                  + ("best trial's values" if study.search else "LRs chosen on validation") if waiting else ""))
+        from transferlab.study.estimate import estimate, plan_specs
+
+        print(f"{study.study}: " + estimate(plan_specs(study, plan)).line())
         return 0
     resources = {}
     for item in args.ray_resource:

@@ -17,6 +17,7 @@
     threshold: 0.6                   # steps to reach this dev value of the main metric
     logging: {tensorboard: runs/tb}  # optional: log every run live to TensorBoard / MLflow / W&B (train/track.py)
     report: {tost_margin: 0.01, exclude_search_seeds: true}   # how the report analyses (not what runs)
+    profiles: {cpu: {base.train.epochs: 2, seeds: [0, 1, 2]}, gpu: {...}}   # sizes: `--profile cpu` (profiles.py)
 
 ``--set`` reaches any key of the file: ``--set base.task.path=DIR``, ``--set 'seeds=[0, 1]'``,
 ``--set 'grid.train.max_steps=[400]'`` (nested and dotted grid keys are the same axis).
@@ -183,13 +184,18 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_study(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] = ()) -> StudySpec:
-    """A checked StudySpec from a YAML file or plain data; ``overrides`` as in ``--set base.optim.lr=1e-5``."""
+def load_study(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] = (),
+               profile: str | None = None) -> StudySpec:
+    """A checked StudySpec from a YAML file or plain data; ``overrides`` as in ``--set base.optim.lr=1e-5``;
+    ``profile``: one of the file's ``profiles`` applied first (study/profiles.py; stored as ``<study>@<profile>``)."""
+    from transferlab.study.profiles import apply_profile
+
     if not isinstance(source, (str, Path, dict)):
         raise SpecError(f"load_study: expected a YAML file path or a dict, got {type(source).__name__}")
     if isinstance(source, dict):
         check_plain(source, "load_study")
     data = source if isinstance(source, dict) else read_yaml(source)
+    data = apply_profile(data, profile, StudySpec)
     data = apply_overrides(data, overrides or [])
     return spec_from_dict(data, StudySpec)
 

@@ -1,0 +1,116 @@
+"""docs/findings.md: every study file it names dry-runs under both size profiles, and the row that was run
+recomputes from the CSV exported beside it (docs/findings/<study>/runs.csv).
+
+`transferlab report` reads a store (SQLite), not CSV files, so the recomputation here is scipy's on the CSV:
+the main-phase runs of each arm (its chosen LR, the search seeds left out), paired by seed, as the report does."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA, needs_shared_data
+
+from transferlab.cli import main
+from transferlab.study.spec import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+FINDINGS = ROOT / "docs" / "findings.md"
+GLUE = {"rte": "RTE", "mrpc": "MRPC", "sts-b": "STS-B", "stsb": "STS-B", "cola": "CoLA"}
+
+
+def study_files() -> list[str]:
+    return sorted(set(re.findall(r"`(examples/[\w-]+\.yaml)`", FINDINGS.read_text())))
+
+
+def test_findings_names_a_study_per_claim():
+    text = FINDINGS.read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| \([a-g]\) ", line)]
+    assert [r[3] for r in rows] == list("abcdefg")
+    for row in rows:
+        assert re.search(r"`examples/[\w-]+\.yaml`", row), row
+        assert "not run" in row or "Holm" in row, row  # a measured row says its adjusted p; the rest say why not
+    assert len(study_files()) >= 6
+
+
+def path_overrides(data: Path, path: str, profile: str) -> list[str]:
+    """--set task paths for the profile's GLUE tasks (the study files leave them null: users' folders differ)."""
+    study = load_study(ROOT / path, profile=profile)
+    out = []
+    name = study.base.get("task", {}).get("name")
+    if name in GLUE:
+        out.append(f"base.task.path={data / 'glue' / GLUE[name]}")
+    for arm, flat in study.arms.items():
+        if (inter := flat.get("intermediate.task.name")) in GLUE:  # arms are flattened: dotted keys
+            out.append(f"arms.{arm}.intermediate.task.path={data / 'glue' / GLUE[inter]}")
+    return [x for o in out for x in ("--set", o)]
+
+
+@needs_shared_data
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+@pytest.mark.parametrize("path", study_files())
+def test_every_findings_study_dry_runs_under_both_profiles(path, profile, tmp_path, capsys):
+    db = tmp_path / "none.db"
+    assert main(["run", str(ROOT / path), "--profile", profile, "--dry-run", "--store", str(db),
+                 *path_overrides(SHARED_DATA, path, profile)]) == 0
+    out = capsys.readouterr().out
+    name = load_study(ROOT / path, profile=profile).study
+    assert name.endswith(f"@{profile}") and f"{name}: " in out
+    assert re.search(rf"{re.escape(name)}: expected wall time \(rough estimate\): about .+ on the 2-core CPU", out)
+    assert not db.exists()
+
+
+# ------------------------------------------------------------------ the rows that were run
+
+RUN_ROWS = {  # claim -> (stored study, its CSV folder, baseline arm, other arm, main metric on test)
+    "a": ("few-sample-rte-bertadam@cpu", "few-sample-rte-bertadam-cpu", "debiased-adam", "bertadam", "spearman"),
+    "c": ("fpt-digits@cpu", "fpt-digits-cpu", "frozen-random", "frozen-pretrained", "accuracy"),
+}
+
+
+def row_numbers(claim: str, arms: tuple[str, str]) -> dict:
+    """The numbers docs/findings.md states for a claim's CPU run."""
+    row = next(line for line in FINDINGS.read_text().splitlines() if line.startswith(f"| ({claim}) "))
+    delta, lo, hi = (float(x) for x in re.search(
+        r"Δ ([+-][\d.]+), 95% CI \[([+-][\d.]+), ([+-][\d.]+)\]", row).groups())
+    p = float(re.search(r"paired t p ([\d.e-]+)", row).group(1))
+    names = "|".join(re.escape(a) for a in arms)
+    lrs = {arm: float(lr) for arm, lr in re.findall(rf"({names}) LR ([\d.e-]+)", row)}
+    means = {arm: float(m) for arm, m in re.findall(rf"({names}) (-?[01]\.\d{{4}}) ±", row)}
+    return {"delta": delta, "ci": (lo, hi), "p": p, "lrs": lrs, "means": means}
+
+
+def per_seed(csv_runs: Path, study: str, arm: str, lr: float, metric: str, search_seeds=(100,)) -> dict[int, float]:
+    """Test metric per seed of the arm's main runs at its chosen LR (the search seeds' runs left out)."""
+    out = {}
+    with csv_runs.open(newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            spec, summary = json.loads(r["spec"]), json.loads(r["summary"] or "{}")
+            if (r["study"] == study and r["name"] == arm and r["status"] == "finished"
+                    and spec["optim"]["lr"] == lr and int(r["seed"]) not in search_seeds):
+                out[int(r["seed"])] = summary["test"][metric]
+    return out
+
+
+@pytest.mark.parametrize("claim", sorted(RUN_ROWS))
+def test_the_csv_of_a_run_row_recomputes_its_numbers(claim):
+    from scipy import stats
+
+    study, folder, base, other, metric = RUN_ROWS[claim]
+    row = row_numbers(claim, (other, base))
+    assert set(row["lrs"]) == set(row["means"]) == {other, base}
+    csv_runs = ROOT / "docs" / "findings" / folder / "runs.csv"
+    a = per_seed(csv_runs, study, other, row["lrs"][other], metric)
+    b = per_seed(csv_runs, study, base, row["lrs"][base], metric)
+    assert sorted(a) == sorted(b) and len(a) >= 2
+    seeds = sorted(a)
+    d = np.array([a[s] - b[s] for s in seeds])
+    assert round(float(d.mean()), 4) == row["delta"]
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    assert (round(float(d.mean() - half), 4), round(float(d.mean() + half), 4)) == row["ci"]
+    p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue
+    assert f"{p:.1e}" == f"{row['p']:.1e}"
+    assert round(float(np.mean(list(a.values()))), 4) == row["means"][other]
+    assert round(float(np.mean(list(b.values()))), 4) == row["means"][base]
