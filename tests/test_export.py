@@ -356,6 +356,11 @@ def test_qa_export_through_hf_equals_predict(tmp_path):
     frame = predict(folder, new)
     hf = tf.AutoModelForQuestionAnswering.from_pretrained(folder).eval()
     tok = tf.AutoTokenizer.from_pretrained(folder)
+    probe = tok("q?", " ".join(f"word{i}" for i in range(120)), truncation="only_second", max_length=32, stride=8,
+                return_overflowing_tokens=True)
+    if len(probe["input_ids"]) <= 2:  # tokenizers 0.23.2 (the GPU image's) loses overflow windows: the
+        pytest.skip("this tokenizers release returns at most two overflow windows; the standard decoding "
+                    "it would feed is not whole (train/shapes.py context_windows)")  # reference, not predict
     theirs = [hf_qa_answer(hf, tok, q, c) for q, c in zip(rows.texts, rows.text_pairs)]
     assert [(a, s, e) for a, s, e in zip(frame["answer"], frame["start"], frame["end"])] == theirs
     assert frame["answer"].nunique() > 10
