@@ -16,6 +16,14 @@ NEG = ["awful", "bad", "poor", "dull", "boring", "weak"]
 FILL = ["the", "movie", "plot", "actor", "was", "really", "quite", "a", "story", "film", "scene", "and"]
 
 
+def overflow_windows_whole(tokenizer) -> bool:
+    """Whether the tokenizer's own ``only_second`` overflow returns every window of a long context
+    (tokenizers 0.23.2, the GPU image's, returns at most two; train/shapes.py context_windows does not rely on it)."""
+    long_context = " ".join(f"word{i}" for i in range(120))
+    return len(tokenizer("q?", long_context, truncation="only_second", max_length=32, stride=8,
+                         return_overflowing_tokens=True)["input_ids"]) > 2
+
+
 def write_sentiment_csv(folder: Path, n_train: int = 256, n_dev: int = 64, seed: int = 0) -> Path:
     """A toy text-classification task: the label is whether a positive word occurs."""
     rng = random.Random(seed)

@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import yaml
-from conftest import SHARED_DATA, needs_shared_data
+from conftest import SHARED_DATA, needs_shared_data, overflow_windows_whole
 
 from transferlab.cli import main
 from transferlab.data import build_task
@@ -232,9 +232,7 @@ def test_context_windows_equal_the_tokenizers_own_overflow_windows():
     most two there): the same token ids, segments, character offsets and context positions as the
     tokenizer's ``only_second`` overflow, where that overflow is whole."""
     tok = load_backbone(ModelSpec(name="tiny-bert")).tokenizer
-    long_context = " ".join(f"word{i}" for i in range(120))
-    whole = len(tok("q?", long_context, truncation="only_second", max_length=32, stride=8,
-                    return_overflowing_tokens=True)["input_ids"]) > 2
+    whole = overflow_windows_whole(tok)
     data = json.loads((SQUAD / "dev-v1.1.json").read_text())["data"]
     pairs = [(qa["question"], p["context"]) for a in data[:3] for p in a["paragraphs"][:4] for qa in p["qas"][:2]]
     for max_length, stride in ((96, 32), (64, 20)):
