@@ -124,6 +124,7 @@ INITS = [
     (1, {"init.rules": [{"select": {"layers": "all"}, "scheme": "normal", "options": {"std": 0.02}}]}),
     (2, {"init.reinit_layers": 1, "optim.lr": 1e-2}),
     (3, {"transplant": [{"source": "tiny-roberta", "layers": "1"}]}),
+    (4, {"model.init": "pretrained"}),  # the tiny family's fixed checkpoint beside random initialisations
 ]
 
 
@@ -135,6 +136,8 @@ def test_per_slot_initial_weights_equal_their_runs_alone(data, tmp_path, float64
     seq, par, results = check_slots(data, tmp_path, INITS)
     transfers = [par.get(r.uid).summary["transfer"] for r in results]
     assert transfers[0] != transfers[1] and transfers[4].get("transplant")  # each slot kept its own report
+    inits = [par.get(r.uid).spec["model"]["init"] for r in results]
+    assert inits == ["random"] * 5 + ["pretrained"]
 
 
 # ---------------------------------------------------------------------------------------------- grouping
@@ -286,6 +289,53 @@ def test_a_study_killed_mid_group_reruns_only_its_unfinished_slots(data, tmp_pat
         assert done[0].provenance["engine"]["seeds"] == (6 if ref.run_id in calls else 4)
         close(reference.curve(ref.uid), store.curve(done[0].uid), "curve")
         close(reference.evals(ref.uid), store.evals(done[0].uid), "evals")
+
+
+def test_a_worker_killed_mid_group_reruns_its_slots_once_equal_to_an_uninterrupted_study(data, tmp_path):
+    """The processes executor: one worker, groups of 3 slots; the worker is SIGKILLed while it trains the second
+    group. The first group's runs stay stored; the rerun trains only the killed group's slots (again as one group)
+    and every run equals the uninterrupted study's (same executor, same groups: bit for bit)."""
+    import multiprocessing
+    import os
+    import signal
+    from pathlib import Path
+
+    import yaml
+
+    from transferlab.study.runner import run_study
+    from transferlab.study.spec import load_study
+
+    arms = {"lo": {"optim.lr": 1e-3}, "bert": {"optim.name": "bertadam", "schedule.name": "cosine"}}
+    path = Path(_study(data, tmp_path, arms, seeds=range(3)))
+    d = yaml.safe_load(path.read_text())
+    d["base"]["train"].update(epochs=20, max_steps=40)  # the second group trains long enough to be killed mid-way
+    path.write_text(yaml.safe_dump(d))
+    study = load_study(str(path))
+    options = {"executor": "processes", "workers": 1, "threads": 1, "seed_parallel": "on", "max_slots": 3}
+    reference = Store(tmp_path / "ref.db")
+    assert run_study(study, reference, out=lambda line: None, **options).executed == 6
+
+    store, ended = Store(tmp_path / "s.db"), []
+
+    def kill_after_the_first_group(line: str) -> None:
+        if "finished" in line:
+            ended.append(line)
+            if len(ended) == 3:  # the first group's three slots are in: the worker now trains the second
+                for child in multiprocessing.active_children():
+                    os.kill(child.pid, signal.SIGKILL)
+
+    first = run_study(study, store, out=kill_after_the_first_group, **options)
+    assert (first.executed, first.failed) == (6, 3), (first, ended)  # executed counts the failed runs
+    finished = {r.run_id for r in store.runs() if r.status == "finished"}
+    assert len(finished) == 3
+    again = run_study(study, store, out=lambda line: None, **options)
+    assert (again.executed, again.skipped, again.failed) == (3, 3, 0)
+    for ref in reference.runs():
+        done = [r for r in store.runs(run_id=ref.run_id) if r.status == "finished"]
+        assert len(done) == 1, ref.run_id  # each slot finished once, the first group's never retrained
+        assert done[0].provenance["engine"]["seeds"] == 3  # trained in a group of three, as uninterrupted
+        assert store.curve(done[0].uid) == reference.curve(ref.uid), ref.run_id
+        assert store.evals(done[0].uid) == reference.evals(ref.uid), ref.run_id
 
 
 def test_bench_has_a_mixed_slots_row(capsys):
