@@ -1,8 +1,9 @@
 """docs/findings.md: every study file it names dry-runs under both size profiles, and the row that was run
 recomputes from the CSV exported beside it (docs/findings/<study>/runs.csv).
 
-`transferlab report` reads a store (SQLite), not CSV files, so the recomputation here is scipy's on the CSV:
-the main-phase runs of each arm (its chosen LR, the search seeds left out), paired by seed, as the report does."""
+Twice: `transferlab report docs/findings/<folder>` (the report of the exported tables, read back into a store
+of its own) must print the row's numbers, and scipy on the CSV (the main-phase runs of each arm at its chosen LR,
+the search seeds left out, paired by seed) must give them too."""
 
 import csv
 import json
@@ -76,10 +77,11 @@ def row_numbers(claim: str, arms: tuple[str, str]) -> dict:
     delta, lo, hi = (float(x) for x in re.search(
         r"Δ ([+-][\d.]+), 95% CI \[([+-][\d.]+), ([+-][\d.]+)\]", row).groups())
     p = float(re.search(r"paired t p ([\d.e-]+)", row).group(1))
+    holm = float(re.search(r"paired t p [\d.e-]+, Holm ([\d.e-]+)", row).group(1))
     names = "|".join(re.escape(a) for a in arms)
     lrs = {arm: float(lr) for arm, lr in re.findall(rf"({names}) LR ([\d.e-]+)", row)}
     means = {arm: float(m) for arm, m in re.findall(rf"({names}) (-?[01]\.\d{{4}}) ±", row)}
-    return {"delta": delta, "ci": (lo, hi), "p": p, "lrs": lrs, "means": means}
+    return {"delta": delta, "ci": (lo, hi), "p": p, "holm": holm, "lrs": lrs, "means": means}
 
 
 def per_seed(csv_runs: Path, study: str, arm: str, lr: float, metric: str, search_seeds=(100,)) -> dict[int, float]:
@@ -114,3 +116,23 @@ def test_the_csv_of_a_run_row_recomputes_its_numbers(claim):
     assert f"{p:.1e}" == f"{row['p']:.1e}"
     assert round(float(np.mean(list(a.values()))), 4) == row["means"][other]
     assert round(float(np.mean(list(b.values()))), 4) == row["means"][base]
+
+
+@pytest.mark.parametrize("claim", sorted(RUN_ROWS))
+def test_report_on_the_exported_csv_prints_the_rows_numbers(claim, tmp_path, capsys):
+    study, folder, base, other, metric = RUN_ROWS[claim]
+    row = row_numbers(claim, (other, base))
+    assert main(["report", str(ROOT / "docs" / "findings" / folder), "--study", study, "-o", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    paired = md[md.index("## Paired comparison against the baseline arm"):]
+    cells = [c.strip() for c in next(line for line in paired.splitlines()
+                                     if line.startswith("| ") and f"| {other} | {base} |" in line).split("|")[1:-1]]
+    assert cells[3] == f"{metric} (test)" and cells[4].startswith("paired")
+    assert float(cells[5]) == row["delta"]
+    assert cells[6] == f"[{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}]"
+    assert f"{float(cells[7]):.1e}" == f"{row['p']:.1e}" and f"{float(cells[8]):.1e}" == f"{row['holm']:.1e}"
+    for arm in (other, base):  # the per-cell table's mean on test
+        line = next(li for li in md.splitlines() if re.match(rf"\| [^|]+ \| {re.escape(arm)} \| test \| {metric} \|", li))
+        assert float(line.split("|")[7].split("±")[0]) == row["means"][arm], line
+    lr_rows = {arm: float(lr) for arm, lr in re.findall(r"\| [^|]+ \| [^|]+ \| ([\w-]+) \| ([\d.e-]+) \| ", md)}
+    assert {arm: lr_rows[arm] for arm in (other, base)} == row["lrs"]

@@ -201,3 +201,51 @@ def test_plan_seeds_with_one_pilot_seed_is_one_line_and_exit_2(tmp_path, capsys)
     assert "at least 2 pilot seeds" in err and len(err.splitlines()) == 1
     assert main(["plan-seeds", str(store.path), "--study", "nope", "--delta", "0.05"]) == 2
     assert "no finished cells of study 'nope'" in capsys.readouterr().err
+
+
+def drop_section(md: str, title: str) -> str:
+    start = md.index(title)
+    end = md.index("\n## ", start + 1) + 1
+    return md[:start] + md[end:]
+
+
+def test_report_of_exported_csv_tables_equals_the_report_of_the_store(study_store, tmp_path):
+    """`transferlab report DIR` on a folder of `export --csv` tables: the same report as from the store (the
+    findings' CSVs under docs/findings/ are reported this way), less the prediction churn, which needs the runs'
+    prediction files; the folder is left as it was."""
+    store, out, _ = study_store
+    tables = tmp_path / "tables"
+    assert main(["export", "--csv", str(tables), "--store", str(store.path)]) == 0
+    assert {p.name for p in tables.iterdir()} >= {"runs.csv", "study_plan.csv", "study_values.csv"}
+    before = {p.name: p.read_bytes() for p in tables.iterdir()}
+    assert main(["report", str(tables), "--study", "rep", "-o", str(tmp_path / "from-csv")]) == 0
+    from_csv, from_store = ((d / "report.md").read_text() for d in (tmp_path / "from-csv", out))
+    assert "## Prediction churn" in from_store and "## Prediction churn" not in from_csv  # predictions are files
+    assert from_csv == drop_section(from_store, "## Prediction churn")
+    assert {p.name: p.read_bytes() for p in tables.iterdir()} == before
+
+
+@pytest.mark.parametrize("case", ["no-runs", "empty", "bad-column", "short-row", "undecodable"])
+def test_report_of_a_bad_csv_folder_is_one_line_exit_2(case, study_store, tmp_path, capsys):
+    store, _, _ = study_store
+    tables = tmp_path / "tables"
+    assert main(["export", "--csv", str(tables), "--store", str(store.path)]) == 0
+    runs = tables / "runs.csv"
+    text = runs.read_text()
+    if case == "no-runs":
+        runs.unlink()
+    elif case == "empty":
+        runs.write_text("")
+    elif case == "bad-column":
+        runs.write_text(text.replace("recipe_hash", "recipe_hush", 1))
+    elif case == "short-row":
+        runs.write_text(text.splitlines()[0] + "\nabc,def\n")
+    else:
+        runs.write_bytes(b"\xff\xfe\xfa" + text.encode())
+    capsys.readouterr()
+    assert main(["report", str(tables), "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and str(tables) in err, err
+    assert {"no-runs": "no runs.csv", "empty": "empty", "bad-column": "'recipe_hush'", "short-row": "runs.csv:2",
+            "undecodable": "not a CSV table"}[case] in err
+    assert not (tmp_path / "r").exists()

@@ -1,4 +1,5 @@
-"""Keep one study's rows of `transferlab export --csv` tables (runs, evals, curve, studies):
+"""Keep one study's rows of `transferlab export --csv` tables (runs, evals, curve, studies, study_plan,
+study_values), so that `transferlab report docs/findings/<folder>` reports it:
 
     transferlab export --store runs/findings.db --csv /tmp/all
     python docs/findings/filter_study_csv.py /tmp/all fpt-digits@cpu docs/findings/fpt-digits-cpu
@@ -34,6 +35,9 @@ def main(src: str, study: str, dst: str) -> None:
         write(name, fields, [r for r in rows if r["uid"] in uids])
     fields, rows = read("studies")
     write("studies", fields, [r for r in rows if r["name"] == study])
+    for name in ("study_plan", "study_values"):  # the plan and the chosen LRs: `transferlab report DIR` needs them
+        fields, rows = read(name)
+        write(name, fields, [r for r in rows if r["study"] == study])
     print(f"{study}: {len(keep)} runs -> {out}")
 
 

@@ -7,7 +7,7 @@
     transferlab export RUN -o DIR [--force]   (a Hugging Face folder with the tokenizer and a model card)
     transferlab export --csv DIR | --parquet DIR [--force]   (the store's tables)
     transferlab predict RUN|FOLDER --input FILE|--split test [--output FILE [--force]]   (labels, probabilities)
-    transferlab report [--store PATH] [--study NAME] -o DIR [--tost-margin M] [--include-search-seeds]
+    transferlab report [STORE | CSV_DIR] [--study NAME] -o DIR [--tost-margin M] [--include-search-seeds]
     transferlab plan-seeds STORE --study NAME --delta D [--alpha 0.05] [--power 0.8]   (seeds needed)
     transferlab surgery RUN -s "init layers=5 scheme=xavier_uniform" [-s ...] [--split dev]
     transferlab demo [-o DIR] [--seeds N] [--train-samples N] [--epochs N]
@@ -127,7 +127,8 @@ def _predict_parser(sub) -> None:
 
 def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="write a Markdown + HTML report of a store")
-    p.add_argument("store_path", nargs="?", help="store file (default: --store)")
+    p.add_argument("store_path", nargs="?",
+                   help="store file (default: --store), or a folder of `transferlab export --csv` tables")
     p.add_argument("--study", default=None)
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--tost-margin", type=float, default=None,
@@ -661,11 +662,33 @@ def check_output(output: str | None, input: str | None, force: bool) -> None:
 
 
 def cmd_report(args) -> int:
-    from transferlab.checks import check_writable_dir
-    from transferlab.report import write_report
     from transferlab.store import Store
 
-    store = Store(args.store_path or args.store, create=False)
+    source = Path(args.store_path or args.store)
+    if source.is_dir():  # a folder of `export --csv` tables, read into a store of our own for the report
+        return _report_tables(args, source)
+    return _report_store(args, Store(source, create=False))
+
+
+def _report_tables(args, folder: Path) -> int:
+    import tempfile
+
+    from transferlab.report.export_tables import import_tables
+    from transferlab.store import Store
+
+    with tempfile.TemporaryDirectory(prefix="transferlab-report-") as tmp:  # ours: removed after the report
+        store = Store(Path(tmp) / "store.db")
+        try:
+            import_tables(folder, store)
+            return _report_store(args, store)
+        finally:
+            store.close()
+
+
+def _report_store(args, store) -> int:
+    from transferlab.checks import check_writable_dir
+    from transferlab.report import write_report
+
     known = {s for s, _, _ in store.studies()} | {r.study for r in store.runs() if r.study}
     if args.study is not None and args.study not in known:
         raise UserError(f"--study: no study {args.study!r} in {store.path}; studies: {', '.join(sorted(known)) or 'none'}")

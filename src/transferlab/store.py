@@ -107,6 +107,7 @@ CREATE TABLE IF NOT EXISTS study_values (
 """
 
 FINAL_STATUSES = ("finished", "failed", "diverged")
+DATA_TABLES = ("runs", "evals", "curve", "studies", "study_plan", "study_values")  # export --csv, report DIR
 
 
 @dataclass
@@ -499,10 +500,24 @@ class Store:
         ).fetchall()
 
     def table(self, name: str) -> tuple[list[str], list[tuple]]:
-        if name not in ("runs", "evals", "curve", "studies", "study_plan", "study_values"):
-            raise UserError(f"unknown table {name!r}; known: runs, evals, curve, studies, study_plan, study_values")
+        self._check_table(name)
         cur = self._db.execute(f"SELECT * FROM {name}")
         return [d[0] for d in cur.description], cur.fetchall()
+
+    def _check_table(self, name: str) -> None:
+        if name not in DATA_TABLES:
+            raise UserError(f"unknown table {name!r}; known: {', '.join(DATA_TABLES)}")
+
+    def load_table(self, name: str, header: list[str], rows: list[tuple], where: str) -> None:
+        """Rows of a table as ``table`` gives them (an export read back: report/export_tables.py import_tables);
+        ``where`` names their file in the one-line error about a column the table lacks."""
+        self._check_table(name)
+        known = [r[1] for r in self._db.execute(f"PRAGMA table_info({name})").fetchall()]
+        if unknown := [h for h in header if h not in known]:
+            raise UserError(f"{where}: column {unknown[0]!r} is not one of table {name}'s ({', '.join(known)})")
+        columns, marks = ", ".join(header), ", ".join("?" * len(header))
+        with self._tx() as db:
+            db.executemany(f"INSERT OR REPLACE INTO {name} ({columns}) VALUES ({marks})", rows)
 
     # ------------------------------------------------------------------ studies
     def register_study(self, name: str, spec_hash: str, spec: dict, *, new: bool = False) -> None:

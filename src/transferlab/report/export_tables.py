@@ -1,4 +1,9 @@
-"""Dump the store's tables as CSV (standard library) or Parquet (pyarrow, the `parquet` extra)."""
+"""Dump the store's tables as CSV (standard library) or Parquet (pyarrow, the `parquet` extra), and read a CSV
+dump back into a store (``transferlab report DIR`` reports a folder of exported tables, as it reports the store).
+
+    export_tables(store, Path("dump"))                 # runs.csv, evals.csv, curve.csv, studies.csv, study_plan.csv ...
+    import_tables(Path("dump"), Store("/tmp/x.db"))    # the same rows in a new store
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 from transferlab.errors import UserError
 from transferlab.store import Store
 
-TABLES = ("runs", "evals", "curve", "studies")
+TABLES = ("runs", "evals", "curve", "studies", "study_plan", "study_values")  # the report needs the plan too
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads these as a formula (CSV injection)
@@ -50,3 +55,40 @@ def export_tables(store: Store, out: Path, fmt: str = "csv", force: bool = False
             pq.write_table(pa.table(columns), path)
         paths.append(path)
     return paths
+
+
+def _read_cell(value: str):
+    """A CSV cell as export wrote it: empty is NULL; a text that safe_cell prefixed loses its quote. SQLite's
+    column types turn the digits of INTEGER and REAL columns back into numbers (Python wrote floats with repr,
+    so they come back exactly)."""
+    if value == "":
+        return None
+    if value.startswith("'") and value[1:].startswith(FORMULA_START):
+        return value[1:]
+    return value
+
+
+def import_tables(folder: Path, store: Store) -> list[str]:
+    """Load the CSV tables of ``folder`` (as export_tables wrote them; runs.csv at least) into ``store``; returns
+    the tables read. A missing runs.csv, an undecodable file or a column the store lacks: one line naming it."""
+    if not (folder / "runs.csv").is_file():
+        raise UserError(f"{folder}: no runs.csv; expected a folder written by `transferlab export --csv DIR`")
+    csv.field_size_limit(2**31 - 1)  # a run's spec and summary are long JSON cells
+    read = []
+    for name in TABLES:
+        path = folder / f"{name}.csv"
+        if not path.is_file():
+            continue
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise UserError(f"{path}: not a CSV table of `transferlab export --csv` ({e})") from None
+        if not rows:
+            raise UserError(f"{path}: empty; expected a header row (the table's columns)")
+        header, body = rows[0], rows[1:]
+        if bad := next((i for i, r in enumerate(body, 2) if len(r) != len(header)), None):
+            raise UserError(f"{path}:{bad}: {len(body[bad - 2])} cells, expected {len(header)} (the header's columns)")
+        store.load_table(name, header, [tuple(_read_cell(v) for v in r) for r in body], str(path))
+        read.append(name)
+    return read
