@@ -51,6 +51,16 @@ def test_import_transferlab_imports_no_heavy_library():
     assert imported_heavy("import transferlab.spec, transferlab.store, transferlab.cli") == []
 
 
+def test_listing_runs_imports_no_heavy_library(tmp_path):
+    """`transferlab runs` answers in a fraction of a second: the store and a plain-text table, no numeric stack."""
+    from transferlab.store import Store
+
+    Store(tmp_path / "s.db").close()
+    prelude = (f"from transferlab.cli import main\nassert main(['runs', '--store', {str(tmp_path / 's.db')!r}]) == 0\n"
+               f"assert main(['runs', '--store', {str(tmp_path / 's.db')!r}, '--format', 'json']) == 0")
+    assert imported_heavy(prelude) == []
+
+
 @pytest.mark.parametrize("flag", ["--version", "--help"])
 def test_version_and_help_import_no_heavy_library(flag):
     prelude = (f"from transferlab.cli import main\ntry:\n    main([{flag!r}])\nexcept SystemExit as e:\n"

@@ -22,7 +22,7 @@ ROOT = "__init__"  # the package root's module name in the graph
 # lowest first; a module may import its own layer and the ones below it
 LAYERS = [
     ["_version", "errors", "registry", "checks", "spec", "store", "records", "provenance", "locations",
-     "recorder", "fingerprint"],
+     "recorder", "fingerprint", "text_table"],
     ["data"],
     ["models"],
     ["recipes"],

@@ -442,7 +442,7 @@ def loaded_sizes(spec, task=None) -> str:
 
 
 def cmd_study(args, data: dict) -> int:
-    from transferlab.report.tables import format_table
+    from transferlab.text_table import format_table
     from transferlab.store import Store
     from transferlab.study.expand import plan_study
     from transferlab.study.runner import check_workers, describe_plan, run_study
@@ -526,7 +526,7 @@ def too_large(study, args) -> bool:
 
 
 def cmd_runs(args) -> int:
-    from transferlab.report.tables import format_table
+    from transferlab.text_table import format_table
     from transferlab.store import Store
 
     store = Store(args.store, create=False)
@@ -569,7 +569,7 @@ def run_tasks(spec: dict) -> list[str]:
 def runs_table(rows) -> tuple[list[str], list[list]]:
     """One row per run: identity, status, error, every dev_/test_ metric, and every spec field whose
     value differs between the listed runs (seed and name have their own columns)."""
-    from transferlab.study.spec import flatten
+    from transferlab.spec import flatten
 
     flat = [flatten(r.spec) for r in rows]
     keys = list(dict.fromkeys(k for f in flat for k in f))
@@ -706,7 +706,7 @@ def _report_store(args, store) -> int:
 def cmd_plan_seeds(args) -> int:
     from transferlab.report import cells
     from transferlab.report.analysis import PLAN_HEADER, plan_rows
-    from transferlab.report.tables import format_table
+    from transferlab.text_table import format_table
     from transferlab.store import Store
 
     path = Path(args.store_path or args.store)
@@ -764,7 +764,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_surgery(args) -> int:
-    from transferlab.report.tables import format_table
+    from transferlab.text_table import format_table
     from transferlab.store import Store
     from transferlab.surgery import run_surgery, table
 

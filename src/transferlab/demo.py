@@ -53,7 +53,7 @@ def demo(out: Path, seeds: int = 3, progress: bool = True, *, train_samples: int
     """Run (or resume) the demo study in ``out``/demo.db, write ``out``/report, print the answer; returns the
     report's conclusion sentences."""
     from transferlab.report import analysis, cells, summary_table, write_report
-    from transferlab.report.tables import format_table
+    from transferlab.text_table import format_table
     from transferlab.store import Store
     from transferlab.study.runner import run_study
     from transferlab.study.spec import load_study

@@ -573,3 +573,15 @@ def run_id(spec: RunSpec) -> str:
 
     text = spec_hash(spec) + json.dumps(fingerprint(spec), sort_keys=True)
     return f"{hashlib.sha256(text.encode()).hexdigest()[:12]}-s{spec.seed}"
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{optim: {name: x}}`` and ``{optim.name: x}`` both become ``{"optim.name": x}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out

@@ -24,6 +24,7 @@ from transferlab.data.metrics import higher_is_better
 from transferlab.report import stats
 from transferlab.report.cells import Cell
 from transferlab.store import Store
+from transferlab.text_table import format_table  # noqa: F401  (re-exported: the report's plain-text tables)
 
 KS = (1, 2, 3, 5, 10, 20)
 DEFAULT_MARGIN = 0.01
@@ -172,10 +173,3 @@ def paper_table(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def format_table(header: list[str], rows: list[list]) -> str:
-    """Rows as aligned plain-text columns under a header and a rule (the CLI's tables)."""
-    cells = [header] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.errors import SpecError
-from transferlab.spec import apply_overrides, check_plain, read_yaml, spec_from_dict, to_dict
+from transferlab.spec import apply_overrides, check_plain, flatten, read_yaml, spec_from_dict, to_dict  # noqa: F401
 from transferlab.study.fields import MAX_SEEDS, check_field, resolve_seeds  # noqa: F401  (re-exported)
 from transferlab.train.track import TrackingSpec
 
@@ -170,18 +170,6 @@ class StudySpec:
     @property
     def arm_names(self) -> list[str]:
         return list(self.arms) or [self.base.get("name", "base")]
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{optim: {name: x}}`` and ``{optim.name: x}`` both become ``{"optim.name": x}``."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
 
 
 def load_study(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] = (),
