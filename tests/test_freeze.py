@@ -154,10 +154,12 @@ def test_lora_merge_keeps_the_function():
         assert not any("lora" in n for n in model.state_dict())
 
 
-def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
-    """Acceptance 5: a run stopped half-way and resumed ends with the same weights (CPU, same seed)."""
+@pytest.mark.parametrize("dropout_rng", ["global", "run"])
+def test_stopped_and_resumed_equals_uninterrupted(dropout_rng, tmp_path):
+    """Acceptance 5: a run stopped half-way and resumed ends with the same weights (CPU, same seed); with
+    train.dropout_rng: run the run's own dropout stream resumes where it stopped."""
     data = write_sentiment_csv(tmp_path / "data", n_train=40, n_dev=16)  # 3 batches an epoch: crosses epochs
-    spec = load_spec({**tiny_spec_dict(data, max_steps=8, num_evals=4, checkpoint_every=3),
+    spec = load_spec({**tiny_spec_dict(data, max_steps=8, num_evals=4, checkpoint_every=3, dropout_rng=dropout_rng),
                       "freeze": {"name": "backbone_for_steps", "steps": 4}})
 
     class Stop:

@@ -111,6 +111,8 @@ def test_refusals_name_the_field_and_the_flag(data):
     assert "FreezerCaps" in why((0, {}), (1, {"freeze.name": "lora"}))
     assert why((0, {}), (1, {"head.name": "mean"})).startswith("head.name")
     assert why((0, {}), (1, {"model.dropout": 0.1})).startswith("model.dropout")
+    assert "train.dropout_rng: run" in why((0, {}), (1, {"head.dropout": 0.1}))
+    assert why((0, {}), (1, {"model.dropout": 0.1, "head.dropout": 0.2}), **{"train.dropout_rng": "run"}) is None
     assert "'sgd' does not declare 'per_slot'" in why((0, {}), (1, {"optim.lr": 1e-2}), **{"optim.name": "sgd"})
     assert "share a seed" in why((0, {}), (0, {}))
     assert slot_difference(slot_specs(data, [(0, {}), (0, {"optim.lr": 1e-2})])) is None
@@ -298,6 +300,7 @@ def test_a_worker_killed_mid_group_reruns_its_slots_once_equal_to_an_uninterrupt
     import multiprocessing
     import os
     import signal
+    import threading
     from pathlib import Path
 
     import yaml
@@ -308,7 +311,7 @@ def test_a_worker_killed_mid_group_reruns_its_slots_once_equal_to_an_uninterrupt
     arms = {"lo": {"optim.lr": 1e-3}, "bert": {"optim.name": "bertadam", "schedule.name": "cosine"}}
     path = Path(_study(data, tmp_path, arms, seeds=range(3)))
     d = yaml.safe_load(path.read_text())
-    d["base"]["train"].update(epochs=20, max_steps=40)  # the second group trains long enough to be killed mid-way
+    d["base"]["train"].update(epochs=100, max_steps=250)  # the second group trains for seconds: killed mid-way
     path.write_text(yaml.safe_dump(d))
     study = load_study(str(path))
     options = {"executor": "processes", "workers": 1, "threads": 1, "seed_parallel": "on", "max_slots": 3}
@@ -317,12 +320,16 @@ def test_a_worker_killed_mid_group_reruns_its_slots_once_equal_to_an_uninterrupt
 
     store, ended = Store(tmp_path / "s.db"), []
 
+    def kill(children):
+        for child in children:
+            os.kill(child.pid, signal.SIGKILL)
+
     def kill_after_the_first_group(line: str) -> None:
         if "finished" in line:
             ended.append(line)
-            if len(ended) == 3:  # the first group's three slots are in: the worker now trains the second
-                for child in multiprocessing.active_children():
-                    os.kill(child.pid, signal.SIGKILL)
+            if len(ended) == 3:  # the first group's slots are in; the driver hands the worker the second group
+                # after this line (the worker is idle now): kill it half a second into that group's training
+                threading.Timer(0.5, kill, [multiprocessing.active_children()]).start()
 
     first = run_study(study, store, out=kill_after_the_first_group, **options)
     assert (first.executed, first.failed) == (6, 3), (first, ended)  # executed counts the failed runs
@@ -346,3 +353,38 @@ def test_bench_has_a_mixed_slots_row(capsys):
     (row,) = result["rows"]  # S = 1 is not a group of slots
     assert row["name"] == "slots S=3" and row["seeds"] == 3 and row["samples_s"] > 0 and not result["failed"]
     assert len(SLOT_ARMS) >= 3
+
+
+DROPOUT = [
+    (0, {"model.dropout": 0.0, "head.dropout": 0.0}),
+    (1, {"model.dropout": 0.1, "head.dropout": 0.1}),
+    (2, {"model.dropout": 0.3, "head.dropout": 0.0, "optim.lr": 1e-2}),
+]
+
+
+def test_per_slot_dropout_draws_what_each_run_draws_alone(data, tmp_path, float64):
+    """train.dropout_rng: run: each slot's dropout masks come from its run's own stream at its own probability
+    (dropout 0 beside 0.1 beside 0.3, in the backbone, the attention probabilities and the head), so the stacked
+    runs store what they store alone."""
+    runs = slot_specs(data, DROPOUT, **{"train.dropout_rng": "run"})
+    assert len({stack_key(s) for s in runs}) == 1
+    seq, par, results = check_slots(data, tmp_path, DROPOUT, **{"train.dropout_rng": "run"})
+    losses = [[p[1] for p in par.curve(r.uid)] for r in results]
+    assert len({tuple(x) for x in losses}) == 3
+    assert {r.summary.engine.kind for r in results} == {"stacked"}
+    assert [par.get(r.uid).provenance["engine"]["seeds"] for r in results] == [3, 3, 3]  # one group of three
+
+
+def test_dropout_arms_stack_under_the_stream_flag_and_are_refused_without_it(data, tmp_path, capsys):
+    from transferlab.cli import main
+
+    arms = {"none": {"model.dropout": 0.0}, "bert": {"model.dropout": 0.1, "head.dropout": 0.1}}
+    path = _study(data, tmp_path, arms, seeds=range(3))
+    db = tmp_path / "s.db"
+    assert main(["run", path, "--store", str(db), "--seed-parallel", "on"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.dropout" in err[0] and "train.dropout_rng: run" in err[0], err
+    assert not db.is_file() or Store(db).runs() == []
+    path = _study(data, tmp_path, {k: {**v, "train.dropout_rng": "run"} for k, v in arms.items()}, seeds=range(3))
+    rows = _dry(capsys, path, "--seed-parallel", "on")
+    assert len(rows) == 6 and {r[7] for r in rows} == {"1: 6 slots, stacked"}  # the fused encoder draws one stream

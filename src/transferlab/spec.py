@@ -173,6 +173,10 @@ class TrainSpec:
     # checkpointing: about a third more compute, a fraction of the memory; same dropout masks, same numbers,
     # so not part of the recipe hash): the fused encoder's own, Hugging Face's for single and stacked runs
     checkpoint_layers: bool = False
+    # where dropout draws its masks: global, torch's generator seeded with the run's seed (as always); run, the
+    # run's own generator (models/dropout_streams.py), so stacked slots draw what their runs draw alone and
+    # may differ in model.dropout and head.dropout (issue 24). BERT-family layer loop, general stacked engine
+    dropout_rng: Literal["global", "run"] = "global"
 
 
 @dataclass
@@ -562,6 +566,8 @@ def spec_hash(spec: Any, exclude: tuple[str, ...] = ("seed", "name")) -> str:
     if data.get("optim", {}).get("state_dtype") == "fp32":
         del data["optim"]["state_dtype"]  # the default: the recipe keeps the hash it had before the field existed
     data.get("train", {}).pop("checkpoint_layers", None)  # memory, not results: a run id is the same either way
+    if data.get("train", {}).get("dropout_rng") == "global":
+        del data["train"]["dropout_rng"]  # the default: the recipe keeps the hash it had before the field existed
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -171,6 +171,9 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, freezer,
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "freeze": freezer.state_dict(),
              "rng": rng_state(), "loop": loop}
+    streams = getattr(model, "dropout_streams", None)  # train.dropout_rng: run (models/dropout_streams.py)
+    if streams is not None:
+        state["rng"]["streams"] = [g.get_state() for g in streams.generators]
     atomic_write(path, lambda tmp: torch.save(state, tmp), "checkpoint")
 
 
@@ -187,6 +190,12 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, freezer)
         scaler.load_state_dict(state["scaler"])
     freezer.load_state_dict(state["freeze"])
     set_rng_state(state["rng"])
+    streams = getattr(model, "dropout_streams", None)
+    if streams is not None:
+        if len(state["rng"].get("streams", ())) != len(streams.generators):
+            raise ModelError(f"checkpoint {path}: no dropout stream state (train.dropout_rng: run) to resume from")
+        for g, saved in zip(streams.generators, state["rng"]["streams"]):
+            g.set_state(saved)
     return state["loop"]
 
 

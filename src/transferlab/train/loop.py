@@ -20,6 +20,7 @@ import torch
 from transferlab.data.build import build_task
 from transferlab.fingerprint import fingerprint
 from transferlab.models.model import build_model
+from transferlab.models.dropout_streams import dropout_probs, install_streams
 from transferlab.provenance import provenance
 from transferlab.recipes.distill import build_distiller
 from transferlab.recipes.optim import check_state_dtype
@@ -175,6 +176,7 @@ class _Group:
         the weights stacked (or fused) when the engine is not the single one, then each split encoded once,
         the sources and evaluators, the distiller and child-tuning D's batches."""
         stack = first = None
+        probs = []  # each slot's dropout probabilities (train.dropout_rng: run)
         for i, spec in enumerate(self.specs):
             seed_everything(spec.seed)
             task = self.tasks.pop(task_key(spec), None)  # built while validating: the user's own files
@@ -184,6 +186,7 @@ class _Group:
             if i == 0:
                 self._choose(seed.task.modality)  # before any run row: a refused engine stores nothing
             model = build_model(spec, seed.task)
+            probs.append(dropout_probs(model))
             engine.start(seed)
             seed.transfer = prepare_transfer(model, spec, self.store, self.store.artifact_dir(seed.uid))
             if not self.stacked:
@@ -193,6 +196,8 @@ class _Group:
                 first, stack = model, holder(model, len(self.specs), self.device)
             else:
                 stack.load_slot(i, model)
+        if self.tspec.dropout_rng == "run":
+            self._streams(first, stack, probs)
         _encode_all(seeds, first.backbone.tokenizer, self.spec.model.max_length)
         totals = {step_plan(len(s.data["train"]), self.tspec)[1] for s in seeds}
         if len(totals) > 1:
@@ -206,6 +211,20 @@ class _Group:
                                            desc)
         self._mode_hooks(engine, seeds[0])
         return self._trainee(seeds, first, stack)
+
+    def _streams(self, first, stack, probs: list[dict[str, float]]) -> None:
+        """train.dropout_rng: run: every dropout module draws from its run's own generator (one per slot), the
+        BERT family's layer loop and the stream attention in the plain model and the stack alike."""
+        seeds = [s.seed for s in self.specs]
+        first.backbone.use_layer_loop()
+        if stack is None:
+            first.dropout_streams = install_streams({"": first}, probs, seeds, self.device,
+                                                    configs=[first.backbone.config])  # checkpointed with it
+            return
+        roots = {"backbone.": stack.backbone, "head.": first.head, "input_adapter.": first.input_adapter}
+        stack.streams = install_streams(roots, probs, seeds, self.device,
+                                        configs=[stack.backbone.config, first.backbone.config])
+        stack.vmap_head = stack.vmap_adapter = False  # one slot at a time: each draws from its own stream
 
     def _mode_hooks(self, engine: Engine, seed: SeedRun) -> None:
         """The distiller (S = 1), the task problem and child-tuning D's batches (epoch 0's)."""

@@ -182,6 +182,7 @@ class StackedModel(nn.Module):
         self.num_layers = model.num_layers
         self.family = model.backbone.family
         self.vmap_head = self.vmap_adapter = True
+        self.streams = None  # models/dropout_streams.DropoutStreams under train.dropout_rng: run (train/loop.py)
         # BERT family: the stacked copy's hidden states come from models/backbone.layer_loop (no capture hooks)
         self.own_loop = self.backbone.use_layer_loop()
         self.__dict__["encoder"] = self._encode  # the call with the FLOPs (compile()); not a submodule
@@ -232,6 +233,8 @@ class StackedModel(nn.Module):
             p.data = p.data.index_select(0, index)
             if p.grad is not None:
                 p.grad = None
+        if self.streams is not None:
+            self.streams.keep(slots)
         self.seeds = len(slots)
 
     def compile(self) -> None:
@@ -257,9 +260,15 @@ class StackedModel(nn.Module):
         if use_vmap:
             return vmap(lambda p, *a: functional_call(module, p, a), randomness="different")(params, *args)
         outs = []
-        for s in range(self.seeds):
-            picked = [tuple(x[s] for x in a) if isinstance(a, tuple) else a[s] for a in args]
-            outs.append(functional_call(module, {n: p[s] for n, p in params.items()}, tuple(picked)))
+        try:
+            for s in range(self.seeds):
+                if self.streams is not None:
+                    self.streams.slot = s  # the head's dropout draws from slot s's stream
+                picked = [tuple(x[s] for x in a) if isinstance(a, tuple) else a[s] for a in args]
+                outs.append(functional_call(module, {n: p[s] for n, p in params.items()}, tuple(picked)))
+        finally:
+            if self.streams is not None:
+                self.streams.slot = None
         return torch.stack(outs)
 
     def probe_vmap(self, batch: dict[str, Tensor]) -> None:

@@ -31,6 +31,8 @@ WEIGHT_FIELDS = ("seed", "name", "model.init", "init.reinit_layers", "init.reini
                  "transplant")
 # Optimizer values held per slot by recipes/slots.py when every optimizer declares OptimCaps.per_slot.
 OPTIM_FIELDS = ("optim.name", "optim.lr", "optim.head_lr", "optim.layer_decay", "optim.weight_decay")
+# Dropout probabilities: per slot when the runs draw from their own streams (train.dropout_rng: run).
+DROPOUT_FIELDS = ("model.dropout", "head.dropout")
 # Why the other fields must match (the shared structure of one stacked model), named in refusals.
 SHARED = {"model": "the backbone's architecture and its dropout are shared by the stack",
           "head": "the head's structure and dropout are shared by the stack",
@@ -123,6 +125,13 @@ def slot_refusal(specs: list[RunSpec]) -> tuple[str, bool] | None:
     differs = [k for k in flats[0] if any(f.get(k) != flats[0][k] for f in flats[1:])]
     differs += sorted({k for f in flats[1:] for k in f if k not in flats[0]})
     parts = [k for k in differs if k in OPTIM_FIELDS or k.startswith(("freeze.", "schedule."))]
+    streams = all(s.train.dropout_rng == "run" for s in specs)
+    for key in [k for k in differs if k in DROPOUT_FIELDS]:
+        if not streams:
+            values = ", ".join(dict.fromkeys(repr(f.get(key)) for f in flats))
+            return (f"{key}: the runs differ ({values}); per-slot dropout needs train.dropout_rng: run (each run's "
+                    "own stream)"), True
+    differs = [k for k in differs if k not in DROPOUT_FIELDS]
     for key in differs:
         if key not in WEIGHT_FIELDS and key not in parts:
             values = ", ".join(dict.fromkeys(repr(f.get(key)) for f in flats))
@@ -163,6 +172,8 @@ def stack_key(spec: RunSpec) -> str:
         drop |= {k for k in flat if k.startswith("freeze.")}
     if per_slot_opt and spec.schedule.name in SCHEDULES and SCHEDULES.supports(spec.schedule.name, "per_slot"):
         drop |= {k for k in flat if k.startswith("schedule.")}
+    if spec.train.dropout_rng == "run":
+        drop |= set(DROPOUT_FIELDS)
     key = {k: v for k, v in flat.items() if k not in drop}
     if per_slot_opt:
         key["optim.slot_update"] = OPTIMIZERS.caps(spec.optim.name).slot_update
@@ -180,6 +191,8 @@ def fused_unsupported(specs: list[RunSpec], hooks: list | tuple = (), modality: 
         return f"model.name: the {model_type_of(spec.model)} family does not declare 'layer_loop' (BERT-shaped)"
     if modality != "text":
         return f"task: a {modality} task enters through an input adapter; the fused encoder reads token ids"
+    if spec.train.dropout_rng == "run":
+        return "train.dropout_rng: run: the fused encoder draws one dropout stream for the stack"
     parts = [("head.name", HEADS, spec.head.name)]
     parts += [("freeze.name", FREEZERS, name) for name in dict.fromkeys(s.freeze.name for s in specs)]
     parts += [("optim.name", OPTIMIZERS, name) for name in dict.fromkeys(s.optim.name for s in specs)]

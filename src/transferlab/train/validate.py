@@ -56,6 +56,7 @@ def validate_run(spec: RunSpec, *, data: bool = True, model: bool = True, store=
     if model:
         check_model(spec.model, text=_text_task(spec))
         check_checkpointing(spec)
+        check_dropout_rng(spec)
     check_depth(spec)
     return built
 
@@ -253,6 +254,31 @@ def check_checkpointing(spec: RunSpec) -> None:
     if kind == "lstm" or (cls is not None and not cls.supports_gradient_checkpointing):
         raise SpecError(f"train.checkpoint_layers: the {kind} model ({spec.model.name}) cannot recompute its layers "
                         "(no activation checkpointing); set it to false")
+
+
+def check_dropout_rng(spec: RunSpec) -> None:
+    """train.dropout_rng: run (models/dropout_streams.py) where every dropout draw goes through the run's stream:
+    a BERT-family model (the layer loop), no recompute, no module added later, one task at a time."""
+    if spec.train.dropout_rng != "run":
+        return
+    from transferlab.models.backbone import model_type_of
+    from transferlab.models.schema import family_of
+
+    kind = model_type_of(spec.model)
+    family = family_of(kind)
+    why = None
+    if family is None or not family.layer_loop:
+        why = f"the {kind} family does not declare 'layer_loop' (its FamilyMap): its attention draws elsewhere"
+    elif spec.train.checkpoint_layers:
+        why = "train.checkpoint_layers would draw new masks when it recomputes a layer; set one of them back"
+    elif spec.multitask is not None:
+        why = "a multi-task run draws from the global generator (train/multitask.py)"
+    elif spec.freeze.name == "lora":
+        why = "LoRA's own dropout modules are added after the streams (they would draw from the global generator)"
+    elif spec.train.engine in ("fused", "fused-padded"):
+        why = f"train.engine {spec.train.engine} draws one stream for the stack; use auto or general"
+    if why is not None:
+        raise SpecError(f"train.dropout_rng: run: {why}")
 
 
 # --------------------------------------------------------------------------- device
