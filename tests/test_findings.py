@@ -67,6 +67,7 @@ def test_every_findings_study_dry_runs_under_both_profiles(path, profile, tmp_pa
 
 RUN_ROWS = {  # claim -> (stored study, its CSV folder, baseline arm, other arm, main metric on test)
     "a": ("few-sample-rte-bertadam@cpu", "few-sample-rte-bertadam-cpu", "debiased-adam", "bertadam", "spearman"),
+    "b": ("reinit-few-sample@cpu", "reinit-few-sample-cpu", "no-reinit", "reinit-top2", "spearman"),
     "c": ("fpt-digits@cpu", "fpt-digits-cpu", "frozen-random", "frozen-pretrained", "accuracy"),
 }
 
@@ -84,15 +85,19 @@ def row_numbers(claim: str, arms: tuple[str, str]) -> dict:
     return {"delta": delta, "ci": (lo, hi), "p": p, "holm": holm, "lrs": lrs, "means": means}
 
 
-def per_seed(csv_runs: Path, study: str, arm: str, lr: float, metric: str, search_seeds=(100,)) -> dict[int, float]:
-    """Test metric per seed of the arm's main runs at its chosen LR (the search seeds' runs left out)."""
+def per_seed(folder: Path, study: str, arm: str, lr: float, metric: str) -> dict[int, float]:
+    """Test metric per seed of the arm's main runs at its chosen LR, by the study's plan (study_plan.csv: the
+    search seeds' runs are another phase; a run reused from another study keeps that study's name)."""
+    with (folder / "study_plan.csv").open(newline="", encoding="utf-8") as f:
+        planned = {r["run_id"] for r in csv.DictReader(f)
+                   if r["study"] == study and r["phase"] == "main" and r["arm"] == arm and float(r["lr"]) == lr}
     out = {}
-    with csv_runs.open(newline="", encoding="utf-8") as f:
+    with (folder / "runs.csv").open(newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
-            spec, summary = json.loads(r["spec"]), json.loads(r["summary"] or "{}")
-            if (r["study"] == study and r["name"] == arm and r["status"] == "finished"
-                    and spec["optim"]["lr"] == lr and int(r["seed"]) not in search_seeds):
-                out[int(r["seed"])] = summary["test"][metric]
+            if r["run_id"] in planned and r["status"] == "finished":
+                assert json.loads(r["spec"])["optim"]["lr"] == lr
+                out[int(r["seed"])] = json.loads(r["summary"])["test"][metric]
+    assert len(out) == len(planned), (arm, sorted(planned))
     return out
 
 
@@ -103,9 +108,8 @@ def test_the_csv_of_a_run_row_recomputes_its_numbers(claim):
     study, folder, base, other, metric = RUN_ROWS[claim]
     row = row_numbers(claim, (other, base))
     assert set(row["lrs"]) == set(row["means"]) == {other, base}
-    csv_runs = ROOT / "docs" / "findings" / folder / "runs.csv"
-    a = per_seed(csv_runs, study, other, row["lrs"][other], metric)
-    b = per_seed(csv_runs, study, base, row["lrs"][base], metric)
+    a = per_seed(ROOT / "docs" / "findings" / folder, study, other, row["lrs"][other], metric)
+    b = per_seed(ROOT / "docs" / "findings" / folder, study, base, row["lrs"][base], metric)
     assert sorted(a) == sorted(b) and len(a) >= 2
     seeds = sorted(a)
     d = np.array([a[s] - b[s] for s in seeds])

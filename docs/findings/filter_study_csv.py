@@ -26,8 +26,9 @@ def main(src: str, study: str, dst: str) -> None:
             writer.writeheader()
             writer.writerows(rows)
 
-    fields, runs = read("runs")
-    keep = [r for r in runs if r["study"] == study]
+    planned = {r["run_id"] for r in read("study_plan")[1] if r["study"] == study}
+    fields, runs = read("runs")  # the study's runs and those it reused from another study (same run id)
+    keep = [r for r in runs if r["study"] == study or r["run_id"] in planned]
     uids = {r["uid"] for r in keep}
     write("runs", fields, keep)
     for name in ("evals", "curve"):
