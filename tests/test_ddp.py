@@ -67,7 +67,8 @@ def test_two_gloo_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path, f
 def test_ddp_refuses_what_it_does_not_run_in_one_line_before_any_row(tmp_path, toy_task_dir, capsys):
     for change, message in [({"train": {"engine": "fused"}}, "train.engine is not supported under data-parallel"),
                             ({"train": {"batch_size": 15}}, "must be a multiple of the process count"),
-                            ({"stabilisers": [{"name": "r3f"}]}, "stabilisers is not supported")]:
+                            ({"stabilisers": [{"name": "r3f"}]}, "stabilisers is not supported"),
+                            ({"train": {"dropout_rng": "run"}}, "train.dropout_rng is not supported")]:
         data = ddp_spec(toy_task_dir)
         for key, value in change.items():
             data[key] = {**data[key], **value} if isinstance(value, dict) else value

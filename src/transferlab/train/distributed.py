@@ -44,6 +44,8 @@ REFUSED: dict[str, tuple[Callable, str]] = {
     "stabilisers": (lambda s: bool(s.stabilisers), "stabilisers draw noise / read whole batches per process"),
     "train.checkpoint_every": (lambda s: bool(s.train.checkpoint_every),
                                "resumable checkpoints hold one process's data position"),
+    "train.dropout_rng": (lambda s: s.train.dropout_rng == "run",
+                          "every rank would draw the same masks from the run's one stream"),
 }
 
 
