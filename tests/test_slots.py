@@ -348,10 +348,11 @@ def test_a_worker_killed_mid_group_reruns_its_slots_once_equal_to_an_uninterrupt
 def test_bench_has_a_mixed_slots_row(capsys):
     from transferlab.bench import SLOT_ARMS, bench
 
-    result = bench("tiny-bert", batch=4, seq=16, steps=1, warmup=1, seeds=(1, 3), rows=("slots",), device="cpu",
-                   compile="off", out=lambda line: None)
-    (row,) = result["rows"]  # S = 1 is not a group of slots
-    assert row["name"] == "slots S=3" and row["seeds"] == 3 and row["samples_s"] > 0 and not result["failed"]
+    result = bench("tiny-bert", batch=4, seq=16, steps=1, warmup=1, seeds=(1, 3), rows=("slots", "slots-dropout"),
+                   device="cpu", compile="off", out=lambda line: None)
+    rows = result["rows"]  # S = 1 is not a group of slots
+    assert [r["name"] for r in rows] == ["slots S=3", "slots-dropout S=3"] and not result["failed"]
+    assert all(r["seeds"] == 3 and r["samples_s"] > 0 for r in rows)
     assert len(SLOT_ARMS) >= 3
 
 

@@ -60,7 +60,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transferlab.errors import UserError
 from transferlab.recipes.hooks import Hook
 
-ROWS = ("trainer", "single", "parallel", "fast", "fast-padded", "slots")
+ROWS = ("trainer", "single", "parallel", "fast", "fast-padded", "slots", "slots-dropout")
 ENGINES = {"parallel": "general", "fast": "fused", "fast-padded": "fused-padded"}
 
 
@@ -450,8 +450,9 @@ def _plan(rows, seeds, make, store, dev, amp, probe) -> list[tuple[str, int, Any
             go = run_seeds if s > 1 else (lambda sp, *a, **k: [run(sp[0], *a, **k)])
             plan.append((f"{row} S={s}", s,
                          lambda t, specs=specs, go=go: go(specs, store, progress=False, hooks=[t], force=True)))
-    if "slots" in rows:
-        plan += _slot_rows(seeds, make, store)
+    for row in ("slots", "slots-dropout"):
+        if row in rows:
+            plan += _slot_rows(seeds, make, store, row)
     return plan
 
 
@@ -461,17 +462,29 @@ SLOT_ARMS = ({}, {"optim.name": "bertadam", "optim.lr": 5e-5},
              {"init.reinit_layers": 1, "optim.layer_decay": 0.9, "schedule.warmup_steps": 2})
 
 
-def _slot_rows(seeds, make, store) -> list[tuple[str, int, Any]]:
+# the per-slot dropout of the "slots-dropout" row (train.dropout_rng: run), taken in turn with SLOT_ARMS
+SLOT_DROPOUT = (0.1, 0.0, 0.1, 0.05)
+
+
+def _slot_rows(seeds, make, store, row: str = "slots") -> list[tuple[str, int, Any]]:
     """``slots S=n``: n runs of different arms (LR, BERTAdam beside AdamW, weight decay, schedule, re-init and
-    layer decay) as the slots of one stacked group (auto: the fused encoder where it applies)."""
+    layer decay) as the slots of one stacked group (auto: the fused encoder where it applies).
+    ``slots-dropout S=n``: the same arms, each also at its own dropout (SLOT_DROPOUT) drawn from its run's
+    own stream (train.dropout_rng: run; the general stacked engine, eager attention): against
+    ``parallel S=n`` it prices the streams."""
     from transferlab.spec import load_spec, to_dict
     from transferlab.train.loop import run_seeds
 
     plan: list[tuple[str, int, Any]] = []
     for s in (n for n in seeds if n > 1):
-        specs = [load_spec(to_dict(make(i // len(SLOT_ARMS), "auto")), SLOT_ARMS[i % len(SLOT_ARMS)])
-                 for i in range(s)]
-        plan.append((f"slots S={s}", s,
+        specs = []
+        for i in range(s):
+            over = dict(SLOT_ARMS[i % len(SLOT_ARMS)])
+            if row == "slots-dropout":
+                over.update({"train.dropout_rng": "run", "train.engine": "general",
+                             "model.dropout": SLOT_DROPOUT[i % len(SLOT_DROPOUT)]})
+            specs.append(load_spec(to_dict(make(i // len(SLOT_ARMS), "auto")), over))
+        plan.append((f"{row} S={s}", s,
                      lambda t, specs=specs: run_seeds(specs, store, progress=False, hooks=[t], force=True)))
     return plan
 

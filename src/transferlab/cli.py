@@ -190,7 +190,8 @@ def _bench_parser(sub) -> None:
     p.add_argument("--seeds", default="1,4,8,20", help="seed counts of the seed-parallel rows (comma-separated)")
     p.add_argument("--rows", default="trainer,single,parallel",
                    help="which rows (comma-separated): trainer, single, parallel, fast, fast-padded, slots (mixed arms "
-                        "as the slots of one stacked group)")
+                        "as the slots of one stacked group), slots-dropout (those arms at their own dropout, "
+                        "train.dropout_rng: run)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on CUDA)")
