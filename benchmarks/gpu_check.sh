@@ -16,7 +16,8 @@
 # logs.tar.gz (every step's full log). Exit: 0 every step passed, 1 a step failed, 2 bad input (.carry/ missing
 # or stale: one line naming it and --prepare). Environment: PYTHON (default python3), OUT, CARRY (default .carry),
 # GC_ONLY (step names to run, the others recorded as skipped: device_env.sh --short), GC_BUDGET_SCALE (the budgets'
-# multiplier: 1 on the device, 3 in --cpu mode on a 2-core machine).
+# multiplier: 1 on the device, 3 in --cpu mode on a 2-core machine), GC_SET (check, the default: the steps above;
+# slots: issue 24's targets in a call of their own: wheels, environment, slots-study, slots-bench).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SELF="$ROOT/benchmarks/gpu_check.sh"
@@ -73,6 +74,38 @@ EOF
       "$PY" "$LIB" study-row --rows "$GC_ROWS" --name "study rte 2 arms x $GC_STUDY_SEEDS seeds ($GC_STUDY_TRAIN)" \
         --seconds "$(awk "BEGIN {print $secs / 1000}")" --exit "$rc"
       exit "$rc" ;;
+    slots-study)  # issue 24's target: 4 arms x 10 seeds of MiniLM on RTE, per-arm LR search, < 3 min load to report
+      cat >"$GC_WORK/slots.yaml" <<EOF
+study: gpu-slots-rte
+base:
+  model: {name: $GC_STUDY_MODEL, max_length: 128}
+  task: {name: rte, ${GC_STUDY_LIMITS}path: $CARRY/rte}
+  head: {name: cls, dropout: 0.1}
+  optim: {name: adamw, weight_decay: 0.01}
+  schedule: {name: linear, warmup_ratio: 0.1}
+  train: {$GC_STUDY_TRAIN, batch_size: 32, num_evals: 3, save_model: false, device: $GC_DEVICE}
+seeds: [$(seq -s, 0 $((GC_SLOTS_SEEDS - 1)))]
+lr_search: {grid: [1.0e-5, 3.0e-5, 1.0e-4], seeds: [100]}
+arms:
+  adamw: {optim.name: adamw}
+  bertadam: {optim.name: bertadam}
+  reinit-top2: {init.reinit_layers: 2}
+  layer-decay: {optim.layer_decay: 0.9}
+baseline: adamw
+EOF
+      cat "$GC_WORK/slots.yaml"
+      t0=$(date +%s%N); rc=0
+      "$PY" -m transferlab.cli run "$GC_WORK/slots.yaml" --seed-parallel on --dry-run \
+        && "$PY" -m transferlab.cli run "$GC_WORK/slots.yaml" --seed-parallel on --store "$GC_WORK/slots.db" \
+        && "$PY" -m transferlab.cli report --store "$GC_WORK/slots.db" --study gpu-slots-rte -o "$GC_WORK/slots-report" \
+        || rc=$?
+      secs=$(( ($(date +%s%N) - t0) / 1000000 ))
+      echo "slots study + report: exit $rc, $secs ms wall, load to report (target < 180 s on one H200)"
+      "$PY" "$LIB" study-row --rows "$GC_ROWS" --name "slots study rte 4 arms x $GC_SLOTS_SEEDS seeds + lr search" \
+        --seconds "$(awk "BEGIN {print $secs / 1000}")" --exit "$rc"
+      exit "$rc" ;;
+    slots-bench)  # the per-slot optimizer's and the dropout streams' price against seeds of one recipe
+      "${BENCH[@]}" --compile off --rows parallel,slots,slots-dropout --seeds "$GC_SEEDS" --json "$GC_ROWS" --append ;;
     profile)
       "${BENCH[@]}" --compile off --rows fast --seeds "$GC_SEEDS" --steps 2 --warmup 2 --profile "$GC_WORK/traces" ;;
     memory)
@@ -114,10 +147,12 @@ export PYTHONPATH="$ROOT/src:$GC_WORK/site" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLEL
        TRANSFERLAB_MINILM="$CARRY/minilm" TRANSFORMERS_VERBOSITY=error
 if [[ "$MODE" == cpu ]]; then
   export GC_MODEL=tiny-bert GC_BATCH=4 GC_SEQ=16 GC_SEEDS=2 GC_STEPS=2 GC_WARM=1 GC_DEVICE=cpu GC_STUDY_SEEDS=2 \
-         GC_STUDY_MODEL=tiny-bert GC_STUDY_LIMITS="max_train_samples: 64, max_eval_samples: 32, " GC_STUDY_TRAIN="max_steps: 2"
+         GC_STUDY_MODEL=tiny-bert GC_STUDY_LIMITS="max_train_samples: 64, max_eval_samples: 32, " GC_STUDY_TRAIN="max_steps: 2" \
+         GC_SLOTS_SEEDS=2
 else
   export GC_MODEL=bert-base GC_BATCH=32 GC_SEQ=128 GC_SEEDS=20 GC_STEPS=10 GC_WARM=3 GC_DEVICE=cuda GC_STUDY_SEEDS=20 \
-         GC_STUDY_MODEL=minilm GC_STUDY_LIMITS="" GC_STUDY_TRAIN="epochs: 3"
+         GC_STUDY_MODEL=minilm GC_STUDY_LIMITS="" GC_STUDY_TRAIN="epochs: 3" \
+         GC_SLOTS_SEEDS=10
 fi
 
 # budgets as written below on the device; the CPU mode (2 shared cores) multiplies them by GC_BUDGET_SCALE (3)
@@ -146,7 +181,9 @@ run_step() {  # NAME BUDGET_S: the step under `timeout -k 5`, its output to the 
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$budget" "$(( $(date +%s) - t0 ))" "$rc" "$status" >>"$GC_WORK/status.tsv"
   echo "=== step $name: $status (exit $rc, $(( $(date +%s) - t0 )) s) ==="
 }
-# priority order; budgets in seconds (sum <= 540: tests/test_gpu_check.py parses these lines)
+# priority order; budgets in seconds (each set's sum <= 540: tests/test_gpu_check.py parses these lines).
+# GC_SET=slots: issue 24's GPU targets, a device call of their own after the check.
+if [[ "${GC_SET:-check}" == check ]]; then
 run_step wheels 15
 run_step environment 30
 run_step equivalence 60
@@ -156,6 +193,12 @@ run_step bench-fused-compiled 100
 run_step study 110
 run_step profile 40
 run_step memory 40
+else
+run_step wheels 15
+run_step environment 30
+run_step slots-study 300
+run_step slots-bench 150
+fi
 
 {
   echo "# transferlab gpu_check ($MODE) $(date -u +%Y-%m-%dT%H:%MZ), $(( $(date +%s) - START )) s"

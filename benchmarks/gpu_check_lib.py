@@ -286,7 +286,8 @@ def memory(path: Path) -> int:
 
 
 def figures(path: Path) -> int:
-    """The targets read off the rows: single / Trainer, fused S=20 samples/s eager and compiled, the study's time."""
+    """The targets read off the rows: single / Trainer, fused S=20 samples/s eager and compiled, the study's time;
+    under GC_SET=slots the slot rows and the slots study's time (issue 24)."""
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []
     by = {(r["name"], bool(r.get("compile")), bool(r.get("checkpoint_layers"))): r for r in rows}
     trainer, single = by.get(("trainer", False, False)), by.get(("single", False, False))
@@ -297,8 +298,12 @@ def figures(path: Path) -> int:
             print(f"{r['name']} {'compiled' if r.get('compile') else 'eager'}"
                   f"{' checkpointed' if r.get('checkpoint_layers') else ''}: {r['samples_s']:.1f} samples/s, "
                   f"MFU {100 * r['mfu']:.1f}%")
-        elif r["name"].startswith("study"):
-            print(f"{r['name']}: {r['seconds']:.1f} s load to report, exit {r['exit']} (target < 60 s)")
+        elif r["name"].startswith(("parallel S=", "slots S=", "slots-dropout S=")):  # GC_SET=slots (issue 24)
+            print(f"{r['name']}: {r['samples_s']:.1f} samples/s, {r.get('weight_mb') or 0:.0f} weight "
+                  "MB per slot-step")
+        elif r["name"].startswith(("study", "slots study")):
+            target = 180 if r["name"].startswith("slots") else 60
+            print(f"{r['name']}: {r['seconds']:.1f} s load to report, exit {r['exit']} (target < {target} s)")
     return 0
 
 

@@ -108,11 +108,15 @@ def test_steps_left_out_are_recorded_as_skipped(tmp_path):
 
 def test_step_budgets_fit_one_device_command():
     text = SCRIPT.read_text()
-    steps = re.findall(r"^run_step (\S+) (\d+)$", text, re.M)
+    check, slots = text.split("\nelse\nrun_step wheels")  # GC_SET=check, then GC_SET=slots (issue 24)
+    steps = re.findall(r"^run_step (\S+) (\d+)$", check, re.M)
     assert [s for s, _ in steps] == ["wheels", "environment", "equivalence", "bench-baselines", "bench-fused-eager",
                                      "bench-fused-compiled", "study", "profile", "memory"]
     assert sum(int(b) for _, b in steps) <= 540
-    for name, _ in steps:  # every step has its branch
+    slot_steps = re.findall(r"^run_step (\S+) (\d+)$", "run_step wheels" + slots, re.M)
+    assert [s for s, _ in slot_steps] == ["wheels", "environment", "slots-study", "slots-bench"]
+    assert sum(int(b) for _, b in slot_steps) <= 540
+    for name, _ in steps + slot_steps:  # every step has its branch
         assert re.search(rf"^    {re.escape(name)}\)", text, re.M), name
     assert 'timeout -k 5 "$budget" bash "$SELF" --step "$name"' in text
     assert "rc=${PIPESTATUS[0]}" in text  # the step's status, not tee's
@@ -187,3 +191,20 @@ def test_gpu_check_cpu_mode_runs_every_step(tmp_path):
     assert {"trainer", "single", "fast S=2"} <= rows and any(r.startswith("study rte") for r in rows)
     assert "aten::" in (tmp_path / "profile.txt").read_text()
     assert "0 of 9 steps failed" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.slow  # about a minute: issue 24's GPU targets with a tiny model on the CPU
+def test_gpu_check_slots_set_runs_on_the_cpu(tmp_path):
+    carry = ROOT / ".carry"
+    if subprocess.run(["bash", str(SCRIPT), "--check-carry"], env={**os.environ, "PYTHON": sys.executable},
+                      capture_output=True).returncode != 0:
+        pytest.skip(".carry/ is not prepared for this Python (bash benchmarks/gpu_check.sh --prepare --data ...)")
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "CARRY": str(carry), "GC_SET": "slots"}
+    done = subprocess.run(["bash", str(SCRIPT), "--cpu"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    rows = {r["name"]: r for r in json.loads((tmp_path / "rows.json").read_text())["rows"]}
+    assert {"parallel S=2", "slots S=2", "slots-dropout S=2"} <= set(rows)
+    study = rows["slots study rte 4 arms x 2 seeds + lr search"]
+    assert study["exit"] == 0 and study["seconds"] > 0
+    assert "1: 12 slots" in done.stdout  # the LR search phase, 4 arms x 3 LRs, as one group
+    assert "0 of 4 steps failed" in (tmp_path / "summary.md").read_text()
