@@ -69,6 +69,7 @@ RUN_ROWS = {  # claim -> (stored study, its CSV folder, baseline arm, other arm,
     "a": ("few-sample-rte-bertadam@cpu", "few-sample-rte-bertadam-cpu", "debiased-adam", "bertadam", "spearman"),
     "b": ("reinit-few-sample@cpu", "reinit-few-sample-cpu", "no-reinit", "reinit-top2", "spearman"),
     "c": ("fpt-digits@cpu", "fpt-digits-cpu", "frozen-random", "frozen-pretrained", "accuracy"),
+    "g": ("stabilisers-rte@cpu", "stabilisers-rte-cpu", "baseline", "mixout", "spearman"),
 }
 
 
