@@ -69,6 +69,8 @@ RUN_ROWS = {  # claim -> (stored study, its CSV folder, baseline arm, other arm,
     "a": ("few-sample-rte-bertadam@cpu", "few-sample-rte-bertadam-cpu", "debiased-adam", "bertadam", "spearman"),
     "b": ("reinit-few-sample@cpu", "reinit-few-sample-cpu", "no-reinit", "reinit-top2", "spearman"),
     "c": ("fpt-digits@cpu", "fpt-digits-cpu", "frozen-random", "frozen-pretrained", "accuracy"),
+    "e": ("stsb-heads-layer-decay@cpu", "stsb-heads-layer-decay-cpu", "cls layer_decay=1", "mean layer_decay=1",
+          "spearman"),
     "g": ("stabilisers-rte@cpu", "stabilisers-rte-cpu", "baseline", "mixout", "spearman"),
 }
 
@@ -87,11 +89,12 @@ def row_numbers(claim: str, arms: tuple[str, str]) -> dict:
 
 
 def per_seed(folder: Path, study: str, arm: str, lr: float, metric: str) -> dict[int, float]:
-    """Test metric per seed of the arm's main runs at its chosen LR, by the study's plan (study_plan.csv: the
-    search seeds' runs are another phase; a run reused from another study keeps that study's name)."""
+    """Test metric per seed of the arm's (cell's: an arm at one grid value) main runs at its chosen LR, by the
+    study's plan (study_plan.csv: the search seeds' runs are another phase; a run reused from another study
+    keeps that study's name)."""
     with (folder / "study_plan.csv").open(newline="", encoding="utf-8") as f:
         planned = {r["run_id"] for r in csv.DictReader(f)
-                   if r["study"] == study and r["phase"] == "main" and r["arm"] == arm and float(r["lr"]) == lr}
+                   if r["study"] == study and r["phase"] == "main" and r["cell"] == arm and float(r["lr"]) == lr}
     out = {}
     with (folder / "runs.csv").open(newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
@@ -139,5 +142,7 @@ def test_report_on_the_exported_csv_prints_the_rows_numbers(claim, tmp_path, cap
     for arm in (other, base):  # the per-cell table's mean on test
         line = next(li for li in md.splitlines() if re.match(rf"\| [^|]+ \| {re.escape(arm)} \| test \| {metric} \|", li))
         assert float(line.split("|")[7].split("±")[0]) == row["means"][arm], line
-    lr_rows = {arm: float(lr) for arm, lr in re.findall(r"\| [^|]+ \| [^|]+ \| ([\w-]+) \| ([\d.e-]+) \| ", md)}
+    lrs = md[md.index("## Learning rates chosen on validation"):]
+    lrs = lrs[:lrs.index("\n## ", 3)]
+    lr_rows = {arm: float(lr) for arm, lr in re.findall(r"\| [^|]+ \| [^|]+ \| ([^|]+?) \| ([\d.e-]+) \| ", lrs)}
     assert {arm: lr_rows[arm] for arm in (other, base)} == row["lrs"]
