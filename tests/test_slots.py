@@ -293,6 +293,7 @@ def test_a_study_killed_mid_group_reruns_only_its_unfinished_slots(data, tmp_pat
         close(reference.evals(ref.uid), store.evals(done[0].uid), "evals")
 
 
+@pytest.mark.slow  # about 50 s (spawned workers, groups long enough to kill mid-way); the inline kill test is fast
 def test_a_worker_killed_mid_group_reruns_its_slots_once_equal_to_an_uninterrupted_study(data, tmp_path):
     """The processes executor: one worker, groups of 3 slots; the worker is SIGKILLed while it trains the second
     group. The first group's runs stay stored; the rerun trains only the killed group's slots (again as one group)
