@@ -1,5 +1,6 @@
 """Real model, real data: MiniLM learns STS-B (a short version of the default recipe)."""
 
+import pytest
 import torch
 from conftest import SHARED_DATA, needs_shared_data
 
@@ -12,6 +13,9 @@ from transferlab.train.evaluate import evaluate
 from transferlab.train.loop import run
 
 
+# about 140 s on one thread of the 2-core CI machine: a real-model training, so under -m slow; MiniLM's
+# default-suite learning checks on real data are test_pretrain (MLM loss falls) and test_fpt_tasks.
+@pytest.mark.slow
 @needs_shared_data
 def test_minilm_learns_stsb_short(tmp_path):
     """1,000 training pairs, two epochs (64 steps) of the default recipe with larger LRs (1e-4, the
