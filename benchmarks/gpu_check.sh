@@ -29,6 +29,21 @@ if [[ "${1:-}" == --step ]]; then   # one step, run by the loop below under its 
   cd "$ROOT"
   BENCH=("$PY" -m transferlab.cli bench --model "$GC_MODEL" --batch "$GC_BATCH" --seq "$GC_SEQ" --steps "$GC_STEPS"
          --warmup "$GC_WARM" --device "$GC_DEVICE")
+  # timed_study NAME STUDY DRY LABEL TARGET ROW: $GC_WORK/NAME.yaml from load to report (after its dry run when
+  # DRY is --dry-run), the wall time printed and stored as a study row; exits with the first failing command's status
+  timed_study() {
+    local yaml="$GC_WORK/$1.yaml" db="$GC_WORK/$1.db" report="$GC_WORK/$1-report" t0 secs rc=0
+    cat "$yaml"
+    t0=$(date +%s%N)
+    { [[ -z $3 ]] || "$PY" -m transferlab.cli run "$yaml" --seed-parallel on --dry-run; } \
+      && "$PY" -m transferlab.cli run "$yaml" --seed-parallel on --store "$db" \
+      && "$PY" -m transferlab.cli report --store "$db" --study "$2" -o "$report" \
+      || rc=$?
+    secs=$(( ($(date +%s%N) - t0) / 1000000 ))
+    echo "$4: exit $rc, $secs ms wall, load to report ($5)"
+    "$PY" "$LIB" study-row --rows "$GC_ROWS" --name "$6" --seconds "$(awk "BEGIN {print $secs / 1000}")" --exit "$rc"
+    exit "$rc"
+  }
   case "$2" in
     wheels)
       shopt -s nullglob; wheels=("$CARRY"/wheels/*.whl)
@@ -64,16 +79,8 @@ arms:
   bertadam: {optim.name: bertadam}
 baseline: adamw
 EOF
-      cat "$GC_WORK/study.yaml"
-      t0=$(date +%s%N); rc=0
-      "$PY" -m transferlab.cli run "$GC_WORK/study.yaml" --seed-parallel on --store "$GC_WORK/study.db" \
-        && "$PY" -m transferlab.cli report --store "$GC_WORK/study.db" --study gpu-check-rte -o "$GC_WORK/report" \
-        || rc=$?
-      secs=$(( ($(date +%s%N) - t0) / 1000000 ))
-      echo "study + report: exit $rc, $secs ms wall, load to report (target < 60 s on the GPU)"
-      "$PY" "$LIB" study-row --rows "$GC_ROWS" --name "study rte 2 arms x $GC_STUDY_SEEDS seeds ($GC_STUDY_TRAIN)" \
-        --seconds "$(awk "BEGIN {print $secs / 1000}")" --exit "$rc"
-      exit "$rc" ;;
+      timed_study study gpu-check-rte "" "study + report" "target < 60 s on the GPU" \
+        "study rte 2 arms x $GC_STUDY_SEEDS seeds ($GC_STUDY_TRAIN)" ;;
     slots-study)  # issue 24's target: 4 arms x 10 seeds of MiniLM on RTE, per-arm LR search, < 3 min load to report
       cat >"$GC_WORK/slots.yaml" <<EOF
 study: gpu-slots-rte
@@ -93,17 +100,8 @@ arms:
   layer-decay: {optim.layer_decay: 0.9}
 baseline: adamw
 EOF
-      cat "$GC_WORK/slots.yaml"
-      t0=$(date +%s%N); rc=0
-      "$PY" -m transferlab.cli run "$GC_WORK/slots.yaml" --seed-parallel on --dry-run \
-        && "$PY" -m transferlab.cli run "$GC_WORK/slots.yaml" --seed-parallel on --store "$GC_WORK/slots.db" \
-        && "$PY" -m transferlab.cli report --store "$GC_WORK/slots.db" --study gpu-slots-rte -o "$GC_WORK/slots-report" \
-        || rc=$?
-      secs=$(( ($(date +%s%N) - t0) / 1000000 ))
-      echo "slots study + report: exit $rc, $secs ms wall, load to report (target < 180 s on one H200)"
-      "$PY" "$LIB" study-row --rows "$GC_ROWS" --name "slots study rte 4 arms x $GC_SLOTS_SEEDS seeds + lr search" \
-        --seconds "$(awk "BEGIN {print $secs / 1000}")" --exit "$rc"
-      exit "$rc" ;;
+      timed_study slots gpu-slots-rte --dry-run "slots study + report" "target < 180 s on one H200" \
+        "slots study rte 4 arms x $GC_SLOTS_SEEDS seeds + lr search" ;;
     slots-bench)  # the per-slot optimizer's and the dropout streams' price against seeds of one recipe
       "${BENCH[@]}" --compile off --rows parallel,slots,slots-dropout --seeds "$GC_SEEDS" --json "$GC_ROWS" --append ;;
     profile)
